@@ -1,0 +1,3 @@
+"""kimi-gateway: a self-hosted, OpenAI-compatible API for the Kimi model family."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from kimi_gateway.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,93 @@
+"""Model cards: the packaged `models.toml` merged with the user's overrides."""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from kimi_gateway.errors import model_not_found
+
+
+class _Card(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Pricing(_Card):
+    """USD per million tokens."""
+
+    input: float = 0.0
+    cached_input: float | None = None
+    output: float = 0.0
+
+    @property
+    def cached(self) -> float:
+        return self.input if self.cached_input is None else self.cached_input
+
+
+class SamplingDefaults(_Card):
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+
+
+class LocalSpec(_Card):
+    # A filesystem path, or `package:<package>/<file>` for a model shipped inside an installed package.
+    gguf: str
+
+
+class ModelCard(_Card):
+    id: str
+    name: str
+    created: int = 0
+    description: str = ""
+    context_length: int
+    input_modalities: list[str] = Field(default_factory=lambda: ["text"])
+    output_modalities: list[str] = Field(default_factory=lambda: ["text"])
+    reasoning: bool = False
+    max_images: int | None = None
+    max_image_pixels: int | None = None
+    supported_parameters: list[str] = Field(default_factory=list)
+    pricing: Pricing = Field(default_factory=Pricing)
+    defaults: SamplingDefaults = Field(default_factory=SamplingDefaults)
+    local: LocalSpec | None = None
+
+
+class Catalog:
+    def __init__(self, cards: dict[str, ModelCard]) -> None:
+        self._cards = cards
+
+    def get(self, model_id: str) -> ModelCard:
+        card = self._cards.get(model_id)
+        if card is None:
+            raise model_not_found(model_id)
+        return card
+
+    def __iter__(self) -> Any:
+        return iter(self._cards.values())
+
+    def __len__(self) -> int:
+        return len(self._cards)
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_catalog(overrides: dict[str, dict[str, Any]] | None = None) -> Catalog:
+    text = resources.files("kimi_gateway.catalog").joinpath("models.toml").read_text("utf-8")
+    entries: dict[str, dict[str, Any]] = tomllib.loads(text)["models"]
+    for model_id, override in (overrides or {}).items():
+        entries[model_id] = _merge(entries.get(model_id, {}), override)
+    cards = {
+        model_id: ModelCard.model_validate({**entry, "id": model_id}) for model_id, entry in entries.items()
+    }
+    return Catalog(cards)

@@ -1,0 +1,193 @@
+"""The `kimi-gateway` command: serve, list models, chat from the terminal."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+import orjson
+from httpx_sse import connect_sse
+
+from kimi_gateway import __version__
+from kimi_gateway.config import CONFIG_ENV, GatewayConfig, load_config
+from kimi_gateway.logs import setup_logging
+
+
+def app_factory() -> object:
+    """What uvicorn imports in each worker process: config comes from the environment."""
+    from kimi_gateway.http.app import create_app
+
+    config = load_config()
+    setup_logging(config.server.log_level)
+    return create_app(config)
+
+
+def _export_config(path: str | None) -> GatewayConfig:
+    if path:
+        # Worker processes read the config from the environment, so they see the same file.
+        os.environ[CONFIG_ENV] = str(Path(path).resolve())
+    return load_config()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    config = _export_config(args.config)
+    host = args.host or config.server.host
+    port = args.port or config.server.port
+    setup_logging(config.server.log_level)
+    uvicorn.run(
+        "kimi_gateway.cli:app_factory",
+        factory=True,
+        host=host,
+        port=port,
+        workers=args.workers,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from kimi_gateway.runtime import build_gateway
+
+    gateway = build_gateway(_export_config(args.config))
+    rows = [("MODEL", "CONTEXT", "$/M IN", "$/M CACHED", "$/M OUT", "PROVIDERS")]
+    for card in gateway.catalog:
+        providers = [p.name for p in gateway.router.providers_for(card.id)]
+        rows.append(
+            (
+                card.id,
+                str(card.context_length),
+                f"{card.pricing.input:.2f}",
+                f"{card.pricing.cached:.2f}",
+                f"{card.pricing.output:.2f}",
+                ",".join(providers) or "unavailable (no provider configured)",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _reachable(base_url: str) -> bool:
+    try:
+        return httpx.get(base_url.rstrip("/").removesuffix("/v1") + "/health", timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _in_process_server(config_path: str | None) -> str:
+    """No gateway is running: start one in this process, on a free loopback port."""
+    import uvicorn
+
+    _export_config(config_path)
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            "kimi_gateway.cli:app_factory", factory=True, host="127.0.0.1", port=port, log_level="warning"
+        )
+    )
+    threading.Thread(target=server.run, daemon=True).start()
+    base_url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if server.started:
+            return base_url
+        time.sleep(0.05)
+    raise SystemExit("the in-process gateway did not start")
+
+
+def _default_model(config: GatewayConfig) -> str:
+    from kimi_gateway.catalog import load_catalog
+
+    return next((card.id for card in load_catalog(config.models) if card.local), "smollm2-135m-instruct")
+
+
+def _chat(args: argparse.Namespace) -> int:
+    config = _export_config(args.config)
+    base_url = args.base_url or os.environ.get("KIMI_GATEWAY_URL") or f"http://127.0.0.1:{config.server.port}/v1"
+    if not args.base_url and not _reachable(base_url):
+        base_url = _in_process_server(args.config)
+    messages = []
+    if args.system:
+        messages.append({"role": "system", "content": args.system})
+    messages.append({"role": "user", "content": args.prompt})
+    body: dict[str, object] = {"model": args.model or _default_model(config), "messages": messages, "stream": True}
+    if args.max_tokens:
+        body["max_tokens"] = args.max_tokens
+    if args.temperature is not None:
+        body["temperature"] = args.temperature
+    headers = {"Authorization": f"Bearer {args.api_key or os.environ.get('KIMI_GATEWAY_API_KEY', 'local')}"}
+    with httpx.Client(timeout=httpx.Timeout(10.0, read=None)) as client:
+        with connect_sse(client, "POST", f"{base_url}/chat/completions", json=body, headers=headers) as source:
+            if source.response.status_code != 200:
+                source.response.read()
+                print(f"error {source.response.status_code}: {source.response.text}", file=sys.stderr)
+                return 1
+            for sse in source.iter_sse():
+                if sse.data == "[DONE]":
+                    break
+                chunk = orjson.loads(sse.data)
+                if "error" in chunk:
+                    print(f"\nerror: {chunk['error'].get('message')}", file=sys.stderr)
+                    return 1
+                for choice in chunk.get("choices", ()):
+                    text = choice.get("delta", {}).get("content")
+                    if text:
+                        sys.stdout.write(text)
+                        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kimi-gateway", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"kimi-gateway {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the OpenAI-compatible server")
+    serve.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    serve.add_argument("--config", default=None, help="TOML config file")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes")
+    serve.set_defaults(func=_serve)
+
+    models = sub.add_parser("models", help="list the model catalog and which models can be served")
+    models.add_argument("--config", default=None)
+    models.set_defaults(func=_models)
+
+    chat = sub.add_parser("chat", help="ask a model and stream the answer to the terminal")
+    chat.add_argument("prompt")
+    chat.add_argument("--model", default=None, help="model id (default: the embedded local model)")
+    chat.add_argument("--system", default=None, help="system prompt")
+    chat.add_argument("--max-tokens", type=int, default=None)
+    chat.add_argument("--temperature", type=float, default=None)
+    chat.add_argument("--base-url", default=None, help="gateway URL (default: a running local one, else in-process)")
+    chat.add_argument("--api-key", default=None)
+    chat.add_argument("--config", default=None)
+    chat.set_defaults(func=_chat)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code

@@ -1,0 +1,280 @@
+"""A local GGUF model and the thread that generates with it.
+
+llama.cpp contexts are not thread-safe, so each model has one worker thread that runs one job at a time.
+Jobs wait in a bounded queue; past its bound the caller gets a 503 with Retry-After at once. Generated
+text goes back to the event loop with `call_soon_threadsafe`, so nothing here blocks the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import logging
+import queue
+import random
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+import numpy as np
+from llama_cpp import Llama, LogitsProcessorList
+from llama_cpp.llama_grammar import LlamaGrammar
+
+from kimi_gateway.engine.prompt import ChatTemplate
+from kimi_gateway.engine.stops import StopMatcher
+from kimi_gateway.errors import overloaded
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class SamplingParams:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repeat_penalty: float = 1.0
+    seed: int | None = None
+
+
+# Messages from the worker thread to the job's event loop.
+TEXT = "text"  # (TEXT, choice index, text)
+FINISH = "finish"  # (FINISH, choice index, reason, completion tokens)
+DONE = "done"  # (DONE, prompt tokens, cached prompt tokens)
+ERROR = "error"  # (ERROR, message)
+
+
+@dataclass(eq=False)
+class Job:
+    tokens: list[int]
+    params: SamplingParams
+    max_tokens: int
+    n: int = 1
+    stop: list[str] = field(default_factory=list)
+    grammar: LlamaGrammar | None = None
+    logit_bias: dict[int, float] | None = None
+    ignore_eos: bool = False
+    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
+    inbox: asyncio.Queue[tuple[Any, ...]] = field(default_factory=asyncio.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def emit(self, *message: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.inbox.put_nowait, message)
+        except RuntimeError:  # the loop is gone (shutdown): nobody is listening any more
+            self.cancelled.set()
+
+
+class LocalModel:
+    def __init__(
+        self,
+        model_id: str,
+        path: Path,
+        *,
+        max_context: int,
+        n_threads: int | None,
+        n_batch: int,
+        max_queue: int,
+        retry_after: int,
+    ) -> None:
+        self.model_id = model_id
+        self.path = path
+        self._max_context = max_context
+        self._n_threads = n_threads
+        self._n_batch = n_batch
+        self._max_queue = max_queue
+        self._retry_after = retry_after
+        self._jobs: queue.Queue[Job | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._inflight = 0  # the job being generated plus those waiting
+        self._thread: threading.Thread | None = None
+        self.llama: Llama | None = None
+        self.template: ChatTemplate | None = None
+        self.n_ctx = 0
+        self._eog: list[int] = []
+
+    # ---- lifecycle -----------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Blocking: call from a thread at start-up."""
+        # A vocabulary-only load reads the metadata cheaply; the trained context length bounds the KV cache.
+        probe = Llama(model_path=str(self.path), vocab_only=True, verbose=False)
+        arch = probe.metadata.get("general.architecture", "")
+        trained = int(probe.metadata.get(f"{arch}.context_length", 0) or 0)
+        probe.close()
+        n_ctx = min(self._max_context, trained) if trained else self._max_context
+        llama = Llama(
+            model_path=str(self.path),
+            n_ctx=n_ctx,
+            n_batch=min(self._n_batch, n_ctx),
+            n_threads=self._n_threads,
+            verbose=False,
+        )
+        template = llama.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ValueError(f"{self.path.name} has no chat template in its GGUF metadata")
+        model = llama._model
+        bos, eos = llama.token_bos(), llama.token_eos()
+        self.template = ChatTemplate(
+            template,
+            bos_token=model.token_get_text(bos) if bos != -1 else "",
+            eos_token=model.token_get_text(eos) if eos != -1 else "",
+        )
+        vocab = model.vocab
+        self._eog = [t for t in range(llama.n_vocab()) if llama_cpp.llama_token_is_eog(vocab, t)]
+        self.llama = llama
+        self.n_ctx = llama.n_ctx()
+        self._thread = threading.Thread(target=self._run, name=f"engine-{self.model_id}", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join(timeout=30)
+            self._thread = None
+        if self.llama is not None:
+            self.llama.close()
+            self.llama = None
+
+    @property
+    def ready(self) -> bool:
+        return self.llama is not None
+
+    # ---- used from the event loop --------------------------------------------------------------------
+
+    def tokenize(self, text: str) -> list[int]:
+        # Reading the vocabulary is safe beside a running generation.
+        assert self.llama is not None
+        tokens: list[int] = self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        return tokens
+
+    def vocab_size(self) -> int:
+        assert self.llama is not None
+        return int(self.llama.n_vocab())
+
+    def submit(self, job: Job) -> None:
+        with self._lock:
+            if self._inflight > self._max_queue:
+                raise overloaded(
+                    f"The local model '{self.model_id}' is busy: {self._inflight - 1} requests are already "
+                    "waiting. Retry after the Retry-After interval.",
+                    self._retry_after,
+                )
+            self._inflight += 1
+        self._jobs.put(job)
+
+    def stats(self) -> dict[str, int]:
+        return {"inflight": self._inflight, "max_queue": self._max_queue}
+
+    # ---- the worker thread ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                if not job.cancelled.is_set():
+                    self._generate(job)
+            except Exception as exc:
+                log.exception("local generation failed")
+                job.emit(ERROR, f"local generation failed: {type(exc).__name__}")
+            finally:
+                with self._lock:
+                    self._inflight -= 1
+
+    def _reusable_prefix(self, tokens: list[int]) -> int:
+        """How many prompt tokens `Llama.generate` will take from the KV cache instead of evaluating."""
+        llama = self.llama
+        assert llama is not None
+        if llama.n_tokens == 0:
+            return 0
+        common = int(Llama.longest_token_prefix(llama._input_ids, tokens))
+        if common == len(tokens):
+            if llama.n_tokens == len(tokens) and not llama._requires_eval:
+                return common
+            return common - 1  # the last prompt token is evaluated again to get fresh logits
+        return common
+
+    def _processors(self, job: Job) -> LogitsProcessorList | None:
+        if not job.logit_bias and not job.ignore_eos:
+            return None
+        ids = np.array(list(job.logit_bias or {}), dtype=np.intc)
+        bias = np.array(list((job.logit_bias or {}).values()), dtype=np.single)
+        banned = np.array(self._eog if job.ignore_eos else [], dtype=np.intc)
+
+        def adjust(_input_ids: Any, scores: Any) -> Any:
+            if ids.size:
+                scores[ids] += bias
+            if banned.size:
+                scores[banned] = -np.inf
+            return scores
+
+        return LogitsProcessorList([adjust])
+
+    def _generate(self, job: Job) -> None:
+        cached = self._reusable_prefix(job.tokens)
+        processors = self._processors(job)
+        for index in range(job.n):
+            if job.cancelled.is_set():
+                break
+            seed = job.params.seed + index if job.params.seed is not None else random.getrandbits(31)
+            self._choice(job, index, seed, processors)
+        job.emit(DONE, len(job.tokens), cached)
+
+    def _choice(self, job: Job, index: int, seed: int, processors: LogitsProcessorList | None) -> None:
+        llama = self.llama
+        assert llama is not None
+        llama.set_seed(seed)
+        p = job.params
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        stops = StopMatcher(job.stop)
+        eog = set(self._eog)
+        produced = 0
+        reason = "length"
+        stopped_by_string = False
+        tokens = llama.generate(
+            job.tokens,
+            temp=p.temperature,
+            top_p=p.top_p,
+            top_k=p.top_k,
+            min_p=p.min_p,
+            repeat_penalty=p.repeat_penalty,
+            frequency_penalty=p.frequency_penalty,
+            presence_penalty=p.presence_penalty,
+            logits_processor=processors,
+            grammar=job.grammar,
+        )
+        try:
+            for token in tokens:
+                if job.cancelled.is_set():
+                    reason = "cancelled"
+                    break
+                if token in eog:
+                    reason = "stop"
+                    break
+                produced += 1
+                text = decoder.decode(llama.detokenize([token]))
+                if text:
+                    text, stopped_by_string = stops.feed(text)
+                    if text:
+                        job.emit(TEXT, index, text)
+                    if stopped_by_string:
+                        reason = "stop"
+                        break
+                if produced >= job.max_tokens:
+                    break
+        finally:
+            tokens.close()
+        if not stopped_by_string and reason != "cancelled":
+            rest = stops.flush() + decoder.decode(b"", final=True)
+            if rest:
+                job.emit(TEXT, index, rest)
+        job.emit(FINISH, index, reason, produced)

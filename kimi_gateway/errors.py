@@ -1,0 +1,85 @@
+"""The one exception type every layer raises for a client-visible failure.
+
+The HTTP layer renders it as OpenAI's error body `{"error": {"message", "type", "param", "code"}}` with
+`status`; nothing else about an error reaches the client.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class APIError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+        self.metadata = metadata
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {
+            "message": self.message,
+            "type": self.type,
+            "param": self.param,
+            "code": self.code,
+        }
+        if self.metadata is not None:
+            error["metadata"] = self.metadata
+        return {"error": error}
+
+
+def invalid_request(message: str, *, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def model_not_found(model: str) -> APIError:
+    return APIError(
+        404,
+        f"The model '{model}' does not exist. GET /v1/models lists the models this gateway serves.",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def context_length_exceeded(context_length: int, prompt_tokens: int, completion_tokens: int) -> APIError:
+    total = prompt_tokens + completion_tokens
+    return APIError(
+        400,
+        f"This model's maximum context length is {context_length} tokens. However, you requested {total} "
+        f"tokens ({prompt_tokens} in the messages, {completion_tokens} in the completion). Please reduce the "
+        "length of the messages or completion.",
+        param="messages",
+        code="context_length_exceeded",
+    )
+
+
+def unsupported_value(param: str, message: str) -> APIError:
+    return APIError(400, message, param=param, code="unsupported_value")
+
+
+def overloaded(message: str, retry_after: int) -> APIError:
+    return APIError(
+        503,
+        message,
+        type="server_error",
+        code="server_overloaded",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def provider_unavailable(message: str) -> APIError:
+    return APIError(503, message, type="server_error", code="provider_unavailable")

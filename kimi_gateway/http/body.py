@@ -1,0 +1,46 @@
+"""Reading and validating request bodies under a size limit."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+
+from kimi_gateway.errors import APIError
+from kimi_gateway.http.validation import validation_error
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _too_large(limit: int) -> APIError:
+    return APIError(
+        413,
+        f"Request body too large: the limit is {limit} bytes.",
+        code="request_too_large",
+    )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def parse_body(request: Request, model: type[M], limit: int) -> M:
+    body = await read_body(request, limit)
+    if not body:
+        raise APIError(400, "The request body is empty; a JSON object is expected.", code="invalid_json")
+    try:
+        # One pass: pydantic parses the JSON and validates it together.
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise validation_error(exc) from None

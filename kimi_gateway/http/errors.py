@@ -1,0 +1,57 @@
+"""Exception handlers: every failure leaves as OpenAI's error shape, never as a traceback."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from kimi_gateway.errors import APIError
+from kimi_gateway.http.responses import ORJSONResponse, error_response
+from kimi_gateway.http.validation import errors_to_api_error
+
+log = logging.getLogger(__name__)
+
+
+async def _api_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, APIError)
+    return error_response(exc)
+
+
+async def _request_validation(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    # FastAPI prefixes locations with where the value came from ('query', 'path', 'body').
+    errors = [{**e, "loc": tuple(e["loc"])[1:]} for e in exc.errors()]
+    return error_response(errors_to_api_error(errors))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = f"Unknown request URL: {request.method} {request.url.path}."
+        code = "unknown_url"
+    elif exc.status_code == 405:
+        message = f"Method {request.method} is not allowed for {request.url.path}."
+        code = "method_not_allowed"
+    else:
+        message, code = str(exc.detail), None
+    return error_response(APIError(exc.status_code, message, code=code, headers=dict(exc.headers or {})))
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error", exc_info=exc, extra={"fields": {"path": request.url.path}})
+    return ORJSONResponse(
+        {"error": {"message": "Internal server error.", "type": "server_error", "param": None, "code": None}},
+        status_code=500,
+    )
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(RequestValidationError, _request_validation)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,59 @@
+"""POST /v1/chat/completions."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from kimi_gateway.http.body import parse_body
+from kimi_gateway.http.completions import ResponseMeta, collect_unless_disconnected, sse_stream
+from kimi_gateway.http.middleware import RequestInfo
+from kimi_gateway.http.responses import ORJSONResponse
+from kimi_gateway.logs import event
+from kimi_gateway.runtime import Gateway
+from kimi_gateway.schema.chat import ChatCompletionRequest
+from kimi_gateway.schema.responses import completion_id
+
+router = APIRouter()
+
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@router.post(
+    "/v1/chat/completions",
+    tags=["chat"],
+    summary="Create a chat completion",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}},
+        }
+    },
+)
+async def chat_completions(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    info: RequestInfo = request.state.log
+    body = await parse_body(request, ChatCompletionRequest, gateway.config.server.max_body_bytes)
+    info.model, info.stream = body.model, body.stream
+    if gateway.config.server.log_prompts:
+        event("prompt", request_id=info.request_id, messages=[m.model_dump() for m in body.messages])
+
+    card, provider = gateway.router.resolve(body.model)
+    meta = ResponseMeta(id=completion_id(), created=int(time.time()), model=card.id)
+    generation = await provider.start(body, card)
+    info.provider = provider.name
+
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(
+            sse_stream(generation, meta, info, include_usage),
+            media_type="text/event-stream",
+            headers=_SSE_HEADERS,
+        )
+    completion = await collect_unless_disconnected(request, generation, meta, info)
+    if completion is None:
+        return Response(status_code=499)
+    return ORJSONResponse(completion)

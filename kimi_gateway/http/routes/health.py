@@ -1,0 +1,30 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from kimi_gateway.http.responses import ORJSONResponse
+from kimi_gateway.runtime import Gateway
+
+router = APIRouter()
+
+
+@router.get("/health", tags=["health"], summary="Liveness")
+async def health() -> Response:
+    return ORJSONResponse({"status": "ok"})
+
+
+@router.get("/ready", tags=["health"], summary="Readiness: every configured provider can serve")
+async def ready(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    models = {
+        model_id: {"ready": model.ready, **model.stats()} for model_id, model in gateway.local_models.items()
+    }
+    is_ready = gateway.is_ready()
+    return ORJSONResponse(
+        {"status": "ready" if is_ready else "starting", "local_models": models},
+        status_code=200 if is_ready else 503,
+    )

@@ -1,0 +1,64 @@
+"""The composition root: config in, a running set of catalog, engine models, providers and router out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from kimi_gateway.catalog import Catalog, load_catalog
+from kimi_gateway.config import GatewayConfig
+from kimi_gateway.engine import LocalModel
+from kimi_gateway.engine.locate import resolve_gguf
+from kimi_gateway.providers.base import Provider
+from kimi_gateway.providers.local import LocalProvider
+from kimi_gateway.routing import Router
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Gateway:
+    config: GatewayConfig
+    catalog: Catalog
+    local_models: dict[str, LocalModel]
+    router: Router
+
+    async def start(self) -> None:
+        for model in self.local_models.values():
+            await asyncio.to_thread(model.load)
+            log.info("local model loaded", extra={"fields": {"model": model.model_id, "n_ctx": model.n_ctx}})
+
+    async def stop(self) -> None:
+        for model in self.local_models.values():
+            await asyncio.to_thread(model.close)
+
+    def is_ready(self) -> bool:
+        return all(p.is_ready() for p in self.router.providers)
+
+
+def build_gateway(config: GatewayConfig) -> Gateway:
+    catalog = load_catalog(config.models)
+    engine = config.engine
+    local_models: dict[str, LocalModel] = {}
+    for card in catalog:
+        if card.local is None:
+            continue
+        try:
+            path = resolve_gguf(card.local.gguf)
+        except FileNotFoundError as exc:
+            log.error("local model unavailable", extra={"fields": {"model": card.id, "reason": str(exc)}})
+            continue
+        local_models[card.id] = LocalModel(
+            card.id,
+            path,
+            max_context=min(engine.max_context, card.context_length),
+            n_threads=engine.n_threads,
+            n_batch=engine.n_batch,
+            max_queue=engine.max_queue,
+            retry_after=engine.retry_after_seconds,
+        )
+    providers: list[Provider] = []
+    if local_models:
+        providers.append(LocalProvider(local_models))
+    return Gateway(config=config, catalog=catalog, local_models=local_models, router=Router(catalog, providers))

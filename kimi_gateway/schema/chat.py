@@ -1,0 +1,237 @@
+"""Request models for POST /v1/chat/completions.
+
+Parsing and validation happen in one pass (`ChatCompletionRequest.model_validate_json`). Unknown top-level
+fields are kept (`extra="allow"`) so provider-specific extensions survive to the adapters; inner objects
+ignore what they do not know, as OpenAI-compatible servers commonly do.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _Inner(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# ---- content parts -------------------------------------------------------------------------------------
+
+
+class TextPart(_Inner):
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(_Inner):
+    url: str
+    detail: Literal["auto", "low", "high", "original"] | None = None
+
+
+class ImagePart(_Inner):
+    type: Literal["image_url"]
+    # Moonshot also accepts a bare string here.
+    image_url: ImageURL | str
+
+
+class VideoURL(_Inner):
+    url: str
+
+
+class VideoPart(_Inner):
+    type: Literal["video_url"]
+    video_url: VideoURL | str
+
+
+class FileData(_Inner):
+    filename: str | None = None
+    file_data: str | None = None
+    file_id: str | None = None
+
+
+class FilePart(_Inner):
+    type: Literal["file"]
+    file: FileData
+
+
+class InputAudio(_Inner):
+    data: str
+    format: str
+
+
+class AudioPart(_Inner):
+    type: Literal["input_audio"]
+    input_audio: InputAudio
+
+
+ContentPart = Annotated[
+    TextPart | ImagePart | VideoPart | FilePart | AudioPart, Field(discriminator="type")
+]
+
+
+# ---- messages ------------------------------------------------------------------------------------------
+
+
+class FunctionCall(_Inner):
+    name: str
+    arguments: str
+
+
+class ToolCall(_Inner):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class SystemMessage(_Inner):
+    role: Literal["system", "developer"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+
+class UserMessage(_Inner):
+    role: Literal["user"]
+    content: str | list[ContentPart]
+    name: str | None = None
+
+
+class AssistantMessage(_Inner):
+    role: Literal["assistant"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    refusal: str | None = None
+    # Reasoning replayed by the client, under any of the names clients use.
+    reasoning: str | None = None
+    reasoning_content: str | None = None
+    reasoning_details: list[dict[str, Any]] | None = None
+    # Moonshot's Partial Mode: continue this message instead of answering it.
+    partial: bool = False
+
+
+class ToolMessage(_Inner):
+    role: Literal["tool"]
+    content: str | list[TextPart]
+    tool_call_id: str
+    name: str | None = None
+
+
+Message = Annotated[
+    SystemMessage | UserMessage | AssistantMessage | ToolMessage, Field(discriminator="role")
+]
+
+
+# ---- tools and formats ---------------------------------------------------------------------------------
+
+
+class FunctionDefinition(_Inner):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(_Inner):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Inner):
+    name: str
+
+
+class NamedToolChoice(_Inner):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+class ResponseFormatText(_Inner):
+    type: Literal["text"]
+
+
+class ResponseFormatJSONObject(_Inner):
+    type: Literal["json_object"]
+
+
+class JSONSchemaSpec(_Inner):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    # `schema` shadows a BaseModel attribute, hence the alias.
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormatJSONSchema(_Inner):
+    type: Literal["json_schema"]
+    json_schema: JSONSchemaSpec
+
+
+ResponseFormat = Annotated[
+    ResponseFormatText | ResponseFormatJSONObject | ResponseFormatJSONSchema, Field(discriminator="type")
+]
+
+
+class StreamOptions(_Inner):
+    include_usage: bool = False
+
+
+# ---- the request ---------------------------------------------------------------------------------------
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    n: int = Field(default=1, ge=1, le=128)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+
+    user: str | None = None
+    # vLLM's extension: keep generating past end-of-sequence until max_tokens.
+    ignore_eos: bool = False
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, value: str | list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        stops = [value] if isinstance(value, str) else value
+        if len(stops) > 16:
+            raise ValueError("at most 16 stop sequences are allowed")
+        if any(s == "" for s in stops):
+            raise ValueError("stop sequences must not be empty")
+        return stops
+
+    @property
+    def stop_list(self) -> list[str]:
+        # The validator normalises `stop` to a list; this keeps mypy informed.
+        return list(self.stop) if isinstance(self.stop, list) else []
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens

@@ -1,0 +1,103 @@
+"""Response shapes for chat completions, as typed dicts built directly (no model instances on the hot path)."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, NotRequired, TypedDict
+
+
+class PromptTokensDetails(TypedDict):
+    cached_tokens: int
+
+
+class CompletionTokensDetails(TypedDict):
+    reasoning_tokens: int
+
+
+class UsageBody(TypedDict):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
+    completion_tokens_details: CompletionTokensDetails
+    cost: NotRequired[float]
+
+
+class FunctionBody(TypedDict):
+    name: str
+    arguments: str
+
+
+class ToolCallBody(TypedDict):
+    id: str
+    type: str
+    function: FunctionBody
+
+
+class MessageBody(TypedDict):
+    role: str
+    content: str | None
+    refusal: None
+    tool_calls: NotRequired[list[ToolCallBody]]
+    reasoning: NotRequired[str | None]
+    reasoning_content: NotRequired[str | None]
+
+
+class ChoiceBody(TypedDict):
+    index: int
+    message: MessageBody
+    logprobs: None
+    finish_reason: str | None
+    native_finish_reason: NotRequired[str | None]
+
+
+class CompletionBody(TypedDict):
+    id: str
+    object: str
+    created: int
+    model: str
+    choices: list[ChoiceBody]
+    usage: UsageBody
+    system_fingerprint: None
+    provider: NotRequired[str]
+
+
+class ChunkBody(TypedDict):
+    id: str
+    object: str
+    created: int
+    model: str
+    choices: list[dict[str, Any]]
+    system_fingerprint: None
+    usage: NotRequired[UsageBody | None]
+    provider: NotRequired[str]
+
+
+def completion_id() -> str:
+    return "chatcmpl-" + secrets.token_urlsafe(18)
+
+
+def usage_body(prompt: int, completion: int, cached: int, reasoning: int) -> UsageBody:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+        "completion_tokens_details": {"reasoning_tokens": reasoning},
+    }
+
+
+def chunk_body(
+    id: str, created: int, model: str, choices: list[dict[str, Any]], provider: str | None = None
+) -> ChunkBody:
+    body: ChunkBody = {
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": choices,
+        "system_fingerprint": None,
+    }
+    if provider:
+        body["provider"] = provider
+    return body
