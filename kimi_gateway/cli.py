@@ -123,37 +123,45 @@ def _default_model(config: GatewayConfig) -> str:
 
 def _chat(args: argparse.Namespace) -> int:
     config = _export_config(args.config)
-    base_url = args.base_url or os.environ.get("KIMI_GATEWAY_URL") or f"http://127.0.0.1:{config.server.port}/v1"
+    base_url = (
+        args.base_url or os.environ.get("KIMI_GATEWAY_URL") or f"http://127.0.0.1:{config.server.port}/v1"
+    )
     if not args.base_url and not _reachable(base_url):
         base_url = _in_process_server(args.config)
     messages = []
     if args.system:
         messages.append({"role": "system", "content": args.system})
     messages.append({"role": "user", "content": args.prompt})
-    body: dict[str, object] = {"model": args.model or _default_model(config), "messages": messages, "stream": True}
+    body: dict[str, object] = {
+        "model": args.model or _default_model(config),
+        "messages": messages,
+        "stream": True,
+    }
     if args.max_tokens:
         body["max_tokens"] = args.max_tokens
     if args.temperature is not None:
         body["temperature"] = args.temperature
     headers = {"Authorization": f"Bearer {args.api_key or os.environ.get('KIMI_GATEWAY_API_KEY', 'local')}"}
-    with httpx.Client(timeout=httpx.Timeout(10.0, read=None)) as client:
-        with connect_sse(client, "POST", f"{base_url}/chat/completions", json=body, headers=headers) as source:
-            if source.response.status_code != 200:
-                source.response.read()
-                print(f"error {source.response.status_code}: {source.response.text}", file=sys.stderr)
+    with (
+        httpx.Client(timeout=httpx.Timeout(10.0, read=None)) as client,
+        connect_sse(client, "POST", f"{base_url}/chat/completions", json=body, headers=headers) as source,
+    ):
+        if source.response.status_code != 200:
+            source.response.read()
+            print(f"error {source.response.status_code}: {source.response.text}", file=sys.stderr)
+            return 1
+        for sse in source.iter_sse():
+            if sse.data == "[DONE]":
+                break
+            chunk = orjson.loads(sse.data)
+            if "error" in chunk:
+                print(f"\nerror: {chunk['error'].get('message')}", file=sys.stderr)
                 return 1
-            for sse in source.iter_sse():
-                if sse.data == "[DONE]":
-                    break
-                chunk = orjson.loads(sse.data)
-                if "error" in chunk:
-                    print(f"\nerror: {chunk['error'].get('message')}", file=sys.stderr)
-                    return 1
-                for choice in chunk.get("choices", ()):
-                    text = choice.get("delta", {}).get("content")
-                    if text:
-                        sys.stdout.write(text)
-                        sys.stdout.flush()
+            for choice in chunk.get("choices", ()):
+                text = choice.get("delta", {}).get("content")
+                if text:
+                    sys.stdout.write(text)
+                    sys.stdout.flush()
     sys.stdout.write("\n")
     return 0
 
@@ -180,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--system", default=None, help="system prompt")
     chat.add_argument("--max-tokens", type=int, default=None)
     chat.add_argument("--temperature", type=float, default=None)
-    chat.add_argument("--base-url", default=None, help="gateway URL (default: a running local one, else in-process)")
+    chat.add_argument(
+        "--base-url", default=None, help="gateway URL (default: a running local one, else in-process)"
+    )
     chat.add_argument("--api-key", default=None)
     chat.add_argument("--config", default=None)
     chat.set_defaults(func=_chat)

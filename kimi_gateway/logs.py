@@ -8,11 +8,15 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from contextvars import ContextVar
 from typing import Any
 
 import orjson
 
 logger = logging.getLogger("kimi_gateway")
+
+# The id of the request being served, for log lines written far from the HTTP layer.
+request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 
 class JSONFormatter(logging.Formatter):

@@ -61,4 +61,6 @@ def build_gateway(config: GatewayConfig) -> Gateway:
     providers: list[Provider] = []
     if local_models:
         providers.append(LocalProvider(local_models))
-    return Gateway(config=config, catalog=catalog, local_models=local_models, router=Router(catalog, providers))
+    return Gateway(
+        config=config, catalog=catalog, local_models=local_models, router=Router(catalog, providers)
+    )

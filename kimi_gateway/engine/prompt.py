@@ -70,7 +70,9 @@ class ChatTemplate:
                 if msg.tool_calls:
                     for call in msg.tool_calls:
                         names[call.id] = call.function.name
-                    text = toolcalls.history_calls([(c.function.name, c.function.arguments) for c in msg.tool_calls])
+                    text = toolcalls.history_calls(
+                        [(c.function.name, c.function.arguments) for c in msg.tool_calls]
+                    )
                 else:
                     text = _text(msg.content, i, model_id)
                     if tool_mode == toolcalls.MODE_AUTO:
@@ -79,10 +81,12 @@ class ChatTemplate:
             elif isinstance(msg, ToolMessage):
                 result = _text(msg.content, i, model_id)
                 name = msg.name or names.get(msg.tool_call_id, "tool")
-                if self.tool_role:
-                    out.append({"role": "tool", "content": result})
-                else:
-                    out.append({"role": "user", "content": f"Result of the {name} tool call: {result}"})
+                out.append(
+                    {
+                        "role": "tool" if self.tool_role else "user",
+                        "content": toolcalls.tool_result(name, result),
+                    }
+                )
             else:
                 out.append({"role": "user", "content": _text(msg.content, i, model_id)})
         if tool_prompt:

@@ -13,6 +13,7 @@ import logging
 import queue
 import random
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from llama_cpp.llama_grammar import LlamaGrammar
 from kimi_gateway.engine.prompt import ChatTemplate
 from kimi_gateway.engine.stops import StopMatcher
 from kimi_gateway.errors import overloaded
+from kimi_gateway.logs import event, request_id
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ class Job:
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
     inbox: asyncio.Queue[tuple[Any, ...]] = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    request_id: str | None = field(default_factory=request_id.get)
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -196,7 +199,10 @@ class LocalModel:
         assert llama is not None
         if llama.n_tokens == 0:
             return 0
-        common = int(Llama.longest_token_prefix(llama._input_ids, tokens))
+        cached_ids = llama._input_ids
+        n = min(len(cached_ids), len(tokens))
+        mismatch = np.flatnonzero(cached_ids[:n] != np.asarray(tokens[:n], dtype=cached_ids.dtype))
+        common = int(mismatch[0]) if mismatch.size else n
         if common == len(tokens):
             if llama.n_tokens == len(tokens) and not llama._requires_eval:
                 return common
@@ -220,16 +226,32 @@ class LocalModel:
         return LogitsProcessorList([adjust])
 
     def _generate(self, job: Job) -> None:
+        started = time.perf_counter()
         cached = self._reusable_prefix(job.tokens)
         processors = self._processors(job)
+        produced, reasons = 0, []
         for index in range(job.n):
             if job.cancelled.is_set():
                 break
             seed = job.params.seed + index if job.params.seed is not None else random.getrandbits(31)
-            self._choice(job, index, seed, processors)
+            reason, tokens = self._choice(job, index, seed, processors)
+            produced += tokens
+            reasons.append(reason)
         job.emit(DONE, len(job.tokens), cached)
+        event(
+            "generation",
+            request_id=job.request_id,
+            model=self.model_id,
+            prompt_tokens=len(job.tokens),
+            cached_tokens=cached,
+            completion_tokens=produced,
+            finish_reasons=reasons,
+            ms=round((time.perf_counter() - started) * 1000, 2),
+        )
 
-    def _choice(self, job: Job, index: int, seed: int, processors: LogitsProcessorList | None) -> None:
+    def _choice(
+        self, job: Job, index: int, seed: int, processors: LogitsProcessorList | None
+    ) -> tuple[str, int]:
         llama = self.llama
         assert llama is not None
         llama.set_seed(seed)
@@ -278,3 +300,4 @@ class LocalModel:
             if rest:
                 job.emit(TEXT, index, rest)
         job.emit(FINISH, index, reason, produced)
+        return reason, produced

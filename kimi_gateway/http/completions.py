@@ -41,7 +41,9 @@ def _sse(payload: Any) -> bytes:
 
 
 def _usage(usage: Usage) -> UsageBody:
-    return usage_body(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.reasoning_tokens)
+    return usage_body(
+        usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.reasoning_tokens
+    )
 
 
 def _tool_calls(calls: list[ToolCallDelta]) -> list[dict[str, Any]]:
@@ -79,7 +81,14 @@ async def sse_stream(
             meta.id,
             meta.created,
             meta.model,
-            [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}],
+            [
+                {
+                    "index": 0,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            ],
         )
     )
     try:

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kimi_gateway.logs import event
+from kimi_gateway.logs import event, request_id
 
 # A client that went away before the response finished; nginx's convention.
 CLIENT_CLOSED = 499
@@ -41,6 +41,7 @@ class RequestLogMiddleware:
             return
         info = RequestInfo(request_id="req_" + secrets.token_hex(8))
         scope.setdefault("state", {})["log"] = info
+        request_id.set(info.request_id)
         header = (b"x-request-id", info.request_id.encode())
         start = time.perf_counter()
         status = 500

@@ -81,7 +81,9 @@ class LocalGeneration:
             elif kind == DONE:
                 _, prompt_tokens, cached_tokens = message
                 usage = Usage(
-                    prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cached_tokens=cached_tokens
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    cached_tokens=cached_tokens,
                 )
                 yield Done(usage=usage, provider=LocalProvider.name, model=self._model_id)
                 return

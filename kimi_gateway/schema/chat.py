@@ -65,9 +65,7 @@ class AudioPart(_Inner):
     input_audio: InputAudio
 
 
-ContentPart = Annotated[
-    TextPart | ImagePart | VideoPart | FilePart | AudioPart, Field(discriminator="type")
-]
+ContentPart = Annotated[TextPart | ImagePart | VideoPart | FilePart | AudioPart, Field(discriminator="type")]
 
 
 # ---- messages ------------------------------------------------------------------------------------------
@@ -117,9 +115,7 @@ class ToolMessage(_Inner):
     name: str | None = None
 
 
-Message = Annotated[
-    SystemMessage | UserMessage | AssistantMessage | ToolMessage, Field(discriminator="role")
-]
+Message = Annotated[SystemMessage | UserMessage | AssistantMessage | ToolMessage, Field(discriminator="role")]
 
 
 # ---- tools and formats ---------------------------------------------------------------------------------

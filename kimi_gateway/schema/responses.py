@@ -1,4 +1,7 @@
-"""Response shapes for chat completions, as typed dicts built directly (no model instances on the hot path)."""
+"""Response shapes for chat completions.
+
+Typed dicts built directly: no model instances are created on the hot path.
+"""
 
 from __future__ import annotations
 

@@ -29,7 +29,9 @@ _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}},
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}
+            },
         }
     },
 )
