@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 from llama_cpp.llama_grammar import LlamaGrammar
@@ -49,11 +50,23 @@ class LocalGeneration:
             else None
         )
         completion_tokens = 0
+        pending: tuple[Any, ...] | None = None
         while True:
-            message = await inbox.get()
+            if pending is not None:
+                message, pending = pending, None
+            else:
+                message = await inbox.get()
             kind = message[0]
             if kind == TEXT:
                 _, index, text = message
+                # When the loop falls behind the engine, send what has piled up as one chunk, not many.
+                while not inbox.empty():
+                    following = inbox.get_nowait()
+                    if following[0] == TEXT and following[1] == index:
+                        text += following[2]
+                    else:
+                        pending = following
+                        break
                 if parsers is not None:
                     text = parsers[index].feed(text)
                     if not text:
