@@ -64,7 +64,7 @@ def _models(args: argparse.Namespace) -> int:
     gateway = build_gateway(_export_config(args.config))
     rows = [("MODEL", "CONTEXT", "$/M IN", "$/M CACHED", "$/M OUT", "PROVIDERS")]
     for card in gateway.catalog:
-        providers = [p.name for p in gateway.router.providers_for(card.id)]
+        providers = [e.provider for e in gateway.router.endpoints_for(card.id)]
         rows.append(
             (
                 card.id,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -38,9 +38,65 @@ class EngineConfig(_Section):
     max_context: int = 8192
 
 
+WireStyle = Literal["moonshot", "openrouter", "openai", "vllm", "sglang"]
+
+
+class PricingConfig(_Section):
+    """USD per million tokens."""
+
+    input: float | None = None
+    cached_input: float | None = None
+    output: float | None = None
+
+
+class ProviderModelConfig(_Section):
+    """One model a provider serves. Unset fields come from the model's catalog card."""
+
+    upstream: str | None = None  # the provider's id for the model; ours when unset
+    pricing: PricingConfig = Field(default_factory=PricingConfig)
+    context_length: int | None = None
+    supported_parameters: list[str] | None = None
+    input_modalities: list[str] | None = None
+    quantization: str | None = None
+
+
+class TimeoutsConfig(_Section):
+    connect: float = 5.0
+    first_byte: float = 60.0  # from sending the request to the first streamed event
+    idle: float = 60.0  # between two streamed chunks
+
+
+class ProviderConfig(_Section):
+    preset: str | None = None  # defaults to the section name when a preset of that name exists
+    enabled: bool = True
+    name: str | None = None  # display name
+    base_url: str | None = None
+    style: WireStyle | None = None
+    api_key_env: str | None = None  # the key itself never lives in the file
+    timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
+    # vLLM/SGLang only: whether the server runs its own reasoning and tool-call parsers. When false, raw
+    # <think> and tool-call tokens in the output are parsed by the gateway.
+    server_parsers: bool = False
+    models: dict[str, ProviderModelConfig] = Field(default_factory=dict)
+
+
+class RoutingConfig(_Section):
+    # SSE comment lines sent while a stream waits for its first upstream event.
+    keepalive_seconds: float = 3.0
+    # Providers that failed this recently go to the back of the default order.
+    failure_window_seconds: float = 30.0
+    # Consecutive failures that open a provider's circuit, and how long it stays open before a probe.
+    breaker_failures: int = 3
+    breaker_cooldown_seconds: float = 30.0
+    # Upper bound on a 429's Retry-After cool-down.
+    max_cooldown_seconds: float = 300.0
+
+
 class GatewayConfig(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     data_dir: Path = Path("~/.local/share/kimi-gateway")
     # Per-model overrides and additions, merged over the packaged catalog.
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)

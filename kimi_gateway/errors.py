@@ -83,3 +83,29 @@ def overloaded(message: str, retry_after: int) -> APIError:
 
 def provider_unavailable(message: str) -> APIError:
     return APIError(503, message, type="server_error", code="provider_unavailable")
+
+
+class UpstreamError(APIError):
+    """A provider failed. `retryable` failures move the request on to the next endpoint."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        provider: str,
+        retryable: bool,
+        retry_after: float | None = None,
+        upstream_status: int | None = None,
+    ) -> None:
+        super().__init__(
+            status,
+            message,
+            type="upstream_error",
+            code="upstream_error",
+            metadata={"provider_name": provider},
+        )
+        self.provider = provider
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.upstream_status = upstream_status

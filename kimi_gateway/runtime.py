@@ -6,12 +6,15 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+import httpx
+
 from kimi_gateway.catalog import Catalog, load_catalog
 from kimi_gateway.config import GatewayConfig
 from kimi_gateway.engine import LocalModel
 from kimi_gateway.engine.locate import resolve_gguf
 from kimi_gateway.providers.base import Provider
 from kimi_gateway.providers.local import LocalProvider
+from kimi_gateway.providers.registry import build_upstream_providers
 from kimi_gateway.routing import Router
 
 log = logging.getLogger(__name__)
@@ -23,6 +26,7 @@ class Gateway:
     catalog: Catalog
     local_models: dict[str, LocalModel]
     router: Router
+    http: httpx.AsyncClient
 
     async def start(self) -> None:
         for model in self.local_models.values():
@@ -30,11 +34,12 @@ class Gateway:
             log.info("local model loaded", extra={"fields": {"model": model.model_id, "n_ctx": model.n_ctx}})
 
     async def stop(self) -> None:
+        await self.http.aclose()
         for model in self.local_models.values():
             await asyncio.to_thread(model.close)
 
     def is_ready(self) -> bool:
-        return all(p.is_ready() for p in self.router.providers)
+        return all(p.is_ready() for p in self.router.providers.values())
 
 
 def build_gateway(config: GatewayConfig) -> Gateway:
@@ -58,9 +63,14 @@ def build_gateway(config: GatewayConfig) -> Gateway:
             max_queue=engine.max_queue,
             retry_after=engine.retry_after_seconds,
         )
+    # One pooled client for every upstream: connections are reused across requests and providers.
+    http = httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30.0),
+        follow_redirects=False,
+    )
     providers: list[Provider] = []
     if local_models:
-        providers.append(LocalProvider(local_models))
-    return Gateway(
-        config=config, catalog=catalog, local_models=local_models, router=Router(catalog, providers)
-    )
+        providers.append(LocalProvider(local_models, [catalog.get(m) for m in local_models]))
+    providers.extend(build_upstream_providers(config.providers, catalog, http))
+    router = Router(catalog, providers, config.routing)
+    return Gateway(config=config, catalog=catalog, local_models=local_models, router=router, http=http)

@@ -89,7 +89,7 @@ class LocalModel:
     ) -> None:
         self.model_id = model_id
         self.path = path
-        self._max_context = max_context
+        self.max_context = max_context
         self._n_threads = n_threads
         self._n_batch = n_batch
         self._max_queue = max_queue
@@ -112,7 +112,7 @@ class LocalModel:
         arch = probe.metadata.get("general.architecture", "")
         trained = int(probe.metadata.get(f"{arch}.context_length", 0) or 0)
         probe.close()
-        n_ctx = min(self._max_context, trained) if trained else self._max_context
+        n_ctx = min(self.max_context, trained) if trained else self.max_context
         llama = Llama(
             model_path=str(self.path),
             n_ctx=n_ctx,

@@ -13,10 +13,11 @@ from starlette.requests import Request
 
 from kimi_gateway.errors import APIError
 from kimi_gateway.http.middleware import RequestInfo
-from kimi_gateway.providers.base import Generation
-from kimi_gateway.providers.events import Delta, Done, Finish, ToolCallDelta, Usage
+from kimi_gateway.providers.events import Delta, Done, Event, Finish, ToolCallDelta, Usage
+from kimi_gateway.routing.attempts import RoutedGeneration
 from kimi_gateway.schema.responses import (
     ChoiceBody,
+    ChunkBody,
     CompletionBody,
     MessageBody,
     ToolCallBody,
@@ -32,8 +33,24 @@ DONE_LINE = b"data: [DONE]\n\n"
 class ResponseMeta:
     id: str
     created: int
-    model: str
+    model: str  # the model that served: it changes after a models[] fallback
+    provider: str | None = None
     started: float = field(default_factory=time.perf_counter)
+
+    def serve(self, routed: RoutedGeneration) -> None:
+        if routed.served is not None:
+            self.model = routed.served.card.id
+            self.provider = routed.served.endpoint.provider_name
+
+    def chunk(self, choices: list[dict[str, Any]]) -> ChunkBody:
+        return chunk_body(self.id, self.created, self.model, choices, self.provider)
+
+
+KEEPALIVE = b": PROCESSING\n\n"
+
+
+def reasoning_details(text: str) -> list[dict[str, Any]]:
+    return [{"type": "reasoning.text", "text": text, "format": "unknown", "index": 0}]
 
 
 def _sse(payload: Any) -> bytes:
@@ -68,79 +85,101 @@ def _record(info: RequestInfo, done: Done, meta: ResponseMeta) -> None:
 
 
 async def sse_stream(
-    generation: Generation, meta: ResponseMeta, info: RequestInfo, include_usage: bool
+    routed: RoutedGeneration,
+    events: AsyncIterator[Event],
+    first: asyncio.Future[Event],
+    meta: ResponseMeta,
+    info: RequestInfo,
+    include_usage: bool,
+    keepalive: float,
 ) -> AsyncIterator[bytes]:
     """OpenAI's chunk sequence: role chunk, deltas, finish chunk, optional usage chunk, [DONE].
 
-    If the client disconnects, Starlette cancels this generator; `finally` then stops the generation.
+    Until the first event arrives, SSE comment lines keep the connection alive (failover may still be
+    going on behind them). If the client disconnects, Starlette cancels this generator; `finally` then
+    stops the generation, which reaches the upstream as a closed connection.
     """
-    started = {0}
     finished = False
-    yield _sse(
-        chunk_body(
-            meta.id,
-            meta.created,
-            meta.model,
-            [
-                {
-                    "index": 0,
-                    "delta": {"role": "assistant", "content": ""},
-                    "logprobs": None,
-                    "finish_reason": None,
-                }
-            ],
-        )
-    )
+    started: set[int] = set()
     try:
-        async for event in generation.events():
-            if isinstance(event, Delta):
-                delta: dict[str, Any] = {}
-                if event.index not in started:
-                    started.add(event.index)
-                    delta["role"] = "assistant"
-                if event.content is not None:
-                    delta["content"] = event.content
-                if event.reasoning is not None:
-                    delta["reasoning"] = event.reasoning
-                if event.tool_calls:
-                    delta["tool_calls"] = _tool_calls(event.tool_calls)
-                if info.ttft_ms is None:
-                    info.ttft_ms = round((time.perf_counter() - meta.started) * 1000, 2)
-                choice = {"index": event.index, "delta": delta, "logprobs": None, "finish_reason": None}
-                yield _sse(chunk_body(meta.id, meta.created, meta.model, [choice]))
-            elif isinstance(event, Finish):
-                info.finish_reason = event.reason
-                choice = {
-                    "index": event.index,
-                    "delta": {},
-                    "logprobs": None,
-                    "finish_reason": event.reason,
-                    "native_finish_reason": event.native_reason,
-                }
-                yield _sse(chunk_body(meta.id, meta.created, meta.model, [choice]))
-            elif isinstance(event, Done):
-                _record(info, event, meta)
-                if include_usage:
-                    body = chunk_body(meta.id, meta.created, meta.model, [])
-                    body["usage"] = _usage(event.usage)
-                    yield _sse(body)
-        finished = True
-    except APIError as exc:
-        # The status line has gone out: the error travels as a final chunk, as OpenRouter does.
-        finished = True
-        info.finish_reason = "error"
-        body = chunk_body(
-            meta.id,
-            meta.created,
-            meta.model,
-            [{"index": 0, "delta": {"content": ""}, "logprobs": None, "finish_reason": "error"}],
-        )
-        yield _sse({**body, "error": {"code": exc.status, "message": exc.message}})
+        try:
+            while not first.done():
+                await asyncio.wait((first,), timeout=keepalive)
+                if not first.done():
+                    yield KEEPALIVE
+            event: Event | None = first.result()
+            meta.serve(routed)
+            yield _sse(meta.chunk([_role_choice(0)]))
+            started.add(0)
+            while event is not None:
+                if isinstance(event, Delta):
+                    if info.ttft_ms is None:
+                        info.ttft_ms = round((time.perf_counter() - meta.started) * 1000, 2)
+                    yield _sse(meta.chunk([_delta_choice(event, started)]))
+                elif isinstance(event, Finish):
+                    info.finish_reason = event.reason
+                    choice = {
+                        "index": event.index,
+                        "delta": {},
+                        "logprobs": None,
+                        "finish_reason": event.reason,
+                        "native_finish_reason": event.native_reason,
+                    }
+                    yield _sse(meta.chunk([choice]))
+                elif isinstance(event, Done):
+                    _record(info, event, meta)
+                    if include_usage:
+                        body = meta.chunk([])
+                        body["usage"] = _usage(event.usage)
+                        yield _sse(body)
+                event = await anext(events, None)
+            finished = True
+        except APIError as exc:
+            # The status line has gone out: the error travels as a final chunk, as OpenRouter does.
+            finished = True
+            info.finish_reason = "error"
+            meta.serve(routed)
+            body = meta.chunk(
+                [{"index": 0, "delta": {"content": ""}, "logprobs": None, "finish_reason": "error"}]
+            )
+            error: dict[str, Any] = {"code": exc.status, "message": exc.message}
+            if exc.metadata:
+                error["metadata"] = exc.metadata
+            yield _sse({**body, "error": error})
     finally:
-        generation.cancel()
+        routed.cancel()
+        if not first.done():
+            first.cancel()
+        await events.aclose()  # type: ignore[attr-defined]
         if not finished:
             info.client_closed = True
     yield DONE_LINE
+
+
+def _role_choice(index: int) -> dict[str, Any]:
+    return {
+        "index": index,
+        "delta": {"role": "assistant", "content": ""},
+        "logprobs": None,
+        "finish_reason": None,
+    }
+
+
+def _delta_choice(event: Delta, started: set[int]) -> dict[str, Any]:
+    delta: dict[str, Any] = {}
+    if event.index not in started:
+        started.add(event.index)
+        delta["role"] = "assistant"
+    if event.content is not None:
+        delta["content"] = event.content
+    if event.reasoning is not None:
+        # OpenRouter's names, and Moonshot's for clients written against it.
+        delta["reasoning"] = event.reasoning
+        delta["reasoning_content"] = event.reasoning
+        delta["reasoning_details"] = reasoning_details(event.reasoning)
+    if event.tool_calls:
+        delta["tool_calls"] = _tool_calls(event.tool_calls)
+    return {"index": event.index, "delta": delta, "logprobs": None, "finish_reason": None}
 
 
 @dataclass(slots=True)
@@ -152,10 +191,10 @@ class _Choice:
     native: str | None = None
 
 
-async def collect(generation: Generation, meta: ResponseMeta, info: RequestInfo) -> CompletionBody:
+async def collect(routed: RoutedGeneration, meta: ResponseMeta, info: RequestInfo) -> CompletionBody:
     choices: dict[int, _Choice] = {}
     usage = Usage()
-    async for event in generation.events():
+    async for event in routed.events():
         if isinstance(event, Delta):
             choice = choices.setdefault(event.index, _Choice())
             if event.content:
@@ -186,7 +225,10 @@ async def collect(generation: Generation, meta: ResponseMeta, info: RequestInfo)
             "refusal": None,
         }
         if choice.reasoning:
-            message["reasoning"] = "".join(choice.reasoning)
+            text = "".join(choice.reasoning)
+            message["reasoning"] = text
+            message["reasoning_content"] = text
+            message["reasoning_details"] = reasoning_details(text)
         if choice.calls:
             message["tool_calls"] = [choice.calls[k] for k in sorted(choice.calls)]
         bodies.append(
@@ -199,7 +241,8 @@ async def collect(generation: Generation, meta: ResponseMeta, info: RequestInfo)
             }
         )
     info.finish_reason = bodies[0]["finish_reason"] if bodies else None
-    return {
+    meta.serve(routed)
+    body: CompletionBody = {
         "id": meta.id,
         "object": "chat.completion",
         "created": meta.created,
@@ -208,6 +251,9 @@ async def collect(generation: Generation, meta: ResponseMeta, info: RequestInfo)
         "usage": _usage(usage),
         "system_fingerprint": None,
     }
+    if meta.provider:
+        body["provider"] = meta.provider
+    return body
 
 
 async def _disconnected(request: Request) -> None:
@@ -217,10 +263,10 @@ async def _disconnected(request: Request) -> None:
 
 
 async def collect_unless_disconnected(
-    request: Request, generation: Generation, meta: ResponseMeta, info: RequestInfo
+    request: Request, routed: RoutedGeneration, meta: ResponseMeta, info: RequestInfo
 ) -> CompletionBody | None:
     """Collect the whole completion, stopping the generation if the client goes away first."""
-    work = asyncio.ensure_future(collect(generation, meta, info))
+    work = asyncio.ensure_future(collect(routed, meta, info))
     watch = asyncio.ensure_future(_disconnected(request))
     try:
         await asyncio.wait((work, watch), return_when=asyncio.FIRST_COMPLETED)
@@ -228,7 +274,7 @@ async def collect_unless_disconnected(
         watch.cancel()
     if work.done():
         return work.result()
-    generation.cancel()
+    routed.cancel()
     work.cancel()
     info.client_closed = True
     return None

@@ -15,7 +15,7 @@ _UNION_TAGS = frozenset(
     | {"text", "image_url", "video_url", "file", "input_audio"}
     | {"json_object", "json_schema", "function"}
 )
-_UNION_FIELDS = frozenset({"response_format", "tool_choice"})
+_UNION_FIELDS = frozenset({"response_format", "tool_choice", "sort"})
 
 
 def param_path(loc: tuple[int | str, ...]) -> str:

@@ -20,6 +20,7 @@ from kimi_gateway.errors import (
     provider_unavailable,
     unsupported_value,
 )
+from kimi_gateway.providers.base import Endpoint
 from kimi_gateway.providers.events import Delta, Done, Event, Finish, ToolCallDelta, Usage
 from kimi_gateway.schema.chat import (
     ChatCompletionRequest,
@@ -98,7 +99,7 @@ class LocalGeneration:
                     completion_tokens=completion_tokens,
                     cached_tokens=cached_tokens,
                 )
-                yield Done(usage=usage, provider=LocalProvider.name, model=self._model_id)
+                yield Done(usage=usage, provider=LocalProvider.display_name, model=self._model_id)
                 return
             elif kind == ERROR:
                 raise APIError(500, message[1], type="server_error", code="engine_error")
@@ -106,17 +107,38 @@ class LocalGeneration:
 
 class LocalProvider:
     name = "local"
+    display_name = "Local (llama.cpp)"
 
-    def __init__(self, models: dict[str, LocalModel]) -> None:
+    def __init__(self, models: dict[str, LocalModel], cards: list[ModelCard]) -> None:
         self.models = models
+        self._endpoints = [
+            Endpoint(
+                provider=self.name,
+                provider_name=self.display_name,
+                model=card.id,
+                upstream_model=card.id,
+                pricing=card.pricing,
+                context_length=models[card.id].max_context,
+                supported_parameters=frozenset(card.supported_parameters),
+                input_modalities=frozenset(card.input_modalities),
+                quantization=None,
+            )
+            for card in cards
+        ]
 
-    def model_ids(self) -> list[str]:
-        return list(self.models)
+    def endpoints(self) -> list[Endpoint]:
+        return self._endpoints
 
     def is_ready(self) -> bool:
         return all(m.ready for m in self.models.values())
 
-    async def start(self, request: ChatCompletionRequest, card: ModelCard) -> LocalGeneration:
+    async def start(
+        self,
+        request: ChatCompletionRequest,
+        endpoint: Endpoint,
+        card: ModelCard,
+        drop: frozenset[str] = frozenset(),
+    ) -> LocalGeneration:
         model = self.models[card.id]
         if not model.ready or model.template is None:
             raise provider_unavailable(f"The local model '{card.id}' is still loading.")

@@ -1,34 +1,72 @@
-"""Resolve a request's model to a catalog card and the provider that will serve it."""
+"""The router: from a request to an ordered list of endpoints, tried with failover."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable
 
-from kimi_gateway.catalog import Catalog, ModelCard
-from kimi_gateway.errors import provider_unavailable
-from kimi_gateway.providers.base import Provider
+from kimi_gateway.catalog import Catalog
+from kimi_gateway.config import RoutingConfig
+from kimi_gateway.providers.base import Endpoint, Generation, Provider
+from kimi_gateway.routing.attempts import RoutedGeneration
+from kimi_gateway.routing.health import ProviderHealth
+from kimi_gateway.routing.plan import Candidate, Filtered, filter_endpoints, order_candidates
+from kimi_gateway.schema.chat import ChatCompletionRequest, ProviderPreferences
+from kimi_gateway.stats import EndpointStats
+
+_NO_PREFERENCES = ProviderPreferences()
 
 
 class Router:
-    def __init__(self, catalog: Catalog, providers: Iterable[Provider]) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        providers: Iterable[Provider],
+        config: RoutingConfig | None = None,
+        stats: EndpointStats | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        config = config or RoutingConfig()
         self.catalog = catalog
-        self.providers = list(providers)
-        self._by_model: dict[str, list[Provider]] = {}
-        for provider in self.providers:
-            for model_id in provider.model_ids():
-                self._by_model.setdefault(model_id, []).append(provider)
+        self.config = config
+        self.providers = {p.name: p for p in providers}
+        self.stats = stats or EndpointStats()
+        self.health = ProviderHealth(
+            failures_to_open=config.breaker_failures,
+            cooldown=config.breaker_cooldown_seconds,
+            failure_window=config.failure_window_seconds,
+            max_cooldown=config.max_cooldown_seconds,
+        )
+        self._rng = rng or random.Random()
+        self._by_model: dict[str, list[Endpoint]] = {}
+        for provider in self.providers.values():
+            for endpoint in provider.endpoints():
+                self._by_model.setdefault(endpoint.model, []).append(endpoint)
 
-    def providers_for(self, model_id: str) -> list[Provider]:
+    def endpoints_for(self, model_id: str) -> list[Endpoint]:
         return self._by_model.get(model_id, [])
 
-    def resolve(self, model_id: str) -> tuple[ModelCard, Provider]:
-        card = self.catalog.get(model_id)
-        providers = self.providers_for(model_id)
-        if not providers:
-            raise provider_unavailable(
-                f"The model '{model_id}' is in the catalog, but no provider serving it is configured. "
-                f"Add a provider that lists '{model_id}' under its models in the gateway's config file "
-                "(for example Moonshot's API, with its key in MOONSHOT_API_KEY), or pick an available model "
-                "from GET /v1/models."
-            )
-        return card, providers[0]
+    def plan(self, request: ChatCompletionRequest) -> list[Candidate]:
+        prefs = request.provider or _NO_PREFERENCES
+        models = [request.model, *(m for m in request.models or () if m != request.model)]
+        candidates: list[Candidate] = []
+        first_error = None
+        for model_id in models:
+            card = self.catalog.get(model_id)
+            try:
+                found = filter_endpoints(request, card, self.endpoints_for(model_id), prefs)
+            except Filtered as why:
+                first_error = first_error or why.error
+                continue
+            candidates.extend(order_candidates(found, prefs, self.health, self.stats, self._rng))
+        if not candidates:
+            assert first_error is not None
+            raise first_error
+        return candidates
+
+    def route(self, request: ChatCompletionRequest) -> RoutedGeneration:
+        return RoutedGeneration(self, request, self.plan(request), buffered=not request.stream)
+
+    async def start(self, request: ChatCompletionRequest, candidate: Candidate) -> Generation:
+        provider = self.providers[candidate.endpoint.provider]
+        return await provider.start(request, candidate.endpoint, candidate.card, candidate.drop)

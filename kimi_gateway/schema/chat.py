@@ -175,6 +175,42 @@ class StreamOptions(_Inner):
     include_usage: bool = False
 
 
+# ---- routing and reasoning (OpenRouter's extensions) -----------------------------------------------------
+
+
+class SortBy(_Inner):
+    by: Literal["price", "throughput", "latency"]
+
+
+class MaxPrice(_Inner):
+    """USD per million tokens (OpenRouter types these as strings or numbers)."""
+
+    prompt: float | None = Field(default=None, ge=0)
+    completion: float | None = Field(default=None, ge=0)
+
+
+class ProviderPreferences(_Inner):
+    order: list[str] | None = None
+    allow_fallbacks: bool = True
+    require_parameters: bool = False
+    only: list[str] | None = None
+    ignore: list[str] | None = None
+    sort: Literal["price", "throughput", "latency"] | SortBy | None = None
+    max_price: MaxPrice | None = None
+    quantizations: list[str] | None = None
+
+    @property
+    def sort_by(self) -> str | None:
+        return self.sort.by if isinstance(self.sort, SortBy) else self.sort
+
+
+class ReasoningConfig(_Inner):
+    effort: Literal["max", "xhigh", "high", "medium", "low", "minimal", "none"] | None = None
+    max_tokens: int | None = Field(default=None, ge=0)
+    exclude: bool = False
+    enabled: bool | None = None
+
+
 # ---- the request ---------------------------------------------------------------------------------------
 
 
@@ -208,6 +244,13 @@ class ChatCompletionRequest(BaseModel):
     parallel_tool_calls: bool | None = None
 
     user: str | None = None
+
+    provider: ProviderPreferences | None = None
+    models: list[str] | None = None
+    reasoning: ReasoningConfig | None = None
+    include_reasoning: bool | None = None
+    reasoning_effort: Literal["max", "xhigh", "high", "medium", "low", "minimal", "none"] | None = None
+
     # vLLM's extension: keep generating past end-of-sequence until max_tokens.
     ignore_eos: bool = False
 
@@ -227,6 +270,26 @@ class ChatCompletionRequest(BaseModel):
     def stop_list(self) -> list[str]:
         # The validator normalises `stop` to a list; this keeps mypy informed.
         return list(self.stop) if isinstance(self.stop, list) else []
+
+    @property
+    def reasoning_wanted(self) -> bool | None:
+        """Whether the client asked for reasoning on (True), off (False), or left it to the model (None)."""
+        r = self.reasoning
+        if r is not None:
+            if r.enabled is not None:
+                return r.enabled
+            if r.effort is not None:
+                return r.effort != "none"
+            if r.max_tokens is not None:
+                return r.max_tokens > 0
+        if self.reasoning_effort is not None:
+            return self.reasoning_effort != "none"
+        return None
+
+    @property
+    def reasoning_excluded(self) -> bool:
+        """Reasoning may run but is not returned."""
+        return bool(self.reasoning and self.reasoning.exclude) or self.include_reasoning is False
 
     @property
     def requested_max_tokens(self) -> int | None:

@@ -44,6 +44,7 @@ class MessageBody(TypedDict):
     tool_calls: NotRequired[list[ToolCallBody]]
     reasoning: NotRequired[str | None]
     reasoning_content: NotRequired[str | None]
+    reasoning_details: NotRequired[list[dict[str, Any]]]
 
 
 class ChoiceBody(TypedDict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from fastapi import APIRouter
@@ -13,6 +14,7 @@ from kimi_gateway.http.completions import ResponseMeta, collect_unless_disconnec
 from kimi_gateway.http.middleware import RequestInfo
 from kimi_gateway.http.responses import ORJSONResponse
 from kimi_gateway.logs import event
+from kimi_gateway.providers.events import Event
 from kimi_gateway.runtime import Gateway
 from kimi_gateway.schema.chat import ChatCompletionRequest
 from kimi_gateway.schema.responses import completion_id
@@ -43,19 +45,27 @@ async def chat_completions(request: Request) -> Response:
     if gateway.config.server.log_prompts:
         event("prompt", request_id=info.request_id, messages=[m.model_dump() for m in body.messages])
 
-    card, provider = gateway.router.resolve(body.model)
-    meta = ResponseMeta(id=completion_id(), created=int(time.time()), model=card.id)
-    generation = await provider.start(body, card)
-    info.provider = provider.name
+    routed = gateway.router.route(body)
+    meta = ResponseMeta(id=completion_id(), created=int(time.time()), model=body.model)
 
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(
-            sse_stream(generation, meta, info, include_usage),
-            media_type="text/event-stream",
-            headers=_SSE_HEADERS,
-        )
-    completion = await collect_unless_disconnected(request, generation, meta, info)
-    if completion is None:
-        return Response(status_code=499)
-    return ORJSONResponse(completion)
+    if not body.stream:
+        completion = await collect_unless_disconnected(request, routed, meta, info)
+        info.provider = meta.provider
+        if completion is None:
+            return Response(status_code=499)
+        return ORJSONResponse(completion)
+
+    # Wait briefly for the first event: an early failure still gets a proper status and JSON error.
+    events = routed.events()
+    first: asyncio.Future[Event] = asyncio.ensure_future(anext(events))
+    keepalive = gateway.config.routing.keepalive_seconds
+    await asyncio.wait((first,), timeout=keepalive)
+    if first.done() and first.exception() is not None:
+        await events.aclose()  # type: ignore[attr-defined]
+        first.result()  # raises the APIError
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return StreamingResponse(
+        sse_stream(routed, events, first, meta, info, include_usage, keepalive),
+        media_type="text/event-stream",
+        headers=_SSE_HEADERS,
+    )

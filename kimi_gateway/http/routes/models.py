@@ -14,7 +14,7 @@ router = APIRouter()
 
 
 def _providers(gateway: Gateway, model_id: str) -> list[str]:
-    return [p.name for p in gateway.router.providers_for(model_id)]
+    return [e.provider for e in gateway.router.endpoints_for(model_id)]
 
 
 @router.get("/v1/models", tags=["models"], summary="List models")

@@ -1,0 +1,192 @@
+"""Hosted and self-hosted OpenAI-compatible providers, over one shared pooled HTTP client.
+
+Upstream requests always stream, so a non-streaming client and a streaming one take the same path, and a
+provider that fails before its first event can be left for the next endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+from httpx_sse import EventSource, SSEError
+
+from kimi_gateway.catalog import ModelCard
+from kimi_gateway.config import TimeoutsConfig
+from kimi_gateway.errors import UpstreamError, invalid_request
+from kimi_gateway.providers.base import Endpoint
+from kimi_gateway.providers.events import Event
+from kimi_gateway.providers.normalize import ChunkNormalizer
+from kimi_gateway.providers.wire import WireStyle
+from kimi_gateway.schema.chat import ChatCompletionRequest
+
+# Statuses that say "try someone else": rate limits, server errors, and our key being refused there.
+_RETRYABLE = {401, 403, 408, 409, 425, 429}
+
+
+def _error_message(body: bytes) -> str:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body[:200].decode("utf-8", "replace") or "no body"
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        return str(error.get("message") or error)
+    if isinstance(error, str):
+        return error
+    return str(data)[:200]
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def status_error(provider: str, response: httpx.Response, body: bytes) -> UpstreamError:
+    status = response.status_code
+    retryable = status >= 500 or status in _RETRYABLE
+    message = _error_message(body)
+    # A client mistake upstream is the client's (400); a provider's failure is a bad gateway (502).
+    client_status = status if status in {400, 404, 413, 422} else (429 if status == 429 else 502)
+    return UpstreamError(
+        client_status,
+        f"{provider} returned {status}: {message}",
+        provider=provider,
+        retryable=retryable,
+        retry_after=_retry_after(response) if status == 429 else None,
+        upstream_status=status,
+    )
+
+
+class UpstreamGeneration:
+    def __init__(
+        self,
+        provider: UpstreamProvider,
+        body: dict[str, Any],
+        endpoint: Endpoint,
+        normalizer: ChunkNormalizer,
+    ) -> None:
+        self._provider = provider
+        self._body = body
+        self._endpoint = endpoint
+        self._normalizer = normalizer
+        self._response: httpx.Response | None = None
+        self._closing: asyncio.Future[None] | None = None
+
+    def cancel(self) -> None:
+        response = self._response
+        if response is not None and not response.is_closed:
+            # Closing the stream drops the connection, which is how the upstream hears of the cancellation.
+            self._closing = asyncio.ensure_future(response.aclose())
+
+    async def events(self) -> AsyncIterator[Event]:
+        provider = self._provider
+        name = provider.name
+        timeouts = provider.timeouts
+        request = provider.client.build_request(
+            "POST",
+            provider.url,
+            content=orjson.dumps(self._body),
+            headers=provider.headers,
+            timeout=httpx.Timeout(timeouts.idle, connect=timeouts.connect),
+        )
+        normalizer = self._normalizer
+        try:
+            try:
+                async with asyncio.timeout(timeouts.first_byte):
+                    response = self._response = await provider.client.send(request, stream=True)
+                    if response.status_code >= 400:
+                        raise status_error(name, response, await response.aread())
+                    sse = EventSource(response).aiter_sse()
+                    first = await anext(sse, None)
+            except TimeoutError:
+                raise UpstreamError(
+                    504, f"{name}: no response within {timeouts.first_byte:g}s", provider=name, retryable=True
+                ) from None
+            event = first
+            while event is not None:
+                if event.data == "[DONE]":
+                    break
+                if event.data:
+                    for item in normalizer.feed(orjson.loads(event.data)):
+                        yield item
+                event = await anext(sse, None)
+            if not normalizer.finished:
+                raise UpstreamError(
+                    502,
+                    f"{name}: the stream ended before the response was complete",
+                    provider=name,
+                    retryable=True,
+                )
+            yield normalizer.done(self._endpoint.model)
+        except httpx.TimeoutException:
+            raise UpstreamError(
+                504, f"{name}: timed out waiting for data", provider=name, retryable=True
+            ) from None
+        except (httpx.TransportError, SSEError) as exc:
+            raise UpstreamError(
+                502, f"{name}: connection failed ({type(exc).__name__})", provider=name, retryable=True
+            ) from None
+        except orjson.JSONDecodeError:
+            raise UpstreamError(
+                502, f"{name}: sent a malformed chunk", provider=name, retryable=True
+            ) from None
+        finally:
+            if self._response is not None:
+                await self._response.aclose()
+
+
+class UpstreamProvider:
+    def __init__(
+        self,
+        name: str,
+        display_name: str,
+        base_url: str,
+        style: WireStyle,
+        api_key: str | None,
+        timeouts: TimeoutsConfig,
+        endpoints: list[Endpoint],
+        client: httpx.AsyncClient,
+    ) -> None:
+        self.name = name
+        self.display_name = display_name
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.style = style
+        self.timeouts = timeouts
+        self.client = client
+        self._endpoints = endpoints
+        self.headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        if api_key:
+            self.headers["Authorization"] = f"Bearer {api_key}"
+
+    def endpoints(self) -> list[Endpoint]:
+        return self._endpoints
+
+    def is_ready(self) -> bool:
+        return True
+
+    async def start(
+        self,
+        request: ChatCompletionRequest,
+        endpoint: Endpoint,
+        card: ModelCard,
+        drop: frozenset[str] = frozenset(),
+    ) -> UpstreamGeneration:
+        if request.n > 1 and "n" not in endpoint.supported_parameters:
+            raise invalid_request(f"{self.name} does not support n > 1.", param="n")
+        body = self.style.build_body(request, endpoint, card, drop)
+        normalizer = ChunkNormalizer(
+            self.display_name,
+            raw_output=self.style.raw_output,
+            start_in_reasoning=self.style.starts_in_reasoning(request, card),
+            exclude_reasoning=request.reasoning_excluded,
+        )
+        return UpstreamGeneration(self, body, endpoint, normalizer)

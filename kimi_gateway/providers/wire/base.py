@@ -1,0 +1,83 @@
+"""The OpenAI chat-completions request every style starts from."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kimi_gateway.catalog import ModelCard
+from kimi_gateway.providers.base import Endpoint
+from kimi_gateway.schema.chat import ChatCompletionRequest
+
+# Fields only the gateway reads; a style re-adds, in its own form, what its provider understands.
+GATEWAY_FIELDS = {
+    "provider",
+    "models",
+    "reasoning",
+    "include_reasoning",
+    "reasoning_effort",
+    "stream",
+    "stream_options",
+}
+_HISTORY_REASONING = ("reasoning", "reasoning_content", "reasoning_details")
+
+
+def history_reasoning(message: dict[str, Any]) -> str | None:
+    """The reasoning text a client replayed on an assistant message, under whichever name it used."""
+    for key in ("reasoning_content", "reasoning"):
+        if isinstance(message.get(key), str):
+            return str(message[key])
+    details = message.get("reasoning_details")
+    if isinstance(details, list):
+        texts = [str(d["text"]) for d in details if isinstance(d, dict) and isinstance(d.get("text"), str)]
+        if texts:
+            return "".join(texts)
+    return None
+
+
+class WireStyle:
+    name = "openai"
+    # The field this provider reads replayed reasoning from, on assistant messages.
+    history_field: str | None = "reasoning_content"
+    # Raw Kimi markers (<think>, tool-call section tokens) may appear in content and must be parsed.
+    raw_output = False
+    # Inclusive temperature range the provider accepts; values outside are clamped.
+    temperature_range = (0.0, 2.0)
+    # Parameters this provider family never accepts, whatever an endpoint's config says.
+    never: frozenset[str] = frozenset({"ignore_eos"})
+
+    def __init__(self, server_parsers: bool = True) -> None:
+        self.server_parsers = server_parsers
+
+    def build_body(
+        self, request: ChatCompletionRequest, endpoint: Endpoint, card: ModelCard, drop: frozenset[str]
+    ) -> dict[str, Any]:
+        body = request.model_dump(exclude_unset=True, exclude=GATEWAY_FIELDS, by_alias=True)
+        for name in drop | self.never:
+            body.pop(name, None)
+        body["model"] = endpoint.upstream_model
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+        for message in body["messages"]:
+            if message.get("role") == "assistant":
+                self.replay_reasoning(message)
+        temperature = body.get("temperature")
+        if temperature is not None:
+            low, high = self.temperature_range
+            body["temperature"] = min(max(temperature, low), high)
+        if "reasoning" not in drop:
+            self.map_reasoning(body, request, card)
+        return body
+
+    def replay_reasoning(self, message: dict[str, Any]) -> None:
+        text = history_reasoning(message)
+        for key in _HISTORY_REASONING:
+            message.pop(key, None)
+        if text is not None and self.history_field:
+            message[self.history_field] = text
+
+    def map_reasoning(self, body: dict[str, Any], request: ChatCompletionRequest, card: ModelCard) -> None:
+        """Put the request's reasoning switch in this provider's own form; the default has none."""
+
+    def starts_in_reasoning(self, request: ChatCompletionRequest, card: ModelCard) -> bool:
+        """Whether raw output begins inside reasoning (the template opened `<think>` itself)."""
+        return False

@@ -1,0 +1,178 @@
+"""Trying candidates in order until one serves: failover before the first event, none after it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from kimi_gateway.errors import APIError, UpstreamError
+from kimi_gateway.providers.base import Generation
+from kimi_gateway.providers.events import Done, Event
+from kimi_gateway.routing.plan import Candidate
+from kimi_gateway.schema.chat import ChatCompletionRequest
+
+if TYPE_CHECKING:
+    from kimi_gateway.routing.router import Router
+
+# Local-engine answers that mean "busy", so another endpoint may serve instead.
+_BUSY = {429, 503}
+
+
+def all_failed(attempts: list[dict[str, Any]], errors: list[APIError]) -> APIError:
+    if len(errors) == 1 and len(attempts) == 1:
+        return errors[0]  # one endpoint, one answer: the client gets it as it was
+    statuses = [a["status"] for a in attempts]
+    retry_after = [a["retry_after"] for a in attempts if a.get("retry_after") is not None]
+    if statuses and all(s == 429 for s in statuses):
+        status, code = 429, "capacity_exhausted"
+    elif all(a.get("kind") in {"timeout", "connection", "circuit_open", "busy"} for a in attempts):
+        status, code = 503, "temporarily_unavailable"
+    else:
+        status, code = 502, "provider_error"
+    summary = "; ".join(f"{a['provider']} ({a['status']}): {a['message']}" for a in attempts)
+    headers = {"Retry-After": str(max(1, round(min(retry_after))))} if retry_after else None
+    return APIError(
+        status,
+        f"Every provider failed: {summary}",
+        type="upstream_error",
+        code=code,
+        headers=headers,
+        metadata={"attempts": [{k: v for k, v in a.items() if k != "kind"} for a in attempts]},
+    )
+
+
+def _kind(error: APIError) -> str:
+    if isinstance(error, UpstreamError):
+        if error.upstream_status is None:
+            return "timeout" if error.status == 504 else "connection"
+        return "status"
+    return "busy" if error.status in _BUSY else "status"
+
+
+class RoutedGeneration:
+    """The events of whichever candidate serves first; `served` says which, once known.
+
+    `buffered` (a client that is not streaming) holds a candidate's events until it has finished, so a
+    failure at any point can still move on to the next candidate.
+    """
+
+    def __init__(
+        self, router: Router, request: ChatCompletionRequest, candidates: list[Candidate], buffered: bool
+    ) -> None:
+        self._router = router
+        self._request = request
+        self._candidates = candidates
+        self._buffered = buffered
+        self._current: Generation | None = None
+        self._cancelled = False
+        self.served: Candidate | None = None
+        self.attempts: list[dict[str, Any]] = []
+        self._errors: list[APIError] = []
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        if self._current is not None:
+            self._current.cancel()
+
+    def _fail(self, candidate: Candidate, error: APIError) -> None:
+        provider = candidate.endpoint.provider
+        self._errors.append(error)
+        retry_after = error.retry_after if isinstance(error, UpstreamError) else None
+        if retry_after is None and "Retry-After" in error.headers:
+            retry_after = float(error.headers["Retry-After"])
+        if isinstance(error, UpstreamError):
+            # The local engine's full queue is back-pressure, not ill health: only upstream failures count.
+            self._router.health.failure(provider, retry_after)
+            rate_limited = error.upstream_status == 429
+            self._router.stats.record(provider, candidate.card.id, False, rate_limited=rate_limited)
+        attempt: dict[str, Any] = {
+            "provider": provider,
+            "model": candidate.card.id,
+            "status": error.status
+            if not isinstance(error, UpstreamError)
+            else (error.upstream_status or error.status),
+            "message": error.message,
+            "kind": _kind(error),
+        }
+        if retry_after is not None:
+            attempt["retry_after"] = retry_after
+        self.attempts.append(attempt)
+
+    async def events(self) -> AsyncIterator[Event]:
+        health = self._router.health
+        skip_model: str | None = None
+        last_model = self._candidates[-1].card.id if self._candidates else None
+        for candidate in self._candidates:
+            provider = candidate.endpoint.provider
+            if self._cancelled:
+                return
+            if candidate.card.id == skip_model:
+                continue
+            if not health.acquire(provider):
+                state = "cooling down after a 429" if health.cooling_down(provider) else "circuit open"
+                self.attempts.append(
+                    {
+                        "provider": provider,
+                        "model": candidate.card.id,
+                        "status": 503,
+                        "message": state,
+                        "kind": "circuit_open",
+                    }
+                )
+                continue
+            started = time.perf_counter()
+            generation: Generation | None = None
+            stream: AsyncIterator[Event] | None = None
+            try:
+                generation = await self._router.start(self._request, candidate)
+                self._current = generation
+                stream = generation.events()
+                held = [e async for e in stream] if self._buffered else [await anext(stream)]
+            except StopAsyncIteration:
+                error = APIError(502, f"{provider}: no output", type="upstream_error")
+                self._fail(candidate, error)
+                continue
+            except APIError as error:
+                if stream is not None:
+                    await stream.aclose()  # type: ignore[attr-defined]
+                self._fail(candidate, error)
+                retryable = error.retryable if isinstance(error, UpstreamError) else error.status in _BUSY
+                if retryable:
+                    continue
+                if candidate.card.id != last_model:
+                    skip_model = candidate.card.id  # any error moves a models[] fallback on to the next model
+                    continue
+                raise
+            first_at = time.perf_counter()
+            self.served = candidate
+            completion = 0
+            try:
+                for event in held:
+                    if isinstance(event, Done):
+                        completion = event.usage.completion_tokens
+                    yield event
+                if not self._buffered:
+                    async for event in stream:
+                        if isinstance(event, Done):
+                            completion = event.usage.completion_tokens
+                        yield event
+            except APIError as error:
+                self._fail(candidate, error)
+                raise
+            finally:
+                if not self._buffered:
+                    await stream.aclose()  # type: ignore[attr-defined]
+            elapsed = time.perf_counter() - first_at
+            health.success(provider)
+            self._router.stats.record(
+                provider,
+                candidate.card.id,
+                True,
+                ttft_ms=(first_at - started) * 1000,
+                tokens_per_second=completion / elapsed if completion and elapsed > 0 else None,
+            )
+            return
+        if self._cancelled:
+            return
+        raise all_failed(self.attempts, self._errors)

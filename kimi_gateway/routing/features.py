@@ -1,0 +1,84 @@
+"""What a request asks of an endpoint: features, sampling parameters, and an estimate of its size."""
+
+from __future__ import annotations
+
+from kimi_gateway.schema.chat import (
+    ChatCompletionRequest,
+    ImagePart,
+    ResponseFormatJSONObject,
+    ResponseFormatJSONSchema,
+    UserMessage,
+    VideoPart,
+)
+
+# Request fields that name a parameter an endpoint may or may not support (OpenRouter's vocabulary).
+SAMPLING = frozenset(
+    {
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "stop",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "repetition_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "n",
+        "parallel_tool_calls",
+    }
+)
+
+# Features that narrow the endpoints when some support them, and are dropped when none do.
+TOOLS, RESPONSE_FORMAT, REASONING = "tools", "response_format", "reasoning"
+IMAGES, VIDEO = "image", "video"
+
+FEATURE_NAMES = {
+    TOOLS: "tool use",
+    RESPONSE_FORMAT: "structured output (response_format)",
+    REASONING: "reasoning",
+    IMAGES: "image input",
+    VIDEO: "video input",
+}
+
+
+def soft_features(request: ChatCompletionRequest) -> list[str]:
+    wanted = []
+    if request.tools and request.tool_choice != "none":
+        wanted.append(TOOLS)
+    if isinstance(request.response_format, ResponseFormatJSONObject | ResponseFormatJSONSchema):
+        wanted.append(RESPONSE_FORMAT)
+    if request.reasoning_wanted:
+        wanted.append(REASONING)
+    return wanted
+
+
+def input_modalities(request: ChatCompletionRequest) -> set[str]:
+    needed: set[str] = set()
+    for message in request.messages:
+        if isinstance(message, UserMessage) and not isinstance(message.content, str):
+            for part in message.content:
+                if isinstance(part, ImagePart):
+                    needed.add(IMAGES)
+                elif isinstance(part, VideoPart):
+                    needed.add(VIDEO)
+    return needed
+
+
+def sampling_parameters(request: ChatCompletionRequest) -> frozenset[str]:
+    return frozenset(request.model_fields_set & SAMPLING)
+
+
+def estimate_prompt_tokens(request: ChatCompletionRequest) -> int:
+    """About four characters a token, plus a few per message for the template: a documented estimate,
+    used only to skip endpoints whose context is clearly too small."""
+    chars = 0
+    for message in request.messages:
+        content = message.content
+        if isinstance(content, str):
+            chars += len(content)
+        elif content is not None:
+            chars += sum(len(getattr(part, "text", "")) for part in content)
+    return chars // 4 + 4 * len(request.messages)

@@ -1,0 +1,93 @@
+"""Provider health: recent failures, 429 cool-downs, and a circuit breaker.
+
+A provider that fails `failures_to_open` times in a row is skipped for `cooldown` seconds; then one request
+is let through as a probe, and its outcome closes or re-opens the circuit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+
+@dataclass(slots=True)
+class _State:
+    consecutive: int = 0
+    open_until: float | None = None
+    probing: bool = False
+    cooldown_until: float = 0.0
+    failures: deque[float] = field(default_factory=lambda: deque(maxlen=256))
+
+
+class ProviderHealth:
+    def __init__(
+        self,
+        *,
+        failures_to_open: int,
+        cooldown: float,
+        failure_window: float,
+        max_cooldown: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._failures_to_open = failures_to_open
+        self._cooldown = cooldown
+        self._window = failure_window
+        self._max_cooldown = max_cooldown
+        self._clock = clock
+        self._states: dict[str, _State] = {}
+
+    def _state(self, provider: str) -> _State:
+        return self._states.setdefault(provider, _State())
+
+    def state(self, provider: str) -> str:
+        s = self._state(provider)
+        if s.open_until is None:
+            return CLOSED
+        return OPEN if self._clock() < s.open_until else HALF_OPEN
+
+    def cooling_down(self, provider: str) -> bool:
+        return self._clock() < self._state(provider).cooldown_until
+
+    def recently_failed(self, provider: str) -> bool:
+        s = self._state(provider)
+        return bool(s.failures) and s.failures[-1] >= self._clock() - self._window
+
+    def acquire(self, provider: str) -> bool:
+        """May a request go to this provider now? A half-open circuit admits one probe at a time."""
+        if self.cooling_down(provider):
+            return False
+        state = self.state(provider)
+        if state == CLOSED:
+            return True
+        if state == OPEN:
+            return False
+        s = self._state(provider)
+        if s.probing:
+            return False
+        s.probing = True
+        return True
+
+    def success(self, provider: str) -> None:
+        s = self._state(provider)
+        s.consecutive = 0
+        s.open_until = None
+        s.probing = False
+
+    def failure(self, provider: str, retry_after: float | None = None) -> None:
+        s = self._state(provider)
+        now = self._clock()
+        s.failures.append(now)
+        s.consecutive += 1
+        if s.probing or s.consecutive >= self._failures_to_open:
+            s.open_until = now + self._cooldown
+        s.probing = False
+        if retry_after is not None:
+            s.cooldown_until = max(s.cooldown_until, now + min(retry_after, self._max_cooldown))
+
+    def release(self, provider: str) -> None:
+        """A probe that ended without a verdict (the client left): let another request probe."""
+        self._state(provider).probing = False
