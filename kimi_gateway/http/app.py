@@ -13,7 +13,7 @@ from kimi_gateway import __version__
 from kimi_gateway.config import GatewayConfig, load_config
 from kimi_gateway.http import errors
 from kimi_gateway.http.middleware import RequestLogMiddleware
-from kimi_gateway.http.routes import chat, health, models
+from kimi_gateway.http.routes import chat, endpoints, health, models
 from kimi_gateway.runtime import build_gateway
 from kimi_gateway.schema.chat import ChatCompletionRequest
 
@@ -47,6 +47,7 @@ def create_app(config: GatewayConfig | None = None) -> FastAPI:
     app.add_middleware(RequestLogMiddleware)
     errors.install(app)
     app.include_router(chat.router)
+    app.include_router(endpoints.router)
     app.include_router(models.router)
     app.include_router(health.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

@@ -89,7 +89,7 @@ class UpstreamGeneration:
 
     async def events(self) -> AsyncIterator[Event]:
         provider = self._provider
-        name = provider.name
+        name = provider.display_name  # errors name the provider as users know it
         timeouts = provider.timeouts
         request = provider.client.build_request(
             "POST",

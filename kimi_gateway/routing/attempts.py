@@ -128,7 +128,10 @@ class RoutedGeneration:
                 generation = await self._router.start(self._request, candidate)
                 self._current = generation
                 stream = generation.events()
-                held = [e async for e in stream] if self._buffered else [await anext(stream)]
+                held = [await anext(stream)]
+                first_at = time.perf_counter()
+                if self._buffered:
+                    held.extend([e async for e in stream])
             except StopAsyncIteration:
                 error = APIError(502, f"{provider}: no output", type="upstream_error")
                 self._fail(candidate, error)
@@ -144,7 +147,6 @@ class RoutedGeneration:
                     skip_model = candidate.card.id  # any error moves a models[] fallback on to the next model
                     continue
                 raise
-            first_at = time.perf_counter()
             self.served = candidate
             completion = 0
             try:

@@ -1,0 +1,58 @@
+"""GET /api/v1/models/{id}/endpoints: each provider's offer for a model, with its live statistics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.requests import Request
+
+from kimi_gateway.runtime import Gateway
+from kimi_gateway.schema.models import per_token
+
+router = APIRouter()
+
+
+@router.get("/api/v1/models/{model_id:path}/endpoints", tags=["models"], summary="Endpoints and their stats")
+async def model_endpoints(model_id: str, request: Request) -> dict[str, Any]:
+    gateway: Gateway = request.app.state.gateway
+    card = gateway.catalog.get(model_id)
+    stats = gateway.router.stats
+    health = gateway.router.health
+    endpoints = []
+    for e in gateway.router.endpoints_for(card.id):
+        endpoints.append(
+            {
+                "name": f"{e.provider_name} | {card.id}",
+                "model_id": card.id,
+                "model_name": card.name,
+                "provider_name": e.provider_name,
+                "tag": e.provider,
+                "upstream_model": e.upstream_model,
+                "quantization": e.quantization,
+                "context_length": e.context_length,
+                "max_completion_tokens": None,
+                "pricing": {
+                    "prompt": per_token(e.pricing.input),
+                    "completion": per_token(e.pricing.output),
+                    "input_cache_read": per_token(e.pricing.cached),
+                },
+                "supported_parameters": sorted(e.supported_parameters),
+                "status": 0 if health.state(e.provider) == "closed" else -1,
+                "circuit": health.state(e.provider),
+                **stats.summary(e.provider, card.id),
+            }
+        )
+    return {
+        "data": {
+            "id": card.id,
+            "name": card.name,
+            "created": card.created,
+            "description": card.description,
+            "architecture": {
+                "input_modalities": card.input_modalities,
+                "output_modalities": card.output_modalities,
+            },
+            "endpoints": endpoints,
+        }
+    }
