@@ -53,6 +53,7 @@ def _serve(args: argparse.Namespace) -> int:
         http="httptools",
         log_config=None,
         access_log=False,
+        proxy_headers=False,
         timeout_graceful_shutdown=30,
     )
     return 0

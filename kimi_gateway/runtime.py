@@ -6,13 +6,12 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-import httpx
-
 from kimi_gateway.catalog import Catalog, load_catalog
 from kimi_gateway.config import GatewayConfig
 from kimi_gateway.engine import LocalModel
 from kimi_gateway.engine.locate import resolve_gguf
 from kimi_gateway.providers.base import Provider
+from kimi_gateway.providers.client import UpstreamClient
 from kimi_gateway.providers.local import LocalProvider
 from kimi_gateway.providers.registry import build_upstream_providers
 from kimi_gateway.routing import Router
@@ -26,15 +25,16 @@ class Gateway:
     catalog: Catalog
     local_models: dict[str, LocalModel]
     router: Router
-    http: httpx.AsyncClient
+    http: UpstreamClient
 
     async def start(self) -> None:
+        await self.http.open()
         for model in self.local_models.values():
             await asyncio.to_thread(model.load)
             log.info("local model loaded", extra={"fields": {"model": model.model_id, "n_ctx": model.n_ctx}})
 
     async def stop(self) -> None:
-        await self.http.aclose()
+        await self.http.close()
         for model in self.local_models.values():
             await asyncio.to_thread(model.close)
 
@@ -64,10 +64,7 @@ def build_gateway(config: GatewayConfig) -> Gateway:
             retry_after=engine.retry_after_seconds,
         )
     # One pooled client for every upstream: connections are reused across requests and providers.
-    http = httpx.AsyncClient(
-        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30.0),
-        follow_redirects=False,
-    )
+    http = UpstreamClient()
     providers: list[Provider] = []
     if local_models:
         providers.append(LocalProvider(local_models, [catalog.get(m) for m in local_models]))

@@ -8,11 +8,15 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kimi_gateway import __version__
 from kimi_gateway.config import GatewayConfig, load_config
+from kimi_gateway.errors import APIError
 from kimi_gateway.http import errors
 from kimi_gateway.http.middleware import RequestLogMiddleware
+from kimi_gateway.http.responses import error_response
 from kimi_gateway.http.routes import chat, endpoints, health, models
 from kimi_gateway.runtime import build_gateway
 from kimi_gateway.schema.chat import ChatCompletionRequest
@@ -31,7 +35,39 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return schema
 
 
-def create_app(config: GatewayConfig | None = None) -> FastAPI:
+class FastPath:
+    """POST /v1/chat/completions goes straight to its handler; everything else to the FastAPI app.
+
+    The hot route needs none of the framework's dependency injection or middleware stack, and skipping it
+    roughly halves the gateway's own cost per request. The route stays registered on the FastAPI app so
+    /docs and /openapi.json describe it.
+    """
+
+    def __init__(self, api: FastAPI) -> None:
+        self.api = api
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == chat.PATH and scope["method"] == "POST":
+            scope["app"] = self.api
+            request = Request(scope, receive, send)
+            try:
+                response = await chat.chat_completions(request)
+            except APIError as exc:
+                response = error_response(exc)
+            except Exception as exc:
+                response = await errors.unexpected(request, exc)
+            await response(scope, receive, send)
+            return
+        await self.api(scope, receive, send)
+
+
+def create_app(config: GatewayConfig | None = None) -> ASGIApp:
+    """The whole gateway as one ASGI app."""
+    api = create_api(config)
+    return RequestLogMiddleware(FastPath(api))
+
+
+def create_api(config: GatewayConfig | None = None) -> FastAPI:
     gateway = build_gateway(config or load_config())
 
     @asynccontextmanager
@@ -44,7 +80,6 @@ def create_app(config: GatewayConfig | None = None) -> FastAPI:
 
     app = FastAPI(title="kimi-gateway", version=__version__, lifespan=lifespan)
     app.state.gateway = gateway
-    app.add_middleware(RequestLogMiddleware)
     errors.install(app)
     app.include_router(chat.router)
     app.include_router(endpoints.router)

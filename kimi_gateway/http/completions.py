@@ -256,25 +256,28 @@ async def collect(routed: RoutedGeneration, meta: ResponseMeta, info: RequestInf
     return body
 
 
-async def _disconnected(request: Request) -> None:
+async def _cancel_on_disconnect(request: Request, task: asyncio.Task[object]) -> None:
     # The body has been read, so the next message can only be the disconnect.
     while (await request.receive())["type"] != "http.disconnect":
         pass
+    task.cancel()
 
 
 async def collect_unless_disconnected(
     request: Request, routed: RoutedGeneration, meta: ResponseMeta, info: RequestInfo
 ) -> CompletionBody | None:
     """Collect the whole completion, stopping the generation if the client goes away first."""
-    work = asyncio.ensure_future(collect(routed, meta, info))
-    watch = asyncio.ensure_future(_disconnected(request))
+    task = asyncio.current_task()
+    assert task is not None
+    watch = asyncio.ensure_future(_cancel_on_disconnect(request, task))
     try:
-        await asyncio.wait((work, watch), return_when=asyncio.FIRST_COMPLETED)
+        return await collect(routed, meta, info)
+    except asyncio.CancelledError:
+        if not watch.done():
+            raise  # cancelled for another reason (shutdown)
+        task.uncancel()
+        routed.cancel()
+        info.client_closed = True
+        return None
     finally:
         watch.cancel()
-    if work.done():
-        return work.result()
-    routed.cancel()
-    work.cancel()
-    info.client_closed = True
-    return None

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kimi_gateway.logs import event, request_id
+from kimi_gateway.logs import event, logger, request_id
 
 # A client that went away before the response finished; nginx's convention.
 CLIENT_CLOSED = 499
@@ -56,13 +56,18 @@ class RequestLogMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            fields = {k: v for k, v in asdict(info).items() if v is not None and k != "client_closed"}
-            event(
-                "request",
-                logging.INFO,
-                method=scope["method"],
-                path=scope["path"],
-                status=CLIENT_CLOSED if info.client_closed else status,
-                latency_ms=round((time.perf_counter() - start) * 1000, 2),
-                **fields,
-            )
+            if logger.isEnabledFor(logging.INFO):
+                self._log(scope, info, status, start)
+
+    @staticmethod
+    def _log(scope: Scope, info: RequestInfo, status: int, start: float) -> None:
+        fields = {k: v for k, v in asdict(info).items() if v is not None and k != "client_closed"}
+        event(
+            "request",
+            logging.INFO,
+            method=scope["method"],
+            path=scope["path"],
+            status=CLIENT_CLOSED if info.client_closed else status,
+            latency_ms=round((time.perf_counter() - start) * 1000, 2),
+            **fields,
+        )

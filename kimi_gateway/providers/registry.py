@@ -8,11 +8,10 @@ import tomllib
 from importlib import resources
 from typing import Any
 
-import httpx
-
 from kimi_gateway.catalog import Catalog, Pricing
 from kimi_gateway.config import ProviderConfig
 from kimi_gateway.providers.base import Endpoint
+from kimi_gateway.providers.client import UpstreamClient
 from kimi_gateway.providers.upstream import UpstreamProvider
 from kimi_gateway.providers.wire import STYLES
 
@@ -65,7 +64,7 @@ def _endpoint(name: str, display: str, model_id: str, entry: Any, catalog: Catal
 
 
 def build_upstream_providers(
-    configured: dict[str, ProviderConfig], catalog: Catalog, client: httpx.AsyncClient
+    configured: dict[str, ProviderConfig], catalog: Catalog, client: UpstreamClient
 ) -> list[UpstreamProvider]:
     builtin = presets()
     names = list(configured) + [n for n in builtin if n not in configured]

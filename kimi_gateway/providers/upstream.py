@@ -1,4 +1,4 @@
-"""Hosted and self-hosted OpenAI-compatible providers, over one shared pooled HTTP client.
+"""Hosted and self-hosted OpenAI-compatible providers, over one shared pooled HTTP client (aiohttp).
 
 Upstream requests always stream, so a non-streaming client and a streaming one take the same path, and a
 provider that fails before its first event can be left for the next endpoint.
@@ -10,16 +10,17 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
-from httpx_sse import EventSource, SSEError
 
 from kimi_gateway.catalog import ModelCard
 from kimi_gateway.config import TimeoutsConfig
 from kimi_gateway.errors import UpstreamError, invalid_request
 from kimi_gateway.providers.base import Endpoint
+from kimi_gateway.providers.client import UpstreamClient
 from kimi_gateway.providers.events import Event
 from kimi_gateway.providers.normalize import ChunkNormalizer
+from kimi_gateway.providers.sse import sse_data
 from kimi_gateway.providers.wire import WireStyle
 from kimi_gateway.schema.chat import ChatCompletionRequest
 
@@ -40,7 +41,7 @@ def _error_message(body: bytes) -> str:
     return str(data)[:200]
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(response: aiohttp.ClientResponse) -> float | None:
     value = response.headers.get("retry-after")
     if value is None:
         return None
@@ -50,8 +51,8 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
-def status_error(provider: str, response: httpx.Response, body: bytes) -> UpstreamError:
-    status = response.status_code
+def status_error(provider: str, response: aiohttp.ClientResponse, body: bytes) -> UpstreamError:
+    status = response.status
     retryable = status >= 500 or status in _RETRYABLE
     message = _error_message(body)
     # A client mistake upstream is the client's (400); a provider's failure is a bad gateway (502).
@@ -66,6 +67,10 @@ def status_error(provider: str, response: httpx.Response, body: bytes) -> Upstre
     )
 
 
+def _failure(name: str, status: int, why: str) -> UpstreamError:
+    return UpstreamError(status, f"{name}: {why}", provider=name, retryable=True)
+
+
 class UpstreamGeneration:
     def __init__(
         self,
@@ -78,47 +83,40 @@ class UpstreamGeneration:
         self._body = body
         self._endpoint = endpoint
         self._normalizer = normalizer
-        self._response: httpx.Response | None = None
-        self._closing: asyncio.Future[None] | None = None
+        self._response: aiohttp.ClientResponse | None = None
 
     def cancel(self) -> None:
-        response = self._response
-        if response is not None and not response.is_closed:
-            # Closing the stream drops the connection, which is how the upstream hears of the cancellation.
-            self._closing = asyncio.ensure_future(response.aclose())
+        if self._response is not None:
+            # Closing drops the connection, which is how the upstream hears of the cancellation.
+            self._response.close()
 
     async def events(self) -> AsyncIterator[Event]:
         provider = self._provider
         name = provider.display_name  # errors name the provider as users know it
         timeouts = provider.timeouts
-        request = provider.client.build_request(
-            "POST",
-            provider.url,
-            content=orjson.dumps(self._body),
-            headers=provider.headers,
-            timeout=httpx.Timeout(timeouts.idle, connect=timeouts.connect),
-        )
         normalizer = self._normalizer
         try:
             try:
                 async with asyncio.timeout(timeouts.first_byte):
-                    response = self._response = await provider.client.send(request, stream=True)
-                    if response.status_code >= 400:
-                        raise status_error(name, response, await response.aread())
-                    sse = EventSource(response).aiter_sse()
-                    first = await anext(sse, None)
+                    response = self._response = await provider.client.session.post(
+                        provider.url,
+                        data=orjson.dumps(self._body),
+                        headers=provider.headers,
+                        timeout=aiohttp.ClientTimeout(sock_connect=timeouts.connect, sock_read=timeouts.idle),
+                    )
+                    if response.status >= 400:
+                        raise status_error(name, response, await response.read())
+                    events = sse_data(response)
+                    data = await anext(events, None)
             except TimeoutError:
-                raise UpstreamError(
-                    504, f"{name}: no response within {timeouts.first_byte:g}s", provider=name, retryable=True
-                ) from None
-            event = first
-            while event is not None:
-                if event.data == "[DONE]":
-                    break
-                if event.data:
-                    for item in normalizer.feed(orjson.loads(event.data)):
+                raise _failure(name, 504, f"no response within {timeouts.first_byte:g}s") from None
+            while data is not None:
+                # Read on past [DONE] to the end of the body: a response released before its last byte
+                # takes its connection out of the pool instead of returning it.
+                if data != "[DONE]":
+                    for item in normalizer.feed(orjson.loads(data)):
                         yield item
-                event = await anext(sse, None)
+                data = await anext(events, None)
             if not normalizer.finished:
                 raise UpstreamError(
                     502,
@@ -127,21 +125,19 @@ class UpstreamGeneration:
                     retryable=True,
                 )
             yield normalizer.done(self._endpoint.model)
-        except httpx.TimeoutException:
+        except TimeoutError:
             raise UpstreamError(
                 504, f"{name}: timed out waiting for data", provider=name, retryable=True
             ) from None
-        except (httpx.TransportError, SSEError) as exc:
-            raise UpstreamError(
-                502, f"{name}: connection failed ({type(exc).__name__})", provider=name, retryable=True
-            ) from None
-        except orjson.JSONDecodeError:
+        except aiohttp.ClientError as exc:
+            raise _failure(name, 502, f"connection failed ({type(exc).__name__})") from None
+        except (orjson.JSONDecodeError, UnicodeDecodeError):
             raise UpstreamError(
                 502, f"{name}: sent a malformed chunk", provider=name, retryable=True
             ) from None
         finally:
             if self._response is not None:
-                await self._response.aclose()
+                self._response.release()
 
 
 class UpstreamProvider:
@@ -154,7 +150,7 @@ class UpstreamProvider:
         api_key: str | None,
         timeouts: TimeoutsConfig,
         endpoints: list[Endpoint],
-        client: httpx.AsyncClient,
+        client: UpstreamClient,
     ) -> None:
         self.name = name
         self.display_name = display_name

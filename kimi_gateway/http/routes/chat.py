@@ -20,12 +20,13 @@ from kimi_gateway.schema.chat import ChatCompletionRequest
 from kimi_gateway.schema.responses import completion_id
 
 router = APIRouter()
+PATH = "/v1/chat/completions"
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 @router.post(
-    "/v1/chat/completions",
+    PATH,
     tags=["chat"],
     summary="Create a chat completion",
     openapi_extra={

@@ -1,0 +1,140 @@
+"""The gateway's own cost in front of a fast upstream: direct-to-mock against through-gateway, same run.
+
+Load comes from wrk (Debian package `wrk`) in its own process. For each of non-streaming and streaming
+(20-chunk) responses, at concurrency 1 and 32: RPS, p50 and p99 latency, the p50 the gateway adds, and the
+gateway's resident memory. Targets (one worker): added p50 <= 0.5 ms at c=1; >= 2,000 RPS non-streaming
+at c=32.
+
+Run: .venv/bin/python -m bench.gateway_overhead [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from kimi_gateway.testing import GatewayProcess, free_port
+
+MODEL = "kimi-k2-thinking"
+LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = [[%s]]
+"""
+
+
+def _ms(value: str, unit: str) -> float:
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def run_wrk(
+    url: str, body: dict[str, object], connections: int, seconds: int, workdir: Path
+) -> dict[str, float]:
+    script = workdir / f"body-{connections}-{body.get('stream')}.lua"
+    script.write_text(LUA % json.dumps(body))
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
+    for pct in ("50", "99"):
+        m = re.search(rf"\s{pct}(?:\.000)?%\s+([\d.]+)(us|ms|s)", out)
+        assert m is not None, out
+        result[f"p{pct}"] = _ms(m.group(1), m.group(2))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    result["errors"] = float(errors.group(1)) if errors else 0.0
+    return result
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=10)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed: apt-get install wrk")
+
+    port = free_port()
+    mock = subprocess.Popen([sys.executable, "-m", "bench.mock_upstream", str(port)])
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        config = f"""
+[server]
+log_level = "warning"
+[providers.mock]
+style = "openai"
+base_url = "http://127.0.0.1:{port}/v1"
+[providers.mock.models."{MODEL}"]
+"""
+        time.sleep(0.5)
+        gateway = GatewayProcess(workdir, config)
+        try:
+            body = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
+            direct_url = f"http://127.0.0.1:{port}/v1/chat/completions"
+            gateway_url = gateway.api + "/chat/completions"
+            for url in (direct_url, gateway_url):  # warm-up, and a check that both answer
+                assert httpx.post(url, json=body).status_code == 200
+            rows = []
+            for stream in (False, True):
+                for connections in (1, 32):
+                    request = {**body, "stream": stream}
+                    direct = run_wrk(direct_url, request, connections, args.seconds, workdir)
+                    through = run_wrk(gateway_url, request, connections, args.seconds, workdir)
+                    rows.append((stream, connections, direct, through))
+            memory = rss_mb(gateway.proc.pid)
+        finally:
+            gateway.stop()
+            mock.terminate()
+
+    header = (
+        "mode",
+        "c",
+        "direct RPS",
+        "gateway RPS",
+        "RPS ratio",
+        "direct p50/p99 ms",
+        "gateway p50/p99 ms",
+        "added p50 ms",
+        "errors",
+    )
+    table = [header]
+    for stream, connections, direct, through in rows:
+        table.append(
+            (
+                "stream (20 chunks)" if stream else "non-stream",
+                str(connections),
+                f"{direct['rps']:.0f}",
+                f"{through['rps']:.0f}",
+                f"{through['rps'] / direct['rps']:.2f}",
+                f"{direct['p50']:.2f} / {direct['p99']:.2f}",
+                f"{through['p50']:.2f} / {through['p99']:.2f}",
+                f"{through['p50'] - direct['p50']:.2f}",
+                f"{direct['errors']:.0f}/{through['errors']:.0f}",
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print(" | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    print(f"gateway RSS after the run: {memory:.0f} MB (includes the embedded SmolLM2 model)")
+    print("targets: added p50 <= 0.5 ms at c=1; >= 2000 RPS non-stream at c=32")
+
+
+if __name__ == "__main__":
+    main()
