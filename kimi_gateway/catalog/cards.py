@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,6 +33,21 @@ class SamplingDefaults(_Card):
     max_tokens: int | None = None
 
 
+class Rules(_Card):
+    """Per-family request rules, enforced with Moonshot's messages (kimi_gateway/catalog/rules.py)."""
+
+    # Fixed values: any other value is refused. Temperature may differ with thinking on and off.
+    fixed_temperature_thinking: float | None = None
+    fixed_temperature_instant: float | None = None
+    fixed_top_p: float | None = None
+    temperature_range: tuple[float, float] | None = None
+    max_n: int | None = None
+    # n > 1 needs a temperature above this (identical samples otherwise).
+    min_temperature_for_n: float | None = None
+    max_stop: int | None = None
+    max_stop_bytes: int | None = None
+
+
 class LocalSpec(_Card):
     # A filesystem path, or `package:<package>/<file>` for a model shipped inside an installed package.
     gguf: str
@@ -47,12 +62,23 @@ class ModelCard(_Card):
     input_modalities: list[str] = Field(default_factory=lambda: ["text"])
     output_modalities: list[str] = Field(default_factory=lambda: ["text"])
     reasoning: bool = False
+    # "always" (the model always thinks), "optional" (on by default, `thinking` switches it), or "never".
+    thinking: Literal["always", "optional", "never"] = "never"
     max_images: int | None = None
     max_image_pixels: int | None = None
     supported_parameters: list[str] = Field(default_factory=list)
     pricing: Pricing = Field(default_factory=Pricing)
     defaults: SamplingDefaults = Field(default_factory=SamplingDefaults)
+    rules: Rules = Field(default_factory=Rules)
     local: LocalSpec | None = None
+
+    def thinking_on(self, wanted: bool | None) -> bool:
+        """Whether a request thinks, given what it asked for (None: the model's default)."""
+        if self.thinking == "always":
+            return True
+        if self.thinking == "optional":
+            return wanted is not False
+        return False
 
 
 class Catalog:
@@ -84,9 +110,11 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 def load_catalog(overrides: dict[str, dict[str, Any]] | None = None) -> Catalog:
     text = resources.files("kimi_gateway.catalog").joinpath("models.toml").read_text("utf-8")
-    entries: dict[str, dict[str, Any]] = tomllib.loads(text)["models"]
+    data = tomllib.loads(text)
+    common: dict[str, Any] = data.get("common", {})
+    entries: dict[str, dict[str, Any]] = {k: _merge(common, v) for k, v in data["models"].items()}
     for model_id, override in (overrides or {}).items():
-        entries[model_id] = _merge(entries.get(model_id, {}), override)
+        entries[model_id] = _merge(entries.get(model_id, common), override)
     cards = {
         model_id: ModelCard.model_validate({**entry, "id": model_id}) for model_id, entry in entries.items()
     }

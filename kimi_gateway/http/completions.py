@@ -101,6 +101,7 @@ async def sse_stream(
     """
     finished = False
     started: set[int] = set()
+    finishes: list[Finish] = []
     try:
         try:
             while not first.done():
@@ -117,20 +118,27 @@ async def sse_stream(
                         info.ttft_ms = round((time.perf_counter() - meta.started) * 1000, 2)
                     yield _sse(meta.chunk([_delta_choice(event, started)]))
                 elif isinstance(event, Finish):
+                    # Held until usage is known: Moonshot's stream carries usage in the final choice.
                     info.finish_reason = event.reason
-                    choice = {
-                        "index": event.index,
-                        "delta": {},
-                        "logprobs": None,
-                        "finish_reason": event.reason,
-                        "native_finish_reason": event.native_reason,
-                    }
-                    yield _sse(meta.chunk([choice]))
+                    finishes.append(event)
                 elif isinstance(event, Done):
                     _record(info, event, meta)
+                    usage = _usage(event.usage)
+                    for i, finish in enumerate(finishes):
+                        choice = {
+                            "index": finish.index,
+                            "delta": {},
+                            "logprobs": None,
+                            "finish_reason": finish.reason,
+                            "native_finish_reason": finish.native_reason,
+                        }
+                        if i == len(finishes) - 1:
+                            choice["usage"] = usage
+                        yield _sse(meta.chunk([choice]))
+                    finishes.clear()
                     if include_usage:
                         body = meta.chunk([])
-                        body["usage"] = _usage(event.usage)
+                        body["usage"] = usage
                         yield _sse(body)
                 event = await anext(events, None)
             finished = True

@@ -149,9 +149,13 @@ class LocalProvider:
         grammar, tool_prompt = self._constraints(request, mode)
         messages = model.template.messages(request.messages, card.id, tool_prompt, mode)
 
+        prefix = request.partial_prefix
+        if prefix is not None:
+            messages = messages[:-1]  # the prefix continues the assistant turn the template opens
+
         def encode() -> list[int]:
             assert model.template is not None
-            return model.tokenize(model.template.render(messages))
+            return model.tokenize(model.template.render(messages) + (prefix or ""))
 
         size = sum(len(m["content"]) for m in messages)
         tokens = encode() if size < _INLINE_PROMPT_CHARS else await asyncio.to_thread(encode)

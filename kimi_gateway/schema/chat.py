@@ -204,6 +204,12 @@ class ProviderPreferences(_Inner):
         return self.sort.by if isinstance(self.sort, SortBy) else self.sort
 
 
+class Thinking(_Inner):
+    """Moonshot's switch: `{"type": "enabled" | "disabled"}`."""
+
+    type: Literal["enabled", "disabled"]
+
+
 class ReasoningConfig(_Inner):
     effort: Literal["max", "xhigh", "high", "medium", "low", "minimal", "none"] | None = None
     max_tokens: int | None = Field(default=None, ge=0)
@@ -250,6 +256,9 @@ class ChatCompletionRequest(BaseModel):
     reasoning: ReasoningConfig | None = None
     include_reasoning: bool | None = None
     reasoning_effort: Literal["max", "xhigh", "high", "medium", "low", "minimal", "none"] | None = None
+    thinking: Thinking | None = None
+    prompt_cache_key: str | None = None
+    session_id: str | None = Field(default=None, max_length=256)
 
     # vLLM's extension: keep generating past end-of-sequence until max_tokens.
     ignore_eos: bool = False
@@ -272,8 +281,21 @@ class ChatCompletionRequest(BaseModel):
         return list(self.stop) if isinstance(self.stop, list) else []
 
     @property
+    def partial_prefix(self) -> str | None:
+        """The text a Partial Mode request asks to continue, if it is one."""
+        last = self.messages[-1]
+        if isinstance(last, AssistantMessage) and last.partial:
+            content = last.content
+            if isinstance(content, list):
+                return "".join(part.text for part in content)
+            return content or ""
+        return None
+
+    @property
     def reasoning_wanted(self) -> bool | None:
         """Whether the client asked for reasoning on (True), off (False), or left it to the model (None)."""
+        if self.thinking is not None:
+            return self.thinking.type == "enabled"
         r = self.reasoning
         if r is not None:
             if r.enabled is not None:

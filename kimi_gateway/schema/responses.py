@@ -21,6 +21,7 @@ class UsageBody(TypedDict):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    cached_tokens: int  # Moonshot's place for it
     prompt_tokens_details: PromptTokensDetails
     completion_tokens_details: CompletionTokensDetails
     cost: NotRequired[float]
@@ -86,6 +87,7 @@ def usage_body(prompt: int, completion: int, cached: int, reasoning: int) -> Usa
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
+        "cached_tokens": cached,
         "prompt_tokens_details": {"cached_tokens": cached},
         "completion_tokens_details": {"reasoning_tokens": reasoning},
     }

@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from kimi_gateway.catalog.rules import apply_rules
 from kimi_gateway.http.body import parse_body
 from kimi_gateway.http.completions import ResponseMeta, collect_unless_disconnected, sse_stream
 from kimi_gateway.http.middleware import RequestInfo
@@ -17,6 +18,7 @@ from kimi_gateway.logs import event
 from kimi_gateway.providers.events import Event
 from kimi_gateway.runtime import Gateway
 from kimi_gateway.schema.chat import ChatCompletionRequest
+from kimi_gateway.schema.checks import check_partial, check_tools
 from kimi_gateway.schema.responses import completion_id
 
 router = APIRouter()
@@ -46,6 +48,9 @@ async def chat_completions(request: Request) -> Response:
     if gateway.config.server.log_prompts:
         event("prompt", request_id=info.request_id, messages=[m.model_dump() for m in body.messages])
 
+    check_tools(body)
+    check_partial(body)
+    apply_rules(body, gateway.catalog.get(body.model))
     routed = gateway.router.route(body)
     meta = ResponseMeta(id=completion_id(), created=int(time.time()), model=body.model)
 

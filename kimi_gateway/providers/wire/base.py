@@ -55,6 +55,10 @@ class WireStyle:
         for name in drop | self.never:
             body.pop(name, None)
         body["model"] = endpoint.upstream_model
+        if "max_tokens" not in body and "max_completion_tokens" not in body and card.defaults.max_tokens:
+            # Moonshot's default: 1024, and at least 16,000 for thinking models so reasoning cannot
+            # starve the answer (the catalog holds the numbers).
+            body["max_tokens"] = card.defaults.max_tokens
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
         for message in body["messages"]:
@@ -66,7 +70,13 @@ class WireStyle:
             body["temperature"] = min(max(temperature, low), high)
         if "reasoning" not in drop:
             self.map_reasoning(body, request, card)
+        if request.partial_prefix is not None:
+            self.map_partial(body)
         return body
+
+    def map_partial(self, body: dict[str, Any]) -> None:
+        """Partial Mode. By default, as assistant prefill: a final assistant message the model continues."""
+        body["messages"][-1].pop("partial", None)
 
     def replay_reasoning(self, message: dict[str, Any]) -> None:
         text = history_reasoning(message)

@@ -15,6 +15,9 @@ class MoonshotStyle(WireStyle):
     # Moonshot documents temperature in [0, 1], not OpenAI's [0, 2].
     temperature_range = (0.0, 1.0)
 
+    def map_partial(self, body: dict[str, Any]) -> None:
+        body["messages"][-1]["partial"] = True  # Moonshot's own flag
+
     def map_reasoning(self, body: dict[str, Any], request: ChatCompletionRequest, card: ModelCard) -> None:
         wanted = request.reasoning_wanted
         if wanted is not None and card.reasoning:

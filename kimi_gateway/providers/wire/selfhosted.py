@@ -26,6 +26,11 @@ class VLLMStyle(WireStyle):
             kwargs = body.setdefault("chat_template_kwargs", {})
             kwargs["thinking"] = wanted
 
+    def map_partial(self, body: dict[str, Any]) -> None:
+        body["messages"][-1].pop("partial", None)
+        body["continue_final_message"] = True
+        body["add_generation_prompt"] = False
+
     def starts_in_reasoning(self, request: ChatCompletionRequest, card: ModelCard) -> bool:
         # K2 Thinking's template opens <think> itself, so raw output may begin mid-reasoning.
         return not self.server_parsers and card.reasoning and request.reasoning_wanted is not False

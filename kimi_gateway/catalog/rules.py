@@ -1,0 +1,98 @@
+"""Per-family request rules and thinking semantics, as Moonshot's API enforces them.
+
+The numbers live in the catalog (`rules` of each model); this module only applies them. Messages follow
+Moonshot's, so clients that match on them keep working.
+"""
+
+from __future__ import annotations
+
+from kimi_gateway.catalog.cards import ModelCard
+from kimi_gateway.errors import invalid_request
+from kimi_gateway.schema.chat import AssistantMessage, ChatCompletionRequest, NamedToolChoice
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def check_sampling(request: ChatCompletionRequest, card: ModelCard, thinking: bool) -> None:
+    rules = card.rules
+    fixed = rules.fixed_temperature_thinking if thinking else rules.fixed_temperature_instant
+    if fixed is not None:
+        if request.temperature is not None and abs(request.temperature - fixed) > 1e-9:
+            raise invalid_request(
+                f"invalid temperature: only {_number(fixed)} is allowed for this model", param="temperature"
+            )
+        request.temperature = fixed
+    elif rules.temperature_range is not None and request.temperature is not None:
+        low, high = rules.temperature_range
+        if not low <= request.temperature <= high:
+            raise invalid_request(
+                f"invalid temperature: {_number(request.temperature)}, must be within "
+                f"[{_number(low)}, {_number(high)}]",
+                param="temperature",
+            )
+    if rules.fixed_top_p is not None:
+        if request.top_p is not None and abs(request.top_p - rules.fixed_top_p) > 1e-9:
+            raise invalid_request(
+                f"invalid top_p: only {_number(rules.fixed_top_p)} is allowed for this model", param="top_p"
+            )
+        request.top_p = rules.fixed_top_p
+    if rules.max_n is not None and request.n > rules.max_n:
+        raise invalid_request(f"invalid n: {request.n}, must be between 1 and {rules.max_n}", param="n")
+    if (
+        rules.min_temperature_for_n is not None
+        and request.n > 1
+        and request.temperature is not None
+        and request.temperature < rules.min_temperature_for_n
+    ):
+        raise invalid_request(
+            "invalid n: when temperature is close to 0, n must be 1 (the samples would be identical)",
+            param="n",
+        )
+    stops = request.stop_list
+    if rules.max_stop is not None and len(stops) > rules.max_stop:
+        raise invalid_request(
+            f"invalid stop: at most {rules.max_stop} stop sequences are allowed", param="stop"
+        )
+    if rules.max_stop_bytes is not None:
+        for i, stop in enumerate(stops):
+            if len(stop.encode("utf-8")) > rules.max_stop_bytes:
+                raise invalid_request(
+                    f"invalid stop: stop[{i}] is longer than {rules.max_stop_bytes} bytes", param=f"stop[{i}]"
+                )
+
+
+def check_thinking(request: ChatCompletionRequest, thinking: bool) -> None:
+    if not thinking:
+        return
+    choice = request.tool_choice
+    if choice == "required" or isinstance(choice, NamedToolChoice):
+        kind = "required" if choice == "required" else "specified"
+        raise invalid_request(
+            f"tool_choice '{kind}' is incompatible with thinking enabled", param="tool_choice"
+        )
+    for index, message in enumerate(request.messages):
+        if not isinstance(message, AssistantMessage) or not message.tool_calls:
+            continue
+        if message.reasoning_content is not None:
+            continue
+        # Clients written for OpenRouter replay reasoning under its names: carry it over.
+        text = message.reasoning
+        if text is None and message.reasoning_details:
+            parts = [d.get("text") for d in message.reasoning_details if isinstance(d.get("text"), str)]
+            text = "".join(str(p) for p in parts) if parts else None
+        if text is None:
+            raise invalid_request(
+                "thinking is enabled but reasoning_content is missing in assistant tool call message "
+                f"at index {index}",
+                param=f"messages[{index}].reasoning_content",
+            )
+        message.reasoning_content = text
+
+
+def apply_rules(request: ChatCompletionRequest, card: ModelCard) -> None:
+    """Refuse what the model's family refuses, and pin the values it fixes."""
+    thinking = card.thinking_on(request.reasoning_wanted)
+    check_thinking(request, thinking)
+    check_sampling(request, card, thinking)
