@@ -167,6 +167,17 @@ def _chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def _selfhost(args: argparse.Namespace) -> int:
+    from kimi_gateway.selfhost import render
+
+    try:
+        print(render(args.engine, args.model, args.host, args.port))
+    except KeyError as exc:
+        print(f"error: {exc.args[0]}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kimi-gateway", description=__doc__)
     parser.add_argument("--version", action="version", version=f"kimi-gateway {__version__}")
@@ -195,6 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--api-key", default=None)
     chat.add_argument("--config", default=None)
     chat.set_defaults(func=_chat)
+    selfhost = sub.add_parser(
+        "selfhost", help="print the command to self-host a Kimi model, and its config entry"
+    )
+    selfhost.add_argument("engine", choices=["vllm", "sglang"])
+    selfhost.add_argument("model")
+    selfhost.add_argument("--host", default="127.0.0.1", help="where the engine will listen")
+    selfhost.add_argument("--port", type=int, default=8000)
+    selfhost.set_defaults(func=_selfhost)
     return parser
 
 

@@ -90,6 +90,8 @@ class RoutingConfig(_Section):
     breaker_cooldown_seconds: float = 30.0
     # Upper bound on a 429's Retry-After cool-down.
     max_cooldown_seconds: float = 300.0
+    # How long a conversation stays with the provider holding its cached prefix; 0 turns stickiness off.
+    sticky_seconds: float = 600.0
 
 
 class GatewayConfig(_Section):

@@ -15,6 +15,8 @@ from kimi_gateway.providers.client import UpstreamClient
 from kimi_gateway.providers.local import LocalProvider
 from kimi_gateway.providers.registry import build_upstream_providers
 from kimi_gateway.routing import Router
+from kimi_gateway.routing.features import estimate_prompt_tokens
+from kimi_gateway.schema.chat import ChatCompletionRequest
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,15 @@ class Gateway:
         await self.http.close()
         for model in self.local_models.values():
             await asyncio.to_thread(model.close)
+
+    async def count_prompt_tokens(self, request: ChatCompletionRequest) -> tuple[int, str]:
+        """The prompt's size, and how it was counted: the model's own tokenizer where the gateway has it
+        (the embedded models), otherwise the documented estimate."""
+        card = self.catalog.get(request.model)
+        local = self.router.providers.get(LocalProvider.name)
+        if isinstance(local, LocalProvider) and card.id in local.models:
+            return len(await local.prompt_tokens(request, card)), "tokenizer"
+        return estimate_prompt_tokens(request), "estimate"
 
     def is_ready(self) -> bool:
         return all(p.is_ready() for p in self.router.providers.values())

@@ -17,7 +17,7 @@ from kimi_gateway.errors import APIError
 from kimi_gateway.http import errors
 from kimi_gateway.http.middleware import RequestLogMiddleware
 from kimi_gateway.http.responses import error_response
-from kimi_gateway.http.routes import chat, endpoints, health, models
+from kimi_gateway.http.routes import chat, endpoints, health, models, tokenizers
 from kimi_gateway.runtime import build_gateway
 from kimi_gateway.schema.chat import ChatCompletionRequest
 
@@ -85,5 +85,6 @@ def create_api(config: GatewayConfig | None = None) -> FastAPI:
     app.include_router(endpoints.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(tokenizers.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

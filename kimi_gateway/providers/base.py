@@ -26,6 +26,10 @@ class Endpoint:
     quantization: str | None = None
 
     @property
+    def caches_cheaper(self) -> bool:
+        return self.pricing.cached < self.pricing.input
+
+    @property
     def price(self) -> float:
         """One number to rank by: input plus output, USD per million tokens."""
         return self.pricing.input + self.pricing.output

@@ -147,18 +147,7 @@ class LocalProvider:
 
         mode = toolcalls.tool_mode(request.tools, request.tool_choice)
         grammar, tool_prompt = self._constraints(request, mode)
-        messages = model.template.messages(request.messages, card.id, tool_prompt, mode)
-
-        prefix = request.partial_prefix
-        if prefix is not None:
-            messages = messages[:-1]  # the prefix continues the assistant turn the template opens
-
-        def encode() -> list[int]:
-            assert model.template is not None
-            return model.tokenize(model.template.render(messages) + (prefix or ""))
-
-        size = sum(len(m["content"]) for m in messages)
-        tokens = encode() if size < _INLINE_PROMPT_CHARS else await asyncio.to_thread(encode)
+        tokens = await self.prompt_tokens(request, card, tool_prompt, mode)
 
         available = model.n_ctx - len(tokens)
         requested = request.requested_max_tokens
@@ -191,6 +180,29 @@ class LocalProvider:
         )
         model.submit(job)
         return LocalGeneration(job, mode, request.n, card.id)
+
+    async def prompt_tokens(
+        self,
+        request: ChatCompletionRequest,
+        card: ModelCard,
+        tool_prompt: str | None = None,
+        mode: str = toolcalls.MODE_NONE,
+    ) -> list[int]:
+        """The prompt exactly as the model will see it, tokenized by the model's own tokenizer."""
+        model = self.models[card.id]
+        template = model.template
+        if template is None:
+            raise provider_unavailable(f"The local model '{card.id}' is still loading.")
+        messages = template.messages(request.messages, card.id, tool_prompt, mode)
+        prefix = request.partial_prefix
+        if prefix is not None:
+            messages = messages[:-1]  # the prefix continues the assistant turn the template opens
+
+        def encode() -> list[int]:
+            return model.tokenize(template.render(messages) + (prefix or ""))
+
+        size = sum(len(m["content"]) for m in messages)
+        return encode() if size < _INLINE_PROMPT_CHARS else await asyncio.to_thread(encode)
 
     @staticmethod
     def _constraints(request: ChatCompletionRequest, mode: str) -> tuple[LlamaGrammar | None, str | None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kimi_gateway.errors import APIError, UpstreamError
@@ -17,6 +18,13 @@ if TYPE_CHECKING:
 
 # Local-engine answers that mean "busy", so another endpoint may serve instead.
 _BUSY = {429, 503}
+
+
+@dataclass(slots=True)
+class StickyState:
+    key: str
+    explicit: bool  # the client named the conversation (session_id / prompt_cache_key)
+    provider: str | None  # where it was sticking when this request came in
 
 
 def all_failed(attempts: list[dict[str, Any]], errors: list[APIError]) -> APIError:
@@ -67,6 +75,7 @@ class RoutedGeneration:
         self._current: Generation | None = None
         self._cancelled = False
         self.served: Candidate | None = None
+        self.sticky: StickyState | None = None
         self.attempts: list[dict[str, Any]] = []
         self._errors: list[APIError] = []
 
@@ -81,6 +90,8 @@ class RoutedGeneration:
         retry_after = error.retry_after if isinstance(error, UpstreamError) else None
         if retry_after is None and "Retry-After" in error.headers:
             retry_after = float(error.headers["Retry-After"])
+        if self.sticky is not None and self.sticky.provider == provider:
+            self._router.sticky.forget(self.sticky.key)  # a failing provider no longer holds the conversation
         if isinstance(error, UpstreamError):
             # The local engine's full queue is back-pressure, not ill health: only upstream failures count.
             self._router.health.failure(provider, retry_after)
@@ -98,6 +109,17 @@ class RoutedGeneration:
         if retry_after is not None:
             attempt["retry_after"] = retry_after
         self.attempts.append(attempt)
+
+    def _after_success(self, candidate: Candidate, cached_tokens: int) -> None:
+        sticky = self.sticky
+        if sticky is None or not candidate.endpoint.caches_cheaper:
+            return
+        provider = candidate.endpoint.provider
+        if sticky.provider == provider:
+            self._router.stats.record_sticky(provider, candidate.card.id, cached_tokens)
+        # With a key the client chose, stick after any success; otherwise once a cache hit proves it.
+        if sticky.explicit or cached_tokens > 0:
+            self._router.sticky.stick(sticky.key, provider)
 
     async def events(self) -> AsyncIterator[Event]:
         health = self._router.health
@@ -148,16 +170,16 @@ class RoutedGeneration:
                     continue
                 raise
             self.served = candidate
-            completion = 0
+            done: Done | None = None
             try:
                 for event in held:
                     if isinstance(event, Done):
-                        completion = event.usage.completion_tokens
+                        done = event
                     yield event
                 if not self._buffered:
                     async for event in stream:
                         if isinstance(event, Done):
-                            completion = event.usage.completion_tokens
+                            done = event
                         yield event
             except APIError as error:
                 self._fail(candidate, error)
@@ -167,6 +189,8 @@ class RoutedGeneration:
                     await stream.aclose()  # type: ignore[attr-defined]
             elapsed = time.perf_counter() - first_at
             health.success(provider)
+            completion = done.usage.completion_tokens if done else 0
+            cached = done.usage.cached_tokens if done else 0
             self._router.stats.record(
                 provider,
                 candidate.card.id,
@@ -174,6 +198,7 @@ class RoutedGeneration:
                 ttft_ms=(first_at - started) * 1000,
                 tokens_per_second=completion / elapsed if completion and elapsed > 0 else None,
             )
+            self._after_success(candidate, cached)
             return
         if self._cancelled:
             return

@@ -8,9 +8,10 @@ from collections.abc import Iterable
 from kimi_gateway.catalog import Catalog
 from kimi_gateway.config import RoutingConfig
 from kimi_gateway.providers.base import Endpoint, Generation, Provider
-from kimi_gateway.routing.attempts import RoutedGeneration
+from kimi_gateway.routing.attempts import RoutedGeneration, StickyState
 from kimi_gateway.routing.health import ProviderHealth
 from kimi_gateway.routing.plan import Candidate, Filtered, filter_endpoints, order_candidates
+from kimi_gateway.routing.sticky import Stickiness, conversation_key
 from kimi_gateway.schema.chat import ChatCompletionRequest, ProviderPreferences
 from kimi_gateway.stats import EndpointStats
 
@@ -38,6 +39,7 @@ class Router:
             max_cooldown=config.max_cooldown_seconds,
         )
         self._rng = rng or random.Random()
+        self.sticky = Stickiness(config.sticky_seconds)
         self._by_model: dict[str, list[Endpoint]] = {}
         for provider in self.providers.values():
             for endpoint in provider.endpoints():
@@ -46,7 +48,7 @@ class Router:
     def endpoints_for(self, model_id: str) -> list[Endpoint]:
         return self._by_model.get(model_id, [])
 
-    def plan(self, request: ChatCompletionRequest) -> list[Candidate]:
+    def plan(self, request: ChatCompletionRequest, sticky_to: str | None = None) -> list[Candidate]:
         prefs = request.provider or _NO_PREFERENCES
         models = [request.model, *(m for m in request.models or () if m != request.model)]
         candidates: list[Candidate] = []
@@ -58,14 +60,24 @@ class Router:
             except Filtered as why:
                 first_error = first_error or why.error
                 continue
-            candidates.extend(order_candidates(found, prefs, self.health, self.stats, self._rng))
+            ordered = order_candidates(found, prefs, self.health, self.stats, self._rng)
+            if sticky_to is not None and not prefs.order:
+                # The provider holding this conversation's cached prefix goes first, if it is cheaper there.
+                held = [c for c in ordered if c.endpoint.provider == sticky_to and c.endpoint.caches_cheaper]
+                ordered = held + [c for c in ordered if c not in held]
+            candidates.extend(ordered)
         if not candidates:
             assert first_error is not None
             raise first_error
         return candidates
 
     def route(self, request: ChatCompletionRequest) -> RoutedGeneration:
-        return RoutedGeneration(self, request, self.plan(request), buffered=not request.stream)
+        key, explicit = conversation_key(request)
+        sticky_to = self.sticky.get(key)
+        candidates = self.plan(request, sticky_to)
+        routed = RoutedGeneration(self, request, candidates, buffered=not request.stream)
+        routed.sticky = StickyState(key, explicit, sticky_to)
+        return routed
 
     async def start(self, request: ChatCompletionRequest, candidate: Candidate) -> Generation:
         provider = self.providers[candidate.endpoint.provider]

@@ -28,6 +28,14 @@ class EndpointStats:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._samples: dict[tuple[str, str], deque[Sample]] = {}
+        # Requests that stickiness sent back to a provider, and the cached prompt tokens they got there.
+        self._sticky: dict[tuple[str, str], list[int]] = {}
+
+    def record_sticky(self, provider: str, model: str, cached_tokens: int) -> None:
+        counts = self._sticky.setdefault((provider, model), [0, 0, 0])
+        counts[0] += 1
+        counts[1] += cached_tokens > 0
+        counts[2] += cached_tokens
 
     def record(
         self,
@@ -75,4 +83,11 @@ class EndpointStats:
             "latency_last_30m": {"p50": self.p50_ttft_ms(provider, model)},
             "throughput_last_30m": {"p50": self.p50_throughput(provider, model)},
             "requests_last_1d": len(self._window(provider, model, DAY)),
+            "sticky": dict(
+                zip(
+                    ("requests", "cache_hits", "cached_tokens"),
+                    self._sticky.get((provider, model), [0, 0, 0]),
+                    strict=True,
+                )
+            ),
         }

@@ -1,0 +1,25 @@
+"""POST /v1/tokenizers/estimate-token-count, as Moonshot serves it."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from kimi_gateway.http.body import parse_body
+from kimi_gateway.http.responses import ORJSONResponse
+from kimi_gateway.runtime import Gateway
+from kimi_gateway.schema.chat import ChatCompletionRequest
+
+router = APIRouter()
+
+# Says how the number was reached: the model's own tokenizer, or the documented estimate.
+METHOD_HEADER = "X-Token-Count-Method"
+
+
+@router.post("/v1/tokenizers/estimate-token-count", tags=["tokenizers"], summary="Count a request's tokens")
+async def estimate_token_count(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    body = await parse_body(request, ChatCompletionRequest, gateway.config.server.max_body_bytes)
+    total, method = await gateway.count_prompt_tokens(body)
+    return ORJSONResponse({"data": {"total_tokens": total}}, headers={METHOD_HEADER: method})
