@@ -65,6 +65,7 @@ def gateway_config(fakes: dict[str, FakeUpstream], routing: str = "") -> str:
         ]
         if name == "moon":
             lines += ['[providers.moon.models."kimi-k2.5"]', 'upstream = "kimi-k2.5"']
+            lines += ['[providers.moon.models."kimi-k2-turbo-preview"]']
             lines += ['[providers.moon.models."kimi-vl-a3b-thinking"]']
         if name == "vllm":
             lines += [

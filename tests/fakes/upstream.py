@@ -63,6 +63,9 @@ class FakeUpstream:
         self._script: list[Behaviour] = []
         self.requests: list[Received] = []
         self.disconnects = 0
+        # Like a provider's prefix cache: a conversation seen before reports cached prompt tokens.
+        self.prefix_cache = False
+        self._seen_prefixes: set[str] = set()
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.AbstractServer | None = None
@@ -86,6 +89,7 @@ class FakeUpstream:
             self._script.clear()
             self.requests.clear()
             self.disconnects = 0
+            self._seen_prefixes.clear()
             self.default = Answer()
 
     def stop(self) -> None:
@@ -259,6 +263,11 @@ class FakeUpstream:
 
     def render(self, answer: Answer, body: dict[str, Any]) -> list[bytes]:
         model = body.get("model", "")
+        if self.prefix_cache:
+            prefix = json.dumps(body.get("messages", [])[:2], sort_keys=True)
+            cached = answer.prompt_tokens - 4 if prefix in self._seen_prefixes else 0
+            self._seen_prefixes.add(prefix)
+            answer = Answer(**{**answer.__dict__, "cached_tokens": cached})
         created = int(time.time())
         cid = "gen-1767358919-fake" if self.style == "openrouter" else "chatcmpl-fake"
 
