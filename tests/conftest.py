@@ -7,6 +7,8 @@ import openai
 import pytest
 
 from kimi_gateway.testing import GatewayProcess
+from tests.fakes.upstream import FakeUpstream
+from tests.upstreams import start_fakes, start_upstream_gateway
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +36,30 @@ def start_gateway(tmp_path: Path) -> Iterator[type[GatewayProcess]]:
     yield start  # type: ignore[misc]
     for process in started:
         process.stop()
+
+
+@pytest.fixture(scope="module")
+def fake_servers() -> Iterator[dict[str, FakeUpstream]]:
+    """One fake upstream per wire style, shared by a test module."""
+    started = start_fakes()
+    yield started
+    for fake in started.values():
+        fake.stop()
+
+
+@pytest.fixture()
+def fakes(fake_servers: dict[str, FakeUpstream]) -> dict[str, FakeUpstream]:
+    """The module's fake upstreams, with scripts, recorded requests and caches cleared for this test."""
+    for fake in fake_servers.values():
+        fake.reset()
+    return fake_servers
+
+
+@pytest.fixture(scope="module")
+def upstream_gateway(
+    fake_servers: dict[str, FakeUpstream], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    """A gateway wired to the module's fake upstreams, shared by the module's tests."""
+    process = start_upstream_gateway(tmp_path_factory.mktemp("upstream"), fake_servers)
+    yield process
+    process.stop()

@@ -15,7 +15,7 @@ import pytest
 from kimi_gateway.selfhost import presets, render
 from kimi_gateway.testing import LOCAL_MODEL, GatewayProcess
 from tests.fakes.upstream import Answer, FakeUpstream
-from tests.upstreams import MODEL, start_fakes, start_gateway
+from tests.upstreams import MODEL
 
 WEATHER = {
     "type": "function",
@@ -29,24 +29,8 @@ ASK = [{"role": "user", "content": "What's the weather in Paris?"}]
 
 
 @pytest.fixture(scope="module")
-def fakes() -> Iterator[dict[str, FakeUpstream]]:
-    started = start_fakes()
-    yield started
-    for fake in started.values():
-        fake.stop()
-
-
-@pytest.fixture(scope="module")
-def gw(fakes: dict[str, FakeUpstream], tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    process = start_gateway(tmp_path_factory.mktemp("kimi"), fakes)
-    yield process
-    process.stop()
-
-
-@pytest.fixture(autouse=True)
-def _clean(fakes: dict[str, FakeUpstream]) -> None:
-    for fake in fakes.values():
-        fake.reset()
+def gw(upstream_gateway: GatewayProcess) -> GatewayProcess:
+    return upstream_gateway
 
 
 @pytest.fixture()

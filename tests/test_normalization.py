@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -12,7 +11,7 @@ import pytest
 
 from kimi_gateway.testing import GatewayProcess
 from tests.fakes.upstream import Answer, FakeUpstream
-from tests.upstreams import MODEL, start_fakes, start_gateway
+from tests.upstreams import MODEL
 
 STYLES = ["moon", "orouter", "tog", "vllm", "sglang", "vllmparsed"]
 ANSWER = Answer(
@@ -33,24 +32,8 @@ LEAKS = ("<think>", "</think>", "◁", "▷", "<|tool", "|>")
 
 
 @pytest.fixture(scope="module")
-def fakes() -> Iterator[dict[str, FakeUpstream]]:
-    started = start_fakes()
-    yield started
-    for fake in started.values():
-        fake.stop()
-
-
-@pytest.fixture(scope="module")
-def gw(fakes: dict[str, FakeUpstream], tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    process = start_gateway(tmp_path_factory.mktemp("norm"), fakes)
-    yield process
-    process.stop()
-
-
-@pytest.fixture(autouse=True)
-def _clean(fakes: dict[str, FakeUpstream]) -> None:
-    for fake in fakes.values():
-        fake.reset()
+def gw(upstream_gateway: GatewayProcess) -> GatewayProcess:
+    return upstream_gateway
 
 
 def _post(gw: GatewayProcess, provider: str, **extra: Any) -> dict[str, Any]:

@@ -14,25 +14,15 @@ import pytest
 
 from kimi_gateway.testing import GatewayProcess
 from tests.fakes.upstream import Answer, FakeUpstream, Fault
-from tests.upstreams import MODEL, start_fakes, start_gateway
+from tests.upstreams import MODEL, start_upstream_gateway
 
 HI = [{"role": "user", "content": "Say hello."}]
-
-
-@pytest.fixture(scope="module")
-def fakes() -> Iterator[dict[str, FakeUpstream]]:
-    started = start_fakes()
-    yield started
-    for fake in started.values():
-        fake.stop()
 
 
 @pytest.fixture()
 def gw(fakes: dict[str, FakeUpstream], tmp_path: Path) -> Iterator[GatewayProcess]:
     # A fresh gateway per test: breakers, cool-downs and stats start clean.
-    for fake in fakes.values():
-        fake.reset()
-    process = start_gateway(tmp_path, fakes)
+    process = start_upstream_gateway(tmp_path, fakes)
     yield process
     process.stop()
 

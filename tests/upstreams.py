@@ -75,5 +75,7 @@ def gateway_config(fakes: dict[str, FakeUpstream], routing: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def start_gateway(workdir: Path, fakes: dict[str, FakeUpstream], routing: str = "") -> GatewayProcess:
+def start_upstream_gateway(
+    workdir: Path, fakes: dict[str, FakeUpstream], routing: str = ""
+) -> GatewayProcess:
     return GatewayProcess(workdir, gateway_config(fakes, routing), env={KEY_ENV: KEY})
