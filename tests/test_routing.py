@@ -72,9 +72,10 @@ def test_request_reaches_upstream_in_its_form(client: openai.OpenAI, fakes: dict
         Fault("hang"),
         Fault("reset"),
         Fault("empty"),
+        Fault("malformed"),
         Answer(cut_after=0),
     ],
-    ids=["500", "503", "429", "hang", "reset", "empty", "cut-before-first-event"],
+    ids=["500", "503", "429", "hang", "reset", "empty", "malformed", "cut-before-first-event"],
 )
 def test_failover_before_first_byte(
     client: openai.OpenAI, fakes: dict[str, FakeUpstream], fault: Any, stream: bool

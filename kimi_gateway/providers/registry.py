@@ -10,6 +10,7 @@ from typing import Any
 
 from kimi_gateway.catalog import Catalog, Pricing
 from kimi_gateway.config import ProviderConfig
+from kimi_gateway.errors import APIError
 from kimi_gateway.providers.base import Endpoint
 from kimi_gateway.providers.client import UpstreamClient
 from kimi_gateway.providers.upstream import UpstreamProvider
@@ -38,7 +39,7 @@ def _merged(name: str, user: ProviderConfig | None, preset: dict[str, Any] | Non
 def _endpoint(name: str, display: str, model_id: str, entry: Any, catalog: Catalog) -> Endpoint | None:
     try:
         card = catalog.get(model_id)
-    except Exception:
+    except APIError:
         log.warning("provider model not in catalog", extra={"fields": {"provider": name, "model": model_id}})
         return None
     price = entry.pricing

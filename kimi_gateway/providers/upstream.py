@@ -118,23 +118,15 @@ class UpstreamGeneration:
                         yield item
                 data = await anext(events, None)
             if not normalizer.finished:
-                raise UpstreamError(
-                    502,
-                    f"{name}: the stream ended before the response was complete",
-                    provider=name,
-                    retryable=True,
-                )
+                raise _failure(name, 502, "the stream ended before the response was complete")
             yield normalizer.done(self._endpoint.model)
         except TimeoutError:
-            raise UpstreamError(
-                504, f"{name}: timed out waiting for data", provider=name, retryable=True
-            ) from None
+            raise _failure(name, 504, "timed out waiting for data") from None
         except aiohttp.ClientError as exc:
             raise _failure(name, 502, f"connection failed ({type(exc).__name__})") from None
-        except (orjson.JSONDecodeError, UnicodeDecodeError):
-            raise UpstreamError(
-                502, f"{name}: sent a malformed chunk", provider=name, retryable=True
-            ) from None
+        except (orjson.JSONDecodeError, UnicodeDecodeError, TypeError, AttributeError, ValueError):
+            # Valid JSON of the wrong shape (a list for choices, a string for a delta) lands here too.
+            raise _failure(name, 502, "sent a malformed chunk") from None
         finally:
             if self._response is not None:
                 self._response.release()

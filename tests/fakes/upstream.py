@@ -38,7 +38,7 @@ class Answer:
 
 @dataclass
 class Fault:
-    kind: str  # "status", "hang", "reset", "empty"
+    kind: str  # "status", "hang", "reset", "empty", "malformed"
     status: int = 500
     message: str = "Internal server error"
     retry_after: float | None = None
@@ -181,6 +181,12 @@ class FakeUpstream:
         if fault.kind == "reset":
             writer.transport.abort()
             return False
+        if fault.kind == "malformed":  # valid JSON of the wrong shape
+            await self._start_stream(writer)
+            await self._send(writer, b'data: {"choices": "not a list"}\n\n')
+            await self._send(writer, b"data: [DONE]\n\n")
+            await self._send(writer, b"")
+            return True
         if fault.kind == "empty":  # headers, then the connection drops with no event at all
             await self._start_stream(writer)
             writer.transport.abort()
