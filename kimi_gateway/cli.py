@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import socket
 import sys
 import threading
 import time
 from collections.abc import Sequence
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -36,6 +38,21 @@ def _export_config(path: str | None) -> GatewayConfig:
     return load_config()
 
 
+LOOPBACK = ("127.", "localhost", "::1")
+
+
+async def _key_count(config: GatewayConfig) -> int:
+    from kimi_gateway.accounts.keys import KeyStore
+    from kimi_gateway.storage import Database, database_url
+
+    db = Database(database_url(config.database_url, config.data_dir))
+    try:
+        await db.migrate()
+        return len(await KeyStore(db).list())
+    finally:
+        await db.close()
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -43,6 +60,13 @@ def _serve(args: argparse.Namespace) -> int:
     host = args.host or config.server.host
     port = args.port or config.server.port
     setup_logging(config.server.log_level)
+    if not host.startswith(LOOPBACK) and asyncio.run(_key_count(config)) == 0:
+        print(
+            f"refusing to serve on {host} without API keys: anyone could use it. Create one with "
+            "`kimi-gateway keys create --name NAME`, or bind to 127.0.0.1.",
+            file=sys.stderr,
+        )
+        return 2
     uvicorn.run(
         "kimi_gateway.cli:app_factory",
         factory=True,
@@ -167,6 +191,106 @@ def _chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys(args: argparse.Namespace) -> int:
+    from kimi_gateway.accounts.keys import KeyStore
+    from kimi_gateway.storage import Database, database_url
+
+    config = _export_config(args.config)
+
+    async def run() -> int:
+        db = Database(database_url(config.database_url, config.data_dir))
+        await db.migrate()
+        store = KeyStore(db)
+        try:
+            if args.action == "create":
+                key, record = await store.create(
+                    name=args.name,
+                    kind=args.kind,
+                    account_id=args.account,
+                    rpm=args.rpm,
+                    credit_limit=Decimal(args.limit) if args.limit is not None else None,
+                )
+                print(key)
+                print(
+                    f"# {record.kind} key '{record.name}', account {record.account_id}, hash {record.hash}",
+                    file=sys.stderr,
+                )
+            elif args.action == "list":
+                for r in await store.list():
+                    state = "disabled" if r.disabled else "active"
+                    print(f"{r.hash}  {r.prefix:14s}  {r.kind:10s}  {state:8s}  {r.account_id}  {r.name}")
+            elif not await store.set_disabled(args.hash, True):
+                print(f"error: no key with hash {args.hash}", file=sys.stderr)
+                return 1
+            return 0
+        finally:
+            await db.close()
+
+    return asyncio.run(run())
+
+
+def _credits(args: argparse.Namespace) -> int:
+    from kimi_gateway.accounts.ledger import Ledger, UnknownAccount
+    from kimi_gateway.accounts.pricing import nano, usd
+    from kimi_gateway.storage import Database, database_url
+
+    config = _export_config(args.config)
+
+    async def run() -> int:
+        db = Database(database_url(config.database_url, config.data_dir))
+        await db.migrate()
+        ledger = Ledger(db)
+        try:
+            if args.action == "add":
+                try:
+                    amount = Decimal(args.amount)
+                    entry = await ledger.credit(
+                        args.account, amount, "voucher" if args.voucher else "recharge"
+                    )
+                except UnknownAccount:
+                    print(f"error: no account {args.account}", file=sys.stderr)
+                    return 1
+                except (ValueError, ArithmeticError) as exc:
+                    print(f"error: {exc}", file=sys.stderr)
+                    return 2
+                if config.redis_url:
+                    # Running replicas hold the live balance in Redis: move it there too.
+                    from redis.asyncio import Redis
+
+                    from kimi_gateway.accounts.holds_redis import RedisHolds
+
+                    redis = Redis.from_url(config.redis_url)
+                    try:
+                        await RedisHolds(redis, ledger, config.redis_prefix).credited(
+                            args.account, nano(amount)
+                        )
+                    finally:
+                        await redis.aclose()
+                print(entry)
+            totals = await ledger.totals(args.account)
+            print(
+                f"account {args.account}: balance ${usd(totals.balance):.6f} "
+                f"(recharged ${usd(totals.recharged):.2f}, vouchers ${usd(totals.vouchers):.2f}, "
+                f"charged ${usd(totals.charged):.6f})",
+                file=sys.stderr,
+            )
+            return 0
+        finally:
+            await db.close()
+
+    return asyncio.run(run())
+
+
+def _db(args: argparse.Namespace) -> int:
+    from kimi_gateway.storage import database_url
+    from kimi_gateway.storage.db import upgrade
+
+    config = _export_config(args.config)
+    upgrade(database_url(config.database_url, config.data_dir))
+    print("database schema is at the newest migration")
+    return 0
+
+
 def _selfhost(args: argparse.Namespace) -> int:
     from kimi_gateway.selfhost import render
 
@@ -206,6 +330,38 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--api-key", default=None)
     chat.add_argument("--config", default=None)
     chat.set_defaults(func=_chat)
+    keys = sub.add_parser("keys", help="create, list or disable API keys")
+    keys_sub = keys.add_subparsers(dest="action", required=True)
+    create = keys_sub.add_parser("create", help="create a key and print it (shown only once)")
+    create.add_argument("--name", required=True)
+    create.add_argument("--kind", choices=["inference", "management"], default="inference")
+    create.add_argument("--account", default=None, help="an account id (default: a new account)")
+    create.add_argument("--limit", default=None, help="credit limit in USD")
+    create.add_argument("--rpm", type=int, default=None, help="the key's own requests-per-minute limit")
+    keys_sub.add_parser("list", help="list keys (hashes and prefixes only)")
+    disable = keys_sub.add_parser("disable", help="disable a key by its hash")
+    disable.add_argument("hash")
+    for p in (keys, create, disable, keys_sub.choices["list"]):
+        p.add_argument("--config", default=None)
+    keys.set_defaults(func=_keys)
+
+    credits = sub.add_parser("credits", help="recharge an account, or show its balance")
+    credits_sub = credits.add_subparsers(dest="action", required=True)
+    add = credits_sub.add_parser("add", help="add credits (USD) to an account's ledger")
+    add.add_argument("account")
+    add.add_argument("amount", help="USD, e.g. 10 or 0.50")
+    add.add_argument("--voucher", action="store_true", help="a voucher: spent first, never negative")
+    show = credits_sub.add_parser("show", help="an account's balance")
+    show.add_argument("account")
+    for p in (credits, add, show):
+        p.add_argument("--config", default=None)
+    credits.set_defaults(func=_credits)
+
+    db = sub.add_parser("db", help="database maintenance")
+    db.add_argument("action", choices=["upgrade"])
+    db.add_argument("--config", default=None)
+    db.set_defaults(func=_db)
+
     selfhost = sub.add_parser(
         "selfhost", help="print the command to self-host a Kimi model, and its config entry"
     )

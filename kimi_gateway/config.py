@@ -94,12 +94,35 @@ class RoutingConfig(_Section):
     sticky_seconds: float = 600.0
 
 
+class TierConfig(_Section):
+    tier: int
+    min_recharge: float  # cumulative recharge, USD
+    concurrency: int
+    rpm: int
+
+
+class AccountsConfig(_Section):
+    # Replaces the built-in table (Kimi API's published tiers) when set.
+    tiers: list[TierConfig] | None = None
+    # A hold or concurrency slot older than this belonged to a process that died, and frees itself.
+    hold_seconds: float = 900.0
+    slot_seconds: float = 600.0
+    # Generation records and charges are written to the database in batches this often.
+    flush_seconds: float = 0.25
+
+
 class GatewayConfig(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     data_dir: Path = Path("~/.local/share/kimi-gateway")
+    # SQLAlchemy URL; a SQLite file in data_dir when unset. postgresql:// URLs use asyncpg.
+    database_url: str | None = None
+    # With Redis, rate limits and credit holds are shared by every replica pointing at it.
+    redis_url: str | None = None
+    redis_prefix: str = "kg:"
+    accounts: AccountsConfig = Field(default_factory=AccountsConfig)
     # Per-model overrides and additions, merged over the packaged catalog.
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

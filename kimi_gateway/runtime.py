@@ -6,10 +6,21 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from redis.asyncio import Redis
+
+from kimi_gateway.accounts.billing import Accountant
+from kimi_gateway.accounts.holds import Holds, MemoryHolds
+from kimi_gateway.accounts.holds_redis import RedisHolds
+from kimi_gateway.accounts.keys import KeyStore
+from kimi_gateway.accounts.ledger import Ledger
+from kimi_gateway.accounts.recorder import Recorder
+from kimi_gateway.accounts.tiers import DEFAULT_TIERS, Tier, store_tiers
 from kimi_gateway.catalog import Catalog, load_catalog
 from kimi_gateway.config import GatewayConfig
 from kimi_gateway.engine import LocalModel
 from kimi_gateway.engine.locate import resolve_gguf
+from kimi_gateway.limits import Limiter, MemoryLimiter
+from kimi_gateway.limits.redis import RedisLimiter
 from kimi_gateway.providers.base import Provider
 from kimi_gateway.providers.client import UpstreamClient
 from kimi_gateway.providers.local import LocalProvider
@@ -17,6 +28,7 @@ from kimi_gateway.providers.registry import build_upstream_providers
 from kimi_gateway.routing import Router
 from kimi_gateway.routing.features import estimate_prompt_tokens
 from kimi_gateway.schema.chat import ChatCompletionRequest
+from kimi_gateway.storage import Database, database_url
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +40,20 @@ class Gateway:
     local_models: dict[str, LocalModel]
     router: Router
     http: UpstreamClient
+    db: Database
+    keys: KeyStore
+    accounts: Accountant
+    redis: Redis | None = None
 
     async def start(self) -> None:
+        await self.db.migrate()
+        await store_tiers(self.db, self.accounts.tiers)
+        await self.accounts.recorder.start()
+        if not await self.keys.any_keys():
+            log.warning(
+                "no API keys exist: serving WITHOUT authentication (loopback only). "
+                "Create one with `kimi-gateway keys create --name NAME`."
+            )
         await self.http.open()
         for model in self.local_models.values():
             await asyncio.to_thread(model.load)
@@ -37,6 +61,10 @@ class Gateway:
 
     async def stop(self) -> None:
         await self.http.close()
+        await self.accounts.close()  # writes every waiting record before the database goes
+        if self.redis is not None:
+            await self.redis.aclose()
+        await self.db.close()
         for model in self.local_models.values():
             await asyncio.to_thread(model.close)
 
@@ -81,4 +109,32 @@ def build_gateway(config: GatewayConfig) -> Gateway:
         providers.append(LocalProvider(local_models, [catalog.get(m) for m in local_models]))
     providers.extend(build_upstream_providers(config.providers, catalog, http))
     router = Router(catalog, providers, config.routing)
-    return Gateway(config=config, catalog=catalog, local_models=local_models, router=router, http=http)
+    db = Database(database_url(config.database_url, config.data_dir))
+    ledger = Ledger(db)
+    redis = Redis.from_url(config.redis_url) if config.redis_url else None
+    holds: Holds
+    limiter: Limiter
+    settings = config.accounts
+    if redis is not None:
+        holds = RedisHolds(redis, ledger, config.redis_prefix, settings.hold_seconds)
+        limiter = RedisLimiter(redis, config.redis_prefix, settings.slot_seconds)
+    else:
+        holds, limiter = MemoryHolds(ledger), MemoryLimiter()
+    tiers = (
+        [Tier(t.tier, t.min_recharge, t.concurrency, t.rpm) for t in settings.tiers]
+        if settings.tiers
+        else DEFAULT_TIERS
+    )
+    journal = config.data_dir.expanduser() / "journal"
+    recorder = Recorder(ledger, holds, journal, settings.flush_seconds)
+    return Gateway(
+        config=config,
+        catalog=catalog,
+        local_models=local_models,
+        router=router,
+        http=http,
+        db=db,
+        keys=KeyStore(db),
+        accounts=Accountant(ledger, holds, limiter, recorder, tiers),
+        redis=redis,
+    )

@@ -28,6 +28,9 @@ class GatewayProcess:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.config_path = workdir / "gateway.toml"
+        # Each process keeps its database in its own folder, never in the user's data directory.
+        if "data_dir" not in config:
+            config = 'data_dir = "data"\n' + config
         self.config_path.write_text(config)
         self.log_path = workdir / "gateway.log"
         self._log = self.log_path.open("wb")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,10 +15,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from kimi_gateway import __version__
 from kimi_gateway.config import GatewayConfig, load_config
 from kimi_gateway.errors import APIError
-from kimi_gateway.http import errors
+from kimi_gateway.http import accounting, errors
+from kimi_gateway.http.auth import AuthMiddleware
 from kimi_gateway.http.middleware import RequestLogMiddleware
 from kimi_gateway.http.responses import error_response
-from kimi_gateway.http.routes import chat, endpoints, health, models, tokenizers
+from kimi_gateway.http.routes import chat, credits, endpoints, generations, health, keys, models, tokenizers
 from kimi_gateway.runtime import build_gateway
 from kimi_gateway.schema.chat import ChatCompletionRequest
 
@@ -56,7 +58,17 @@ class FastPath:
                 response = error_response(exc)
             except Exception as exc:
                 response = await errors.unexpected(request, exc)
-            await response(scope, receive, send)
+            try:
+                await response(scope, receive, send)
+            finally:
+                # Settled after the last byte went out, whether the request finished, failed or was cut.
+                ticket = scope["state"].get("ticket")
+                if ticket is not None:
+                    gateway = self.api.state.gateway
+                    # Shielded: a shutdown cancelling this task must not cancel the settlement.
+                    await asyncio.shield(
+                        accounting.finish(gateway, ticket, scope["state"]["log"], response.status_code)
+                    )
             return
         await self.api(scope, receive, send)
 
@@ -64,7 +76,7 @@ class FastPath:
 def create_app(config: GatewayConfig | None = None) -> ASGIApp:
     """The whole gateway as one ASGI app."""
     api = create_api(config)
-    return RequestLogMiddleware(FastPath(api))
+    return RequestLogMiddleware(AuthMiddleware(FastPath(api), api.state.gateway))
 
 
 def create_api(config: GatewayConfig | None = None) -> FastAPI:
@@ -86,5 +98,8 @@ def create_api(config: GatewayConfig | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(tokenizers.router)
+    app.include_router(keys.router)
+    app.include_router(credits.router)
+    app.include_router(generations.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

@@ -11,6 +11,8 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 
+from kimi_gateway.accounts.pricing import cost_nano, usd
+from kimi_gateway.catalog import Pricing
 from kimi_gateway.errors import APIError
 from kimi_gateway.http.middleware import RequestInfo
 from kimi_gateway.providers.events import Delta, Done, Event, Finish, ToolCallDelta, Usage
@@ -35,12 +37,14 @@ class ResponseMeta:
     created: int
     model: str  # the model that served: it changes after a models[] fallback
     provider: str | None = None
+    pricing: Pricing | None = None  # the serving endpoint's, for usage.cost
     started: float = field(default_factory=time.perf_counter)
 
     def serve(self, routed: RoutedGeneration) -> None:
         if routed.served is not None:
             self.model = routed.served.card.id
             self.provider = routed.served.endpoint.provider_name
+            self.pricing = routed.served.endpoint.pricing
 
     def chunk(self, choices: list[dict[str, Any]]) -> ChunkBody:
         return chunk_body(self.id, self.created, self.model, choices, self.provider)
@@ -57,10 +61,13 @@ def _sse(payload: Any) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
-def _usage(usage: Usage) -> UsageBody:
-    return usage_body(
+def _usage(usage: Usage, info: RequestInfo) -> UsageBody:
+    body = usage_body(
         usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.reasoning_tokens
     )
+    if info.cost_nano is not None:
+        body["cost"] = usd(info.cost_nano)
+    return body
 
 
 def _tool_calls(calls: list[ToolCallDelta]) -> list[dict[str, Any]]:
@@ -76,12 +83,20 @@ def _tool_calls(calls: list[ToolCallDelta]) -> list[dict[str, Any]]:
     return out
 
 
-def _record(info: RequestInfo, done: Done, meta: ResponseMeta) -> None:
-    info.prompt_tokens = done.usage.prompt_tokens
-    info.completion_tokens = done.usage.completion_tokens
-    info.cached_tokens = done.usage.cached_tokens
+def _record(info: RequestInfo, done: Done, meta: ResponseMeta, routed: RoutedGeneration) -> None:
+    usage = done.usage
+    info.prompt_tokens = usage.prompt_tokens
+    info.completion_tokens = usage.completion_tokens
+    info.cached_tokens = usage.cached_tokens
+    info.reasoning_tokens = usage.reasoning_tokens
     if done.provider:
         info.provider = done.provider
+    meta.serve(routed)
+    info.model = meta.model
+    if meta.pricing is not None:
+        info.cost_nano = cost_nano(
+            meta.pricing, usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens
+        )
 
 
 async def sse_stream(
@@ -122,8 +137,8 @@ async def sse_stream(
                     info.finish_reason = event.reason
                     finishes.append(event)
                 elif isinstance(event, Done):
-                    _record(info, event, meta)
-                    usage = _usage(event.usage)
+                    _record(info, event, meta, routed)
+                    usage = _usage(event.usage, info)
                     for i, finish in enumerate(finishes):
                         choice = {
                             "index": finish.index,
@@ -223,7 +238,7 @@ async def collect(routed: RoutedGeneration, meta: ResponseMeta, info: RequestInf
             choice.finish, choice.native = event.reason, event.native_reason
         elif isinstance(event, Done):
             usage = event.usage
-            _record(info, event, meta)
+            _record(info, event, meta, routed)
     bodies: list[ChoiceBody] = []
     for index in sorted(choices):
         choice = choices[index]
@@ -256,7 +271,7 @@ async def collect(routed: RoutedGeneration, meta: ResponseMeta, info: RequestInf
         "created": meta.created,
         "model": meta.model,
         "choices": bodies,
-        "usage": _usage(usage),
+        "usage": _usage(usage, info),
         "system_fingerprint": None,
     }
     if meta.provider:

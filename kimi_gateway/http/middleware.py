@@ -20,12 +20,15 @@ class RequestInfo:
     """Filled in by the route while it serves the request; logged when the response ends."""
 
     request_id: str
+    account_id: str | None = None
     model: str | None = None
     provider: str | None = None
     stream: bool | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    cost_nano: int | None = None
     finish_reason: str | None = None
     ttft_ms: float | None = None
     client_closed: bool = False

@@ -71,6 +71,7 @@ class RoutedGeneration:
         self._router = router
         self._request = request
         self._candidates = candidates
+        self.candidates: tuple[Candidate, ...] = tuple(candidates)
         self._buffered = buffered
         self._current: Generation | None = None
         self._cancelled = False

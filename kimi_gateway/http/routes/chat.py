@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from kimi_gateway.catalog.rules import apply_rules
+from kimi_gateway.http import accounting
 from kimi_gateway.http.body import parse_body
 from kimi_gateway.http.completions import ResponseMeta, collect_unless_disconnected, sse_stream
 from kimi_gateway.http.middleware import RequestInfo
@@ -53,6 +54,7 @@ async def chat_completions(request: Request) -> Response:
     apply_rules(body, gateway.catalog.get(body.model))
     routed = gateway.router.route(body)
     meta = ResponseMeta(id=completion_id(), created=int(time.time()), model=body.model)
+    await accounting.admit(request, gateway, body, routed, meta.id)
 
     if not body.stream:
         completion = await collect_unless_disconnected(request, routed, meta, info)

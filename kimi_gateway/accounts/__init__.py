@@ -1,0 +1,1 @@
+"""Accounts and their API keys (credits, pricing and limits join them here)."""

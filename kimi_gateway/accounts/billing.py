@@ -1,0 +1,272 @@
+"""The accountant: admits a request (rate limits, then a credit hold) and settles it when it ends.
+
+Data flows one way: the HTTP layer asks `admit` before the first provider is tried and calls `finish`
+after the last byte has gone out; nothing here touches the request or response bodies.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from kimi_gateway.accounts.holds import HoldRequest, Holds
+from kimi_gateway.accounts.keys import KeyRecord
+from kimi_gateway.accounts.ledger import RECHARGE, Ledger
+from kimi_gateway.accounts.pricing import affordable_tokens, nano, worst_case_nano
+from kimi_gateway.accounts.recorder import Recorder
+from kimi_gateway.accounts.tiers import Tier, tier_for
+from kimi_gateway.catalog import Pricing
+from kimi_gateway.errors import APIError
+from kimi_gateway.limits import Decision, Limiter, Window
+
+
+@dataclass(slots=True)
+class Ticket:
+    """One admitted request: what it holds, until `finish`."""
+
+    id: str  # the generation id, which is the completion's id
+    key: KeyRecord
+    tier: Tier
+    hold: int
+    model: str
+    streamed: bool
+    app_referer: str | None
+    app_title: str | None
+    created_at: float
+    started: float
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How the request ended, as the HTTP layer saw it."""
+
+    status: str  # "success", "error" or "cancelled"
+    model: str
+    provider: str | None
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+    cost: int  # nano-dollars, at the serving endpoint's prices
+    ttft_ms: float | None
+
+
+def _account_bucket(account_id: str) -> str:
+    return "a:" + account_id
+
+
+class Accountant:
+    TIER_SECONDS = 5.0  # how soon a recharge made on another replica lifts the tier here
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        holds: Holds,
+        limiter: Limiter,
+        recorder: Recorder,
+        tiers: Sequence[Tier],
+    ) -> None:
+        self.ledger = ledger
+        self.holds = holds
+        self.limiter = limiter
+        self.recorder = recorder
+        self.tiers = tuple(tiers)
+        self._tiers: dict[str, tuple[Tier, float]] = {}
+
+    async def tier(self, account_id: str) -> Tier:
+        cached = self._tiers.get(account_id)
+        if cached is not None and time.monotonic() - cached[1] < self.TIER_SECONDS:
+            return cached[0]
+        recharged = (await self.ledger.totals(account_id)).recharged
+        tier = tier_for(recharged / 1e9, self.tiers)
+        self._tiers[account_id] = (tier, time.monotonic())
+        return tier
+
+    async def credit(self, account_id: str, amount: Decimal, kind: str = RECHARGE, note: str = "") -> str:
+        entry = await self.ledger.credit(account_id, amount, kind, note)
+        await self.holds.credited(account_id, nano(amount))
+        self._tiers.pop(account_id, None)
+        return entry
+
+    async def admit(
+        self,
+        generation_id: str,
+        key: KeyRecord,
+        model: str,
+        prices: Sequence[Pricing],
+        prompt_tokens: int,
+        max_tokens: int,
+        streamed: bool,
+        app_referer: str | None = None,
+        app_title: str | None = None,
+    ) -> Ticket:
+        """Take a rate-limit slot and hold the worst-case cost, or raise the 429 or 402 that says why not."""
+        account = key.account_id
+        tier = await self.tier(account)
+        windows = [Window(_account_bucket(account), tier.rpm)]
+        if key.rpm:
+            windows.append(Window("k:" + key.hash, key.rpm))
+        decision = await self.limiter.acquire(
+            generation_id, _account_bucket(account), tier.concurrency, windows
+        )
+        if not decision.allowed:
+            raise _rate_limited(decision, tier)
+        worst = worst_case_nano(prices, prompt_tokens, max_tokens)
+        limit = nano(key.credit_limit) if key.credit_limit is not None else None
+        try:
+            shortfall = await self.holds.reserve(HoldRequest(generation_id, account, key.hash, worst, limit))
+        except BaseException:
+            await self.limiter.release(generation_id, _account_bucket(account))
+            raise
+        if shortfall is not None:
+            await self.limiter.release(generation_id, _account_bucket(account))
+            raise _insufficient(shortfall.by, prices, prompt_tokens, max_tokens, shortfall.available)
+        ticket = Ticket(
+            generation_id,
+            key,
+            tier,
+            worst,
+            model,
+            streamed,
+            app_referer,
+            app_title,
+            time.time(),
+            time.perf_counter(),
+        )
+        self.recorder.opened(
+            {
+                "id": generation_id,
+                "account_id": account,
+                "key_hash": key.hash,
+                "amount": worst,
+                "model": model,
+                "streamed": streamed,
+                "app_referer": app_referer,
+                "app_title": app_title,
+                "created_at": ticket.created_at,
+            }
+        )
+        return ticket
+
+    async def finish(self, ticket: Ticket, outcome: Outcome) -> None:
+        # A request that failed or produced nothing costs nothing.
+        produced = outcome.completion_tokens > 0 and outcome.status != "error"
+        cost = outcome.cost if produced else 0
+        generation = generation_row(ticket, outcome, cost)
+        self.recorder.closed(generation, cost)  # journaled before anything else moves
+        try:
+            await self.holds.settle(ticket.id, ticket.key.account_id, ticket.key.hash, cost)
+        finally:
+            await self.limiter.release(ticket.id, _account_bucket(ticket.key.account_id))
+
+    async def generation(self, generation_id: str) -> dict[str, Any] | None:
+        pending = self.recorder.pending(generation_id)
+        if pending is not None:
+            return pending
+        row = await self.ledger.generation(generation_id)
+        if row is None:
+            return None
+        return {
+            "id": row.id,
+            "account_id": row.account_id,
+            "key_hash": row.key_hash,
+            "model": row.model,
+            "provider": row.provider,
+            "status": row.status,
+            "finish_reason": row.finish_reason,
+            "streamed": row.streamed,
+            "prompt_tokens": row.prompt_tokens,
+            "completion_tokens": row.completion_tokens,
+            "cached_tokens": row.cached_tokens,
+            "reasoning_tokens": row.reasoning_tokens,
+            "cost": nano(row.cost),
+            "latency_ms": float(row.latency_ms) if row.latency_ms is not None else None,
+            "ttft_ms": float(row.ttft_ms) if row.ttft_ms is not None else None,
+            "app_referer": row.app_referer,
+            "app_title": row.app_title,
+            "created_at": row.created_at.timestamp(),
+        }
+
+    async def close(self) -> None:
+        await self.recorder.stop()
+        await self.holds.close()
+        await self.limiter.close()
+
+
+def generation_row(ticket: Ticket, outcome: Outcome, cost: int) -> dict[str, Any]:
+    return {
+        "id": ticket.id,
+        "account_id": ticket.key.account_id,
+        "key_hash": ticket.key.hash,
+        "model": outcome.model,
+        "provider": outcome.provider,
+        "status": outcome.status,
+        "finish_reason": outcome.finish_reason,
+        "streamed": ticket.streamed,
+        "prompt_tokens": outcome.prompt_tokens,
+        "completion_tokens": outcome.completion_tokens,
+        "cached_tokens": outcome.cached_tokens,
+        "reasoning_tokens": outcome.reasoning_tokens,
+        "cost": cost,
+        "latency_ms": round((time.perf_counter() - ticket.started) * 1000, 2),
+        "ttft_ms": outcome.ttft_ms,
+        "app_referer": ticket.app_referer,
+        "app_title": ticket.app_title,
+        "created_at": ticket.created_at,
+    }
+
+
+def _rate_limited(decision: Decision, tier: Tier) -> APIError:
+    now_ms = time.time_ns() // 1_000_000
+    wait = decision.retry_after(now_ms)
+    if decision.reason == "concurrency":
+        message = (
+            f"Your account (tier {tier.tier}) request reached max concurrency: {decision.limit}, "
+            f"please try again after {wait} seconds"
+        )
+    else:
+        message = (
+            f"Your account (tier {tier.tier}) request reached max request: {decision.limit} per minute, "
+            f"please try again after {wait} seconds"
+        )
+    return APIError(
+        429,
+        message,
+        type="rate_limit_reached_error",
+        code="rate_limit_exceeded",
+        headers={
+            "Retry-After": str(wait),
+            "X-RateLimit-Limit": str(decision.limit),
+            "X-RateLimit-Remaining": str(decision.remaining),
+            "X-RateLimit-Reset": str(decision.reset_ms),
+        },
+    )
+
+
+def _insufficient(
+    by: str, prices: Sequence[Pricing], prompt_tokens: int, max_tokens: int, available: int
+) -> APIError:
+    affordable = affordable_tokens(prices, prompt_tokens, available)
+    whose = "your key's credit limit" if by == "key" else "your account's credits"
+    if affordable > 0:
+        message = (
+            f"This request requires more credits, or fewer max_tokens. You requested up to {max_tokens} "
+            f"tokens, but {whose} can only afford {affordable}. Add credits with `kimi-gateway credits add` "
+            "or POST /api/v1/credits/add."
+        )
+    else:
+        message = (
+            f"Insufficient credits: {whose} cannot cover this request's prompt. Add credits with "
+            "`kimi-gateway credits add` or POST /api/v1/credits/add."
+        )
+    return APIError(
+        402,
+        message,
+        type="insufficient_quota",
+        code="insufficient_credits",
+        metadata={"requested_max_tokens": max_tokens, "affordable_tokens": affordable, "limited_by": by},
+    )

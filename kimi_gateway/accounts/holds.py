@@ -1,0 +1,148 @@
+"""Credit holds: the worst case of each running request, set against what its account and key have left.
+
+Two backends with one interface. `MemoryHolds` serves one instance: it adds its own not-yet-written charges
+to the ledger's (slightly stale) sums. `RedisHolds` (accounts/holds_redis.py) keeps the live balance in
+Redis so that every replica sees every other's holds and charges at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from kimi_gateway.accounts.ledger import Ledger
+
+
+@dataclass(frozen=True, slots=True)
+class HoldRequest:
+    hold_id: str
+    account_id: str
+    key_hash: str | None
+    amount: int  # nano-dollars
+    key_limit: int | None  # nano-dollars, the key's own credit limit
+
+
+@dataclass(frozen=True, slots=True)
+class Shortfall:
+    """Why a hold was refused: what was left (nano-dollars), and whose limit it was."""
+
+    available: int
+    by: str  # "account" or "key"
+
+
+class Holds(Protocol):
+    async def reserve(self, request: HoldRequest) -> Shortfall | None: ...
+
+    async def settle(self, hold_id: str, account_id: str, key_hash: str | None, cost: int) -> None:
+        """Close a hold at its real cost (0 releases it). Closing one twice changes nothing."""
+        ...
+
+    async def credited(self, account_id: str, amount: int) -> None:
+        """A recharge or voucher was written to the ledger."""
+        ...
+
+    def flushed(self, charges: list[tuple[str, str | None, int]]) -> None:
+        """These (account, key, cost) charges are now in the ledger."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class _Sum:
+    """One ledger sum as this process knows it: the database's figure plus what it has not yet written."""
+
+    stored: int | None = None
+    loaded_at: float = 0.0
+    epoch: int = 0  # bumped when `stored` goes stale, so a load begun before cannot store an old figure
+    unwritten: int = 0
+    held: int = 0
+
+
+@dataclass(slots=True)
+class MemoryHolds:
+    ledger: Ledger
+    refresh_seconds: float = 5.0  # recharges made by another process show up within this
+    _accounts: dict[str, _Sum] = field(default_factory=dict)
+    _keys: dict[str, _Sum] = field(default_factory=dict)
+    _open: dict[str, tuple[str, str | None, int]] = field(default_factory=dict)
+
+    async def _stored(self, entry: _Sum, load: Callable[[], Awaitable[int]]) -> int:
+        while entry.stored is None or time.monotonic() - entry.loaded_at > self.refresh_seconds:
+            epoch = entry.epoch
+            value = await load()
+            if entry.epoch == epoch:
+                entry.stored, entry.loaded_at = value, time.monotonic()
+        return entry.stored
+
+    async def reserve(self, request: HoldRequest) -> Shortfall | None:
+        account = self._accounts.setdefault(request.account_id, _Sum())
+
+        async def balance() -> int:
+            return (await self.ledger.totals(request.account_id)).balance
+
+        key: _Sum | None = None
+        if request.key_hash is not None and request.key_limit is not None:
+            key = self._keys.setdefault(request.key_hash, _Sum())
+        key_hash = request.key_hash or ""
+
+        async def usage() -> int:
+            return await self.ledger.key_usage(key_hash)
+
+        # A flush may make a figure stale while the other loads; go round until both are current.
+        while True:
+            await self._stored(account, balance)
+            if key is not None:
+                await self._stored(key, usage)
+            if account.stored is not None and (key is None or key.stored is not None):
+                break
+        # No await from here on: the check and the hold happen as one step.
+        available = account.stored - account.unwritten - account.held
+        if available < 0 or request.amount > available:
+            return Shortfall(available, "account")
+        if key is not None and request.key_limit is not None:
+            left = request.key_limit - (key.stored or 0) - key.unwritten - key.held
+            if request.amount > left:
+                return Shortfall(left, "key")
+            key.held += request.amount
+        account.held += request.amount
+        self._open[request.hold_id] = (request.account_id, request.key_hash if key else None, request.amount)
+        return None
+
+    async def settle(self, hold_id: str, account_id: str, key_hash: str | None, cost: int) -> None:
+        opened = self._open.pop(hold_id, None)
+        if opened is None:
+            return
+        _, held_key, amount = opened
+        account = self._accounts.setdefault(account_id, _Sum())
+        account.held -= amount
+        account.unwritten += cost
+        key = self._keys.get(held_key) if held_key is not None else None
+        if key is not None:
+            key.held -= amount
+            key.unwritten += cost
+
+    async def credited(self, account_id: str, amount: int) -> None:
+        self._stale(self._accounts.get(account_id))
+
+    def flushed(self, charges: list[tuple[str, str | None, int]]) -> None:
+        for account_id, key_hash, cost in charges:
+            account = self._accounts.get(account_id)
+            if account is not None:
+                account.unwritten -= cost
+                self._stale(account)
+            key = self._keys.get(key_hash) if key_hash is not None else None
+            if key is not None:
+                key.unwritten -= cost
+                self._stale(key)
+
+    @staticmethod
+    def _stale(entry: _Sum | None) -> None:
+        if entry is not None:
+            entry.stored = None
+            entry.epoch += 1
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,139 @@
+"""The credit ledger: append-only entries, balances derived from them, and idempotent batch writes.
+
+Recharges and vouchers add credit; charges take it away. Charges draw on vouchers first, so a voucher
+balance never goes negative while the cash balance may (a request is charged after it ends).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from kimi_gateway.accounts.pricing import NANO, nano
+from kimi_gateway.storage import Database
+from kimi_gateway.storage.models import Account, Generation, LedgerEntry
+
+RECHARGE, VOUCHER, CHARGE = "recharge", "voucher", "charge"
+CREDIT_KINDS = (RECHARGE, VOUCHER)
+
+
+class UnknownAccount(LookupError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """Nano-dollars, summed over one account's ledger."""
+
+    recharged: int = 0
+    vouchers: int = 0
+    charged: int = 0
+
+    @property
+    def balance(self) -> int:
+        return self.recharged + self.vouchers - self.charged
+
+    @property
+    def voucher_balance(self) -> int:
+        return max(0, self.vouchers - self.charged)
+
+    @property
+    def cash_balance(self) -> int:
+        return self.balance - self.voucher_balance
+
+
+def charge_id(generation_id: str) -> str:
+    # Derived from the generation, so writing the same charge twice (a replayed journal) counts once.
+    return "charge_" + generation_id
+
+
+def _time(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def _amount(value: Decimal | None) -> int:
+    return nano(value) if value is not None else 0
+
+
+class Ledger:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def totals(self, account_id: str) -> Totals:
+        query = (
+            select(LedgerEntry.kind, func.sum(LedgerEntry.amount))
+            .where(LedgerEntry.account_id == account_id)
+            .group_by(LedgerEntry.kind)
+        )
+        async with self.db.session() as session:
+            sums = {kind: _amount(total) for kind, total in (await session.execute(query)).all()}
+        return Totals(sums.get(RECHARGE, 0), sums.get(VOUCHER, 0), sums.get(CHARGE, 0))
+
+    async def key_usage(self, key_hash: str) -> int:
+        query = select(func.sum(LedgerEntry.amount)).where(
+            LedgerEntry.key_hash == key_hash, LedgerEntry.kind == CHARGE
+        )
+        async with self.db.session() as session:
+            return _amount(await session.scalar(query))
+
+    async def credit(self, account_id: str, amount_usd: Decimal, kind: str = RECHARGE, note: str = "") -> str:
+        if kind not in CREDIT_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(CREDIT_KINDS)}")
+        if amount_usd <= 0:
+            raise ValueError("amount must be positive")
+        entry_id = f"{kind}_{secrets.token_hex(12)}"
+        async with self.db.session() as session, session.begin():
+            if await session.get(Account, account_id) is None:
+                raise UnknownAccount(account_id)
+            session.add(
+                LedgerEntry(
+                    id=entry_id, account_id=account_id, kind=kind, amount=amount_usd, note=note or None
+                )
+            )
+        return entry_id
+
+    async def write(self, generations: Sequence[dict[str, Any]], charges: Sequence[dict[str, Any]]) -> None:
+        """One transaction for a batch; rows already written (same ids) are skipped, not doubled.
+
+        Rows come as the journal keeps them: amounts in nano-dollars, times in epoch seconds.
+        """
+        async with self.db.session() as session, session.begin():
+            if generations:
+                rows = [
+                    {**g, "cost": Decimal(g["cost"]) / NANO, "created_at": _time(g["created_at"])}
+                    for g in generations
+                ]
+                await _insert_ignoring_duplicates(session, Generation, rows, self.db.dialect)
+            if charges:
+                rows = [{**c, "amount": Decimal(c["amount"]) / NANO} for c in charges]
+                await _insert_ignoring_duplicates(session, LedgerEntry, rows, self.db.dialect)
+
+    async def generation(self, generation_id: str) -> Generation | None:
+        async with self.db.session() as session:
+            return await session.get(Generation, generation_id)
+
+
+async def _insert_ignoring_duplicates(
+    session: AsyncSession, table: type[Any], rows: list[dict[str, Any]], dialect: str
+) -> None:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    await session.execute(insert(table).on_conflict_do_nothing(index_elements=["id"]), rows)
+
+
+def charge_row(generation_id: str, account_id: str, key_hash: str | None, cost: int) -> dict[str, Any]:
+    return {
+        "id": charge_id(generation_id),
+        "account_id": account_id,
+        "kind": CHARGE,
+        "amount": cost,
+        "key_hash": key_hash,
+        "reference": generation_id,
+    }

@@ -1,0 +1,67 @@
+"""What a request costs: exact integer nano-dollars, from token counts and an endpoint's prices.
+
+Prices are USD per million tokens, so one token at price P costs P x 1,000 nano-dollars; integers keep sums
+exact across thousands of charges, where floats would drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from decimal import ROUND_HALF_UP, Decimal
+
+from kimi_gateway.catalog import Pricing
+
+NANO = 10**9
+_PER_TOKEN = Decimal(1000)  # nano-dollars per token for a price of $1 per million
+
+
+def per_token(price_per_million: float) -> Decimal:
+    return Decimal(str(price_per_million)) * _PER_TOKEN
+
+
+def cost_nano(pricing: Pricing, prompt: int, cached: int, completion: int) -> int:
+    """Uncached prompt at the input price, cached prompt at the cached-input price, output (reasoning
+    included) at the output price."""
+    cached = min(max(cached, 0), prompt)
+    total = (
+        (prompt - cached) * per_token(pricing.input)
+        + cached * per_token(pricing.cached)
+        + completion * per_token(pricing.output)
+    )
+    return int(total.to_integral_value(ROUND_HALF_UP))
+
+
+def usd(nano: int) -> float:
+    return nano / NANO
+
+
+def nano(amount: Decimal | float | str) -> int:
+    return int((Decimal(str(amount)) * NANO).to_integral_value(ROUND_HALF_UP))
+
+
+def worst_case_nano(prices: Iterable[Pricing], prompt: int, max_tokens: int) -> int:
+    """The most the request can cost: nothing cached, every output token used, at the dearest candidate."""
+    return max(
+        (
+            int(
+                (prompt * per_token(p.input) + max_tokens * per_token(p.output)).to_integral_value(
+                    ROUND_HALF_UP
+                )
+            )
+            for p in prices
+        ),
+        default=0,
+    )
+
+
+def affordable_tokens(prices: Iterable[Pricing], prompt: int, available: int) -> int:
+    """How many output tokens `available` nano-dollars pay for after the prompt, at the dearest candidate."""
+    prices = list(prices)
+    input_price = max((per_token(p.input) for p in prices), default=Decimal(0))
+    output_price = max((per_token(p.output) for p in prices), default=Decimal(0))
+    left = Decimal(available) - prompt * input_price
+    if left <= 0:
+        return 0
+    if output_price == 0:
+        return 2**31
+    return int(left / output_price)

@@ -1,0 +1,183 @@
+"""Generation records and charges, written to the database in batches, off the request path, durably.
+
+Every hold and every settlement goes to the journal first (one `write()`), then waits in memory for the
+next batch. A graceful shutdown writes what is waiting; after a crash, `recover` replays the dead process's
+journal: settled requests are written (charge ids make a replay count once), and holds left open are
+released and recorded as interrupted, charging nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from kimi_gateway.accounts.holds import Holds
+from kimi_gateway.accounts.journal import Journal, read_folder
+from kimi_gateway.accounts.ledger import Ledger, charge_row
+
+log = logging.getLogger(__name__)
+
+
+class Recorder:
+    def __init__(
+        self, ledger: Ledger, holds: Holds, journal_root: Path, interval: float = 0.25, max_batch: int = 1000
+    ) -> None:
+        self.ledger = ledger
+        self.holds = holds
+        self.journal_root = journal_root
+        self.interval = interval
+        self.max_batch = max_batch
+        self.journal: Journal | None = None
+        self._open: dict[str, dict[str, Any]] = {}
+        self._generations: dict[str, dict[str, Any]] = {}
+        self._charges: list[dict[str, Any]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        self.journal = Journal(self.journal_root)
+        await self.recover()
+        self._task = asyncio.create_task(self._run())
+
+    def opened(self, hold: dict[str, Any]) -> None:
+        assert self.journal is not None
+        self.journal.append({"op": "hold", **hold})
+        self._open[hold["id"]] = hold
+
+    def closed(self, generation: dict[str, Any], cost: int) -> dict[str, Any] | None:
+        """Journal the outcome and queue it; returns the charge, or None when nothing is owed."""
+        assert self.journal is not None
+        charge = None
+        if cost > 0 and generation["account_id"] is not None:
+            charge = charge_row(generation["id"], generation["account_id"], generation["key_hash"], cost)
+        self.journal.append(
+            {"op": "close", "id": generation["id"], "generation": generation, "charge": charge}
+        )
+        self._open.pop(generation["id"], None)
+        self._queue(generation, charge)
+        return charge
+
+    def pending(self, generation_id: str) -> dict[str, Any] | None:
+        return self._generations.get(generation_id)
+
+    def _queue(self, generation: dict[str, Any], charge: dict[str, Any] | None) -> None:
+        self._generations[generation["id"]] = generation
+        if charge is not None:
+            self._charges.append(charge)
+        if len(self._generations) >= self.max_batch:
+            self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            self._wake.clear()
+            try:
+                await self.flush()
+            except Exception:
+                # The database is away; the rows wait in memory and in the journal for the next round.
+                log.exception("writing generation records failed; will retry")
+
+    async def flush(self) -> None:
+        async with self._lock:
+            if not self._generations or self.journal is None:
+                return
+            old = self.journal.rotate()
+            for hold in self._open.values():
+                self.journal.append({"op": "hold", **hold})
+            generations, charges = list(self._generations.values()), self._charges
+            self._generations, self._charges = {}, []
+            try:
+                await self.ledger.write(generations, charges)
+            except BaseException:
+                for generation in generations:
+                    self._generations.setdefault(generation["id"], generation)
+                self._charges = charges + self._charges
+                raise
+            for path in old:
+                path.unlink(missing_ok=True)
+            self.holds.flushed([(c["account_id"], c["key_hash"], c["amount"]) for c in charges])
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.flush()
+        if self.journal is not None:
+            # Holds still open here belong to requests that never finished; a clean stop releases them.
+            for hold in list(self._open.values()):
+                await self._release(hold)
+            await self.flush()
+            self.journal.close(remove=not self._generations)
+
+    async def recover(self) -> None:
+        assert self.journal is not None
+        for folder in self.journal.orphans():
+            await self._replay(folder)
+
+    async def _replay(self, folder: Path) -> None:
+        holds: dict[str, dict[str, Any]] = {}
+        closes: dict[str, dict[str, Any]] = {}
+        for record in read_folder(folder):
+            if record.get("op") == "hold":
+                holds[record["id"]] = record
+            elif record.get("op") == "close":
+                closes[record["id"]] = record
+        generations = [c["generation"] for c in closes.values()]
+        charges = [c["charge"] for c in closes.values() if c.get("charge")]
+        for close in closes.values():
+            gen = close["generation"]
+            hold = holds.get(close["id"])
+            if hold is not None:
+                await self.holds.settle(close["id"], gen["account_id"], gen["key_hash"], _cost(close))
+        released = [h for hid, h in holds.items() if hid not in closes]
+        for hold in released:
+            await self.holds.settle(hold["id"], hold["account_id"], hold["key_hash"], 0)
+            generations.append(interrupted(hold))
+        await self.ledger.write(generations, charges)
+        log.warning(
+            "recovered journal %s: %d settled request(s) written, %d open hold(s) released",
+            folder.name,
+            len(closes),
+            len(released),
+        )
+        shutil.rmtree(folder, ignore_errors=True)
+
+    async def _release(self, hold: dict[str, Any]) -> None:
+        await self.holds.settle(hold["id"], hold["account_id"], hold["key_hash"], 0)
+        self.closed(interrupted(hold), 0)
+
+
+def _cost(close: dict[str, Any]) -> int:
+    charge = close.get("charge")
+    return int(charge["amount"]) if charge else 0
+
+
+def interrupted(hold: dict[str, Any]) -> dict[str, Any]:
+    """The record of a request whose process stopped before it finished: failed, so charged nothing."""
+    return {
+        "id": hold["id"],
+        "account_id": hold["account_id"],
+        "key_hash": hold["key_hash"],
+        "model": hold["model"],
+        "provider": None,
+        "status": "interrupted",
+        "finish_reason": None,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "cached_tokens": 0,
+        "reasoning_tokens": 0,
+        "cost": 0,
+        "latency_ms": None,
+        "ttft_ms": None,
+        "app_referer": hold.get("app_referer"),
+        "app_title": hold.get("app_title"),
+        "streamed": hold.get("streamed", False),
+        "created_at": hold.get("created_at", time.time()),
+    }

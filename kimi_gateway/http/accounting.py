@@ -1,0 +1,68 @@
+"""Between the chat route and the accountant: what a request may cost before it runs, what it did after.
+
+Requests without a key (the loopback bootstrap, before any key exists) are not accounted.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from kimi_gateway.accounts.billing import Outcome, Ticket
+from kimi_gateway.accounts.keys import KeyRecord
+from kimi_gateway.http.middleware import RequestInfo
+from kimi_gateway.routing.attempts import RoutedGeneration
+from kimi_gateway.routing.features import estimate_prompt_tokens
+from kimi_gateway.runtime import Gateway
+from kimi_gateway.schema.chat import ChatCompletionRequest
+
+DEFAULT_MAX_TOKENS = 1024
+
+
+async def admit(
+    request: Request,
+    gateway: Gateway,
+    body: ChatCompletionRequest,
+    routed: RoutedGeneration,
+    generation_id: str,
+) -> None:
+    key: KeyRecord | None = request.state.key
+    if key is None:
+        return
+    candidates = routed.candidates
+    max_tokens = body.requested_max_tokens or max(
+        (c.card.defaults.max_tokens or DEFAULT_MAX_TOKENS for c in candidates), default=DEFAULT_MAX_TOKENS
+    )
+    headers = request.headers
+    request.state.ticket = await gateway.accounts.admit(
+        generation_id,
+        key,
+        body.model,
+        [c.endpoint.pricing for c in candidates],
+        estimate_prompt_tokens(body),
+        max_tokens,
+        body.stream,
+        app_referer=headers.get("http-referer") or headers.get("referer"),
+        app_title=headers.get("x-title"),
+    )
+
+
+async def finish(gateway: Gateway, ticket: Ticket, info: RequestInfo, status_code: int) -> None:
+    if info.client_closed:
+        status = "cancelled"
+    elif status_code >= 400 or info.finish_reason == "error":
+        status = "error"
+    else:
+        status = "success"
+    outcome = Outcome(
+        status=status,
+        model=info.model or ticket.model,
+        provider=info.provider,
+        finish_reason=info.finish_reason,
+        prompt_tokens=info.prompt_tokens or 0,
+        completion_tokens=info.completion_tokens or 0,
+        cached_tokens=info.cached_tokens or 0,
+        reasoning_tokens=info.reasoning_tokens or 0,
+        cost=info.cost_nano or 0,
+        ttft_ms=info.ttft_ms,
+    )
+    await gateway.accounts.finish(ticket, outcome)

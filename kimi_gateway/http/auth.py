@@ -1,0 +1,82 @@
+"""Authentication: `Authorization: Bearer sk-kg-...`, and which kind of key each path takes.
+
+With no key in the database, a gateway bound to loopback serves without auth (the CLI refuses any other
+address then). Inference keys cannot manage keys; management keys cannot call inference.
+"""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from kimi_gateway.accounts.keys import MANAGEMENT, KeyRecord
+from kimi_gateway.errors import APIError
+from kimi_gateway.http.responses import error_response
+from kimi_gateway.runtime import Gateway
+
+PUBLIC = frozenset({"/health", "/ready", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+MANAGEMENT_PATHS = ("/api/v1/keys", "/api/v1/credits/add")
+# Paths either kind of key may call: about the calling key itself.
+EITHER = frozenset({"/api/v1/key", "/api/v1/credits", "/api/v1/generation", "/v1/users/me/balance"})
+
+
+def _bearer(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    return None
+
+
+def _unauthorized(message: str) -> APIError:
+    return APIError(401, message, code="invalid_api_key")
+
+
+class AuthMiddleware:
+    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
+        self.app = app
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PUBLIC:
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        state["key"] = None
+        keys = self.gateway.keys
+        if not await keys.any_keys():
+            await self.app(scope, receive, send)  # bootstrap: no keys yet, loopback only
+            return
+        record, error = await self._check(_bearer(scope), scope["path"])
+        if error is not None:
+            await error_response(error)(scope, receive, send)
+            return
+        state["key"] = record
+        info = state.get("log")
+        if info is not None and record is not None:
+            info.account_id = record.account_id
+        await self.app(scope, receive, send)
+
+    async def _check(self, token: str | None, path: str) -> tuple[KeyRecord | None, APIError | None]:
+        if token is None:
+            return None, _unauthorized("Missing API key: send it as 'Authorization: Bearer sk-kg-...'.")
+        record = await self.gateway.keys.authenticate(token)
+        if record is None:
+            return None, _unauthorized("Invalid API key: it is unknown, disabled or expired.")
+        if path in EITHER:
+            return record, None
+        management_path = path.startswith(MANAGEMENT_PATHS)
+        if management_path and record.kind != MANAGEMENT:
+            return None, APIError(
+                403,
+                "Only management keys can perform this operation.",
+                type="permission_error",
+                code="wrong_key_kind",
+            )
+        if not management_path and record.kind == MANAGEMENT:
+            return None, APIError(
+                403,
+                "Management keys cannot call inference endpoints; use an inference key.",
+                type="permission_error",
+                code="wrong_key_kind",
+            )
+        return record, None

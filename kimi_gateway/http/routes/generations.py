@@ -1,0 +1,50 @@
+"""GET /api/v1/generation?id=: one request's record, as OpenRouter serves it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.requests import Request
+
+from kimi_gateway.accounts.keys import KeyRecord
+from kimi_gateway.accounts.pricing import usd
+from kimi_gateway.errors import APIError
+from kimi_gateway.runtime import Gateway
+
+router = APIRouter(tags=["credits"])
+
+
+@router.get("/api/v1/generation", summary="One request's model, provider, tokens, cost and timing")
+async def generation(id: str, request: Request) -> dict[str, Any]:
+    gateway: Gateway = request.app.state.gateway
+    key: KeyRecord | None = request.state.key
+    record = await gateway.accounts.generation(id)
+    # Records are written in batches, so a brief 404 right after a request ends is expected; retry.
+    if record is None or key is None or record["account_id"] != key.account_id:
+        raise APIError(404, f"Generation '{id}' not found.", code="generation_not_found")
+    return {
+        "data": {
+            "id": record["id"],
+            "model": record["model"],
+            "provider_name": record["provider"],
+            "created_at": datetime.fromtimestamp(record["created_at"], UTC).isoformat(),
+            "streamed": record["streamed"],
+            "cancelled": record["status"] == "cancelled",
+            "status": record["status"],
+            "finish_reason": record["finish_reason"],
+            "tokens_prompt": record["prompt_tokens"],
+            "tokens_completion": record["completion_tokens"],
+            "native_tokens_prompt": record["prompt_tokens"],
+            "native_tokens_completion": record["completion_tokens"],
+            "native_tokens_reasoning": record["reasoning_tokens"],
+            "native_tokens_cached": record["cached_tokens"],
+            "total_cost": usd(record["cost"]),
+            "usage": usd(record["cost"]),
+            "latency": record["latency_ms"],
+            "time_to_first_token": record["ttft_ms"],
+            "http_referer": record["app_referer"],
+            "app_title": record["app_title"],
+        }
+    }

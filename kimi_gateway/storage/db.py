@@ -1,0 +1,57 @@
+"""The database engine and sessions, and migrations run to head at start-up."""
+
+from __future__ import annotations
+
+import asyncio
+from importlib import resources
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+
+def database_url(configured: str | None, data_dir: Path) -> str:
+    """The configured URL with its async driver, or a SQLite file in the data directory."""
+    if not configured:
+        data_dir = data_dir.expanduser()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite+aiosqlite:///{data_dir / 'gateway.db'}"
+    for plain, driver in (
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgres://", "postgresql+asyncpg://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
+        if configured.startswith(plain):
+            return driver + configured[len(plain) :]
+    return configured
+
+
+def alembic_config(url: str) -> Config:
+    config = Config()
+    config.set_main_option(
+        "script_location", str(resources.files("kimi_gateway.storage").joinpath("migrations"))
+    )
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def upgrade(url: str) -> None:
+    """Blocking: bring the schema to the newest migration (run from a thread, or the CLI)."""
+    command.upgrade(alembic_config(url), "head")
+
+
+class Database:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+        self.dialect = self.engine.dialect.name
+        self.session: async_sessionmaker[AsyncSession] = async_sessionmaker(
+            self.engine, expire_on_commit=False
+        )
+
+    async def migrate(self) -> None:
+        await asyncio.to_thread(upgrade, self.url)
+
+    async def close(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,92 @@
+"""The schema: accounts, API keys, the credit ledger, generation records and rate-limit tiers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import Boolean, DateTime, ForeignKey, Index, Integer, Numeric, String, func
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# USD with nine decimal places: per-token prices are fractions of a micro-dollar.
+Money = Numeric(20, 9)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    # Only the SHA-256 of a key is kept; the key itself is shown once, at creation.
+    hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    prefix: Mapped[str] = mapped_column(String(32))
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))  # "inference" or "management"
+    credit_limit: Mapped[Decimal | None] = mapped_column(Money, nullable=True)
+    rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class LedgerEntry(Base):
+    """Append-only: recharges and vouchers add, charges subtract; balances are sums over it."""
+
+    __tablename__ = "ledger_entries"
+
+    # Idempotency: a charge's id is derived from its generation, so writing it twice cannot count twice.
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    kind: Mapped[str] = mapped_column(String(16))  # "recharge", "voucher", "charge"
+    amount: Mapped[Decimal] = mapped_column(Money)
+    key_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reference: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    note: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (Index("ix_ledger_account_kind", "account_id", "kind"),)
+
+
+class Generation(Base):
+    """One row per request: what served it, what it used, what it cost."""
+
+    __tablename__ = "generations"
+
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    account_id: Mapped[str | None] = mapped_column(String(40), index=True, nullable=True)
+    key_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    model: Mapped[str] = mapped_column(String(200))
+    provider: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    status: Mapped[str] = mapped_column(String(32))
+    finish_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    streamed: Mapped[bool] = mapped_column(Boolean, default=False)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cached_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    reasoning_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cost: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
+    latency_ms: Mapped[float | None] = mapped_column(Numeric(12, 2), nullable=True)
+    ttft_ms: Mapped[float | None] = mapped_column(Numeric(12, 2), nullable=True)
+    app_referer: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    app_title: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Tier(Base):
+    __tablename__ = "tiers"
+
+    tier: Mapped[int] = mapped_column(Integer, primary_key=True)
+    min_recharge: Mapped[Decimal] = mapped_column(Money)
+    concurrency: Mapped[int] = mapped_column(Integer)
+    rpm: Mapped[int] = mapped_column(Integer)
