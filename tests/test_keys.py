@@ -244,13 +244,11 @@ def test_postgres_migrations_keys_and_idempotent_ledger(postgres_url: str) -> No
         assert (await store.authenticate(key)) == record
         assert await store.authenticate(key + "x") is None
         async with db.session() as session, session.begin():
-            session.add(
-                LedgerEntry(id="charge:gen-1", account_id=record.account_id, kind="charge", amount=-1)
-            )
+            session.add(LedgerEntry(id="charge:gen-1", account_id=record.account_id, kind="charge", amount=1))
         with pytest.raises(IntegrityError):  # one id, one charge: a replayed write cannot count twice
             async with db.session() as session, session.begin():
                 session.add(
-                    LedgerEntry(id="charge:gen-1", account_id=record.account_id, kind="charge", amount=-1)
+                    LedgerEntry(id="charge:gen-1", account_id=record.account_id, kind="charge", amount=1)
                 )
         async with db.session() as session:
             entries = (await session.scalars(select(LedgerEntry))).all()

@@ -63,7 +63,8 @@ async def create_key(request: Request) -> Response:
     gateway = _gateway(request)
     body = await parse_body(request, CreateKey, gateway.config.server.max_body_bytes)
     caller = _caller(request)
-    account = caller.account_id if caller is not None else body.account_id
+    # Management keys are the operator's: they may open keys in any account (a new one is made on demand).
+    account = body.account_id or (caller.account_id if caller is not None else None)
     key, record = await gateway.keys.create(
         name=body.name,
         kind=body.kind,
