@@ -1,4 +1,4 @@
-"""Real PostgreSQL for the multi-instance tests: skipped with a reason where absent, required in CI."""
+"""Real PostgreSQL and Redis for the multi-instance tests: skipped where absent, required in CI."""
 
 from __future__ import annotations
 
@@ -41,3 +41,26 @@ def fresh_postgres_database() -> str:
 def drop_postgres_database(url: str) -> None:
     name = url.rsplit("/", 1)[1]
     asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+REDIS = os.environ.get("KG_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def redis_url() -> str:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS, socket_connect_timeout=2).ping()
+    except Exception as exc:
+        require("Redis", f"{REDIS}: {type(exc).__name__}: {exc}")
+    return REDIS
+
+
+def clear_redis(prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS)
+    keys = list(client.scan_iter(match=prefix + "*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()

@@ -1,0 +1,197 @@
+"""Several replicas on one PostgreSQL and one Redis: limits hold globally, charges add up, crashes heal."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+import redis
+
+from kimi_gateway.testing import GatewayProcess
+from tests.billing import K25, Operator, chat, config, generation, sdk, start, tiers, wait_for_usage
+from tests.fakes.upstream import Answer, FakeUpstream
+from tests.services import (
+    clear_redis,
+    drop_postgres_database,
+    fresh_postgres_database,
+    redis_url,
+)
+
+HI = [{"role": "user", "content": "Hi"}]
+Replica = Callable[[str], GatewayProcess]
+
+
+@pytest.fixture()
+def moon(fakes: dict[str, FakeUpstream]) -> FakeUpstream:
+    return fakes["moon"]
+
+
+@pytest.fixture()
+def shared() -> Iterator[tuple[str, str, str]]:
+    """A fresh PostgreSQL database and a Redis namespace of this test's own."""
+    redis_at = redis_url()
+    database = fresh_postgres_database()
+    prefix = f"kgtest:{secrets.token_hex(4)}:"
+    yield database, redis_at, prefix
+    clear_redis(prefix)
+    drop_postgres_database(database)
+
+
+def _replicas(
+    tmp_path: Path, moon: FakeUpstream, shared: tuple[str, str, str], tier_table: str, flush: float
+) -> tuple[Replica, list[GatewayProcess]]:
+    database, redis_at, prefix = shared
+    text = config(
+        moon,
+        tier_table,
+        flush_seconds=flush,
+        extra=f'database_url = "{database}"\nredis_url = "{redis_at}"\nredis_prefix = "{prefix}"\n',
+    )
+    running: list[GatewayProcess] = []
+
+    def replica(name: str) -> GatewayProcess:
+        gw = start(tmp_path / name, text)
+        running.append(gw)
+        return gw
+
+    return replica, running
+
+
+@pytest.fixture()
+def cluster(
+    tmp_path: Path, moon: FakeUpstream, shared: tuple[str, str, str]
+) -> Iterator[Callable[[str, float], Replica]]:
+    started: list[list[GatewayProcess]] = []
+
+    def make(tier_table: str, flush: float = 0.1) -> Replica:
+        replica, running = _replicas(tmp_path, moon, shared, tier_table, flush)
+        started.append(running)
+        return replica
+
+    yield make  # type: ignore[misc]
+    for running in started:
+        for gw in running:
+            if gw.proc.poll() is None:
+                gw.stop()
+
+
+def _charges(database: str, account: str) -> list[Decimal]:
+    async def query() -> list[Decimal]:
+        connection = await asyncpg.connect(database)
+        try:
+            rows = await connection.fetch(
+                "SELECT amount FROM ledger_entries WHERE kind = 'charge' AND account_id = $1", account
+            )
+            return [row["amount"] for row in rows]
+        finally:
+            await connection.close()
+
+    return asyncio.run(query())
+
+
+def _live(prefix: str, account: str) -> tuple[int, int]:
+    """The live balance and the amount held, in nano-dollars, as Redis has them."""
+    client = redis.Redis.from_url(redis_url())
+    bal, held = client.hmget(f"{prefix}acct:{account}", ["bal", "held"])
+    client.close()
+    return int(bal or 0), int(held or 0)
+
+
+async def _burst(targets: list[tuple[GatewayProcess, str]], count: int) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+
+        async def one(i: int) -> httpx.Response:
+            gw, key = targets[i % len(targets)]
+            return await client.post(
+                gw.api + "/chat/completions",
+                json={"model": K25, "messages": HI},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+
+        return await asyncio.gather(*(one(i) for i in range(count)))
+
+
+def test_500_requests_on_two_replicas_keep_the_global_rpm_and_exact_charges(
+    cluster: Callable[[str, float], Replica], shared: tuple[str, str, str]
+) -> None:
+    database, _, prefix = shared
+    replica = cluster(tiers((0, 0, 1000, 300)), 0.1)
+    a = replica("a")
+    ops = Operator(a)
+    b = replica("b")  # started after the first key exists, so it never runs without auth
+    key = ops.key_for("acct_many")
+    ops.recharge("acct_many", "10")
+
+    responses = asyncio.run(_burst([(a, key), (b, key)], 500))
+    statuses = [r.status_code for r in responses]
+    assert statuses.count(200) == 300 and statuses.count(429) == 200, sorted(set(statuses))
+    served_by = {r.url.port for r in responses if r.status_code == 200}
+    assert served_by == {a.port, b.port}  # both replicas took part
+
+    reported = sum(Decimal(str(r.json()["usage"]["cost"])) for r in responses if r.status_code == 200)
+    wait_for_usage(a, key, float(reported))
+    charges = _charges(database, "acct_many")
+    assert len(charges) == 300 and sum(charges) == reported  # to the nano-dollar
+    bal, held = _live(prefix, "acct_many")
+    assert held == 0 and bal == 10 * 10**9 - int(reported * 10**9)
+    balance = httpx.get(b.api + "/users/me/balance", headers={"Authorization": f"Bearer {key}"}).json()
+    assert Decimal(str(balance["data"]["available_balance"])) == Decimal(10) - reported
+
+
+def test_concurrency_limit_is_global(cluster: Callable[[str, float], Replica], moon: FakeUpstream) -> None:
+    replica = cluster(tiers((0, 0, 4, 1000)), 0.1)
+    a = replica("a")
+    ops = Operator(a)
+    b = replica("b")
+    key = ops.key_for("acct_conc")
+    ops.recharge("acct_conc", "1")
+    moon.default = Answer(first_delay=2.0)  # every admitted request holds its slot for two seconds
+    responses = asyncio.run(_burst([(a, key), (b, key)], 12))
+    statuses = [r.status_code for r in responses]
+    assert statuses.count(200) == 4 and statuses.count(429) == 8, statuses
+    limited = next(r for r in responses if r.status_code == 429)
+    assert limited.headers["x-ratelimit-limit"] == "4" and "max concurrency: 4" in limited.text
+
+
+def test_kill_9_one_replica_mid_stream(
+    cluster: Callable[[str, float], Replica], shared: tuple[str, str, str], moon: FakeUpstream
+) -> None:
+    database, _, prefix = shared
+    replica = cluster(tiers((0, 0, 50, 1000)), 3600)  # nothing reaches the database until stop or recovery
+    a = replica("a")
+    ops = Operator(a)
+    b = replica("b")
+    key = ops.key_for("acct_crash")
+    ops.recharge("acct_crash", "1")
+    costs = [Decimal(str(chat(gw, key).json()["usage"]["cost"])) for gw in (a, a, b)]
+
+    moon.default = Answer(content="a b c d e f g h i j k l", chunk_delay=0.5)
+    stream = sdk(a, key).chat.completions.create(model=K25, messages=HI, stream=True)  # type: ignore[arg-type]
+    open_id = next(iter(stream)).id
+    assert _live(prefix, "acct_crash")[1] > 0  # the stream's hold is in Redis
+    os.kill(a.proc.pid, signal.SIGKILL)
+    a.proc.wait()
+    stream.close()
+    moon.default = Answer()
+
+    costs.append(Decimal(str(chat(b, key).json()["usage"]["cost"])))  # the other replica carries on
+    restarted = replica("a")  # same data directory: it finds the dead process's journal
+    record = generation(restarted, key, open_id)
+    assert record["status"] == "interrupted" and record["total_cost"] == 0
+    b.stop()  # writes its own waiting charges
+    restarted.stop()
+
+    charges = _charges(database, "acct_crash")
+    assert len(charges) == 4 and sum(charges) == sum(costs)  # none lost, none twice
+    bal, held = _live(prefix, "acct_crash")
+    assert held == 0  # the killed stream's hold was released
+    assert bal == 10**9 - int(sum(costs) * 10**9)
