@@ -11,8 +11,6 @@ Run: .venv/bin/python -m bench.gateway_overhead [--seconds 10]
 from __future__ import annotations
 
 import argparse
-import json
-import re
 import shutil
 import subprocess
 import sys
@@ -22,39 +20,9 @@ from pathlib import Path
 
 import httpx
 
+from bench import accounting
+from bench.wrk import MODEL, run_wrk
 from kimi_gateway.testing import GatewayProcess, free_port
-
-MODEL = "kimi-k2-thinking"
-LUA = """
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = [[%s]]
-"""
-
-
-def _ms(value: str, unit: str) -> float:
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-
-
-def run_wrk(
-    url: str, body: dict[str, object], connections: int, seconds: int, workdir: Path
-) -> dict[str, float]:
-    script = workdir / f"body-{connections}-{body.get('stream')}.lua"
-    script.write_text(LUA % json.dumps(body))
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
-    for pct in ("50", "99"):
-        m = re.search(rf"\s{pct}(?:\.000)?%\s+([\d.]+)(us|ms|s)", out)
-        assert m is not None, out
-        result[f"p{pct}"] = _ms(m.group(1), m.group(2))
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    result["errors"] = float(errors.group(1)) if errors else 0.0
-    return result
 
 
 def rss_mb(pid: int) -> float:
@@ -67,6 +35,7 @@ def rss_mb(pid: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--no-accounting", action="store_true", help="skip the accounting on/off table")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
@@ -99,8 +68,11 @@ base_url = "http://127.0.0.1:{port}/v1"
                     through = run_wrk(gateway_url, request, connections, args.seconds, workdir)
                     rows.append((stream, connections, direct, through))
             memory = rss_mb(gateway.proc.pid)
-        finally:
             gateway.stop()
+            accounting_rows = [] if args.no_accounting else accounting.measure(port, args.seconds, workdir)
+        finally:
+            if gateway.proc.poll() is None:
+                gateway.stop()
             mock.terminate()
 
     header = (
@@ -134,6 +106,9 @@ base_url = "http://127.0.0.1:{port}/v1"
         print(" | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
     print(f"gateway RSS after the run: {memory:.0f} MB (includes the embedded SmolLM2 model)")
     print("targets: added p50 <= 0.5 ms at c=1; >= 2000 RPS non-stream at c=32")
+    if accounting_rows:
+        print()
+        accounting.print_table(accounting_rows)
 
 
 if __name__ == "__main__":

@@ -45,10 +45,11 @@ def _post(gw: GatewayProcess, provider: str, **extra: Any) -> dict[str, Any]:
 
 
 def _normalized(body: dict[str, Any]) -> dict[str, Any]:
-    """All that must not depend on the provider: not ids, timestamps, its name or its native values."""
+    """All that must not depend on the provider: not ids, timestamps, its name, its prices or native values."""
     body = json.loads(json.dumps(body))
     for key in ("id", "created", "provider"):
         body.pop(key, None)
+    body["usage"].pop("cost", None)
     for choice in body["choices"]:
         choice.pop("native_finish_reason", None)
     return body
@@ -71,6 +72,7 @@ def _accumulate(gw: GatewayProcess, provider: str) -> dict[str, Any]:
     for chunk in stream:
         if chunk.usage:
             usage = chunk.usage.model_dump(exclude_none=True)
+            usage.pop("cost", None)  # priced by whichever provider served
         for choice in chunk.choices:
             delta = choice.delta
             content += delta.content or ""

@@ -1,0 +1,154 @@
+"""What auth, billing and rate limits cost: non-streaming RPS at c=32 with accounting off and on, same run.
+
+Three gateways in front of the same mock upstream: no keys (accounting off); keys on SQLite with
+in-process limits and holds; keys on PostgreSQL with Redis limits and holds. Target: on >= 0.8x of off.
+PostgreSQL and Redis are those of the machine (KG_BENCH_POSTGRES, KG_BENCH_REDIS); their row is left out
+when they cannot be reached.
+
+Run on its own: .venv/bin/python -m bench.accounting [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.wrk import MODEL, run_wrk
+from kimi_gateway.testing import GatewayProcess, free_port
+
+POSTGRES = os.environ.get("KG_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS = os.environ.get("KG_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+# Limits far above what the load reaches: this measures their cost, not their refusals.
+ROOMY = "[accounts]\ntiers = [{ tier = 0, min_recharge = 0, concurrency = 100000, rpm = 100000000 }]\n"
+
+
+def _config(upstream_port: int, extra: str = "") -> str:
+    return f"""{extra}
+[server]
+log_level = "warning"
+[providers.mock]
+style = "openai"
+base_url = "http://127.0.0.1:{upstream_port}/v1"
+[providers.mock.models."{MODEL}"]
+pricing = {{ input = 0.60, cached_input = 0.15, output = 3.00 }}
+{ROOMY}"""
+
+
+def _keyed(gateway: GatewayProcess) -> str:
+    """A funded inference key, made through the bootstrap management key."""
+    made = httpx.post(gateway.base_url + "/api/v1/keys", json={"name": "ops", "kind": "management"})
+    admin = {"Authorization": f"Bearer {made.json()['key']}"}
+    key = httpx.post(
+        gateway.base_url + "/api/v1/keys", json={"name": "bench", "account_id": "acct_bench"}, headers=admin
+    ).json()["key"]
+    funded = httpx.post(
+        gateway.base_url + "/api/v1/credits/add",
+        json={"account_id": "acct_bench", "amount": "100000"},
+        headers=admin,
+    )
+    assert funded.status_code == 200, funded.text
+    return str(key)
+
+
+async def _admin(statement: str) -> None:
+    import asyncpg  # type: ignore[import-untyped]
+
+    connection = await asyncpg.connect(POSTGRES, timeout=3)
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+def _services() -> tuple[str, str] | None:
+    """A fresh database and the Redis URL, or None when either is away."""
+    import redis
+
+    name = "kg_bench_" + secrets.token_hex(4)
+    try:
+        redis.Redis.from_url(REDIS, socket_connect_timeout=2).ping()
+        asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        print(f"(PostgreSQL+Redis row skipped: {type(exc).__name__}: {exc})", file=sys.stderr)
+        return None
+    return POSTGRES.rsplit("/", 1)[0] + "/" + name, REDIS
+
+
+def measure(upstream_port: int, seconds: int, workdir: Path) -> list[tuple[str, dict[str, float]]]:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
+    rows: list[tuple[str, dict[str, float]]] = []
+    services = _services()
+    setups: list[tuple[str, str]] = [("off (no keys)", ""), ("on: SQLite + in-process", "")]
+    if services is not None:
+        database, redis_url = services
+        setups.append(
+            (
+                "on: PostgreSQL + Redis",
+                f'database_url = "{database}"\nredis_url = "{redis_url}"\n'
+                f'redis_prefix = "kgbench:{secrets.token_hex(4)}:"\n',
+            )
+        )
+    try:
+        for i, (label, extra) in enumerate(setups):
+            folder = workdir / f"accounting-{i}"
+            folder.mkdir()
+            gateway = GatewayProcess(folder, _config(upstream_port, extra))
+            try:
+                headers = {} if i == 0 else {"Authorization": f"Bearer {_keyed(gateway)}"}
+                url = gateway.api + "/chat/completions"
+                assert httpx.post(url, json=body, headers=headers).status_code == 200
+                rows.append((label, run_wrk(url, body, 32, seconds, folder, headers)))
+            finally:
+                gateway.stop()
+    finally:
+        if services is not None:
+            name = services[0].rsplit("/", 1)[1]
+            asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    return rows
+
+
+def print_table(rows: list[tuple[str, dict[str, float]]]) -> None:
+    off = rows[0][1]["rps"]
+    header = ("accounting (non-stream, c=32)", "RPS", "ratio vs off", "p50/p99 ms", "errors")
+    table = [header]
+    for label, result in rows:
+        table.append(
+            (
+                label,
+                f"{result['rps']:.0f}",
+                f"{result['rps'] / off:.2f}",
+                f"{result['p50']:.2f} / {result['p99']:.2f}",
+                f"{result['errors']:.0f}",
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print(" | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    print("target: accounting on >= 0.8x of off at c=32")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=10)
+    args = parser.parse_args()
+    port = free_port()
+    mock = subprocess.Popen([sys.executable, "-m", "bench.mock_upstream", str(port)])
+    try:
+        time.sleep(0.5)
+        with tempfile.TemporaryDirectory() as tmp:
+            print_table(measure(port, args.seconds, Path(tmp)))
+    finally:
+        mock.terminate()
+
+
+if __name__ == "__main__":
+    main()

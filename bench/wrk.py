@@ -1,0 +1,46 @@
+"""Load from wrk (Debian package `wrk`) in its own process: a POST with a JSON body, parsed into numbers."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+MODEL = "kimi-k2-thinking"
+LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = [[%s]]
+"""
+
+
+def _ms(value: str, unit: str) -> float:
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def run_wrk(
+    url: str,
+    body: dict[str, object],
+    connections: int,
+    seconds: int,
+    workdir: Path,
+    headers: dict[str, str] | None = None,
+) -> dict[str, float]:
+    script = workdir / f"body-{connections}-{body.get('stream')}.lua"
+    extra = "".join(f'wrk.headers["{name}"] = "{value}"\n' for name, value in (headers or {}).items())
+    script.write_text(LUA % json.dumps(body) + extra)
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
+    for pct in ("50", "99"):
+        m = re.search(rf"\s{pct}(?:\.000)?%\s+([\d.]+)(us|ms|s)", out)
+        assert m is not None, out
+        result[f"p{pct}"] = _ms(m.group(1), m.group(2))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    result["errors"] = float(errors.group(1)) if errors else 0.0
+    return result
