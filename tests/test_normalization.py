@@ -45,7 +45,7 @@ def _post(gw: GatewayProcess, provider: str, **extra: Any) -> dict[str, Any]:
 
 
 def _normalized(body: dict[str, Any]) -> dict[str, Any]:
-    """All that must not depend on the provider: not ids, timestamps, its name, its prices or native values."""
+    """What must not depend on the provider: not ids, timestamps, its name, its prices or native values."""
     body = json.loads(json.dumps(body))
     for key in ("id", "created", "provider"):
         body.pop(key, None)
