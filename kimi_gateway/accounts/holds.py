@@ -7,6 +7,7 @@ Redis so that every replica sees every other's holds and charges at once.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -56,9 +57,12 @@ class _Sum:
 
     stored: int | None = None
     loaded_at: float = 0.0
-    epoch: int = 0  # bumped when `stored` goes stale, so a load begun before cannot store an old figure
+    # Bumped when a flush moves charges from `unwritten` into `stored`: a load begun before the flush may
+    # or may not include them, so its figure is dropped (the adjusted one is exact).
+    epoch: int = 0
     unwritten: int = 0
     held: int = 0
+    loading: asyncio.Future[None] | None = None  # one load at a time, however many requests wait on it
 
 
 @dataclass(slots=True)
@@ -69,13 +73,22 @@ class MemoryHolds:
     _keys: dict[str, _Sum] = field(default_factory=dict)
     _open: dict[str, tuple[str, str | None, int]] = field(default_factory=dict)
 
-    async def _stored(self, entry: _Sum, load: Callable[[], Awaitable[int]]) -> int:
+    async def _stored(self, entry: _Sum, load: Callable[[], Awaitable[int]]) -> None:
         while entry.stored is None or time.monotonic() - entry.loaded_at > self.refresh_seconds:
-            epoch = entry.epoch
-            value = await load()
-            if entry.epoch == epoch:
-                entry.stored, entry.loaded_at = value, time.monotonic()
-        return entry.stored
+            if entry.loading is not None:
+                await asyncio.shield(entry.loading)
+                continue
+            entry.loading = asyncio.get_running_loop().create_future()
+            try:
+                epoch = entry.epoch
+                value = await load()
+                if entry.epoch == epoch:
+                    entry.stored = value
+                if entry.stored is not None:
+                    entry.loaded_at = time.monotonic()
+            finally:
+                entry.loading.set_result(None)
+                entry.loading = None
 
     async def reserve(self, request: HoldRequest) -> Shortfall | None:
         account = self._accounts.setdefault(request.account_id, _Sum())
@@ -119,24 +132,26 @@ class MemoryHolds:
         account = self._accounts.setdefault(account_id, _Sum())
         account.held -= amount
         account.unwritten += cost
-        key = self._keys.get(held_key) if held_key is not None else None
+        # Every charged key gets an entry, so that `flushed` later takes back exactly what was added here.
+        key = self._keys.setdefault(key_hash, _Sum()) if key_hash is not None else None
         if key is not None:
-            key.held -= amount
             key.unwritten += cost
+            if held_key is not None:
+                key.held -= amount
 
     async def credited(self, account_id: str, amount: int) -> None:
         self._stale(self._accounts.get(account_id))
 
     def flushed(self, charges: list[tuple[str, str | None, int]]) -> None:
+        # The charges move from "not yet written" into the stored sums (a balance falls, a key's usage
+        # rises); no reload needed.
         for account_id, key_hash, cost in charges:
-            account = self._accounts.get(account_id)
-            if account is not None:
-                account.unwritten -= cost
-                self._stale(account)
-            key = self._keys.get(key_hash) if key_hash is not None else None
-            if key is not None:
-                key.unwritten -= cost
-                self._stale(key)
+            for entry, sign in ((self._accounts.get(account_id), -1), (self._keys.get(key_hash or ""), 1)):
+                if entry is not None:
+                    entry.unwritten -= cost
+                    if entry.stored is not None:
+                        entry.stored += sign * cost
+                    entry.epoch += 1
 
     @staticmethod
     def _stale(entry: _Sum | None) -> None:

@@ -111,10 +111,10 @@ class Ledger:
                     {**g, "cost": Decimal(g["cost"]) / NANO, "created_at": _time(g["created_at"])}
                     for g in generations
                 ]
-                await _insert_ignoring_duplicates(session, Generation, rows, self.db.dialect)
+                await _insert_ignoring_duplicates(session, Generation.__table__, rows, self.db.dialect)
             if charges:
                 rows = [{**c, "amount": Decimal(c["amount"]) / NANO} for c in charges]
-                await _insert_ignoring_duplicates(session, LedgerEntry, rows, self.db.dialect)
+                await _insert_ignoring_duplicates(session, LedgerEntry.__table__, rows, self.db.dialect)
 
     async def generation(self, generation_id: str) -> Generation | None:
         async with self.db.session() as session:
@@ -122,8 +122,10 @@ class Ledger:
 
 
 async def _insert_ignoring_duplicates(
-    session: AsyncSession, table: type[Any], rows: list[dict[str, Any]], dialect: str
+    session: AsyncSession, table: Any, rows: list[dict[str, Any]], dialect: str
 ) -> None:
+    # Core inserts on the tables, not ORM bulk inserts: a batch is hundreds of rows, off the request path
+    # but on the same event loop.
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     await session.execute(insert(table).on_conflict_do_nothing(index_elements=["id"]), rows)
 
