@@ -168,6 +168,9 @@ def test_credits_vouchers_and_moonshot_balance(billed: tuple[GatewayProcess, Ope
     assert balance["data"]["voucher_balance"] == pytest.approx(0.5 - paid)
     assert balance["data"]["cash_balance"] == pytest.approx(2.0)
     assert balance["data"]["available_balance"] == pytest.approx(2.5 - paid)
+    # A Moonshot client reads it through the SDK's generic GET, with only base_url and key changed.
+    through_sdk = sdk(gw, key).get("/users/me/balance", cast_to=object)
+    assert through_sdk == balance
 
 
 def test_rpm_429_headers_and_tier_promotion(tmp_path: Path, moon: FakeUpstream) -> None:
