@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from kimi_gateway.accounts.admission import Admission, RedisAdmission
 from kimi_gateway.accounts.billing import Accountant
 from kimi_gateway.accounts.holds import Holds, MemoryHolds
 from kimi_gateway.accounts.holds_redis import RedisHolds
@@ -114,10 +115,14 @@ def build_gateway(config: GatewayConfig) -> Gateway:
     redis = Redis.from_url(config.redis_url) if config.redis_url else None
     holds: Holds
     limiter: Limiter
+    admission: Admission | None = None
     settings = config.accounts
     if redis is not None:
         holds = RedisHolds(redis, ledger, config.redis_prefix, settings.hold_seconds)
         limiter = RedisLimiter(redis, config.redis_prefix, settings.slot_seconds)
+        admission = RedisAdmission(
+            redis, ledger, config.redis_prefix, settings.hold_seconds, settings.slot_seconds
+        )
     else:
         holds, limiter = MemoryHolds(ledger), MemoryLimiter()
     tiers = (
@@ -135,6 +140,6 @@ def build_gateway(config: GatewayConfig) -> Gateway:
         http=http,
         db=db,
         keys=KeyStore(db),
-        accounts=Accountant(ledger, holds, limiter, recorder, tiers),
+        accounts=Accountant(ledger, holds, limiter, recorder, tiers, admission),
         redis=redis,
     )

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import redis
 
-from kimi_gateway.testing import GatewayProcess
+from kimi_gateway.testing import LOCAL_MODEL, GatewayProcess
 from tests.billing import K25, Operator, chat, config, generation, sdk, start, tiers, wait_for_usage
 from tests.fakes.upstream import Answer, FakeUpstream
 from tests.services import (
@@ -154,6 +154,10 @@ def test_concurrency_limit_is_global(cluster: Callable[[str, float], Replica], m
     b = replica("b")
     key = ops.key_for("acct_conc")
     ops.recharge("acct_conc", "1")
+    # A free model holds nothing: its zero hold must settle cleanly too, and give its slot back.
+    free = chat(b, key, model=LOCAL_MODEL, max_tokens=2)
+    assert free.status_code == 200 and free.json()["usage"]["cost"] == 0
+    assert not [r for r in b.log_records() if r.get("level") == "error"]
     moon.default = Answer(first_delay=2.0)  # every admitted request holds its slot for two seconds
     responses = asyncio.run(_burst([(a, key), (b, key)], 12))
     statuses = [r.status_code for r in responses]

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from kimi_gateway.accounts.holds import HoldRequest, Holds
+from kimi_gateway.accounts.admission import Admission, SeparateAdmission
+from kimi_gateway.accounts.holds import HoldRequest, Holds, Shortfall
 from kimi_gateway.accounts.keys import KeyRecord
 from kimi_gateway.accounts.ledger import RECHARGE, Ledger
 from kimi_gateway.accounts.pricing import affordable_tokens, nano, worst_case_nano
@@ -69,10 +70,12 @@ class Accountant:
         limiter: Limiter,
         recorder: Recorder,
         tiers: Sequence[Tier],
+        admission: Admission | None = None,
     ) -> None:
         self.ledger = ledger
         self.holds = holds
         self.limiter = limiter
+        self.admission: Admission = admission or SeparateAdmission(limiter, holds)
         self.recorder = recorder
         self.tiers = tuple(tiers)
         self._tiers: dict[str, tuple[Tier, float]] = {}
@@ -110,21 +113,19 @@ class Accountant:
         windows = [Window(_account_bucket(account), tier.rpm)]
         if key.rpm:
             windows.append(Window("k:" + key.hash, key.rpm))
-        decision = await self.limiter.acquire(
-            generation_id, _account_bucket(account), tier.concurrency, windows
-        )
-        if not decision.allowed:
-            raise _rate_limited(decision, tier)
         worst = worst_case_nano(prices, prompt_tokens, max_tokens)
         limit = nano(key.credit_limit) if key.credit_limit is not None else None
-        try:
-            shortfall = await self.holds.reserve(HoldRequest(generation_id, account, key.hash, worst, limit))
-        except BaseException:
-            await self.limiter.release(generation_id, _account_bucket(account))
-            raise
-        if shortfall is not None:
-            await self.limiter.release(generation_id, _account_bucket(account))
-            raise _insufficient(shortfall.by, prices, prompt_tokens, max_tokens, shortfall.available)
+        verdict = await self.admission.admit(
+            generation_id,
+            _account_bucket(account),
+            tier.concurrency,
+            windows,
+            HoldRequest(generation_id, account, key.hash, worst, limit),
+        )
+        if isinstance(verdict, Shortfall):
+            raise _insufficient(verdict.by, prices, prompt_tokens, max_tokens, verdict.available)
+        if not verdict.allowed:
+            raise _rate_limited(verdict, tier)
         ticket = Ticket(
             generation_id,
             key,
@@ -158,10 +159,8 @@ class Accountant:
         cost = outcome.cost if produced else 0
         generation = generation_row(ticket, outcome, cost)
         self.recorder.closed(generation, cost)  # journaled before anything else moves
-        try:
-            await self.holds.settle(ticket.id, ticket.key.account_id, ticket.key.hash, cost)
-        finally:
-            await self.limiter.release(ticket.id, _account_bucket(ticket.key.account_id))
+        account = ticket.key.account_id
+        await self.admission.finish(ticket.id, _account_bucket(account), account, ticket.key.hash, cost)
 
     async def generation(self, generation_id: str) -> dict[str, Any] | None:
         pending = self.recorder.pending(generation_id)

@@ -1,46 +1,84 @@
 """Limits shared by every replica: one atomic Lua script per admission, on Redis's own clock.
 
 Concurrency slots are members of a sorted set scored by their expiry, so the slots of a replica that died
-mid-request free themselves after `slot_seconds`.
+mid-request free themselves after `slot_seconds`. The script is built from fragments so that the
+accountant can run the limit check and the credit hold as one script (accounts/admission.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 
 from kimi_gateway.limits.base import WINDOW_MS, Decision, Window
 
-ACQUIRE = """
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local p, slot, conc, ttl, window = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local ck = p .. 'conc:' .. ARGV[6]
-redis.call('ZREMRANGEBYSCORE', ck, '-inf', now)
-local busy = redis.call('ZCARD', ck)
-if busy >= conc then return {0, 'concurrency', conc, 0, now + 1000} end
-local first = nil
-local n = (#ARGV - 6) / 2
-for i = 1, n do
-  local rk = p .. 'rpm:' .. ARGV[5 + 2 * i]
-  local rpm = tonumber(ARGV[6 + 2 * i])
-  redis.call('ZREMRANGEBYSCORE', rk, '-inf', now - window)
+NOW = "local clock = redis.call('TIME') local now = clock[1] * 1000 + math.floor(clock[2] / 1000)\n"
+
+# Reads table L = {p, slot, conc, ttl, window, bucket, windows = {{bucket, rpm}, ...}}; returns a refusal,
+# or leaves `lim_ok` (what to answer when admitted) for LIMIT_COMMIT.
+LIMIT_CHECK = """
+local lim_ck = L.p .. 'conc:' .. L.bucket
+redis.call('ZREMRANGEBYSCORE', lim_ck, '-inf', now)
+local lim_busy = redis.call('ZCARD', lim_ck)
+if lim_busy >= L.conc then return {0, 'concurrency', L.conc, 0, now + 1000} end
+local lim_ok = nil
+for _, w in ipairs(L.windows) do
+  local rk = L.p .. 'rpm:' .. w[1]
+  redis.call('ZREMRANGEBYSCORE', rk, '-inf', now - L.window)
   local count = redis.call('ZCARD', rk)
   local oldest = redis.call('ZRANGE', rk, 0, 0, 'WITHSCORES')
-  local reset = (oldest[2] and tonumber(oldest[2]) or now) + window
-  if count >= rpm then return {0, 'rpm', rpm, 0, reset} end
-  if not first then first = {1, 'rpm', rpm, rpm - count - 1, reset} end
+  local reset = (oldest[2] and tonumber(oldest[2]) or now) + L.window
+  if count >= w[2] then return {0, 'rpm', w[2], 0, reset} end
+  if not lim_ok then lim_ok = {1, 'rpm', w[2], w[2] - count - 1, reset} end
 end
-for i = 1, n do
-  local rk = p .. 'rpm:' .. ARGV[5 + 2 * i]
-  redis.call('ZADD', rk, now, slot)
-  redis.call('PEXPIRE', rk, window)
-end
-redis.call('ZADD', ck, now + ttl, slot)
-redis.call('PEXPIRE', ck, ttl)
-return first or {1, 'concurrency', conc, conc - busy - 1, now}
+lim_ok = lim_ok or {1, 'concurrency', L.conc, L.conc - lim_busy - 1, now}
 """
+
+LIMIT_COMMIT = """
+for _, w in ipairs(L.windows) do
+  local rk = L.p .. 'rpm:' .. w[1]
+  redis.call('ZADD', rk, now, L.slot)
+  redis.call('PEXPIRE', rk, L.window)
+end
+redis.call('ZADD', lim_ck, now + L.ttl, L.slot)
+redis.call('PEXPIRE', lim_ck, L.ttl)
+"""
+
+# Reads table R = {p, bucket, slot}.
+LIMIT_RELEASE = "redis.call('ZREM', R.p .. 'conc:' .. R.bucket, R.slot)\n"
+
+ACQUIRE = NOW + "local L = cjson.decode(ARGV[1])\n" + LIMIT_CHECK + LIMIT_COMMIT + "return lim_ok\n"
+RELEASE = "local R = cjson.decode(ARGV[1])\n" + LIMIT_RELEASE + "return 1\n"
+
+
+def limit_args(
+    prefix: str, slot: str, concurrency_bucket: str, concurrency: int, windows: Sequence[Window], slot_ms: int
+) -> bytes:
+    return orjson.dumps(
+        {
+            "p": prefix,
+            "slot": slot,
+            "conc": concurrency,
+            "ttl": slot_ms,
+            "window": WINDOW_MS,
+            "bucket": concurrency_bucket,
+            "windows": [[w.bucket, w.rpm] for w in windows],
+        }
+    )
+
+
+def release_args(prefix: str, slot: str, concurrency_bucket: str) -> bytes:
+    return orjson.dumps({"p": prefix, "bucket": concurrency_bucket, "slot": slot})
+
+
+def decision(result: list[Any]) -> Decision:
+    allowed, reason, limit, remaining, reset = result
+    if isinstance(reason, bytes):
+        reason = reason.decode()
+    return Decision(bool(allowed), str(reason), int(limit), int(remaining), int(reset))
 
 
 class RedisLimiter:
@@ -49,20 +87,16 @@ class RedisLimiter:
         self.prefix = prefix
         self.slot_ms = int(slot_seconds * 1000)
         self._acquire = redis.register_script(ACQUIRE)
+        self._release = redis.register_script(RELEASE)
 
     async def acquire(
         self, slot: str, concurrency_bucket: str, concurrency: int, windows: Sequence[Window]
     ) -> Decision:
-        args: list[str | int] = [self.prefix, slot, concurrency, self.slot_ms, WINDOW_MS, concurrency_bucket]
-        for window in windows:
-            args += [window.bucket, window.rpm]
-        allowed, reason, limit, remaining, reset = await self._acquire(args=args)
-        if isinstance(reason, bytes):
-            reason = reason.decode()
-        return Decision(bool(allowed), str(reason), int(limit), int(remaining), int(reset))
+        args = limit_args(self.prefix, slot, concurrency_bucket, concurrency, windows, self.slot_ms)
+        return decision(await self._acquire(args=[args]))
 
     async def release(self, slot: str, concurrency_bucket: str) -> None:
-        await self.redis.zrem(f"{self.prefix}conc:{concurrency_bucket}", slot)
+        await self._release(args=[release_args(self.prefix, slot, concurrency_bucket)])
 
     async def close(self) -> None:
         return None
