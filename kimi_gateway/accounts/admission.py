@@ -1,16 +1,19 @@
 """Admission and release of one request: a rate-limit slot and a credit hold, taken and given back together.
 
 `SeparateAdmission` asks the limiter, then the holds. `RedisAdmission` does both in one Lua script, and
-settles the hold and frees the slot in another, so a request costs two Redis round trips rather than four
-(the redis client's own per-command cost dominated the accounted hot path).
+settles the hold and frees the slot in another, sent in pipelines that carry every request finishing at
+that moment: the redis client's own per-command cost dominated the accounted hot path.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Sequence
 from typing import Protocol
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from kimi_gateway.accounts.holds import HoldRequest, Holds, Shortfall
 from kimi_gateway.accounts.holds_redis import (
@@ -47,6 +50,8 @@ class Admission(Protocol):
         """Settle the hold named `slot` at `cost` and free the slot."""
         ...
 
+    async def close(self) -> None: ...
+
 
 class SeparateAdmission:
     def __init__(self, limiter: Limiter, holds: Holds) -> None:
@@ -75,6 +80,11 @@ class SeparateAdmission:
         finally:
             await self.limiter.release(slot, bucket)
 
+    async def close(self) -> None:
+        return None
+
+
+log = logging.getLogger(__name__)
 
 # Checks before writes: a refusal by either part leaves nothing behind.
 ADMIT = (
@@ -95,6 +105,9 @@ FINISH = (
 
 
 class RedisAdmission:
+    RETRY_SECONDS = 0.5
+    CLOSE_SECONDS = 5.0
+
     def __init__(
         self, redis: Redis, ledger: Ledger, prefix: str, hold_seconds: float, slot_seconds: float
     ) -> None:
@@ -105,6 +118,8 @@ class RedisAdmission:
         self.slot_ms = int(slot_seconds * 1000)
         self._admit = redis.register_script(ADMIT)
         self._finish = redis.register_script(FINISH)
+        self._pending: list[list[bytes]] = []
+        self._sender: asyncio.Task[None] | None = None
 
     async def admit(
         self, slot: str, bucket: str, concurrency: int, windows: Sequence[Window], hold: HoldRequest
@@ -124,9 +139,40 @@ class RedisAdmission:
         raise RuntimeError("could not seed the balance in Redis")
 
     async def finish(self, slot: str, bucket: str, account_id: str, key_hash: str | None, cost: int) -> None:
-        await self._finish(
-            args=[
+        # Queued, and sent with every other finish of this moment in one pipeline. The journal already
+        # holds the settlement, so a crash before the pipeline goes out is settled again at recovery.
+        self._pending.append(
+            [
                 settle_args(self.prefix, slot, account_id, key_hash, cost),
                 release_args(self.prefix, slot, bucket),
             ]
         )
+        if self._sender is None:
+            self._sender = asyncio.create_task(self._send())
+
+    async def _send(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    pipe = self.redis.pipeline(transaction=False)
+                    for args in batch:
+                        await self._finish(args=args, client=pipe)
+                    await pipe.execute()
+                except (RedisError, OSError):
+                    log.exception("settling %d request(s) in Redis failed; retrying", len(batch))
+                    self._pending = batch + self._pending
+                    await asyncio.sleep(self.RETRY_SECONDS)
+        finally:
+            self._sender = None
+
+    async def close(self) -> None:
+        if self._sender is not None:
+            # Bounded: with Redis away, shutdown must not hang. The ledger still gets every charge.
+            done, _ = await asyncio.wait((self._sender,), timeout=self.CLOSE_SECONDS)
+            if not done:
+                log.warning(
+                    "Redis unreachable at shutdown: %d settlement(s) not applied there (the ledger has them)",
+                    len(self._pending),
+                )
+                self._sender.cancel()

@@ -191,6 +191,7 @@ class Accountant:
         }
 
     async def close(self) -> None:
+        await self.admission.close()
         await self.recorder.stop()
         await self.holds.close()
         await self.limiter.close()
