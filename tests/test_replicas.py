@@ -154,6 +154,7 @@ def test_concurrency_limit_is_global(cluster: Callable[[str, float], Replica], m
     b = replica("b")
     key = ops.key_for("acct_conc")
     ops.recharge("acct_conc", "1")
+    redis.Redis.from_url(redis_url()).script_flush()  # as after a Redis restart: scripts must reload
     # A free model holds nothing: its zero hold must settle cleanly too, and give its slot back.
     free = chat(b, key, model=LOCAL_MODEL, max_tokens=2)
     assert free.status_code == 200 and free.json()["usage"]["cost"] == 0

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from kimi_gateway.accounts.holds import HoldRequest, Holds, Shortfall
 from kimi_gateway.accounts.holds_redis import (
@@ -116,8 +116,8 @@ class RedisAdmission:
         self.prefix = prefix
         self.hold_ms = int(hold_seconds * 1000)
         self.slot_ms = int(slot_seconds * 1000)
-        self._admit = redis.register_script(ADMIT)
-        self._finish = redis.register_script(FINISH)
+        self._admit = Pipelined(redis, ADMIT)
+        self._finish = Pipelined(redis, FINISH)
         self._pending: list[list[bytes]] = []
         self._sender: asyncio.Task[None] | None = None
 
@@ -129,7 +129,7 @@ class RedisAdmission:
             hold_args(self.prefix, hold, self.hold_ms),
         ]
         for _ in range(3):
-            result = await self._admit(args=args)
+            result = await self._admit.call(args, on_orphan=lambda r: self._orphaned(r, slot, bucket, hold))
             status = int(result[0])
             if status in (0, 1):
                 return decision(result)
@@ -138,9 +138,17 @@ class RedisAdmission:
             await seed(self.redis, self.ledger, self.prefix, status, hold)
         raise RuntimeError("could not seed the balance in Redis")
 
+    def _orphaned(self, result: Any, slot: str, bucket: str, hold: HoldRequest) -> None:
+        # Admitted, but the request was cancelled before it heard so: give the slot and hold back.
+        if isinstance(result, list) and result and int(result[0]) == 1:
+            self._queue_finish(slot, bucket, hold.account_id, hold.key_hash, 0)
+
     async def finish(self, slot: str, bucket: str, account_id: str, key_hash: str | None, cost: int) -> None:
         # Queued, and sent with every other finish of this moment in one pipeline. The journal already
         # holds the settlement, so a crash before the pipeline goes out is settled again at recovery.
+        self._queue_finish(slot, bucket, account_id, key_hash, cost)
+
+    def _queue_finish(self, slot: str, bucket: str, account_id: str, key_hash: str | None, cost: int) -> None:
         self._pending.append(
             [
                 settle_args(self.prefix, slot, account_id, key_hash, cost),
@@ -155,10 +163,9 @@ class RedisAdmission:
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:
-                    pipe = self.redis.pipeline(transaction=False)
-                    for args in batch:
-                        await self._finish(args=args, client=pipe)
-                    await pipe.execute()
+                    failed = [r for r in await self._finish.run(batch) if isinstance(r, Exception)]
+                    if failed:
+                        log.error("%d settlement(s) refused by Redis: %s", len(failed), failed[0])
                 except (RedisError, OSError):
                     log.exception("settling %d request(s) in Redis failed; retrying", len(batch))
                     self._pending = batch + self._pending
@@ -176,3 +183,63 @@ class RedisAdmission:
                     len(self._pending),
                 )
                 self._sender.cancel()
+
+
+class Pipelined:
+    """One Lua script, called by many requests at once: the calls made while a pipeline is out go together
+    in the next one, as EVALSHAs (no per-call round trip, no per-pipeline SCRIPT EXISTS)."""
+
+    def __init__(self, redis: Redis, source: str) -> None:
+        self.redis = redis
+        self.script = redis.register_script(source)
+        self._queue: list[tuple[list[bytes], asyncio.Future[Any], Callable[[Any], None] | None]] = []
+        self._sender: asyncio.Task[None] | None = None
+
+    async def call(self, args: list[bytes], on_orphan: Callable[[Any], None] | None = None) -> Any:
+        """The script's answer; `on_orphan` gets it instead if the caller was cancelled meanwhile."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((args, future, on_orphan))
+        if self._sender is None:
+            self._sender = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                try:
+                    results = await self.run([args for args, _, _ in batch])
+                except Exception as exc:
+                    for _, future, _ in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future, on_orphan), result in zip(batch, results, strict=True):
+                    if future.done():  # the caller was cancelled
+                        if on_orphan is not None and not isinstance(result, Exception):
+                            on_orphan(result)
+                    elif isinstance(result, Exception):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        finally:
+            self._sender = None
+
+    async def run(self, calls: list[list[bytes]]) -> list[Any]:
+        """Every call in one pipeline; a failed call's answer is its exception. Calls refused with NOSCRIPT
+        (Redis restarted and lost its script cache) ran nothing, so they are sent again after a load."""
+        results = await self._pipeline(calls)
+        missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+        if missing:
+            await self.redis.script_load(self.script.script)
+            again = await self._pipeline([calls[i] for i in missing])
+            for i, result in zip(missing, again, strict=True):
+                results[i] = result
+        return results
+
+    async def _pipeline(self, calls: list[list[bytes]]) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        for args in calls:
+            pipe.evalsha(self.script.sha, 0, *args)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+        return results
