@@ -111,6 +111,21 @@ class AccountsConfig(_Section):
     flush_seconds: float = 0.25
 
 
+class MediaConfig(_Section):
+    max_images: int = 8  # per request, unless the model's catalog entry says otherwise
+    # The largest image a model is given when its catalog entry sets no limit; bigger ones are downscaled.
+    max_image_pixels: int = 4096 * 4096
+    # Images whose header claims more pixels than this are refused before any decoding (bombs).
+    max_decode_pixels: int = 64_000_000
+    max_fetch_bytes: int = 20 * 1024 * 1024
+    fetch_connect_seconds: float = 5.0
+    fetch_total_seconds: float = 15.0
+    max_redirects: int = 3
+    # Hosts (as written in URLs) fetched even though they resolve to non-public addresses. Off by default:
+    # only for trusted internal image servers.
+    allow_hosts: list[str] = Field(default_factory=list)
+
+
 class GatewayConfig(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
@@ -123,6 +138,7 @@ class GatewayConfig(_Section):
     redis_url: str | None = None
     redis_prefix: str = "kg:"
     accounts: AccountsConfig = Field(default_factory=AccountsConfig)
+    media: MediaConfig = Field(default_factory=MediaConfig)
     # Per-model overrides and additions, merged over the packaged catalog.
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

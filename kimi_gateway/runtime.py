@@ -22,6 +22,7 @@ from kimi_gateway.engine import LocalModel
 from kimi_gateway.engine.locate import resolve_gguf
 from kimi_gateway.limits import Limiter, MemoryLimiter
 from kimi_gateway.limits.redis import RedisLimiter
+from kimi_gateway.media import Media
 from kimi_gateway.providers.base import Provider
 from kimi_gateway.providers.client import UpstreamClient
 from kimi_gateway.providers.local import LocalProvider
@@ -44,6 +45,7 @@ class Gateway:
     db: Database
     keys: KeyStore
     accounts: Accountant
+    media: Media
     redis: Redis | None = None
 
     async def start(self) -> None:
@@ -62,6 +64,7 @@ class Gateway:
 
     async def stop(self) -> None:
         await self.http.close()
+        await self.media.close()
         await self.accounts.close()  # writes every waiting record before the database goes
         if self.redis is not None:
             await self.redis.aclose()
@@ -141,5 +144,6 @@ def build_gateway(config: GatewayConfig) -> Gateway:
         db=db,
         keys=KeyStore(db),
         accounts=Accountant(ledger, holds, limiter, recorder, tiers, admission),
+        media=Media(config.media),
         redis=redis,
     )

@@ -66,6 +66,8 @@ class ModelCard(_Card):
     thinking: Literal["always", "optional", "never"] = "never"
     max_images: int | None = None
     max_image_pixels: int | None = None
+    # A text-only model that still takes images: each one is replaced by the text OCR reads from it.
+    image_via_ocr: bool = False
     supported_parameters: list[str] = Field(default_factory=list)
     pricing: Pricing = Field(default_factory=Pricing)
     defaults: SamplingDefaults = Field(default_factory=SamplingDefaults)

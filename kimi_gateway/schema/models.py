@@ -45,6 +45,7 @@ def model_object(card: ModelCard, providers: list[str]) -> dict[str, Any]:
         "default_parameters": card.defaults.model_dump(exclude_none=True),
         "reasoning": card.reasoning,
         "max_images": card.max_images,
+        "image_via_ocr": card.image_via_ocr,
         "available": bool(providers),
         "providers": providers,
     }

@@ -16,6 +16,7 @@ from kimi_gateway.http.completions import ResponseMeta, collect_unless_disconnec
 from kimi_gateway.http.middleware import RequestInfo
 from kimi_gateway.http.responses import ORJSONResponse
 from kimi_gateway.logs import event
+from kimi_gateway.media.redact import redacted
 from kimi_gateway.providers.events import Event
 from kimi_gateway.runtime import Gateway
 from kimi_gateway.schema.chat import ChatCompletionRequest
@@ -46,12 +47,13 @@ async def chat_completions(request: Request) -> Response:
     info: RequestInfo = request.state.log
     body = await parse_body(request, ChatCompletionRequest, gateway.config.server.max_body_bytes)
     info.model, info.stream = body.model, body.stream
-    if gateway.config.server.log_prompts:
-        event("prompt", request_id=info.request_id, messages=[m.model_dump() for m in body.messages])
-
     check_tools(body)
     check_partial(body)
-    apply_rules(body, gateway.catalog.get(body.model))
+    card = gateway.catalog.get(body.model)
+    apply_rules(body, card)
+    await gateway.media.prepare(body, card)
+    if gateway.config.server.log_prompts:
+        event("prompt", request_id=info.request_id, messages=redacted(body.messages))
     routed = gateway.router.route(body)
     meta = ResponseMeta(id=completion_id(), created=int(time.time()), model=body.model)
     await accounting.admit(request, gateway, body, routed, meta.id)

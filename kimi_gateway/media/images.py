@@ -1,0 +1,71 @@
+"""Image bytes -> a checked, upright, size-capped image, decided by decoding, never by the declared type."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
+
+# Our own pixel check runs first; this only stops Pillow refusing on its own terms with another message.
+Image.MAX_IMAGE_PIXELS = None
+
+
+class BadImage(Exception):
+    """Why the bytes are not an acceptable image; safe to show (no bytes echoed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Picture:
+    image: Image.Image  # RGB or RGBA, upright, within the pixel cap
+    original_size: tuple[int, int]
+    digest: str  # sha256 of the bytes received: what logs may show instead of the bytes
+
+    def encode(self) -> tuple[bytes, str]:
+        """Re-encoded for forwarding: PNG when there is transparency, JPEG otherwise."""
+        out = io.BytesIO()
+        if self.image.mode == "RGBA":
+            self.image.save(out, "PNG", optimize=False)
+            return out.getvalue(), "image/png"
+        self.image.save(out, "JPEG", quality=90)
+        return out.getvalue(), "image/jpeg"
+
+
+def load_image(raw: bytes, max_pixels: int, max_decode_pixels: int) -> Picture:
+    """Blocking (decoding is CPU work): run it in a thread."""
+    try:
+        opened = Image.open(io.BytesIO(raw))
+    except UnidentifiedImageError:
+        raise BadImage("not a PNG, JPEG, WebP or GIF image") from None
+    except (OSError, ValueError, SyntaxError):
+        raise BadImage("the image is corrupt") from None
+    if opened.format not in FORMATS:
+        raise BadImage(f"{opened.format} images are not accepted; send PNG, JPEG, WebP or GIF")
+    width, height = opened.size
+    # Before any pixel is decoded: a few KB of PNG can claim gigabytes of pixels.
+    if width * height > max_decode_pixels:
+        raise BadImage(
+            f"the image is {width}x{height} pixels, over the {max_decode_pixels:,}-pixel limit "
+            "(refused as a possible decompression bomb)"
+        )
+    try:
+        opened.seek(0)  # a GIF's first frame
+        opened.load()
+        image: Image.Image = ImageOps.exif_transpose(opened)
+        image = image.convert("RGBA" if _has_alpha(image) else "RGB")
+    except (OSError, ValueError, SyntaxError, EOFError):
+        raise BadImage("the image is corrupt or truncated") from None
+    pixels = image.width * image.height
+    if pixels > max_pixels:
+        scale = math.sqrt(max_pixels / pixels)
+        size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    return Picture(image, (width, height), hashlib.sha256(raw).hexdigest())
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)

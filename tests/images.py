@@ -1,0 +1,69 @@
+"""Test media made on the spot with Pillow: a receipt, a form, a bar chart, and hostile images."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+from PIL import Image, ImageDraw, ImageFont
+
+RECEIPT_LINES = ["CORNER CAFE", "Coffee    3.50", "Bagel     2.25", "TOTAL     5.75"]
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def receipt() -> Image.Image:
+    image = Image.new("RGB", (480, 320), "white")
+    draw = ImageDraw.Draw(image)
+    for i, line in enumerate(RECEIPT_LINES):
+        draw.text((30, 30 + i * 60), line, fill="black", font=_font(28))
+    return image
+
+
+def form() -> Image.Image:
+    image = Image.new("RGB", (560, 260), "white")
+    draw = ImageDraw.Draw(image)
+    for i, (label, value) in enumerate([("Name:", "Ada Lovelace"), ("City:", "London"), ("Year:", "1843")]):
+        y = 30 + i * 70
+        draw.text((30, y), label, fill="black", font=_font(28))
+        draw.rectangle((150, y - 8, 520, y + 40), outline="black", width=2)
+        draw.text((165, y), value, fill="black", font=_font(28))
+    return image
+
+
+def chart() -> Image.Image:
+    image = Image.new("RGB", (560, 360), "white")
+    draw = ImageDraw.Draw(image)
+    for i, (label, value) in enumerate([("Apples", 30), ("Pears", 70), ("Plums", 50)]):
+        x = 60 + i * 170
+        draw.rectangle((x, 300 - value * 3, x + 90, 300), fill="steelblue")
+        draw.text((x, 310), label, fill="black", font=_font(26))
+    draw.text((150, 10), "Fruit sold", fill="black", font=_font(28))
+    return image
+
+
+def encoded(image: Image.Image, fmt: str = "PNG", **options: object) -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt, **options)
+    return out.getvalue()
+
+
+def data_url(raw: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{base64.b64encode(raw).decode()}"
+
+
+def image_part(url: str) -> dict[str, object]:
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def bomb() -> bytes:
+    """A few KB of PNG that claims 400 million pixels."""
+    return encoded(Image.new("1", (20_000, 20_000)), "PNG", optimize=True)
+
+
+def decoded(url: str) -> Image.Image:
+    header, _, payload = url.partition(",")
+    assert header.startswith("data:image/") and header.endswith(";base64")
+    return Image.open(io.BytesIO(base64.b64decode(payload)))

@@ -1,0 +1,270 @@
+"""Images: OCR for the embedded text-only model, checks and limits, forwarding to vision models, safe URLs."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from kimi_gateway.media.ocr import OCR
+from kimi_gateway.testing import LOCAL_MODEL, GatewayProcess
+from tests import images
+from tests.fakes.upstream import FakeUpstream
+
+ASK = "What is the TOTAL on this receipt?"
+
+
+def _chat(gw: GatewayProcess, content: list[dict[str, Any]], model: str = LOCAL_MODEL) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 8}
+    return httpx.post(gw.api + "/chat/completions", json=body, timeout=60)
+
+
+def test_ocr_reads_rendered_text() -> None:
+    ocr = OCR()
+    receipt = ocr.read(images.receipt())
+    assert "TOTAL" in receipt and "5.75" in receipt and "3.50" in receipt
+    assert receipt.index("Coffee") < receipt.index("TOTAL")  # top to bottom
+    form = ocr.read(images.form())
+    assert all(word in form for word in ("Name", "Lovelace", "London", "1843"))
+    chart = ocr.read(images.chart())
+    assert all(word in chart for word in ("Fruit", "Apples", "Pears", "Plums"))
+
+
+def test_local_model_reads_the_receipt_total(client: openai.OpenAI) -> None:
+    url = images.data_url(images.encoded(images.receipt()))
+    reply = client.chat.completions.create(
+        model=LOCAL_MODEL,
+        temperature=0,
+        max_tokens=40,
+        messages=[
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": ASK}, {"type": "image_url", "image_url": {"url": url}}],
+            }
+        ],
+    )
+    assert "5.75" in (reply.choices[0].message.content or "")
+
+
+def test_models_say_which_read_images_by_ocr(client: openai.OpenAI) -> None:
+    listed = {m.id: m.model_extra or {} for m in client.models.list()}
+    assert listed[LOCAL_MODEL]["image_via_ocr"] is True
+    assert listed["kimi-k2.5"]["image_via_ocr"] is False
+
+
+def test_eight_images_accepted_nine_refused(
+    upstream_gateway: GatewayProcess, fakes: dict[str, FakeUpstream]
+) -> None:
+    url = images.data_url(images.encoded(images.chart(), "WEBP"), "image/png")  # declared type is wrong
+    parts = [{"type": "text", "text": "Compare these."}] + [images.image_part(url)] * 8
+    assert _chat(upstream_gateway, parts, "kimi-k2.5").status_code == 200
+    sent = fakes["moon"].requests[-1].body["messages"][0]["content"]
+    forwarded = [p["image_url"]["url"] for p in sent if p["type"] == "image_url"]
+    assert len(forwarded) == 8 and all(images.decoded(u).size == (560, 360) for u in forwarded)
+
+    refused = _chat(upstream_gateway, [*parts, images.image_part(url)], "kimi-k2.5")
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "too_many_images" and "at most 8" in refused.text
+
+
+def test_large_jpeg_is_downscaled_to_the_model_cap(
+    upstream_gateway: GatewayProcess, fakes: dict[str, FakeUpstream]
+) -> None:
+    big = images.encoded(images.receipt().resize((4000, 3000)), "JPEG", quality=85)
+    response = _chat(
+        upstream_gateway, [images.image_part(images.data_url(big, "image/jpeg"))], "kimi-vl-a3b-thinking"
+    )
+    assert response.status_code == 200, response.text
+    served = next(f for f in fakes.values() if f.requests)
+    part = served.requests[-1].body["messages"][0]["content"][0]
+    width, height = images.decoded(part["image_url"]["url"]).size
+    assert width * height <= 1792 * 1792 and width * height > 0.95 * 1792 * 1792
+    assert abs(width / height - 4 / 3) < 0.01
+
+
+def test_exif_orientation_is_applied(
+    upstream_gateway: GatewayProcess, fakes: dict[str, FakeUpstream]
+) -> None:
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    raw = images.encoded(Image.new("RGB", (400, 200), "white"), "JPEG", exif=exif.tobytes())
+    assert _chat(upstream_gateway, [images.image_part(images.data_url(raw))], "kimi-k2.5").status_code == 200
+    part = fakes["moon"].requests[-1].body["messages"][0]["content"][0]
+    assert images.decoded(part["image_url"]["url"]).size == (200, 400)
+
+
+def test_bomb_corrupt_and_non_images_refused(gateway: GatewayProcess) -> None:
+    bomb = _chat(gateway, [{"type": "text", "text": "hi"}, images.image_part(images.data_url(images.bomb()))])
+    assert bomb.status_code == 400 and "decompression bomb" in bomb.json()["error"]["message"]
+    assert bomb.json()["error"]["param"] == "messages[0].content[1]"
+
+    whole = images.encoded(images.receipt(), "JPEG")
+    truncated = _chat(
+        gateway, [{"type": "text", "text": "hi"}, images.image_part(images.data_url(whole[:1500]))]
+    )
+    assert truncated.status_code == 400
+    assert truncated.json()["error"]["message"].startswith("messages[0].content[1]: ")
+
+    text = _chat(gateway, [images.image_part(images.data_url(b"GIF89a? not really"))])
+    assert text.status_code == 400 and text.json()["error"]["code"] == "invalid_image"
+    bmp = _chat(gateway, [images.image_part(images.data_url(images.encoded(images.receipt(), "BMP")))])
+    assert bmp.status_code == 400 and "BMP images are not accepted" in bmp.text
+    bad64 = _chat(gateway, [images.image_part("data:image/png;base64,@@@not base64@@@")])
+    assert bad64.status_code == 400 and "not valid base64" in bad64.text
+
+
+SSRF = [
+    "http://127.0.0.1/a.png",
+    "http://localhost/a.png",
+    "http://0.0.0.0/a.png",
+    "http://10.1.2.3/a.png",
+    "http://172.16.5.4/a.png",
+    "http://192.168.1.1/a.png",
+    "http://169.254.169.254/latest/meta-data/",
+    "http://100.64.0.1/a.png",
+    "http://[::1]/a.png",
+    "http://[fe80::1]/a.png",
+    "http://[::ffff:127.0.0.1]/a.png",
+    "http://[fd00:ec2::254]/a.png",
+    "http://2130706433/a.png",
+    "http://0x7f000001/a.png",
+    "http://0177.0.0.1/a.png",
+    "http://127.1/a.png",
+    "http://224.0.0.1/a.png",
+    "file:///etc/passwd",
+    "ftp://example.com/a.png",
+    "gopher://example.com/a.png",
+]
+
+
+@pytest.mark.parametrize("url", SSRF)
+def test_ssrf_forms_are_refused(gateway: GatewayProcess, url: str) -> None:
+    response = _chat(gateway, [{"type": "text", "text": "hi"}, images.image_part(url)])
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_image_url" and error["param"] == "messages[0].content[1]"
+    assert "127.0.0.1" not in error["message"].split("cannot fetch this URL")[1]  # no resolved address echoed
+
+
+class _ImageServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+
+def _handler(receipt: bytes, port_box: list[int]) -> type[http.server.BaseHTTPRequestHandler]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            return None
+
+        def do_GET(self) -> None:
+            if self.path == "/receipt.png":
+                self._send(receipt)
+            elif self.path == "/hop":
+                self._redirect("/receipt.png")
+            elif self.path == "/to-loopback":
+                self._redirect(f"http://localhost:{port_box[0]}/receipt.png")
+            elif self.path == "/to-metadata":
+                self._redirect("http://169.254.169.254/latest/meta-data/")
+            elif self.path == "/loop":
+                self._redirect("/loop")
+            elif self.path == "/big":
+                self._send(b"\x89PNG" + b"\0" * 400_000)
+            elif self.path == "/big-chunked":
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.end_headers()  # no length: the cap must act while streaming
+                for _ in range(100):
+                    self.wfile.write(b"\0" * 10_000)
+            elif self.path == "/slow":
+                self.send_response(200)
+                self.send_header("Content-Length", "100000")
+                self.end_headers()
+                for _ in range(100):
+                    self.wfile.write(b"\0" * 1000)
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            else:
+                self.send_error(404)
+
+        def _send(self, body: bytes) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _redirect(self, location: str) -> None:
+            self.send_response(302)
+            self.send_header("Location", location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    return Handler
+
+
+@pytest.fixture(scope="module")
+def image_server() -> Iterator[str]:
+    port_box: list[int] = []
+    server = _ImageServer(("127.0.0.1", 0), _handler(images.encoded(images.receipt()), port_box))
+    port_box.append(server.server_address[1])
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def trusting_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """127.0.0.1 allow-listed (as a trusted internal image host), small caps, prompts logged."""
+    config = (
+        "[server]\nlog_prompts = true\n"
+        '[media]\nallow_hosts = ["127.0.0.1"]\nfetch_total_seconds = 1.5\nmax_fetch_bytes = 200000\n'
+    )
+    gw = GatewayProcess(tmp_path_factory.mktemp("trusting"), config)
+    yield gw
+    gw.stop()
+
+
+def test_fetch_follows_checked_redirects_and_caps_downloads(
+    trusting_gateway: GatewayProcess, image_server: str
+) -> None:
+    gw = trusting_gateway
+    ask = {"type": "text", "text": ASK}
+    assert _chat(gw, [ask, images.image_part(image_server + "/receipt.png")]).status_code == 200
+    assert _chat(gw, [ask, images.image_part(image_server + "/hop")]).status_code == 200
+    for path, why in [
+        ("/to-loopback", "non-public address"),  # 'localhost' is not on the allow-list
+        ("/to-metadata", "non-public address"),
+        ("/loop", "more than 3 redirects"),
+        ("/big", "larger than"),
+        ("/big-chunked", "larger than"),
+        ("/slow", "longer than 1.5 s"),
+        ("/missing", "HTTP 404"),
+    ]:
+        started = time.monotonic()
+        response = _chat(gw, [ask, images.image_part(image_server + path)])
+        assert response.status_code == 400 and why in response.json()["error"]["message"], (
+            path,
+            response.text,
+        )
+        assert time.monotonic() - started < 5
+
+
+def test_media_bytes_never_reach_the_logs(trusting_gateway: GatewayProcess, image_server: str) -> None:
+    raw = images.encoded(images.form())
+    url = images.data_url(raw)
+    assert (
+        _chat(trusting_gateway, [{"type": "text", "text": "Read it."}, images.image_part(url)]).status_code
+        == 200
+    )
+    log = Path(trusting_gateway.log_path).read_text()
+    assert '"msg":"prompt"' in log  # prompts are logged here...
+    assert url[22:80] not in log and "base64," not in log  # ...but not the image
