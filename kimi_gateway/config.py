@@ -124,6 +124,10 @@ class MediaConfig(_Section):
     # Hosts (as written in URLs) fetched even though they resolve to non-public addresses. Off by default:
     # only for trusted internal image servers.
     allow_hosts: list[str] = Field(default_factory=list)
+    # Files API quotas, per account (Moonshot's: 100 MB a file, 1,000 files, 10 GB in all).
+    max_file_bytes: int = 100 * 1024 * 1024
+    max_files: int = 1000
+    max_total_bytes: int = 10 * 1024**3
 
 
 class GatewayConfig(_Section):

@@ -23,6 +23,8 @@ from kimi_gateway.engine.locate import resolve_gguf
 from kimi_gateway.limits import Limiter, MemoryLimiter
 from kimi_gateway.limits.redis import RedisLimiter
 from kimi_gateway.media import Media
+from kimi_gateway.media.files import FileStore
+from kimi_gateway.media.ocr import OCR
 from kimi_gateway.providers.base import Provider
 from kimi_gateway.providers.client import UpstreamClient
 from kimi_gateway.providers.local import LocalProvider
@@ -46,6 +48,7 @@ class Gateway:
     keys: KeyStore
     accounts: Accountant
     media: Media
+    files: FileStore
     redis: Redis | None = None
 
     async def start(self) -> None:
@@ -135,6 +138,8 @@ def build_gateway(config: GatewayConfig) -> Gateway:
     )
     journal = config.data_dir.expanduser() / "journal"
     recorder = Recorder(ledger, holds, journal, settings.flush_seconds)
+    files = FileStore(db, config.data_dir.expanduser() / "files", config.media, OCR())
+    media = Media(config.media, files)
     return Gateway(
         config=config,
         catalog=catalog,
@@ -144,6 +149,7 @@ def build_gateway(config: GatewayConfig) -> Gateway:
         db=db,
         keys=KeyStore(db),
         accounts=Accountant(ledger, holds, limiter, recorder, tiers, admission),
-        media=Media(config.media),
+        media=media,
+        files=files,
         redis=redis,
     )

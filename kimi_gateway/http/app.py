@@ -19,7 +19,17 @@ from kimi_gateway.http import accounting, errors
 from kimi_gateway.http.auth import AuthMiddleware
 from kimi_gateway.http.middleware import RequestLogMiddleware
 from kimi_gateway.http.responses import error_response
-from kimi_gateway.http.routes import chat, credits, endpoints, generations, health, keys, models, tokenizers
+from kimi_gateway.http.routes import (
+    chat,
+    credits,
+    endpoints,
+    files,
+    generations,
+    health,
+    keys,
+    models,
+    tokenizers,
+)
 from kimi_gateway.runtime import build_gateway
 from kimi_gateway.schema.chat import ChatCompletionRequest
 
@@ -101,5 +111,6 @@ def create_api(config: GatewayConfig | None = None) -> FastAPI:
     app.include_router(keys.router)
     app.include_router(credits.router)
     app.include_router(generations.router)
+    app.include_router(files.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from kimi_gateway.catalog import ModelCard
 from kimi_gateway.config import MediaConfig
 from kimi_gateway.errors import APIError
+from kimi_gateway.media.documents import BadDocument, extract_text
 from kimi_gateway.media.fetch import Fetcher, FetchLimits, Refused, refused
+from kimi_gateway.media.files import FileStore
 from kimi_gateway.media.images import BadImage, Picture, load_image
-from kimi_gateway.media.ocr import OCR
 from kimi_gateway.schema.chat import (
     ChatCompletionRequest,
     ContentPart,
+    FilePart,
     ImagePart,
     ImageURL,
     TextPart,
@@ -50,8 +52,9 @@ def decode_data_url(url: str, where: str) -> bytes:
 
 
 class Media:
-    def __init__(self, config: MediaConfig) -> None:
+    def __init__(self, config: MediaConfig, files: FileStore) -> None:
         self.config = config
+        self.files = files
         self.fetcher = Fetcher(
             FetchLimits(
                 max_bytes=config.max_fetch_bytes,
@@ -61,13 +64,14 @@ class Media:
                 allow_hosts=frozenset(config.allow_hosts),
             )
         )
-        self.ocr = OCR()
+        self.ocr = files.ocr
 
     async def close(self) -> None:
         await self.fetcher.close()
 
-    async def prepare(self, request: ChatCompletionRequest, card: ModelCard) -> None:
-        """Rewrite the request's image parts in place; raise a 400 for anything unacceptable."""
+    async def prepare(self, request: ChatCompletionRequest, card: ModelCard, account_id: str | None) -> None:
+        """Rewrite the request's media parts in place; raise a 400 for anything unacceptable."""
+        await self._files(request, account_id)
         slots = [
             _Slot(f"messages[{i}].content[{j}]", message, j, part)
             for i, message in enumerate(request.messages)
@@ -89,7 +93,7 @@ class Media:
         if not native and not card.image_via_ocr:
             return  # routing answers: no endpoint takes image input
         max_pixels = card.max_image_pixels or self.config.max_image_pixels
-        pictures = await asyncio.gather(*(self._picture(slot, max_pixels) for slot in slots))
+        pictures = await asyncio.gather(*(self._picture(slot, max_pixels, account_id) for slot in slots))
         for number, (slot, picture) in enumerate(zip(slots, pictures, strict=True), start=1):
             content = slot.message.content
             assert isinstance(content, list)
@@ -99,13 +103,13 @@ class Media:
                 else await self._ocr_text(number, slot.where, picture)
             )
 
-    async def _picture(self, slot: _Slot, max_pixels: int) -> Picture:
+    async def _picture(self, slot: _Slot, max_pixels: int, account_id: str | None) -> Picture:
         part = slot.part
         url = part.image_url if isinstance(part.image_url, str) else part.image_url.url
         if url.startswith("data:"):
             raw = decode_data_url(url, slot.where)
         elif url.startswith("ms://"):
-            raise _bad(slot.where, "ms:// file references need the files API, which this gateway lacks yet")
+            raw = await self._stored(url.removeprefix("ms://"), slot.where, account_id)
         else:
             try:
                 raw = await self.fetcher.fetch(url)
@@ -115,6 +119,52 @@ class Media:
             return await asyncio.to_thread(load_image, raw, max_pixels, self.config.max_decode_pixels)
         except BadImage as why:
             raise _bad(slot.where, str(why)) from None
+
+    async def _stored(self, file_id: str, where: str, account_id: str | None) -> bytes:
+        try:
+            return (await self.files.data(account_id, file_id))[1]
+        except APIError as error:
+            if error.status != 404:
+                raise
+            raise _bad(
+                where, f"no file '{file_id}' in this account (upload it with POST /v1/files)"
+            ) from None
+
+    async def _files(self, request: ChatCompletionRequest, account_id: str | None) -> None:
+        """File parts become their extracted text: none of the served models reads files natively."""
+        for i, message in enumerate(request.messages):
+            if not isinstance(message, UserMessage) or not isinstance(message.content, list):
+                continue
+            for j, part in enumerate(message.content):
+                if isinstance(part, FilePart):
+                    message.content[j] = await self._file_text(
+                        part, f"messages[{i}].content[{j}]", account_id
+                    )
+
+    async def _file_text(self, part: FilePart, where: str, account_id: str | None) -> ContentPart:
+        spec = part.file
+        name = spec.filename or spec.file_id or "file"
+        if spec.file_id:
+            try:
+                info, text = await self.files.text(account_id, spec.file_id)
+            except APIError as error:
+                if error.status != 404:
+                    raise
+                raise _bad(where, f"no file '{spec.file_id}' in this account", "invalid_file") from None
+            name = spec.filename or info.filename
+        elif spec.file_data and spec.file_data.startswith("data:"):
+            raw = decode_data_url(spec.file_data, where)
+            if len(raw) > self.config.max_file_bytes:
+                raise _bad(where, "the file is larger than the files API's limit", "invalid_file")
+            try:
+                text = await asyncio.to_thread(extract_text, raw, self.ocr)
+            except BadDocument as why:
+                raise _bad(where, f"cannot read the file: {why}", "invalid_file") from None
+        else:
+            raise _bad(
+                where, "a file part needs 'file_data' (a base64 data: URL) or 'file_id'", "invalid_file"
+            )
+        return TextPart(type="text", text=f"[File {name}, its text]\n{text}\n[End of file {name}]")
 
     @staticmethod
     async def _forwarded(part: ImagePart, picture: Picture) -> ContentPart:

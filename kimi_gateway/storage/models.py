@@ -90,3 +90,18 @@ class Tier(Base):
     min_recharge: Mapped[Decimal] = mapped_column(Money)
     concurrency: Mapped[int] = mapped_column(Integer)
     rpm: Mapped[int] = mapped_column(Integer)
+
+
+class StoredFile(Base):
+    """A file uploaded through /v1/files: its bytes and extracted text live under data_dir/files/."""
+
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str | None] = mapped_column(String(40), index=True, nullable=True)
+    filename: Mapped[str] = mapped_column(String(500))
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))  # "ok" or "error"
+    status_details: Mapped[str] = mapped_column(String(500), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -51,7 +51,8 @@ async def chat_completions(request: Request) -> Response:
     check_partial(body)
     card = gateway.catalog.get(body.model)
     apply_rules(body, card)
-    await gateway.media.prepare(body, card)
+    key = request.state.key
+    await gateway.media.prepare(body, card, key.account_id if key is not None else None)
     if gateway.config.server.log_prompts:
         event("prompt", request_id=info.request_id, messages=redacted(body.messages))
     routed = gateway.router.route(body)

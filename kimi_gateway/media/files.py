@@ -1,0 +1,167 @@
+"""Uploaded files: a row per file in the database, the bytes and the extracted text under data_dir/files/.
+
+Every lookup is by (id, account): another account's file does not exist, as far as a caller can tell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from kimi_gateway.config import MediaConfig
+from kimi_gateway.errors import APIError
+from kimi_gateway.media.documents import BadDocument, extract_text
+from kimi_gateway.media.ocr import OCR
+from kimi_gateway.storage import Database
+from kimi_gateway.storage.models import StoredFile
+
+PURPOSES = ("file-extract", "image", "video")
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    id: str
+    account_id: str | None
+    filename: str
+    purpose: str
+    bytes: int
+    status: str
+    status_details: str
+    created_at: int
+
+    @classmethod
+    def of(cls, row: StoredFile) -> FileInfo:
+        return cls(
+            row.id,
+            row.account_id,
+            row.filename,
+            row.purpose,
+            row.bytes,
+            row.status,
+            row.status_details,
+            int(row.created_at.timestamp()),
+        )
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "file",
+            "bytes": self.bytes,
+            "created_at": self.created_at,
+            "filename": self.filename,
+            "purpose": self.purpose,
+            "status": self.status,
+            "status_details": self.status_details,
+        }
+
+
+def _not_found(file_id: str) -> APIError:
+    return APIError(
+        404, f"File '{file_id}' not found.", type="resource_not_found_error", code="file_not_found"
+    )
+
+
+class FileStore:
+    def __init__(self, db: Database, folder: Path, config: MediaConfig, ocr: OCR) -> None:
+        self.db = db
+        self.folder = folder
+        self.config = config
+        self.ocr = ocr
+
+    def _paths(self, file_id: str) -> tuple[Path, Path]:
+        return self.folder / file_id, self.folder / f"{file_id}.txt"
+
+    async def add(self, account_id: str | None, filename: str, purpose: str, data: bytes) -> FileInfo:
+        if purpose not in PURPOSES:
+            raise APIError(
+                400, "Invalid purpose: only 'file-extract', 'image' or 'video' accepted", param="purpose"
+            )
+        if not data:
+            raise APIError(400, "File size is zero, please confirm and re-upload the file", param="file")
+        limit = self.config.max_file_bytes
+        if len(data) > limit:
+            raise APIError(
+                413,
+                f"File size is too large, max file size is {limit // (1024 * 1024)}MB, please confirm and "
+                "re-upload the file",
+                param="file",
+            )
+        count, total = await self._usage(account_id)
+        if count >= self.config.max_files:
+            raise APIError(
+                400,
+                f"The number of files you have uploaded exceeded the max file count {self.config.max_files}, "
+                "please delete previous uploaded files",
+            )
+        if total + len(data) > self.config.max_total_bytes:
+            raise APIError(
+                400, "Your files exceed the total storage quota; please delete previous uploaded files"
+            )
+        file_id = "file-" + secrets.token_hex(12)
+        raw_path, text_path = self._paths(file_id)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        status, details = "ok", ""
+        try:
+            text = await asyncio.to_thread(extract_text, data, self.ocr) if purpose == "file-extract" else ""
+        except BadDocument as why:
+            status, details, text = "error", f"Failed to extract file: {why}", ""
+        await asyncio.to_thread(raw_path.write_bytes, data)
+        await asyncio.to_thread(text_path.write_text, text)
+        row = StoredFile(
+            id=file_id,
+            account_id=account_id,
+            filename=filename[:500],
+            purpose=purpose,
+            bytes=len(data),
+            status=status,
+            status_details=details,
+        )
+        async with self.db.session() as session, session.begin():
+            session.add(row)
+        return await self.get(account_id, file_id)
+
+    async def _usage(self, account_id: str | None) -> tuple[int, int]:
+        query = select(func.count(), func.coalesce(func.sum(StoredFile.bytes), 0)).where(
+            StoredFile.account_id.is_(None) if account_id is None else StoredFile.account_id == account_id
+        )
+        async with self.db.session() as session:
+            count, total = (await session.execute(query)).one()
+        return int(count), int(total)
+
+    async def _row(self, account_id: str | None, file_id: str) -> StoredFile:
+        async with self.db.session() as session:
+            row = await session.get(StoredFile, file_id)
+        if row is None or row.account_id != account_id:
+            raise _not_found(file_id)
+        return row
+
+    async def get(self, account_id: str | None, file_id: str) -> FileInfo:
+        return FileInfo.of(await self._row(account_id, file_id))
+
+    async def list(self, account_id: str | None) -> list[FileInfo]:
+        query = select(StoredFile).order_by(StoredFile.created_at)
+        query = query.where(
+            StoredFile.account_id.is_(None) if account_id is None else StoredFile.account_id == account_id
+        )
+        async with self.db.session() as session:
+            return [FileInfo.of(row) for row in (await session.scalars(query)).all()]
+
+    async def text(self, account_id: str | None, file_id: str) -> tuple[FileInfo, str]:
+        info = await self.get(account_id, file_id)
+        return info, await asyncio.to_thread(self._paths(file_id)[1].read_text)
+
+    async def data(self, account_id: str | None, file_id: str) -> tuple[FileInfo, bytes]:
+        info = await self.get(account_id, file_id)
+        return info, await asyncio.to_thread(self._paths(file_id)[0].read_bytes)
+
+    async def delete(self, account_id: str | None, file_id: str) -> None:
+        row = await self._row(account_id, file_id)
+        async with self.db.session() as session, session.begin():
+            await session.delete(await session.merge(row))
+        for path in self._paths(file_id):
+            path.unlink(missing_ok=True)
