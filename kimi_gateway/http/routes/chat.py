@@ -52,10 +52,11 @@ async def chat_completions(request: Request) -> Response:
     card = gateway.catalog.get(body.model)
     apply_rules(body, card)
     key = request.state.key
-    await gateway.media.prepare(body, card, key.account_id if key is not None else None)
+    account = key.account_id if key is not None else None
+    await gateway.media.prepare(body, card, account)
     if gateway.config.server.log_prompts:
         event("prompt", request_id=info.request_id, messages=redacted(body.messages))
-    routed = gateway.router.route(body)
+    routed = gateway.router.route(body, account)
     meta = ResponseMeta(id=completion_id(), created=int(time.time()), model=body.model)
     await accounting.admit(request, gateway, body, routed, meta.id)
 
