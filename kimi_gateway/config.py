@@ -124,6 +124,12 @@ class MediaConfig(_Section):
     # Hosts (as written in URLs) fetched even though they resolve to non-public addresses. Off by default:
     # only for trusted internal image servers.
     allow_hosts: list[str] = Field(default_factory=list)
+    # Video: frames sampled for models that take images but not video, and the caps on what is decoded.
+    video_fps: float = 1.0
+    video_max_frames: int = 8
+    video_max_seconds: float = 120.0
+    video_max_pixels: int = 3840 * 2160
+    video_budget_seconds: float = 20.0
     # Files API quotas, per account (Moonshot's: 100 MB a file, 1,000 files, 10 GB in all).
     max_file_bytes: int = 100 * 1024 * 1024
     max_files: int = 1000

@@ -67,3 +67,30 @@ def decoded(url: str) -> Image.Image:
     header, _, payload = url.partition(",")
     assert header.startswith("data:image/") and header.endswith(";base64")
     return Image.open(io.BytesIO(base64.b64decode(payload)))
+
+
+def video(
+    colors: list[str], fps: int = 5, seconds_each: int = 1, size: tuple[int, int] = (160, 120)
+) -> bytes:
+    """An MP4 (MPEG-4 Part 2, FFmpeg's own encoder) showing each colour for `seconds_each` seconds."""
+    import av
+
+    out = io.BytesIO()
+    with av.open(out, mode="w", format="mp4") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for color in colors:
+            still = av.VideoFrame.from_image(Image.new("RGB", size, color))
+            for _ in range(fps * seconds_each):
+                for packet in stream.encode(still):
+                    container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return out.getvalue()
+
+
+def mean_color(image: Image.Image) -> tuple[int, int, int]:
+    small = image.convert("RGB").resize((1, 1), Image.Resampling.BOX)
+    r, g, b = small.getpixel((0, 0))  # type: ignore[misc]
+    return int(r), int(g), int(b)

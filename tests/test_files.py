@@ -126,6 +126,20 @@ def test_ms_references_and_inline_files_in_chat(
     sent = moon.requests[-1].body["messages"][0]["content"]
     assert [images.decoded(p["image_url"]["url"]).size for p in sent[1:]] == [(480, 320)] * 2
 
+    clip = images.video(["red", "blue"])
+    uploaded_clip = client.files.create(file=("clip.mp4", clip), purpose="video")  # type: ignore[arg-type]
+    client.chat.completions.create(
+        model=K25,
+        messages=[
+            {
+                "role": "user",
+                "content": [{"type": "video_url", "video_url": {"url": f"ms://{uploaded_clip.id}"}}],
+            }
+        ],  # type: ignore[list-item]
+    )
+    video = moon.requests[-1].body["messages"][0]["content"][0]["video_url"]["url"]
+    assert base64.b64decode(video.split(",", 1)[1]) == clip
+
     refused = httpx.post(
         gw.api + "/chat/completions",
         headers={"Authorization": f"Bearer {bob}"},

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import http.server
+import io
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -268,3 +271,71 @@ def test_media_bytes_never_reach_the_logs(trusting_gateway: GatewayProcess, imag
     log = Path(trusting_gateway.log_path).read_text()
     assert '"msg":"prompt"' in log  # prompts are logged here...
     assert url[22:80] not in log and "base64," not in log  # ...but not the image
+
+
+def test_video_frames_reach_an_image_model_in_order(
+    upstream_gateway: GatewayProcess, fakes: dict[str, FakeUpstream]
+) -> None:
+    clip = images.video(["red", "lime", "blue"])
+    part = {
+        "type": "video_url",
+        "video_url": {"url": "data:video/mp4;base64," + base64.b64encode(clip).decode()},
+    }
+    response = _chat(
+        upstream_gateway, [{"type": "text", "text": "What happens?"}, part], "kimi-vl-a3b-thinking"
+    )
+    assert response.status_code == 200, response.text
+    served = next(f for f in fakes.values() if f.requests)
+    sent = served.requests[-1].body["messages"][0]["content"]
+    assert sent[0]["text"] == "What happens?" and "3 frames in order" in sent[1]["text"]
+    colors = [images.mean_color(images.decoded(p["image_url"]["url"])) for p in sent[2:]]
+    assert [max(range(3), key=c.__getitem__) for c in colors] == [0, 1, 2]  # red, then green, then blue
+
+
+def test_video_goes_whole_to_a_video_model(
+    upstream_gateway: GatewayProcess, fakes: dict[str, FakeUpstream]
+) -> None:
+    clip = images.video(["red", "blue"])
+    part = {"type": "video_url", "video_url": "data:video/mp4;base64," + base64.b64encode(clip).decode()}
+    assert _chat(upstream_gateway, [part], "kimi-k2.5").status_code == 200
+    sent = fakes["moon"].requests[-1].body["messages"][0]["content"][0]
+    assert sent["type"] == "video_url" and base64.b64decode(sent["video_url"]["url"].split(",")[1]) == clip
+
+
+def test_video_limits_and_corrupt_video(gateway: GatewayProcess) -> None:
+    long_clip = images.video(["red"] * 130, fps=1, size=(32, 32))  # 130 s, over the 120 s cap
+    url = "data:video/mp4;base64," + base64.b64encode(long_clip).decode()
+    too_long = _chat(gateway, [{"type": "video_url", "video_url": {"url": url}}])
+    assert too_long.status_code == 400 and "at most 120 s" in too_long.json()["error"]["message"]
+    junk = "data:video/mp4;base64," + base64.b64encode(b"\x00\x00\x00\x18ftypmp42 not a video").decode()
+    broken = _chat(gateway, [{"type": "video_url", "video_url": {"url": junk}}])
+    assert broken.status_code == 400 and broken.json()["error"]["code"] == "invalid_video"
+    assert broken.json()["error"]["param"] == "messages[0].content[0]"
+
+
+def test_local_model_reads_text_in_video_frames(trusting_gateway: GatewayProcess) -> None:
+    import av
+    from PIL import ImageDraw
+
+    out = io.BytesIO()
+    with av.open(out, mode="w", format="mp4") as container:
+        stream = container.add_stream("mpeg4", rate=1)
+        stream.width, stream.height, stream.pix_fmt = 320, 120, "yuv420p"
+        for word in ("HELLO", "WORLD"):
+            still = images.Image.new("RGB", (320, 120), "white")
+            ImageDraw.Draw(still).text((20, 30), word, fill="black", font=images._font(48))
+            for packet in stream.encode(av.VideoFrame.from_image(still)):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    url = "data:video/mp4;base64," + base64.b64encode(out.getvalue()).decode()
+    response = _chat(trusting_gateway, [{"type": "video_url", "video_url": {"url": url}}])
+    assert response.status_code == 200, response.text
+    # The prompt log (on here) shows what the text-only model was given: OCR of each frame, in order.
+    prompt = next(
+        r
+        for r in trusting_gateway.log_records()
+        if r.get("msg") == "prompt" and r.get("request_id") == response.headers["x-request-id"]
+    )
+    given = json.dumps(prompt["messages"])
+    assert "2 frames in order" in given and given.index("HELLO") < given.index("WORLD")

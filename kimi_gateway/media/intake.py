@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import io
 from dataclasses import dataclass
 
 from kimi_gateway.catalog import ModelCard
@@ -18,6 +19,7 @@ from kimi_gateway.media.documents import BadDocument, extract_text
 from kimi_gateway.media.fetch import Fetcher, FetchLimits, Refused, refused
 from kimi_gateway.media.files import FileStore
 from kimi_gateway.media.images import BadImage, Picture, load_image
+from kimi_gateway.media.video import BadVideo, Frame, VideoLimits, probe, sample_frames
 from kimi_gateway.schema.chat import (
     ChatCompletionRequest,
     ContentPart,
@@ -26,6 +28,8 @@ from kimi_gateway.schema.chat import (
     ImageURL,
     TextPart,
     UserMessage,
+    VideoPart,
+    VideoURL,
 )
 
 
@@ -65,6 +69,13 @@ class Media:
             )
         )
         self.ocr = files.ocr
+        self.video_limits = VideoLimits(
+            fps=config.video_fps,
+            max_frames=config.video_max_frames,
+            max_seconds=config.video_max_seconds,
+            max_pixels=config.video_max_pixels,
+            budget_seconds=config.video_budget_seconds,
+        )
 
     async def close(self) -> None:
         await self.fetcher.close()
@@ -72,27 +83,23 @@ class Media:
     async def prepare(self, request: ChatCompletionRequest, card: ModelCard, account_id: str | None) -> None:
         """Rewrite the request's media parts in place; raise a 400 for anything unacceptable."""
         await self._files(request, account_id)
-        slots = [
-            _Slot(f"messages[{i}].content[{j}]", message, j, part)
-            for i, message in enumerate(request.messages)
-            if isinstance(message, UserMessage) and isinstance(message.content, list)
-            for j, part in enumerate(message.content)
-            if isinstance(part, ImagePart)
-        ]
-        if not slots:
-            return
+        given = len(self._slots(request))
         limit = card.max_images or self.config.max_images
-        if len(slots) > limit:
+        if given > limit:
             raise APIError(
                 400,
-                f"Too many images: {len(slots)} in this request, and {card.id} takes at most {limit}.",
+                f"Too many images: {given} in this request, and {card.id} takes at most {limit}.",
                 param="messages",
                 code="too_many_images",
             )
         native = "image" in card.input_modalities
         if not native and not card.image_via_ocr:
-            return  # routing answers: no endpoint takes image input
+            return  # routing answers: no endpoint takes image (or video) input
         max_pixels = card.max_image_pixels or self.config.max_image_pixels
+        await self._videos(request, card, account_id, max_pixels)
+        slots = self._slots(request)  # video frames, if any, are images now
+        if not slots:
+            return
         pictures = await asyncio.gather(*(self._picture(slot, max_pixels, account_id) for slot in slots))
         for number, (slot, picture) in enumerate(zip(slots, pictures, strict=True), start=1):
             content = slot.message.content
@@ -103,18 +110,61 @@ class Media:
                 else await self._ocr_text(number, slot.where, picture)
             )
 
+    @staticmethod
+    def _slots(request: ChatCompletionRequest) -> list[_Slot]:
+        return [
+            _Slot(f"messages[{i}].content[{j}]", message, j, part)
+            for i, message in enumerate(request.messages)
+            if isinstance(message, UserMessage) and isinstance(message.content, list)
+            for j, part in enumerate(message.content)
+            if isinstance(part, ImagePart)
+        ]
+
+    async def _videos(
+        self, request: ChatCompletionRequest, card: ModelCard, account_id: str | None, max_pixels: int
+    ) -> None:
+        """Video parts: checked and passed on to models that watch video, else turned into ordered frames."""
+        for i, message in enumerate(request.messages):
+            if not isinstance(message, UserMessage) or not isinstance(message.content, list):
+                continue
+            parts: list[ContentPart] = []
+            for j, part in enumerate(message.content):
+                if not isinstance(part, VideoPart):
+                    parts.append(part)
+                    continue
+                where = f"messages[{i}].content[{j}]"
+                url = part.video_url if isinstance(part.video_url, str) else part.video_url.url
+                raw = await self._bytes(url, where, account_id)
+                try:
+                    if "video" in card.input_modalities:
+                        await asyncio.to_thread(probe, raw, self.video_limits)
+                        data = base64.b64encode(raw).decode()
+                        parts.append(
+                            VideoPart(
+                                type="video_url", video_url=VideoURL(url=f"data:video/mp4;base64,{data}")
+                            )
+                        )
+                        continue
+                    frames = await asyncio.to_thread(sample_frames, raw, self.video_limits, max_pixels)
+                except BadVideo as why:
+                    raise _bad(where, str(why), "invalid_video") from None
+                parts.extend(await asyncio.to_thread(_frame_parts, where, frames))
+            message.content = parts
+
+    async def _bytes(self, url: str, where: str, account_id: str | None) -> bytes:
+        if url.startswith("data:"):
+            return decode_data_url(url, where)
+        if url.startswith("ms://"):
+            return await self._stored(url.removeprefix("ms://"), where, account_id)
+        try:
+            return await self.fetcher.fetch(url)
+        except Refused as why:
+            raise refused(where, why) from None
+
     async def _picture(self, slot: _Slot, max_pixels: int, account_id: str | None) -> Picture:
         part = slot.part
         url = part.image_url if isinstance(part.image_url, str) else part.image_url.url
-        if url.startswith("data:"):
-            raw = decode_data_url(url, slot.where)
-        elif url.startswith("ms://"):
-            raw = await self._stored(url.removeprefix("ms://"), slot.where, account_id)
-        else:
-            try:
-                raw = await self.fetcher.fetch(url)
-            except Refused as why:
-                raise refused(slot.where, why) from None
+        raw = await self._bytes(url, slot.where, account_id)
         try:
             return await asyncio.to_thread(load_image, raw, max_pixels, self.config.max_decode_pixels)
         except BadImage as why:
@@ -180,3 +230,21 @@ class Media:
         return TextPart(
             type="text", text=f"{label}\n{text or '(no text found in the image)'}\n[End of image {number}]"
         )
+
+
+def _frame_parts(where: str, frames: list[Frame]) -> list[ContentPart]:
+    """A label saying what follows, then each frame as an image, in order. Blocking (encodes JPEGs)."""
+    parts: list[ContentPart] = [
+        TextPart(
+            type="text",
+            text=f"[Video ({where}): {len(frames)} frames in order, at "
+            + ", ".join(f"{f.at:.1f} s" for f in frames)
+            + "]",
+        )
+    ]
+    for frame in frames:
+        out = io.BytesIO()
+        frame.image.convert("RGB").save(out, "JPEG", quality=90)
+        url = f"data:image/jpeg;base64,{base64.b64encode(out.getvalue()).decode()}"
+        parts.append(ImagePart(type="image_url", image_url=ImageURL(url=url)))
+    return parts
