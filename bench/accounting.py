@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.table import print_table
 from bench.wrk import MODEL, run_wrk
 from kimi_gateway.testing import GatewayProcess, free_port
 
@@ -127,7 +128,7 @@ def measure(
     ]
 
 
-def print_table(rows: list[tuple[str, dict[str, float]]]) -> None:
+def print_report(rows: list[tuple[str, dict[str, float]]]) -> None:
     off = rows[0][1]["rps"]
     header = ("accounting (non-stream, c=32)", "median RPS", "ratio vs off", "p50/p99 ms", "errors")
     table = [header]
@@ -141,9 +142,7 @@ def print_table(rows: list[tuple[str, dict[str, float]]]) -> None:
                 f"{result['errors']:.0f}",
             )
         )
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        print(" | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    print_table(table)
     print("target: accounting on >= 0.8x of off at c=32")
 
 
@@ -157,7 +156,7 @@ def main() -> None:
     try:
         time.sleep(0.5)
         with tempfile.TemporaryDirectory() as tmp:
-            print_table(measure(port, args.seconds, Path(tmp), args.rounds))
+            print_report(measure(port, args.seconds, Path(tmp), args.rounds))
     finally:
         mock.terminate()
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 
 from bench import accounting
+from bench.table import print_table
 from bench.wrk import MODEL, run_wrk
 from kimi_gateway.testing import GatewayProcess, free_port
 
@@ -101,14 +102,12 @@ base_url = "http://127.0.0.1:{port}/v1"
                 f"{direct['errors']:.0f}/{through['errors']:.0f}",
             )
         )
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        print(" | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    print_table(table)
     print(f"gateway RSS after the run: {memory:.0f} MB (includes the embedded SmolLM2 model)")
     print("targets: added p50 <= 0.5 ms at c=1; >= 2000 RPS non-stream at c=32")
     if accounting_rows:
         print()
-        accounting.print_table(accounting_rows)
+        accounting.print_report(accounting_rows)
 
 
 if __name__ == "__main__":

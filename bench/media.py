@@ -21,6 +21,8 @@ from collections.abc import Callable
 
 from PIL import Image, ImageDraw, ImageFont
 
+from bench.table import print_table
+
 
 def _rss_mb() -> float:
     with open("/proc/self/status") as status:
@@ -141,9 +143,7 @@ def main() -> None:
                 f"{ours['peak_mb']:.0f} / {base['peak_mb']:.0f}",
             )
         )
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    for row in table:
-        print(" | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    print_table(table)
     print(f"medians of {args.rounds} rounds; peak memory is the growth of the process's peak RSS")
 
 
