@@ -77,6 +77,9 @@ class ProviderConfig(_Section):
     # vLLM/SGLang only: whether the server runs its own reasoning and tool-call parsers. When false, raw
     # <think> and tool-call tokens in the output are parsed by the gateway.
     server_parsers: bool = False
+    # Send images the gateway fetched as their URL (the provider fetches them) instead of base64. The default
+    # follows the style: yes for openrouter and openai (Together, NIM), no for moonshot, vllm and sglang.
+    forward_image_urls: bool | None = None
     models: dict[str, ProviderModelConfig] = Field(default_factory=dict)
 
 

@@ -20,6 +20,7 @@ from kimi_gateway.media.ocr import OCR
 from kimi_gateway.testing import LOCAL_MODEL, GatewayProcess
 from tests import images
 from tests.fakes.upstream import FakeUpstream
+from tests.upstreams import KEY, KEY_ENV, gateway_config
 
 ASK = "What is the TOTAL on this receipt?"
 
@@ -339,3 +340,41 @@ def test_local_model_reads_text_in_video_frames(trusting_gateway: GatewayProcess
     )
     given = json.dumps(prompt["messages"])
     assert "2 frames in order" in given and given.index("HELLO") < given.index("WORLD")
+
+
+@pytest.fixture(scope="module")
+def forwarding_gateway(
+    fake_servers: dict[str, FakeUpstream], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    """Fake providers behind a gateway that trusts 127.0.0.1 as an image host; K2.5 also on OpenRouter."""
+    config = (
+        '[media]\nallow_hosts = ["127.0.0.1"]\n'
+        + gateway_config(fake_servers)
+        + '[providers.orouter.models."kimi-k2.5"]\nupstream = "moonshotai/kimi-k2.5"\n'
+    )
+    gw = GatewayProcess(tmp_path_factory.mktemp("forwarding"), config, env={KEY_ENV: KEY})
+    yield gw
+    gw.stop()
+
+
+def test_fetched_images_go_as_urls_to_providers_that_fetch(
+    forwarding_gateway: GatewayProcess, fakes: dict[str, FakeUpstream], image_server: str
+) -> None:
+    url = image_server + "/receipt.png"
+    inline = images.data_url(images.encoded(images.form()))
+    for provider, expect_url in (("orouter", True), ("moon", False)):
+        body = {
+            "model": "kimi-k2.5",
+            "provider": {"only": [provider]},
+            "messages": [{"role": "user", "content": [images.image_part(url), images.image_part(inline)]}],
+        }
+        response = httpx.post(forwarding_gateway.api + "/chat/completions", json=body, timeout=30)
+        assert response.status_code == 200, response.text
+        fetched, given = (
+            p["image_url"]["url"] for p in fakes[provider].requests[-1].body["messages"][0]["content"]
+        )
+        # OpenRouter fetches URLs itself: it gets the (checked) URL; Moonshot takes base64 only.
+        assert (fetched == url) is expect_url
+        if not expect_url:
+            assert images.decoded(fetched).size == (480, 320)
+        assert given.startswith("data:image/")  # an image sent inline stays inline everywhere

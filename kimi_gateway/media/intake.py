@@ -105,7 +105,7 @@ class Media:
             content = slot.message.content
             assert isinstance(content, list)
             content[slot.index] = (
-                await self._forwarded(slot.part, picture)
+                await self._forwarded(slot.part, picture, request)
                 if native
                 else await self._ocr_text(number, slot.where, picture)
             )
@@ -217,11 +217,15 @@ class Media:
         return TextPart(type="text", text=f"[File {name}, its text]\n{text}\n[End of file {name}]")
 
     @staticmethod
-    async def _forwarded(part: ImagePart, picture: Picture) -> ContentPart:
-        # Always the checked, re-encoded bytes: every provider takes base64, and nothing unchecked passes.
+    async def _forwarded(part: ImagePart, picture: Picture, request: ChatCompletionRequest) -> ContentPart:
+        # The checked, re-encoded bytes: every provider takes base64. A fetched image also keeps its URL,
+        # which adapters of providers that fetch for themselves send instead (providers/wire/base.py).
         data, mime = await asyncio.to_thread(picture.encode)
+        original = part.image_url if isinstance(part.image_url, str) else part.image_url.url
         detail = None if isinstance(part.image_url, str) else part.image_url.detail
         url = f"data:{mime};base64,{base64.b64encode(data).decode()}"
+        if original.startswith(("http://", "https://")):
+            request.image_sources[url] = original
         return ImagePart(type="image_url", image_url=ImageURL(url=url, detail=detail))
 
     async def _ocr_text(self, number: int, where: str, picture: Picture) -> ContentPart:

@@ -95,7 +95,9 @@ def build_upstream_providers(
             for model_id, entry in config.models.items()
             if (e := _endpoint(name, display, model_id, entry, catalog))
         ]
-        style = STYLES[config.style](server_parsers=config.server_parsers)
+        style = STYLES[config.style](
+            server_parsers=config.server_parsers, forward_image_urls=config.forward_image_urls
+        )
         providers.append(
             UpstreamProvider(
                 name, display, config.base_url, style, api_key, config.timeouts, endpoints, client

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 
 class _Inner(BaseModel):
@@ -226,6 +226,9 @@ class ChatCompletionRequest(BaseModel):
     model: str = Field(min_length=1)
     messages: list[Message] = Field(min_length=1)
     stream: bool = False
+    # Set by the gateway, never read from the wire: each checked image's data URL -> the http(s) URL it was
+    # fetched from, so adapters of providers that fetch URLs themselves can send the URL instead.
+    _image_sources: dict[str, str] = PrivateAttr(default_factory=dict)
     stream_options: StreamOptions | None = None
 
     max_tokens: int | None = Field(default=None, ge=1)
@@ -279,6 +282,10 @@ class ChatCompletionRequest(BaseModel):
     def stop_list(self) -> list[str]:
         # The validator normalises `stop` to a list; this keeps mypy informed.
         return list(self.stop) if isinstance(self.stop, list) else []
+
+    @property
+    def image_sources(self) -> dict[str, str]:
+        return self._image_sources
 
     @property
     def partial_prefix(self) -> str | None:

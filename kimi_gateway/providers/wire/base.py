@@ -45,8 +45,14 @@ class WireStyle:
     # Parameters this provider family never accepts, whatever an endpoint's config says.
     never: frozenset[str] = frozenset({"ignore_eos"})
 
-    def __init__(self, server_parsers: bool = True) -> None:
+    # Whether the provider fetches image URLs itself; if so, images the gateway fetched (and checked) go as
+    # their URL rather than as base64. A provider's config may say otherwise (`forward_image_urls`).
+    fetches_image_urls = False
+
+    def __init__(self, server_parsers: bool = True, forward_image_urls: bool | None = None) -> None:
         self.server_parsers = server_parsers
+        if forward_image_urls is not None:
+            self.fetches_image_urls = forward_image_urls
 
     def build_body(
         self, request: ChatCompletionRequest, endpoint: Endpoint, card: ModelCard, drop: frozenset[str]
@@ -61,9 +67,15 @@ class WireStyle:
             body["max_tokens"] = card.defaults.max_tokens
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
+        sources = request.image_sources if self.fetches_image_urls else None
         for message in body["messages"]:
             if message.get("role") == "assistant":
                 self.replay_reasoning(message)
+            elif sources and isinstance(message.get("content"), list):
+                for part in message["content"]:
+                    image = part.get("image_url")
+                    if isinstance(image, dict) and image.get("url") in sources:
+                        image["url"] = sources[image["url"]]
         temperature = body.get("temperature")
         if temperature is not None:
             low, high = self.temperature_range

@@ -11,6 +11,7 @@ from kimi_gateway.schema.chat import ChatCompletionRequest
 
 class OpenRouterStyle(WireStyle):
     name = "openrouter"
+    fetches_image_urls = True  # the hosted OpenAI-compatible APIs fetch http(s) image URLs
     history_field = "reasoning"
 
     def replay_reasoning(self, message: dict[str, Any]) -> None:
