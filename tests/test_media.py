@@ -231,6 +231,7 @@ def trusting_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatew
     config = (
         "[server]\nlog_prompts = true\n"
         '[media]\nallow_hosts = ["127.0.0.1"]\nfetch_total_seconds = 1.5\nmax_fetch_bytes = 200000\n'
+        "video_max_pixels = 50000\n"
     )
     gw = GatewayProcess(tmp_path_factory.mktemp("trusting"), config)
     yield gw
@@ -378,3 +379,14 @@ def test_fetched_images_go_as_urls_to_providers_that_fetch(
         if not expect_url:
             assert images.decoded(fetched).size == (480, 320)
         assert given.startswith("data:image/")  # an image sent inline stays inline everywhere
+
+
+def test_video_resolution_and_download_caps(trusting_gateway: GatewayProcess, image_server: str) -> None:
+    wide = images.video(["red"], size=(320, 240))  # 76,800 pixels a frame, over this gateway's 50,000
+    url = "data:video/mp4;base64," + base64.b64encode(wide).decode()
+    too_big = _chat(trusting_gateway, [{"type": "video_url", "video_url": {"url": url}}])
+    assert (
+        too_big.status_code == 400 and "at most 50,000 pixels a frame" in too_big.json()["error"]["message"]
+    )
+    oversized = _chat(trusting_gateway, [{"type": "video_url", "video_url": {"url": image_server + "/big"}}])
+    assert oversized.status_code == 400 and "larger than" in oversized.json()["error"]["message"]
