@@ -93,8 +93,11 @@ def test_quotas_and_bad_uploads(filed: tuple[GatewayProcess, str, str]) -> None:
         )
 
     assert upload(b"x" * 3_000_001).status_code == 413
+    assert upload(b"x" * 8_000_000).status_code == 413  # refused from its Content-Length, before reading
     assert "max file size is 2MB" in upload(b"x" * 3_000_001).json()["error"]["message"]
     assert upload(b"").status_code == 400
+    missing = httpx.post(gw.api + "/files", data={"purpose": "file-extract"}, headers=headers)
+    assert missing.status_code == 400 and "'file'" in missing.json()["error"]["message"]
     assert "Invalid purpose" in upload(b"hi", "assistants").json()["error"]["message"]
     broken = upload(b"%PDF-1.4 this is not really a PDF")
     assert broken.status_code == 200 and broken.json()["status"] == "error"

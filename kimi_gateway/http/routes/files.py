@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter
+from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from kimi_gateway.accounts.keys import KeyRecord
+from kimi_gateway.errors import APIError
 from kimi_gateway.runtime import Gateway
 
 router = APIRouter(tags=["files"])
@@ -28,13 +30,48 @@ def _file_type(head: bytes) -> str:
     return "text/plain"
 
 
-@router.post("/v1/files", summary="Upload a file; its text is extracted at once (purpose=file-extract)")
-async def upload(
-    request: Request, file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()]
-) -> dict[str, Any]:
+@router.post(
+    "/v1/files",
+    summary="Upload a file; its text is extracted at once (purpose=file-extract)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file", "purpose"],
+                        "properties": {
+                            "file": {"type": "string", "format": "binary"},
+                            "purpose": {"type": "string", "enum": ["file-extract", "image", "video"]},
+                        },
+                    }
+                }
+            },
+        }
+    },
+)
+async def upload(request: Request) -> dict[str, Any]:
     gateway, account = _context(request)
-    data = await file.read()
-    info = await gateway.files.add(account, file.filename or "upload", purpose, data)
+    limit = gateway.config.media.max_file_bytes
+    declared = request.headers.get("content-length")
+    # Refused before the body is read: an oversized upload must not fill the disk first.
+    if declared is not None and declared.isdigit() and int(declared) > limit + 64 * 1024:
+        raise APIError(
+            413,
+            f"File size is too large, max file size is {limit // (1024 * 1024)}MB, please confirm and "
+            "re-upload the file",
+            param="file",
+        )
+    form = await request.form(max_files=1, max_fields=4)
+    try:
+        file, purpose = form.get("file"), form.get("purpose")
+        if not isinstance(file, UploadFile) or not isinstance(purpose, str):
+            raise APIError(400, "Send multipart fields 'file' (the file) and 'purpose' (file-extract).")
+        data = await file.read()
+        info = await gateway.files.add(account, file.filename or "upload", purpose, data)
+    finally:
+        await form.close()
     return info.public()
 
 
