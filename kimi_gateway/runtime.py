@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from kimi_gateway.accounts.admission import Admission, RedisAdmission
+from kimi_gateway.accounts.admission import Admission, RedisAdmission, SeparateAdmission
 from kimi_gateway.accounts.billing import Accountant
 from kimi_gateway.accounts.holds import Holds, MemoryHolds
 from kimi_gateway.accounts.holds_redis import RedisHolds
@@ -20,8 +20,7 @@ from kimi_gateway.catalog import Catalog, load_catalog
 from kimi_gateway.config import GatewayConfig
 from kimi_gateway.engine import LocalModel
 from kimi_gateway.engine.locate import resolve_gguf
-from kimi_gateway.limits import Limiter, MemoryLimiter
-from kimi_gateway.limits.redis import RedisLimiter
+from kimi_gateway.limits import MemoryLimiter
 from kimi_gateway.media import Media
 from kimi_gateway.media.files import FileStore
 from kimi_gateway.media.ocr import OCR
@@ -120,17 +119,16 @@ def build_gateway(config: GatewayConfig) -> Gateway:
     ledger = Ledger(db)
     redis = Redis.from_url(config.redis_url) if config.redis_url else None
     holds: Holds
-    limiter: Limiter
-    admission: Admission | None = None
+    admission: Admission
     settings = config.accounts
     if redis is not None:
         holds = RedisHolds(redis, ledger, config.redis_prefix, settings.hold_seconds)
-        limiter = RedisLimiter(redis, config.redis_prefix, settings.slot_seconds)
         admission = RedisAdmission(
             redis, ledger, config.redis_prefix, settings.hold_seconds, settings.slot_seconds
         )
     else:
-        holds, limiter = MemoryHolds(ledger), MemoryLimiter()
+        holds = MemoryHolds(ledger)
+        admission = SeparateAdmission(MemoryLimiter(), holds)
     tiers = (
         [Tier(t.tier, t.min_recharge, t.concurrency, t.rpm) for t in settings.tiers]
         if settings.tiers
@@ -148,7 +146,7 @@ def build_gateway(config: GatewayConfig) -> Gateway:
         http=http,
         db=db,
         keys=KeyStore(db),
-        accounts=Accountant(ledger, holds, limiter, recorder, tiers, admission),
+        accounts=Accountant(ledger, holds, admission, recorder, tiers),
         media=media,
         files=files,
         redis=redis,

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
-from kimi_gateway.accounts.holds import HoldRequest, Holds, Shortfall
+from kimi_gateway.accounts.holds import HoldRequest, ReservingHolds, Shortfall
 from kimi_gateway.accounts.holds_redis import (
     HOLD_CHECK,
     HOLD_COMMIT,
@@ -54,7 +54,7 @@ class Admission(Protocol):
 
 
 class SeparateAdmission:
-    def __init__(self, limiter: Limiter, holds: Holds) -> None:
+    def __init__(self, limiter: Limiter, holds: ReservingHolds) -> None:
         self.limiter = limiter
         self.holds = holds
 
@@ -81,7 +81,7 @@ class SeparateAdmission:
             await self.limiter.release(slot, bucket)
 
     async def close(self) -> None:
-        return None
+        await self.limiter.close()
 
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from kimi_gateway.accounts.admission import Admission, SeparateAdmission
+from kimi_gateway.accounts.admission import Admission
 from kimi_gateway.accounts.holds import HoldRequest, Holds, Shortfall
 from kimi_gateway.accounts.keys import KeyRecord
 from kimi_gateway.accounts.ledger import RECHARGE, Ledger
@@ -21,7 +21,7 @@ from kimi_gateway.accounts.recorder import Recorder
 from kimi_gateway.accounts.tiers import Tier, tier_for
 from kimi_gateway.catalog import Pricing
 from kimi_gateway.errors import APIError
-from kimi_gateway.limits import Decision, Limiter, Window
+from kimi_gateway.limits import Decision, Window
 
 
 @dataclass(slots=True)
@@ -67,15 +67,13 @@ class Accountant:
         self,
         ledger: Ledger,
         holds: Holds,
-        limiter: Limiter,
+        admission: Admission,
         recorder: Recorder,
         tiers: Sequence[Tier],
-        admission: Admission | None = None,
     ) -> None:
         self.ledger = ledger
         self.holds = holds
-        self.limiter = limiter
-        self.admission: Admission = admission or SeparateAdmission(limiter, holds)
+        self.admission = admission
         self.recorder = recorder
         self.tiers = tuple(tiers)
         self._tiers: dict[str, tuple[Tier, float]] = {}
@@ -194,7 +192,6 @@ class Accountant:
         await self.admission.close()
         await self.recorder.stop()
         await self.holds.close()
-        await self.limiter.close()
 
 
 def generation_row(ticket: Ticket, outcome: Outcome, cost: int) -> dict[str, Any]:

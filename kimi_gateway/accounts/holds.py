@@ -34,7 +34,7 @@ class Shortfall:
 
 
 class Holds(Protocol):
-    async def reserve(self, request: HoldRequest) -> Shortfall | None: ...
+    """What the accountant and the recorder need of a backend: settling, and news of credits and writes."""
 
     async def settle(self, hold_id: str, account_id: str, key_hash: str | None, cost: int) -> None:
         """Close a hold at its real cost (0 releases it). Closing one twice changes nothing."""
@@ -49,6 +49,12 @@ class Holds(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class ReservingHolds(Holds, Protocol):
+    """A backend that places holds itself (with Redis, the admission script does: accounts/admission.py)."""
+
+    async def reserve(self, request: HoldRequest) -> Shortfall | None: ...
 
 
 @dataclass(slots=True)

@@ -15,7 +15,6 @@ from redis.asyncio import Redis
 
 from kimi_gateway.accounts.holds import HoldRequest, Shortfall
 from kimi_gateway.accounts.ledger import Ledger
-from kimi_gateway.limits.redis import NOW
 
 # Reads table H = {p, hold, amount, limit, ttl, acct, key} (amounts as decimal strings: Lua numbers lose
 # digits when turned back into command arguments). Returns {-1} or {-2} when the account's or key's live
@@ -82,7 +81,6 @@ if redis.call('EXISTS', settled) == 0 then
 end
 """
 
-RESERVE = NOW + "local H = cjson.decode(ARGV[1])\n" + HOLD_CHECK + HOLD_COMMIT + "return {1}\n"
 SETTLE = "local S = cjson.decode(ARGV[1])\n" + HOLD_SETTLE + "return 1\n"
 
 CREDIT = """
@@ -135,20 +133,8 @@ class RedisHolds:
         self.ledger = ledger
         self.prefix = prefix
         self.hold_seconds = hold_seconds  # a hold older than this belonged to a replica that died
-        self._reserve = self.redis.register_script(RESERVE)
         self._settle = self.redis.register_script(SETTLE)
         self._credit = self.redis.register_script(CREDIT)
-
-    async def reserve(self, request: HoldRequest) -> Shortfall | None:
-        args = hold_args(self.prefix, request, int(self.hold_seconds * 1000))
-        for _ in range(3):
-            result = await self._reserve(args=[args])
-            if result[0] == 1:
-                return None
-            if result[0] == 2:
-                return shortfall(result)
-            await seed(self.redis, self.ledger, self.prefix, int(result[0]), request)
-        raise RuntimeError("could not seed the balance in Redis")
 
     async def settle(self, hold_id: str, account_id: str, key_hash: str | None, cost: int) -> None:
         await self._settle(args=[settle_args(self.prefix, hold_id, account_id, key_hash, cost)])

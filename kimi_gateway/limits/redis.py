@@ -1,8 +1,8 @@
-"""Limits shared by every replica: one atomic Lua script per admission, on Redis's own clock.
+"""Limits shared by every replica, as Lua fragments run atomically on Redis's own clock.
 
 Concurrency slots are members of a sorted set scored by their expiry, so the slots of a replica that died
-mid-request free themselves after `slot_seconds`. The script is built from fragments so that the
-accountant can run the limit check and the credit hold as one script (accounts/admission.py).
+mid-request free themselves after `slot_seconds`. The fragments are joined with the credit-hold ones into
+one admission script and one finish script (accounts/admission.py).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 
 from kimi_gateway.limits.base import WINDOW_MS, Decision, Window
 
@@ -50,9 +49,6 @@ redis.call('PEXPIRE', lim_ck, L.ttl)
 # Reads table R = {p, bucket, slot}.
 LIMIT_RELEASE = "redis.call('ZREM', R.p .. 'conc:' .. R.bucket, R.slot)\n"
 
-ACQUIRE = NOW + "local L = cjson.decode(ARGV[1])\n" + LIMIT_CHECK + LIMIT_COMMIT + "return lim_ok\n"
-RELEASE = "local R = cjson.decode(ARGV[1])\n" + LIMIT_RELEASE + "return 1\n"
-
 
 def limit_args(
     prefix: str, slot: str, concurrency_bucket: str, concurrency: int, windows: Sequence[Window], slot_ms: int
@@ -79,24 +75,3 @@ def decision(result: list[Any]) -> Decision:
     if isinstance(reason, bytes):
         reason = reason.decode()
     return Decision(bool(allowed), str(reason), int(limit), int(remaining), int(reset))
-
-
-class RedisLimiter:
-    def __init__(self, redis: Redis, prefix: str = "kg:", slot_seconds: float = 600.0) -> None:
-        self.redis = redis
-        self.prefix = prefix
-        self.slot_ms = int(slot_seconds * 1000)
-        self._acquire = redis.register_script(ACQUIRE)
-        self._release = redis.register_script(RELEASE)
-
-    async def acquire(
-        self, slot: str, concurrency_bucket: str, concurrency: int, windows: Sequence[Window]
-    ) -> Decision:
-        args = limit_args(self.prefix, slot, concurrency_bucket, concurrency, windows, self.slot_ms)
-        return decision(await self._acquire(args=[args]))
-
-    async def release(self, slot: str, concurrency_bucket: str) -> None:
-        await self._release(args=[release_args(self.prefix, slot, concurrency_bucket)])
-
-    async def close(self) -> None:
-        return None
