@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -94,3 +95,22 @@ def mean_color(image: Image.Image) -> tuple[int, int, int]:
     small = image.convert("RGB").resize((1, 1), Image.Resampling.BOX)
     r, g, b = small.getpixel((0, 0))  # type: ignore[misc]
     return int(r), int(g), int(b)
+
+
+def ask_receipt_total(client: Any, url: str) -> str:
+    """The embedded model's answer to "What is the TOTAL on this receipt?" about the image at `url`."""
+    reply = client.chat.completions.create(
+        model="smollm2-135m-instruct",
+        temperature=0,
+        max_tokens=40,
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is the TOTAL on this receipt?"},
+                    {"type": "image_url", "image_url": {"url": url}},
+                ],
+            }
+        ],
+    )
+    return str(reply.choices[0].message.content or "")

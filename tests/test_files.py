@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from kimi_gateway.testing import LOCAL_MODEL, GatewayProcess
+from kimi_gateway.testing import GatewayProcess
 from tests import images, pdfs
 from tests.billing import K25, Operator, config, sdk, start
 from tests.fakes.upstream import FakeUpstream
@@ -181,19 +181,5 @@ def test_ms_references_and_inline_files_in_chat(
 
 def test_local_model_reads_an_uploaded_receipt(gateway: GatewayProcess, client: openai.OpenAI) -> None:
     uploaded = client.files.create(file=("receipt.png", images.encoded(images.receipt())), purpose="image")  # type: ignore[arg-type]
-    reply = client.chat.completions.create(
-        model=LOCAL_MODEL,
-        temperature=0,
-        max_tokens=40,
-        messages=[
-            {
-                "role": "user",
-                "content": [
-                    {"type": "text", "text": "What is the TOTAL on this receipt?"},
-                    {"type": "image_url", "image_url": {"url": f"ms://{uploaded.id}"}},
-                ],
-            }
-        ],
-    )
-    assert "5.75" in (reply.choices[0].message.content or "")
+    assert "5.75" in images.ask_receipt_total(client, f"ms://{uploaded.id}")
     client.files.delete(uploaded.id)

@@ -43,18 +43,7 @@ def test_ocr_reads_rendered_text() -> None:
 
 def test_local_model_reads_the_receipt_total(client: openai.OpenAI) -> None:
     url = images.data_url(images.encoded(images.receipt()))
-    reply = client.chat.completions.create(
-        model=LOCAL_MODEL,
-        temperature=0,
-        max_tokens=40,
-        messages=[
-            {
-                "role": "user",
-                "content": [{"type": "text", "text": ASK}, {"type": "image_url", "image_url": {"url": url}}],
-            }
-        ],
-    )
-    assert "5.75" in (reply.choices[0].message.content or "")
+    assert "5.75" in images.ask_receipt_total(client, url)
 
 
 def test_models_say_which_read_images_by_ocr(client: openai.OpenAI) -> None:
