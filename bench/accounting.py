@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 
 from bench.table import print_table
-from bench.wrk import MODEL, run_wrk
+from bench.wrk import MODEL, mock_config, run_wrk
 from kimi_gateway.testing import GatewayProcess, free_port
 
 POSTGRES = os.environ.get("KG_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -33,15 +33,7 @@ ROOMY = "[accounts]\ntiers = [{ tier = 0, min_recharge = 0, concurrency = 100000
 
 
 def _config(upstream_port: int, extra: str = "") -> str:
-    return f"""{extra}
-[server]
-log_level = "warning"
-[providers.mock]
-style = "openai"
-base_url = "http://127.0.0.1:{upstream_port}/v1"
-[providers.mock.models."{MODEL}"]
-pricing = {{ input = 0.60, cached_input = 0.15, output = 3.00 }}
-{ROOMY}"""
+    return mock_config(upstream_port, extra) + ROOMY
 
 
 def _keyed(gateway: GatewayProcess) -> str:

@@ -22,7 +22,7 @@ import httpx
 
 from bench import accounting
 from bench.table import print_table
-from bench.wrk import MODEL, run_wrk
+from bench.wrk import MODEL, mock_config, run_wrk
 from kimi_gateway.testing import GatewayProcess, free_port
 
 
@@ -45,14 +45,7 @@ def main() -> None:
     mock = subprocess.Popen([sys.executable, "-m", "bench.mock_upstream", str(port)])
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        config = f"""
-[server]
-log_level = "warning"
-[providers.mock]
-style = "openai"
-base_url = "http://127.0.0.1:{port}/v1"
-[providers.mock.models."{MODEL}"]
-"""
+        config = mock_config(port)
         time.sleep(0.5)
         gateway = GatewayProcess(workdir, config)
         try:

@@ -44,3 +44,16 @@ def run_wrk(
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     result["errors"] = float(errors.group(1)) if errors else 0.0
     return result
+
+
+def mock_config(upstream_port: int, extra: str = "") -> str:
+    """A gateway config with one provider: the mock upstream on `upstream_port`, serving MODEL."""
+    return f"""{extra}
+[server]
+log_level = "warning"
+[providers.mock]
+style = "openai"
+base_url = "http://127.0.0.1:{upstream_port}/v1"
+[providers.mock.models."{MODEL}"]
+pricing = {{ input = 0.60, cached_input = 0.15, output = 3.00 }}
+"""

@@ -11,7 +11,6 @@ from kimi_gateway.accounts.billing import Outcome, Ticket
 from kimi_gateway.accounts.keys import KeyRecord
 from kimi_gateway.http.middleware import RequestInfo
 from kimi_gateway.routing.attempts import RoutedGeneration
-from kimi_gateway.routing.features import estimate_prompt_tokens
 from kimi_gateway.runtime import Gateway
 from kimi_gateway.schema.chat import ChatCompletionRequest
 
@@ -38,7 +37,7 @@ async def admit(
         key,
         body.model,
         [c.endpoint.pricing for c in candidates],
-        estimate_prompt_tokens(body),
+        routed.prompt_tokens,
         max_tokens,
         body.stream,
         app_referer=headers.get("http-referer") or headers.get("referer"),

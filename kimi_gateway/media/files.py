@@ -155,6 +155,11 @@ class FileStore:
         info = await self.get(account_id, file_id)
         return info, await asyncio.to_thread(self._paths(file_id)[1].read_text)
 
+    async def content(self, account_id: str | None, file_id: str) -> tuple[FileInfo, str, bytes]:
+        """Description, extracted text, and the file's first bytes (enough to tell its type)."""
+        info, text = await self.text(account_id, file_id)
+        return info, text, await asyncio.to_thread(_head, self._paths(file_id)[0])
+
     async def data(self, account_id: str | None, file_id: str) -> tuple[FileInfo, bytes]:
         info = await self.get(account_id, file_id)
         return info, await asyncio.to_thread(self._paths(file_id)[0].read_bytes)
@@ -165,3 +170,8 @@ class FileStore:
             await session.delete(await session.merge(row))
         for path in self._paths(file_id):
             path.unlink(missing_ok=True)
+
+
+def _head(path: Path, size: int = 16) -> bytes:
+    with path.open("rb") as file:
+        return file.read(size)

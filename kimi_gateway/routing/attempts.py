@@ -72,6 +72,7 @@ class RoutedGeneration:
         self._request = request
         self._candidates = candidates
         self.candidates: tuple[Candidate, ...] = tuple(candidates)
+        self.prompt_tokens = 0  # the estimate routing filtered by; accounting holds credit against it
         self._buffered = buffered
         self._current: Generation | None = None
         self._cancelled = False

@@ -33,8 +33,13 @@ def _no_endpoints(message: str) -> APIError:
 
 
 def filter_endpoints(
-    request: ChatCompletionRequest, card: ModelCard, endpoints: list[Endpoint], prefs: ProviderPreferences
+    request: ChatCompletionRequest,
+    card: ModelCard,
+    endpoints: list[Endpoint],
+    prefs: ProviderPreferences,
+    prompt: int,
 ) -> list[Candidate]:
+    """`prompt` is the request's estimated prompt size, worked out once by the caller."""
     if not endpoints:
         raise Filtered(
             provider_unavailable(
@@ -73,7 +78,6 @@ def filter_endpoints(
                 _no_endpoints(f"No endpoints found that support {features.FEATURE_NAMES[modality]}.")
             )
 
-    prompt = features.estimate_prompt_tokens(request)
     completion = request.requested_max_tokens or 0
     fitting = [e for e in eps if prompt + completion <= e.context_length]
     if not fitting:

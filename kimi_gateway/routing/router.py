@@ -9,6 +9,7 @@ from kimi_gateway.catalog import Catalog
 from kimi_gateway.config import RoutingConfig
 from kimi_gateway.providers.base import Endpoint, Generation, Provider
 from kimi_gateway.routing.attempts import RoutedGeneration, StickyState
+from kimi_gateway.routing.features import estimate_prompt_tokens
 from kimi_gateway.routing.health import ProviderHealth
 from kimi_gateway.routing.plan import Candidate, Filtered, filter_endpoints, order_candidates
 from kimi_gateway.routing.sticky import Stickiness, conversation_key
@@ -48,15 +49,19 @@ class Router:
     def endpoints_for(self, model_id: str) -> list[Endpoint]:
         return self._by_model.get(model_id, [])
 
-    def plan(self, request: ChatCompletionRequest, sticky_to: str | None = None) -> list[Candidate]:
+    def plan(
+        self, request: ChatCompletionRequest, sticky_to: str | None = None, prompt: int | None = None
+    ) -> list[Candidate]:
         prefs = request.provider or _NO_PREFERENCES
+        if prompt is None:
+            prompt = estimate_prompt_tokens(request)
         models = [request.model, *(m for m in request.models or () if m != request.model)]
         candidates: list[Candidate] = []
         first_error = None
         for model_id in models:
             card = self.catalog.get(model_id)
             try:
-                found = filter_endpoints(request, card, self.endpoints_for(model_id), prefs)
+                found = filter_endpoints(request, card, self.endpoints_for(model_id), prefs, prompt)
             except Filtered as why:
                 first_error = first_error or why.error
                 continue
@@ -74,8 +79,10 @@ class Router:
     def route(self, request: ChatCompletionRequest, account: str | None = None) -> RoutedGeneration:
         key, explicit = conversation_key(request, account or "anonymous")
         sticky_to = self.sticky.get(key)
-        candidates = self.plan(request, sticky_to)
+        prompt = estimate_prompt_tokens(request)
+        candidates = self.plan(request, sticky_to, prompt)
         routed = RoutedGeneration(self, request, candidates, buffered=not request.stream)
+        routed.prompt_tokens = prompt
         routed.sticky = StickyState(key, explicit, sticky_to)
         return routed
 

@@ -92,11 +92,10 @@ async def get_file(file_id: str, request: Request) -> dict[str, Any]:
 @router.get("/v1/files/{file_id}/content", summary="The text extracted from a file")
 async def file_content(file_id: str, request: Request) -> dict[str, Any]:
     gateway, account = _context(request)
-    info, text = await gateway.files.text(account, file_id)
-    _, data = await gateway.files.data(account, file_id)
+    info, text, head = await gateway.files.content(account, file_id)
     return {
         "content": text,
-        "file_type": _file_type(data[:8]),
+        "file_type": _file_type(head),
         "filename": info.filename,
         "title": "",
         "type": "file",
