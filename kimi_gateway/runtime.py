@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from dataclasses import dataclass
 
@@ -63,6 +64,9 @@ class Gateway:
         for model in self.local_models.values():
             await asyncio.to_thread(model.load)
             log.info("local model loaded", extra={"fields": {"model": model.model_id, "n_ctx": model.n_ctx}})
+        # What start-up built (modules, the catalog, the model's wrappers) lives as long as the process.
+        # Frozen, the collector's full passes stop walking it again and again under load.
+        gc.freeze()
 
     async def stop(self) -> None:
         await self.http.close()
