@@ -156,7 +156,8 @@ class Accountant:
         produced = outcome.completion_tokens > 0 and outcome.status != "error"
         cost = outcome.cost if produced else 0
         generation = generation_row(ticket, outcome, cost)
-        self.recorder.closed(generation, cost)  # journaled before anything else moves
+        self.recorder.closed(generation, cost)
+        await self.recorder.synced()  # in the journal before the hold moves: a crash now loses nothing
         account = ticket.key.account_id
         await self.admission.finish(ticket.id, _account_bucket(account), account, ticket.key.hash, cost)
 

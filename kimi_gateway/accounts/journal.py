@@ -4,10 +4,15 @@ Each process writes its own folder under `data_dir/journal/` and holds an exclus
 lives. A plain `write()` is enough: after kill -9 the operating system still has the bytes (only a power
 cut would need fsync, and that costs a disk flush per request). A process starting up takes over every
 folder whose lock nobody holds: those belonged to processes that died.
+
+Records are group-committed: those appended during one turn of the event loop go out in one `write()` at
+its end, so concurrent requests share a system call. Whoever must not go on before its record is in the
+file (a settlement) awaits `synced()`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import secrets
@@ -29,6 +34,8 @@ class Journal:
         fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._number = 0
         self._fd = self._open_segment()
+        self._pending: list[bytes] = []
+        self._written: asyncio.Future[None] | None = None
 
     def _open_segment(self) -> int:
         self._number += 1
@@ -36,16 +43,45 @@ class Journal:
         return os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
 
     def append(self, record: dict[str, Any]) -> None:
-        os.write(self._fd, orjson.dumps(record) + b"\n")
+        """Queue a record; it reaches the file at the end of this turn of the event loop."""
+        self._pending.append(orjson.dumps(record))
+        if len(self._pending) == 1:
+            asyncio.get_running_loop().call_soon(self.write_pending)
+
+    async def synced(self) -> None:
+        """Return once every record appended so far is in the file."""
+        if not self._pending:
+            return
+        if self._written is None:
+            self._written = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._written)
+
+    def write_pending(self) -> None:
+        if not self._pending:
+            return
+        data = memoryview(b"\n".join(self._pending) + b"\n")
+        self._pending.clear()
+        waiter, self._written = self._written, None
+        try:
+            while data:
+                data = data[os.write(self._fd, data) :]
+        except OSError as exc:
+            if waiter is not None:
+                waiter.set_exception(exc)
+            raise
+        if waiter is not None:
+            waiter.set_result(None)
 
     def rotate(self) -> list[Path]:
         """Start a new segment; the older ones may be deleted once what they hold is in the database."""
+        self.write_pending()
         old = sorted(self.folder.glob("*.jsonl"))
         os.close(self._fd)
         self._fd = self._open_segment()
         return old
 
     def close(self, remove: bool) -> None:
+        self.write_pending()
         os.close(self._fd)
         os.close(self._lock)
         if remove:

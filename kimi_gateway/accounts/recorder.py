@@ -1,9 +1,9 @@
 """Generation records and charges, written to the database in batches, off the request path, durably.
 
-Every hold and every settlement goes to the journal first (one `write()`), then waits in memory for the
-next batch. A graceful shutdown writes what is waiting; after a crash, `recover` replays the dead process's
-journal: settled requests are written (charge ids make a replay count once), and holds left open are
-released and recorded as interrupted, charging nothing.
+Every hold and every settlement goes to the journal first (group-committed: one `write()` per turn of the
+event loop), then waits in memory for the next batch. A graceful shutdown writes what is waiting; after a
+crash, `recover` replays the dead process's journal: settled requests are written (charge ids make a
+replay count once), and holds left open are released and recorded as interrupted, charging nothing.
 """
 
 from __future__ import annotations
@@ -62,6 +62,11 @@ class Recorder:
         self._open.pop(generation["id"], None)
         self._queue(generation, charge)
         return charge
+
+    async def synced(self) -> None:
+        """Wait until what `opened` and `closed` recorded is in the journal file."""
+        if self.journal is not None:
+            await self.journal.synced()
 
     def pending(self, generation_id: str) -> dict[str, Any] | None:
         return self._generations.get(generation_id)

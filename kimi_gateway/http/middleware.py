@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from dataclasses import asdict, dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from kimi_gateway.ids import new_id
 from kimi_gateway.logs import event, logger, request_id
 
 # A client that went away before the response finished; nginx's convention.
@@ -42,7 +42,7 @@ class RequestLogMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        info = RequestInfo(request_id="req_" + secrets.token_hex(8))
+        info = RequestInfo(request_id=new_id("req_"))
         scope.setdefault("state", {})["log"] = info
         request_id.set(info.request_id)
         header = (b"x-request-id", info.request_id.encode())

@@ -5,8 +5,9 @@ Typed dicts built directly: no model instances are created on the hot path.
 
 from __future__ import annotations
 
-import secrets
 from typing import Any, NotRequired, TypedDict
+
+from kimi_gateway.ids import new_id
 
 
 class PromptTokensDetails(TypedDict):
@@ -79,7 +80,7 @@ class ChunkBody(TypedDict):
 
 
 def completion_id() -> str:
-    return "chatcmpl-" + secrets.token_urlsafe(18)
+    return new_id("chatcmpl-")
 
 
 def usage_body(prompt: int, completion: int, cached: int, reasoning: int) -> UsageBody:
