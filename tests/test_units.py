@@ -1,15 +1,25 @@
-"""The pure pieces: stop matching, the tool envelope parser, error parameter paths."""
+"""The pure pieces: stop matching, the tool envelope parser, error parameter paths, endpoint statistics,
+the SSE reader, the journal's group commit, ids."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from kimi_gateway.accounts.journal import Journal, read_folder
 from kimi_gateway.engine.stops import StopMatcher
 from kimi_gateway.engine.toolcalls import EnvelopeParser
 from kimi_gateway.http.validation import param_path
+from kimi_gateway.ids import new_id
+from kimi_gateway.providers.sse import sse_data
 from kimi_gateway.schema.models import per_token
+from kimi_gateway.stats.endpoints import DAY, EndpointStats
 
 
 def _feed_all(matcher: StopMatcher, pieces: list[str]) -> tuple[str, bool]:
@@ -84,3 +94,113 @@ def test_param_path(loc: tuple[int | str, ...], path: str) -> None:
 )
 def test_per_token_prices(usd: float, text: str) -> None:
     assert per_token(usd) == text
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_endpoint_stats_windows_forget_old_figures_and_stay_bounded() -> None:
+    clock = _Clock()
+    stats = EndpointStats(clock, random.Random(7))
+    for i in range(400):
+        stats.record("p", "m", i % 4 != 0, ttft_ms=float(i % 10), tokens_per_second=50.0)
+    assert stats.uptime("p", "m", 300) == 75.0
+    # The median comes from a uniform sample of the bucket's figures, not from all 300 of them.
+    assert 3.0 <= (stats.p50_ttft_ms("p", "m") or 0) <= 6.0
+    assert stats.p50_throughput("p", "m") == 50.0
+    assert stats.requests("p", "m", DAY) == 400
+
+    clock.now += 600  # ten minutes of nothing but successes
+    for _ in range(100):
+        stats.record("p", "m", True, ttft_ms=100.0)
+    assert stats.uptime("p", "m", 300) == 100.0  # the failures fell out of the 5-minute window
+    assert stats.uptime("p", "m", 1800) == 80.0  # 400 of 500 in the 30-minute one
+    clock.now += 2.0  # medians are cached for a second
+    assert stats.p50_ttft_ms("p", "m") is not None
+
+    clock.now += 3600  # an hour later, the day still counts everything
+    assert stats.uptime("p", "m", 300) is None
+    assert stats.uptime("p", "m", DAY) == 80.0
+    assert stats.p50_ttft_ms("p", "m") is None
+
+    clock.now += DAY
+    assert stats.requests("p", "m", DAY) == 0
+
+    # A day of steady traffic keeps a fixed number of buckets, however many requests it holds.
+    for _ in range(3000):
+        clock.now += 30
+        for _ in range(5):
+            stats.record("p", "m", True, ttft_ms=1.0)
+    series = stats._series[("p", "m")]
+    assert len(series.fine) <= 181 and len(series.coarse) <= 289
+    assert all(len(b.ttft.values) <= 32 for b in series.fine)
+
+
+def test_rate_limited_attempts_do_not_count_against_uptime() -> None:
+    stats = EndpointStats(_Clock())
+    stats.record("p", "m", True)
+    stats.record("p", "m", False, rate_limited=True)
+    assert stats.uptime("p", "m", 300) == 100.0
+    assert stats.requests("p", "m", 300) == 2
+
+
+class _Body:
+    def __init__(self, reads: list[bytes]) -> None:
+        self.reads = reads
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        for read in self.reads:
+            yield read
+
+
+async def _events(reads: list[bytes]) -> list[bytes]:
+    response = SimpleNamespace(content=_Body(reads))
+    return [data async for data in sse_data(response)]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "reads",
+    [
+        [b'data: {"a":1}\n\ndata: {"b":2}\n\n'],
+        [b'data: {"a":1}\r\n\r\ndata: {"b":2}\r\n\r\n'],
+        [b'data: {"a":1}\r', b"\n\r", b'\ndata: {"b":2}\r\n', b"\r\n"],  # CRLF split across reads
+        [b": keep-alive\n\ndata: {", b'"a":1}\n\nevent: x\ndata:{"b":2}\n\n'],
+        [b'data: {"a":1}\n\ndata: {"b":2}'],  # the last event without its blank line
+    ],
+)
+def test_sse_reader_splits_events_however_the_bytes_arrive(reads: list[bytes]) -> None:
+    assert asyncio.run(_events(reads)) == [b'{"a":1}', b'{"b":2}']
+
+
+def test_sse_reader_joins_multiline_data() -> None:
+    assert asyncio.run(_events([b"data: one\ndata: two\n\n"])) == [b"one\ntwo"]
+
+
+def test_journal_group_commits_and_syncs(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        journal = Journal(tmp_path)
+        for i in range(3):
+            journal.append({"op": "hold", "id": i})
+        segment = next(journal.folder.glob("*.jsonl"))
+        assert segment.read_bytes() == b""  # still waiting for the end of this turn
+        await journal.synced()
+        assert read_folder(journal.folder) == [{"op": "hold", "id": i} for i in range(3)]
+        journal.append({"op": "close", "id": 0})
+        old = journal.rotate()  # writes what is waiting into the old segment first
+        assert old == [segment]
+        assert segment.read_bytes().count(b"\n") == 4
+        journal.close(remove=True)
+        assert not journal.folder.exists()
+
+    asyncio.run(scenario())
+
+
+def test_ids_are_unique_and_prefixed() -> None:
+    ids = {new_id("chatcmpl-") for _ in range(10_000)}
+    assert len(ids) == 10_000
+    assert all(i.startswith("chatcmpl-") and len(i) == len("chatcmpl-") + 28 for i in ids)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from decimal import ROUND_HALF_UP, Decimal
+from functools import lru_cache
 
 from kimi_gateway.catalog import Pricing
 
@@ -15,6 +16,7 @@ NANO = 10**9
 _PER_TOKEN = Decimal(1000)  # nano-dollars per token for a price of $1 per million
 
 
+@lru_cache(maxsize=1024)  # a catalog has a handful of prices; each request asks for several
 def per_token(price_per_million: float) -> Decimal:
     return Decimal(str(price_per_million)) * _PER_TOKEN
 

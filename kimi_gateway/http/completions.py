@@ -286,21 +286,35 @@ async def _cancel_on_disconnect(request: Request, task: asyncio.Task[object]) ->
     task.cancel()
 
 
+# A watcher task per request costs more than most answers from a fast upstream take; only answers still
+# running after this long get one (a disconnect before then is queued, so it is seen the moment it starts).
+WATCH_AFTER_SECONDS = 0.5
+
+
 async def collect_unless_disconnected(
     request: Request, routed: RoutedGeneration, meta: ResponseMeta, info: RequestInfo
 ) -> CompletionBody | None:
     """Collect the whole completion, stopping the generation if the client goes away first."""
     task = asyncio.current_task()
     assert task is not None
-    watch = asyncio.ensure_future(_cancel_on_disconnect(request, task))
+    loop = asyncio.get_running_loop()
+    watch: asyncio.Task[None] | None = None
+
+    def start_watching() -> None:
+        nonlocal watch
+        watch = loop.create_task(_cancel_on_disconnect(request, task))
+
+    timer = loop.call_later(WATCH_AFTER_SECONDS, start_watching)
     try:
         return await collect(routed, meta, info)
     except asyncio.CancelledError:
-        if not watch.done():
+        if watch is None or not watch.done():
             raise  # cancelled for another reason (shutdown)
         task.uncancel()
         routed.cancel()
         info.client_closed = True
         return None
     finally:
-        watch.cancel()
+        timer.cancel()
+        if watch is not None:
+            watch.cancel()

@@ -82,6 +82,8 @@ class Media:
 
     async def prepare(self, request: ChatCompletionRequest, card: ModelCard, account_id: str | None) -> None:
         """Rewrite the request's media parts in place; raise a 400 for anything unacceptable."""
+        if not any(isinstance(m, UserMessage) and isinstance(m.content, list) for m in request.messages):
+            return  # plain text: the common case, and nothing to look at
         await self._files(request, account_id)
         given = len(self._slots(request))
         limit = card.max_images or self.config.max_images

@@ -18,8 +18,13 @@ class UpstreamClient:
             limit=1000, limit_per_host=0, keepalive_timeout=30, ttl_dns_cache=300
         )
         # No client-wide timeout: each request sets its own connect and idle limits.
+        # No cookie jar: cookies one upstream response sets must never ride along on another user's
+        # request, and skipping the jar saves its work on every request.
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=None), auto_decompress=True
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None),
+            auto_decompress=True,
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
 
     async def close(self) -> None:

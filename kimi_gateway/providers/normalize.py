@@ -49,6 +49,9 @@ def usage_from(raw: dict[str, Any]) -> Usage:
     )
 
 
+_REASONING_KEYS = frozenset({"reasoning_content", "reasoning", "reasoning_details"})
+
+
 def _reasoning_text(delta: dict[str, Any]) -> str | None:
     for key in ("reasoning_content", "reasoning"):
         value = delta.get(key)
@@ -95,6 +98,8 @@ class ChunkNormalizer:
         return state
 
     def feed(self, chunk: dict[str, Any]) -> list[Event]:
+        # Runs once per upstream chunk: membership tests first, so the common content-only chunk
+        # touches as few keys as it can.
         error = chunk.get("error")
         if error:
             message = error.get("message", "upstream error") if isinstance(error, dict) else str(error)
@@ -108,10 +113,13 @@ class ChunkNormalizer:
             )
         events: list[Event] = []
         for choice in chunk.get("choices") or ():
-            index = int(choice.get("index") or 0)
-            state = self._state(index)
-            delta = choice.get("delta") or choice.get("message") or {}
-            self._delta(index, state, delta, events)
+            index = choice.get("index") or 0
+            if type(index) is not int:
+                index = int(index)
+            state = self._choices.get(index) or self._state(index)
+            delta = choice.get("delta") or choice.get("message")
+            if delta:
+                self._delta(index, state, delta, events)
             if choice.get("usage"):  # Moonshot puts usage inside the final choice
                 self.usage = usage_from(choice["usage"])
             native = choice.get("finish_reason")
@@ -129,7 +137,7 @@ class ChunkNormalizer:
         return events
 
     def _delta(self, index: int, state: _ChoiceState, delta: dict[str, Any], events: list[Event]) -> None:
-        reasoning = _reasoning_text(delta)
+        reasoning = None if _REASONING_KEYS.isdisjoint(delta) else _reasoning_text(delta)
         if reasoning and not self._exclude:
             events.append(Delta(index=index, reasoning=reasoning))
         if reasoning and state.parser is not None:
@@ -139,9 +147,11 @@ class ChunkNormalizer:
         if calls:
             state.native_tool_calls = True
             out = []
-            for call in calls:
+            for position, call in enumerate(calls):
                 fn = call.get("function") or {}
-                position = int(call.get("index") or 0)
+                # A streamed call says its index; a whole message's calls are in order.
+                if call.get("index") is not None:
+                    position = int(call["index"])
                 state.next_tool_index = max(state.next_tool_index, position + 1)
                 out.append(
                     ToolCallDelta(
@@ -153,7 +163,7 @@ class ChunkNormalizer:
                 )
             events.append(Delta(index=index, tool_calls=out))
         content = delta.get("content")
-        if isinstance(content, str) and content:
+        if content and isinstance(content, str):
             if state.parser is None:
                 events.append(Delta(index=index, content=content))
             else:

@@ -102,7 +102,7 @@ class UpstreamGeneration:
                         provider.url,
                         data=orjson.dumps(self._body),
                         headers=provider.headers,
-                        timeout=aiohttp.ClientTimeout(sock_connect=timeouts.connect, sock_read=timeouts.idle),
+                        timeout=provider.client_timeout,
                     )
                     if response.status >= 400:
                         raise status_error(name, response, await response.read())
@@ -110,13 +110,16 @@ class UpstreamGeneration:
                     data = await anext(events, None)
             except TimeoutError:
                 raise _failure(name, 504, f"no response within {timeouts.first_byte:g}s") from None
-            while data is not None:
-                # Read on past [DONE] to the end of the body: a response released before its last byte
-                # takes its connection out of the pool instead of returning it.
-                if data != "[DONE]":
+            if data is not None:
+                if data != b"[DONE]":
                     for item in normalizer.feed(orjson.loads(data)):
                         yield item
-                data = await anext(events, None)
+                # Read on past [DONE] to the end of the body: a response released before its last byte
+                # takes its connection out of the pool instead of returning it.
+                async for data in events:
+                    if data != b"[DONE]":
+                        for item in normalizer.feed(orjson.loads(data)):
+                            yield item
             if not normalizer.finished:
                 raise _failure(name, 502, "the stream ended before the response was complete")
             yield normalizer.done(self._endpoint.model)
@@ -149,6 +152,7 @@ class UpstreamProvider:
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.style = style
         self.timeouts = timeouts
+        self.client_timeout = aiohttp.ClientTimeout(sock_connect=timeouts.connect, sock_read=timeouts.idle)
         self.client = client
         self._endpoints = endpoints
         self.headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}

@@ -158,9 +158,9 @@ def _weighted(candidates: list[Candidate], health: ProviderHealth, rng: random.R
     failing = [c for c in candidates if health.recently_failed(c.endpoint.provider)]
     ordered: list[Candidate] = []
     pool = stable
-    while pool:
+    while len(pool) > 1:
         # A free endpoint outweighs any paid one.
         weights = [1.0 / (c.endpoint.price**2) if c.endpoint.price > 0 else 1e12 for c in pool]
         pick = rng.choices(range(len(pool)), weights=weights)[0]
         ordered.append(pool.pop(pick))
-    return ordered + failing
+    return ordered + pool + failing
