@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 
 from bench.table import print_table
-from bench.wrk import MODEL, mock_config, run_wrk
+from bench.wrk import MODEL, add_cpu_option, mock_config, pin, run_wrk
 from kimi_gateway.testing import GatewayProcess, free_port
 
 POSTGRES = os.environ.get("KG_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -142,7 +142,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
+    add_cpu_option(parser)
     args = parser.parse_args()
+    print(pin(args.cpus))
     port = free_port()
     mock = subprocess.Popen([sys.executable, "-m", "bench.mock_upstream", str(port)])
     try:

@@ -5,7 +5,7 @@ Load comes from wrk (Debian package `wrk`) in its own process. For each of non-s
 gateway's resident memory. Targets (one worker): added p50 <= 0.5 ms at c=1; >= 2,000 RPS non-streaming
 at c=32.
 
-Run: .venv/bin/python -m bench.gateway_overhead [--seconds 10]
+Run: .venv/bin/python -m bench.gateway_overhead [--seconds 10] [--cpus 0 | all]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import httpx
 
 from bench import accounting
 from bench.table import print_table
-from bench.wrk import MODEL, mock_config, run_wrk
+from bench.wrk import MODEL, add_cpu_option, mock_config, pin, run_wrk
 from kimi_gateway.testing import GatewayProcess, free_port
 
 
@@ -37,9 +37,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--no-accounting", action="store_true", help="skip the accounting on/off table")
+    add_cpu_option(parser)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
+    placement = pin(args.cpus)
 
     port = free_port()
     mock = subprocess.Popen([sys.executable, "-m", "bench.mock_upstream", str(port)])
@@ -96,6 +98,7 @@ def main() -> None:
             )
         )
     print_table(table)
+    print(placement)
     print(f"gateway RSS after the run: {memory:.0f} MB (includes the embedded SmolLM2 model)")
     print("targets: added p50 <= 0.5 ms at c=1; >= 2000 RPS non-stream at c=32")
     if accounting_rows:

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from kimi_gateway.accounts.cache import RefreshingCache
 from kimi_gateway.accounts.journal import Journal, read_folder
 from kimi_gateway.engine.stops import StopMatcher
 from kimi_gateway.engine.toolcalls import EnvelopeParser
@@ -181,15 +182,22 @@ def test_sse_reader_joins_multiline_data() -> None:
     assert asyncio.run(_events([b"data: one\ndata: two\n\n"])) == [b"one\ntwo"]
 
 
-def test_journal_group_commits_and_syncs(tmp_path: Path) -> None:
+def test_journal_group_commits_then_runs_what_waited_for_it(tmp_path: Path) -> None:
     async def scenario() -> None:
         journal = Journal(tmp_path)
+        segment = next(journal.folder.glob("*.jsonl"))
+        seen: list[int] = []
         for i in range(3):
             journal.append({"op": "hold", "id": i})
-        segment = next(journal.folder.glob("*.jsonl"))
+        # A settlement must not move before its record is in the file.
+        journal.after_write(lambda: seen.append(segment.read_bytes().count(b"\n")))
         assert segment.read_bytes() == b""  # still waiting for the end of this turn
-        await journal.synced()
+        await asyncio.sleep(0)
+        assert seen == [3]
         assert read_folder(journal.folder) == [{"op": "hold", "id": i} for i in range(3)]
+        journal.after_write(lambda: seen.append(-1))  # nothing pending: still runs, next turn
+        await asyncio.sleep(0)
+        assert seen == [3, -1]
         journal.append({"op": "close", "id": 0})
         old = journal.rotate()  # writes what is waiting into the old segment first
         assert old == [segment]
@@ -204,3 +212,59 @@ def test_ids_are_unique_and_prefixed() -> None:
     ids = {new_id("chatcmpl-") for _ in range(10_000)}
     assert len(ids) == 10_000
     assert all(i.startswith("chatcmpl-") and len(i) == len("chatcmpl-") + 28 for i in ids)
+
+
+def test_refreshing_cache_loads_once_and_serves_stale_while_refreshing() -> None:
+    async def scenario() -> None:
+        clock = _Clock()
+        calls: list[str] = []
+        gate = asyncio.Event()
+        version = {"k": 1}
+
+        async def load(key: str) -> int:
+            calls.append(key)
+            await gate.wait()
+            if version[key] < 0:
+                raise RuntimeError("database away")
+            return version[key]
+
+        cache: RefreshingCache[str, int] = RefreshingCache(load, ttl=5.0, max_entries=3, clock=clock)
+        waiting = [asyncio.ensure_future(cache.get("k")) for _ in range(32)]
+        await asyncio.sleep(0)
+        gate.set()
+        assert await asyncio.gather(*waiting) == [1] * 32
+        assert calls == ["k"]  # 32 concurrent misses, one load
+
+        gate.clear()
+        version["k"] = 2
+        clock.now += 6
+        assert await cache.get("k") == 1  # stale, served at once while the refresh waits
+        await asyncio.sleep(0)
+        assert await cache.get("k") == 1
+        assert calls == ["k", "k"]  # and only one refresh started
+        gate.set()
+        await asyncio.sleep(0.01)
+        assert await cache.get("k") == 2
+
+        version["k"] = -1  # a refresh that fails keeps the previous figure
+        clock.now += 6
+        assert await cache.get("k") == 2
+        await asyncio.sleep(0.01)
+        assert await cache.get("k") == 2
+
+        gate.clear()
+        version["k"] = 3
+        clock.now += 6
+        assert await cache.get("k") == 2  # a refresh starts, reading 3 ...
+        cache.drop("k")  # ... but this process changed the key meanwhile
+        version["k"] = 4
+        gate.set()
+        await asyncio.sleep(0.01)
+        assert await cache.get("k") == 4  # what the old refresh read was not kept
+
+        for key in ("a", "b", "c"):
+            version[key] = 0
+            await cache.get(key)
+        assert len(cache._entries) == 3  # bounded: the oldest went
+
+    asyncio.run(scenario())

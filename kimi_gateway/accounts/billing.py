@@ -6,6 +6,8 @@ after the last byte has gone out; nothing here touches the request or response b
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from kimi_gateway.accounts.admission import Admission
+from kimi_gateway.accounts.cache import RefreshingCache
 from kimi_gateway.accounts.holds import HoldRequest, Holds, Shortfall
 from kimi_gateway.accounts.keys import KeyRecord
 from kimi_gateway.accounts.ledger import RECHARGE, Ledger
@@ -56,6 +59,9 @@ class Outcome:
     ttft_ms: float | None
 
 
+log = logging.getLogger(__name__)
+
+
 def _account_bucket(account_id: str) -> str:
     return "a:" + account_id
 
@@ -76,21 +82,21 @@ class Accountant:
         self.admission = admission
         self.recorder = recorder
         self.tiers = tuple(tiers)
-        self._tiers: dict[str, tuple[Tier, float]] = {}
+        self._tiers: RefreshingCache[str, Tier] = RefreshingCache(self._load_tier, self.TIER_SECONDS)
+        self._settling: list[tuple[Ticket, int]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def tier(self, account_id: str) -> Tier:
-        cached = self._tiers.get(account_id)
-        if cached is not None and time.monotonic() - cached[1] < self.TIER_SECONDS:
-            return cached[0]
+        return await self._tiers.get(account_id)
+
+    async def _load_tier(self, account_id: str) -> Tier:
         recharged = (await self.ledger.totals(account_id)).recharged
-        tier = tier_for(recharged / 1e9, self.tiers)
-        self._tiers[account_id] = (tier, time.monotonic())
-        return tier
+        return tier_for(recharged / 1e9, self.tiers)
 
     async def credit(self, account_id: str, amount: Decimal, kind: str = RECHARGE, note: str = "") -> str:
         entry = await self.ledger.credit(account_id, amount, kind, note)
         await self.holds.credited(account_id, nano(amount))
-        self._tiers.pop(account_id, None)
+        self._tiers.drop(account_id)
         return entry
 
     async def admit(
@@ -151,15 +157,35 @@ class Accountant:
         )
         return ticket
 
-    async def finish(self, ticket: Ticket, outcome: Outcome) -> None:
+    def finish(self, ticket: Ticket, outcome: Outcome) -> None:
+        """Record how the request ended. Its hold settles and its slot frees once that record is in the
+        journal, at the end of this turn of the event loop: a crash in between loses nothing, and the
+        request waits for neither."""
         # A request that failed or produced nothing costs nothing.
         produced = outcome.completion_tokens > 0 and outcome.status != "error"
         cost = outcome.cost if produced else 0
-        generation = generation_row(ticket, outcome, cost)
-        self.recorder.closed(generation, cost)
-        await self.recorder.synced()  # in the journal before the hold moves: a crash now loses nothing
-        account = ticket.key.account_id
-        await self.admission.finish(ticket.id, _account_bucket(account), account, ticket.key.hash, cost)
+        self.recorder.closed(generation_row(ticket, outcome, cost), cost)
+        self._settling.append((ticket, cost))
+        if len(self._settling) == 1:
+            self.recorder.after_journaled(self._settle_journaled)
+
+    def _settle_journaled(self) -> None:
+        batch, self._settling = self._settling, []
+        task = asyncio.get_running_loop().create_task(self._settle(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _settle(self, batch: list[tuple[Ticket, int]]) -> None:
+        # One task for every request that finished in the same turn; neither backend's `finish` waits on
+        # anything (Redis settlements are queued for one pipeline), so these go through in one step.
+        for ticket, cost in batch:
+            account = ticket.key.account_id
+            try:
+                await self.admission.finish(
+                    ticket.id, _account_bucket(account), account, ticket.key.hash, cost
+                )
+            except Exception:
+                log.exception("settling %s failed; its hold expires or is released at recovery", ticket.id)
 
     async def generation(self, generation_id: str) -> dict[str, Any] | None:
         pending = self.recorder.pending(generation_id)
@@ -190,6 +216,10 @@ class Accountant:
         }
 
     async def close(self) -> None:
+        if self._settling:
+            self.recorder.journal_now()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.admission.close()
         await self.recorder.stop()
         await self.holds.close()

@@ -6,8 +6,8 @@ cut would need fsync, and that costs a disk flush per request). A process starti
 folder whose lock nobody holds: those belonged to processes that died.
 
 Records are group-committed: those appended during one turn of the event loop go out in one `write()` at
-its end, so concurrent requests share a system call. Whoever must not go on before its record is in the
-file (a settlement) awaits `synced()`.
+its end, so concurrent requests share a system call. What must not happen before a record is in the file
+(a settlement) is handed to `after_write`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import fcntl
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ class Journal:
         self._number = 0
         self._fd = self._open_segment()
         self._pending: list[bytes] = []
-        self._written: asyncio.Future[None] | None = None
+        self._after: list[Callable[[], None]] = []
 
     def _open_segment(self) -> int:
         self._number += 1
@@ -48,29 +48,25 @@ class Journal:
         if len(self._pending) == 1:
             asyncio.get_running_loop().call_soon(self.write_pending)
 
-    async def synced(self) -> None:
-        """Return once every record appended so far is in the file."""
+    def after_write(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once every record appended so far is in the file (at the end of this turn)."""
+        self._after.append(callback)
         if not self._pending:
-            return
-        if self._written is None:
-            self._written = asyncio.get_running_loop().create_future()
-        await asyncio.shield(self._written)
+            asyncio.get_running_loop().call_soon(self.write_pending)
 
     def write_pending(self) -> None:
-        if not self._pending:
-            return
-        data = memoryview(b"\n".join(self._pending) + b"\n")
-        self._pending.clear()
-        waiter, self._written = self._written, None
+        after, self._after = self._after, []
         try:
-            while data:
-                data = data[os.write(self._fd, data) :]
-        except OSError as exc:
-            if waiter is not None:
-                waiter.set_exception(exc)
-            raise
-        if waiter is not None:
-            waiter.set_result(None)
+            if self._pending:
+                data = memoryview(b"\n".join(self._pending) + b"\n")
+                self._pending.clear()
+                while data:
+                    data = data[os.write(self._fd, data) :]
+        finally:
+            # Run even when the write failed (a full disk): the records still reach the database with the
+            # next batch, and holds and slots must not be stranded.
+            for callback in after:
+                callback()
 
     def rotate(self) -> list[Path]:
         """Start a new segment; the older ones may be deleted once what they hold is in the database."""

@@ -12,6 +12,7 @@ from decimal import Decimal
 
 from sqlalchemy import func, select, update
 
+from kimi_gateway.accounts.cache import RefreshingCache
 from kimi_gateway.storage import Database
 from kimi_gateway.storage.models import Account, ApiKey
 
@@ -84,7 +85,7 @@ class KeyStore:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._cache: dict[str, tuple[KeyRecord | None, float]] = {}
+        self._cache: RefreshingCache[str, KeyRecord | None] = RefreshingCache(self.get, self.CACHE_SECONDS)
         self._any: tuple[bool, float] = (False, 0.0)
 
     async def create(
@@ -142,7 +143,7 @@ class KeyStore:
             result = await session.execute(
                 update(ApiKey).where(ApiKey.hash == hash_).values(disabled=disabled)
             )
-        self._cache.pop(hash_, None)
+        self._cache.drop(hash_)
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def update(self, hash_: str, **fields: object) -> KeyRecord | None:
@@ -152,7 +153,7 @@ class KeyStore:
                 return None
             for name, value in fields.items():
                 setattr(row, name, value)
-        self._cache.pop(hash_, None)
+        self._cache.drop(hash_)
         return await self.get(hash_)
 
     async def any_keys(self) -> bool:
@@ -167,13 +168,7 @@ class KeyStore:
 
     async def authenticate(self, presented: str) -> KeyRecord | None:
         digest = key_hash(presented)
-        cached = self._cache.get(digest)
-        now = time.monotonic()
-        if cached is not None and now - cached[1] < self.CACHE_SECONDS:
-            record = cached[0]
-        else:
-            record = await self.get(digest)
-            self._cache[digest] = (record, now)
+        record = await self._cache.get(digest)
         # The lookup is by hash; the final comparison does not stop at the first differing byte.
         if record is None or not hmac.compare_digest(record.hash, digest):
             return None

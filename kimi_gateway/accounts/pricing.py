@@ -21,16 +21,33 @@ def per_token(price_per_million: float) -> Decimal:
     return Decimal(str(price_per_million)) * _PER_TOKEN
 
 
+@lru_cache(maxsize=1024)
+def _pico_per_token(price_per_million: float) -> int | None:
+    """One token's price in pico-dollars when that is whole (any price with up to six decimals)."""
+    pico = Decimal(str(price_per_million)) * 10**6
+    return int(pico) if pico == pico.to_integral_value() else None
+
+
+def _nano(*terms: tuple[int, float]) -> int:
+    """Sum of tokens x price (USD per million), in nano-dollars rounded half up."""
+    pico = 0
+    for tokens, price in terms:
+        rate = _pico_per_token(price)
+        if rate is None:
+            break
+        pico += tokens * rate
+    else:
+        # Integer arithmetic: the same result as the Decimal sum below, at a fraction of its cost.
+        return (pico + 500) // 1000 if pico >= 0 else -((-pico + 500) // 1000)
+    total = sum((tokens * per_token(price) for tokens, price in terms), Decimal(0))
+    return int(total.to_integral_value(ROUND_HALF_UP))
+
+
 def cost_nano(pricing: Pricing, prompt: int, cached: int, completion: int) -> int:
     """Uncached prompt at the input price, cached prompt at the cached-input price, output (reasoning
     included) at the output price."""
     cached = min(max(cached, 0), prompt)
-    total = (
-        (prompt - cached) * per_token(pricing.input)
-        + cached * per_token(pricing.cached)
-        + completion * per_token(pricing.output)
-    )
-    return int(total.to_integral_value(ROUND_HALF_UP))
+    return _nano((prompt - cached, pricing.input), (cached, pricing.cached), (completion, pricing.output))
 
 
 def usd(nano: int) -> float:
@@ -43,17 +60,7 @@ def nano(amount: Decimal | float | str) -> int:
 
 def worst_case_nano(prices: Iterable[Pricing], prompt: int, max_tokens: int) -> int:
     """The most the request can cost: nothing cached, every output token used, at the dearest candidate."""
-    return max(
-        (
-            int(
-                (prompt * per_token(p.input) + max_tokens * per_token(p.output)).to_integral_value(
-                    ROUND_HALF_UP
-                )
-            )
-            for p in prices
-        ),
-        default=0,
-    )
+    return max((_nano((prompt, p.input), (max_tokens, p.output)) for p in prices), default=0)
 
 
 def affordable_tokens(prices: Iterable[Pricing], prompt: int, available: int) -> int:

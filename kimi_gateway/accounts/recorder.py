@@ -13,6 +13,7 @@ import contextlib
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +64,15 @@ class Recorder:
         self._queue(generation, charge)
         return charge
 
-    async def synced(self) -> None:
-        """Wait until what `opened` and `closed` recorded is in the journal file."""
+    def after_journaled(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once what `opened` and `closed` recorded so far is in the journal file."""
+        assert self.journal is not None
+        self.journal.after_write(callback)
+
+    def journal_now(self) -> None:
+        """Write what waits for the end of this turn at once (shutdown)."""
         if self.journal is not None:
-            await self.journal.synced()
+            self.journal.write_pending()
 
     def pending(self, generation_id: str) -> dict[str, Any] | None:
         return self._generations.get(generation_id)

@@ -45,7 +45,7 @@ async def admit(
     )
 
 
-async def finish(gateway: Gateway, ticket: Ticket, info: RequestInfo, status_code: int) -> None:
+def finish(gateway: Gateway, ticket: Ticket, info: RequestInfo, status_code: int) -> None:
     if info.client_closed:
         status = "cancelled"
     elif status_code >= 400 or info.finish_reason == "error":
@@ -64,4 +64,4 @@ async def finish(gateway: Gateway, ticket: Ticket, info: RequestInfo, status_cod
         cost=info.cost_nano or 0,
         ttft_ms=info.ttft_ms,
     )
-    await gateway.accounts.finish(ticket, outcome)
+    gateway.accounts.finish(ticket, outcome)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -74,10 +73,9 @@ class FastPath:
                 # Settled after the last byte went out, whether the request finished, failed or was cut.
                 ticket = scope["state"].get("ticket")
                 if ticket is not None:
-                    gateway = self.api.state.gateway
-                    # Shielded: a shutdown cancelling this task must not cancel the settlement.
-                    await asyncio.shield(
-                        accounting.finish(gateway, ticket, scope["state"]["log"], response.status_code)
+                    # Synchronous, so a shutdown cancelling this task cannot interrupt it.
+                    accounting.finish(
+                        self.api.state.gateway, ticket, scope["state"]["log"], response.status_code
                     )
             return
         await self.api(scope, receive, send)
