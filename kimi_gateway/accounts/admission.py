@@ -1,8 +1,9 @@
 """Admission and release of one request: a rate-limit slot and a credit hold, taken and given back together.
 
 `SeparateAdmission` asks the limiter, then the holds. `RedisAdmission` does both in one Lua script, and
-settles the hold and frees the slot in another, sent in pipelines that carry every request finishing at
-that moment: the redis client's own per-command cost dominated the accounted hot path.
+settles the hold and frees the slot in another; each script takes a whole batch of requests (every one
+admitted or finishing at that moment) in one command: the redis client's own per-command cost dominated
+the accounted hot path.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from kimi_gateway.accounts.holds import HoldRequest, ReservingHolds, Shortfall
 from kimi_gateway.accounts.holds_redis import (
@@ -86,22 +87,25 @@ class SeparateAdmission:
 
 log = logging.getLogger(__name__)
 
+
+def batched(params: tuple[str, str], body: str) -> str:
+    """A script that runs `body` once for each [first, second] pair in the JSON array ARGV[1], bound to the
+    names `params`, and returns the list of its answers: a whole batch of requests in one EVALSHA, so the
+    client pays its per-command cost once per batch. Items run in order on one clock reading."""
+    first, second = params
+    return (
+        NOW
+        + f"local function one({first}, {second})\n"
+        + body
+        + "end\nlocal out = {}\n"
+        + "for i, item in ipairs(cjson.decode(ARGV[1])) do out[i] = one(item[1], item[2]) end\n"
+        + "return out\n"
+    )
+
+
 # Checks before writes: a refusal by either part leaves nothing behind.
-ADMIT = (
-    NOW
-    + "local L = cjson.decode(ARGV[1])\nlocal H = cjson.decode(ARGV[2])\n"
-    + LIMIT_CHECK
-    + HOLD_CHECK
-    + LIMIT_COMMIT
-    + HOLD_COMMIT
-    + "return lim_ok\n"
-)
-FINISH = (
-    "local S = cjson.decode(ARGV[1])\nlocal R = cjson.decode(ARGV[2])\n"
-    + HOLD_SETTLE
-    + LIMIT_RELEASE
-    + "return 1\n"
-)
+ADMIT = batched(("L", "H"), LIMIT_CHECK + HOLD_CHECK + LIMIT_COMMIT + HOLD_COMMIT + "return lim_ok\n")
+FINISH = batched(("S", "R"), HOLD_SETTLE + LIMIT_RELEASE + "return 1\n")
 
 
 class RedisAdmission:
@@ -144,8 +148,8 @@ class RedisAdmission:
             self._queue_finish(slot, bucket, hold.account_id, hold.key_hash, 0)
 
     async def finish(self, slot: str, bucket: str, account_id: str, key_hash: str | None, cost: int) -> None:
-        # Queued, and sent with every other finish of this moment in one pipeline. The journal already
-        # holds the settlement, so a crash before the pipeline goes out is settled again at recovery.
+        # Queued, and sent with every other finish of this moment in one batch. The journal already
+        # holds the settlement, so a crash before the batch goes out is settled again at recovery.
         self._queue_finish(slot, bucket, account_id, key_hash, cost)
 
     def _queue_finish(self, slot: str, bucket: str, account_id: str, key_hash: str | None, cost: int) -> None:
@@ -163,9 +167,9 @@ class RedisAdmission:
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:
-                    failed = [r for r in await self._finish.run(batch) if isinstance(r, Exception)]
-                    if failed:
-                        log.error("%d settlement(s) refused by Redis: %s", len(failed), failed[0])
+                    await self._finish.run(batch)
+                except ResponseError as exc:  # the script failed: sending it again would fail again
+                    log.error("%d settlement(s) refused by Redis: %s", len(batch), exc)
                 except (RedisError, OSError):
                     log.exception("settling %d request(s) in Redis failed; retrying", len(batch))
                     self._pending = batch + self._pending
@@ -186,8 +190,8 @@ class RedisAdmission:
 
 
 class Pipelined:
-    """One Lua script, called by many requests at once: the calls made while a pipeline is out go together
-    in the next one, as EVALSHAs (no per-call round trip, no per-pipeline SCRIPT EXISTS)."""
+    """One batched script (`batched`), called by many requests at once: the calls made while one batch is
+    out go together in the next, as one EVALSHA (no per-call round trip or command)."""
 
     def __init__(self, redis: Redis, source: str) -> None:
         self.redis = redis
@@ -216,30 +220,21 @@ class Pipelined:
                     continue
                 for (_, future, on_orphan), result in zip(batch, results, strict=True):
                     if future.done():  # the caller was cancelled
-                        if on_orphan is not None and not isinstance(result, Exception):
+                        if on_orphan is not None:
                             on_orphan(result)
-                    elif isinstance(result, Exception):
-                        future.set_exception(result)
                     else:
                         future.set_result(result)
         finally:
             self._sender = None
 
     async def run(self, calls: list[list[bytes]]) -> list[Any]:
-        """Every call in one pipeline; a failed call's answer is its exception. Calls refused with NOSCRIPT
-        (Redis restarted and lost its script cache) ran nothing, so they are sent again after a load."""
-        results = await self._pipeline(calls)
-        missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
-        if missing:
+        """Every call's answer, in order. Each call's arguments are JSON documents; the batch is their
+        array of arrays. A batch refused with NOSCRIPT (Redis restarted and lost its script cache) ran
+        nothing, so it is sent again after a load."""
+        payload = b"[" + b",".join(b"[" + b",".join(args) + b"]" for args in calls) + b"]"
+        try:
+            results: list[Any] = await self.redis.evalsha(self.script.sha, 0, payload)
+        except NoScriptError:
             await self.redis.script_load(self.script.script)
-            again = await self._pipeline([calls[i] for i in missing])
-            for i, result in zip(missing, again, strict=True):
-                results[i] = result
-        return results
-
-    async def _pipeline(self, calls: list[list[bytes]]) -> list[Any]:
-        pipe = self.redis.pipeline(transaction=False)
-        for args in calls:
-            pipe.evalsha(self.script.sha, 0, *args)
-        results: list[Any] = await pipe.execute(raise_on_error=False)
+            results = await self.redis.evalsha(self.script.sha, 0, payload)
         return results

@@ -177,7 +177,7 @@ class Accountant:
 
     async def _settle(self, batch: list[tuple[Ticket, int]]) -> None:
         # One task for every request that finished in the same turn; neither backend's `finish` waits on
-        # anything (Redis settlements are queued for one pipeline), so these go through in one step.
+        # anything (Redis settlements are queued for one batch), so these go through in one step.
         for ticket, cost in batch:
             account = ticket.key.account_id
             try:

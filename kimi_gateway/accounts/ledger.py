@@ -11,12 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import cache
 from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.dialects import sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from kimi_gateway.accounts.pricing import NANO, nano
 from kimi_gateway.storage import Database
@@ -104,62 +103,64 @@ class Ledger:
     async def write(self, generations: Sequence[dict[str, Any]], charges: Sequence[dict[str, Any]]) -> None:
         """One transaction for a batch; rows already written (same ids) are skipped, not doubled.
 
-        Rows come as the journal keeps them: amounts in nano-dollars, times in epoch seconds.
+        Rows come as the journal keeps them: amounts in nano-dollars, times in epoch seconds. They go
+        straight to the driver's executemany as tuples: a Core insert's per-row parameter processing was
+        most of a batch's cost. The values are what a Core insert binds (tests/test_ledger.py checks that
+        the stored rows match).
         """
-        if self.db.dialect == "postgresql":
-            await self._write_postgres(generations, charges)
-            return
-        async with self.db.session() as session, session.begin():
-            if generations:
-                rows = [
-                    {**g, "cost": Decimal(g["cost"]) / NANO, "created_at": _time(g["created_at"])}
-                    for g in generations
-                ]
-                await _insert_ignoring_duplicates(session, Generation.__table__, rows)
-            if charges:
-                rows = [{**c, "amount": Decimal(c["amount"]) / NANO} for c in charges]
-                await _insert_ignoring_duplicates(session, LedgerEntry.__table__, rows)
-
-    async def _write_postgres(
-        self, generations: Sequence[dict[str, Any]], charges: Sequence[dict[str, Any]]
-    ) -> None:
-        # Straight to asyncpg's executemany (one prepared statement, rows in its binary format): the
-        # per-row parameter processing of a Core insert was most of a batch's cost. asyncpg takes Decimal,
-        # datetime and bool as they are, so rows are stored as a Core insert would store them.
-        generation_rows = [
-            _GENERATION_VALUES({**g, "cost": Decimal(g["cost"]) / NANO, "created_at": _time(g["created_at"])})
-            for g in generations
-        ]
-        charge_rows = [_CHARGE_VALUES({**c, "amount": Decimal(c["amount"]) / NANO}) for c in charges]
+        postgres = self.db.dialect == "postgresql"
+        convert = _postgres_values if postgres else _sqlite_values
+        generation_rows = [_GENERATION_VALUES(convert(g)) for g in generations]
+        charge_rows = [_CHARGE_VALUES(convert(c)) for c in charges]
         async with self.db.engine.begin() as connection:
             if generation_rows:
-                await connection.exec_driver_sql(_GENERATION_INSERT, generation_rows)
+                await connection.exec_driver_sql(_insert(Generation, postgres), generation_rows)
             if charge_rows:
-                await connection.exec_driver_sql(_CHARGE_INSERT, charge_rows)
+                await connection.exec_driver_sql(_insert(LedgerEntry, postgres), charge_rows)
 
     async def generation(self, generation_id: str) -> Generation | None:
         async with self.db.session() as session:
             return await session.get(Generation, generation_id)
 
 
-async def _insert_ignoring_duplicates(session: AsyncSession, table: Any, rows: list[dict[str, Any]]) -> None:
-    # Core inserts on the tables, not ORM bulk inserts: a batch is hundreds of rows, off the request path
-    # but on the same event loop.
-    await session.execute(sqlite.insert(table).on_conflict_do_nothing(index_elements=["id"]), rows)
-
-
-def _postgres_insert(table: str, columns: tuple[str, ...]) -> str:
-    marks = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) ON CONFLICT (id) DO NOTHING"
-
-
 # The journal's rows carry every generation column, and these of a charge.
 _GENERATION_COLUMNS = tuple(c.name for c in Generation.__table__.columns)
 _CHARGE_COLUMNS = ("id", "account_id", "kind", "amount", "key_hash", "reference")
-_GENERATION_INSERT = _postgres_insert(Generation.__tablename__, _GENERATION_COLUMNS)
 _GENERATION_VALUES = itemgetter(*_GENERATION_COLUMNS)
 _CHARGE_VALUES = itemgetter(*_CHARGE_COLUMNS)
-_CHARGE_INSERT = _postgres_insert(LedgerEntry.__tablename__, _CHARGE_COLUMNS)
+
+
+@cache
+def _insert(model: type[Generation] | type[LedgerEntry], postgres: bool) -> str:
+    columns = _GENERATION_COLUMNS if model is Generation else _CHARGE_COLUMNS
+    marks = ", ".join(f"${i}" if postgres else "?" for i in range(1, len(columns) + 1))
+    return (
+        f"INSERT INTO {model.__tablename__} ({', '.join(columns)}) VALUES ({marks}) "
+        "ON CONFLICT (id) DO NOTHING"
+    )
+
+
+def _postgres_values(row: dict[str, Any]) -> dict[str, Any]:
+    """asyncpg binds Decimal, datetime and bool as they are."""
+    out = dict(row)
+    if "cost" in row:
+        out["cost"] = Decimal(row["cost"]) / NANO
+        out["created_at"] = _time(row["created_at"])
+    else:
+        out["amount"] = Decimal(row["amount"]) / NANO
+    return out
+
+
+def _sqlite_values(row: dict[str, Any]) -> dict[str, Any]:
+    """What SQLAlchemy's SQLite types bind: Numeric as float, DateTime as its text, bool as 0 or 1."""
+    out = dict(row)
+    if "cost" in row:
+        out["cost"] = float(Decimal(row["cost"]) / NANO)
+        out["created_at"] = _time(row["created_at"]).strftime("%Y-%m-%d %H:%M:%S.%f")
+        out["streamed"] = int(bool(row["streamed"]))
+    else:
+        out["amount"] = float(Decimal(row["amount"]) / NANO)
+    return out
 
 
 def charge_row(generation_id: str, account_id: str, key_hash: str | None, cost: int) -> dict[str, Any]:
