@@ -74,6 +74,12 @@ def test_cost_with_and_without_cached_tokens(
         messages=HI,  # type: ignore[arg-type]
         stream=True,
         stream_options={"include_usage": True},
+        # OpenRouter's app attribution; a browser's plain Referer is the fallback.
+        extra_headers={
+            "HTTP-Referer": "https://app.example/chat",
+            "Referer": "https://other.example",
+            "X-Title": "Demo",
+        },
     )
     chunks = list(stream)
     usage = chunks[-1].usage
@@ -91,6 +97,7 @@ def test_cost_with_and_without_cached_tokens(
     assert record["provider_name"] == "Moonshot AI" and record["model"] == K25
     assert record["status"] == "success" and record["finish_reason"] == "stop"
     assert record["latency"] > 0 and record["time_to_first_token"] is not None
+    assert record["http_referer"] == "https://app.example/chat" and record["app_title"] == "Demo"
 
 
 def test_402_at_the_worst_case_boundary(billed: tuple[GatewayProcess, Operator]) -> None:

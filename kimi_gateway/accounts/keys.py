@@ -172,4 +172,6 @@ class KeyStore:
         # The lookup is by hash; the final comparison does not stop at the first differing byte.
         if record is None or not hmac.compare_digest(record.hash, digest):
             return None
-        return record if record.usable(datetime.now(UTC)) else None
+        if record.disabled or (record.expires_at is not None and not record.usable(datetime.now(UTC))):
+            return None
+        return record

@@ -31,7 +31,15 @@ async def admit(
     max_tokens = body.requested_max_tokens or max(
         (c.card.defaults.max_tokens or DEFAULT_MAX_TOKENS for c in candidates), default=DEFAULT_MAX_TOKENS
     )
-    headers = request.headers
+    # One pass over the raw headers (first of each wins), rather than building a Headers object.
+    referer = fallback = title = None
+    for name, value in request.scope["headers"]:
+        if name == b"http-referer" and referer is None:
+            referer = value.decode("latin-1")
+        elif name == b"referer" and fallback is None:
+            fallback = value.decode("latin-1")
+        elif name == b"x-title" and title is None:
+            title = value.decode("latin-1")
     request.state.ticket = await gateway.accounts.admit(
         generation_id,
         key,
@@ -40,8 +48,8 @@ async def admit(
         routed.prompt_tokens,
         max_tokens,
         body.stream,
-        app_referer=headers.get("http-referer") or headers.get("referer"),
-        app_title=headers.get("x-title"),
+        app_referer=referer or fallback,
+        app_title=title,
     )
 
 
