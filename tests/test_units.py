@@ -7,6 +7,7 @@ import asyncio
 import json
 import random
 from collections.abc import AsyncIterator
+from decimal import ROUND_HALF_UP
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,6 +15,9 @@ import pytest
 
 from kimi_gateway.accounts.cache import RefreshingCache
 from kimi_gateway.accounts.journal import Journal, read_folder
+from kimi_gateway.accounts.pricing import cost_nano
+from kimi_gateway.accounts.pricing import per_token as per_token_decimal
+from kimi_gateway.catalog import Pricing
 from kimi_gateway.engine.stops import StopMatcher
 from kimi_gateway.engine.toolcalls import EnvelopeParser
 from kimi_gateway.http.validation import param_path
@@ -268,3 +272,24 @@ def test_refreshing_cache_loads_once_and_serves_stale_while_refreshing() -> None
         assert len(cache._entries) == 3  # bounded: the oldest went
 
     asyncio.run(scenario())
+
+
+def test_integer_cost_arithmetic_matches_decimal() -> None:
+    def reference(p: Pricing, prompt: int, cached: int, completion: int) -> int:
+        cached = min(max(cached, 0), prompt)
+        total = (
+            (prompt - cached) * per_token_decimal(p.input)
+            + cached * per_token_decimal(p.cached)
+            + completion * per_token_decimal(p.output)
+        )
+        return int(total.to_integral_value(ROUND_HALF_UP))
+
+    rng = random.Random(3)
+    # Whole pico-dollar prices take the integer path; the last ones (more than 6 decimals) the Decimal one.
+    prices = [0.0, 0.15, 0.6, 2.5, 3.0, 17.0, 0.0001234, 0.3333333, 0.1234567891, 1e-7]
+    for _ in range(20_000):
+        p = Pricing(
+            input=rng.choice(prices), cached_input=rng.choice([*prices, None]), output=rng.choice(prices)
+        )
+        tokens = (rng.randrange(10**6), rng.randrange(10**6), rng.randrange(10**6))
+        assert cost_nano(p, *tokens) == reference(p, *tokens), (p, tokens)
