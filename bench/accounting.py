@@ -11,7 +11,6 @@ Run on its own: .venv/bin/python -m bench.accounting [--seconds 10]
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import secrets
 import subprocess
@@ -24,7 +23,7 @@ import httpx
 
 from bench.table import print_table
 from bench.wrk import MODEL, add_cpu_option, mock_config, pin, run_wrk
-from kimi_gateway.testing import GatewayProcess, free_port
+from kimi_gateway.testing import GatewayProcess, create_postgres_database, drop_postgres_database, free_port
 
 POSTGRES = os.environ.get("KG_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("KG_BENCH_REDIS", "redis://127.0.0.1:6379/0")
@@ -52,28 +51,16 @@ def _keyed(gateway: GatewayProcess) -> str:
     return str(key)
 
 
-async def _admin(statement: str) -> None:
-    import asyncpg  # type: ignore[import-untyped]
-
-    connection = await asyncpg.connect(POSTGRES, timeout=3)
-    try:
-        await connection.execute(statement)
-    finally:
-        await connection.close()
-
-
 def _services() -> tuple[str, str] | None:
     """A fresh database and the Redis URL, or None when either is away."""
     import redis
 
-    name = "kg_bench_" + secrets.token_hex(4)
     try:
         redis.Redis.from_url(REDIS, socket_connect_timeout=2).ping()
-        asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+        return create_postgres_database(POSTGRES, "kg_bench_"), REDIS
     except Exception as exc:
         print(f"(PostgreSQL+Redis row skipped: {type(exc).__name__}: {exc})", file=sys.stderr)
         return None
-    return POSTGRES.rsplit("/", 1)[0] + "/" + name, REDIS
 
 
 def measure(
@@ -112,8 +99,7 @@ def measure(
         for gateway, _ in gateways:
             gateway.stop()
         if services is not None:
-            name = services[0].rsplit("/", 1)[1]
-            asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            drop_postgres_database(POSTGRES, services[0])
     return [
         (label, sorted(runs, key=lambda r: r["rps"])[len(runs) // 2])
         for (label, _), runs in zip(setups, results, strict=True)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -96,3 +98,29 @@ class GatewayProcess:
             self.proc.kill()
             self.proc.wait()
         self._log.close()
+
+
+async def _postgres_admin(url: str, statement: str) -> None:
+    import asyncpg  # type: ignore[import-untyped]
+
+    connection = await asyncpg.connect(url, timeout=3)
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+def create_postgres_database(server_url: str, prefix: str) -> str:
+    """A new empty database on the server of `server_url` (a plain postgresql:// URL); its URL.
+
+    Raises whatever connecting raised when the server cannot be reached. The caller drops it.
+    """
+    name = prefix + secrets.token_hex(6)
+    asyncio.run(_postgres_admin(server_url, f'CREATE DATABASE "{name}"'))
+    return server_url.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_postgres_database(server_url: str, url: str) -> None:
+    """Drop a database `create_postgres_database` made, even with connections still open to it."""
+    name = url.rsplit("/", 1)[1]
+    asyncio.run(_postgres_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

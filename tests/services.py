@@ -2,45 +2,34 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import secrets
+from typing import NoReturn
 
 import pytest
+
+from kimi_gateway import testing
+from kimi_gateway.testing import create_postgres_database
 
 POSTGRES = os.environ.get("KG_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-def require(service: str, reason: str) -> None:
+def require(service: str, reason: str) -> NoReturn:
     # CI runs on a machine that has these services: a skip there would hide a broken promise.
     if os.environ.get("CI") == "true":
         pytest.fail(f"{service} is required in CI: {reason}")
     pytest.skip(f"{service} unavailable: {reason}")
 
 
-async def _admin(statement: str) -> None:
-    import asyncpg
-
-    connection = await asyncpg.connect(POSTGRES, timeout=3)
-    try:
-        await connection.execute(statement)
-    finally:
-        await connection.close()
-
-
 def fresh_postgres_database() -> str:
     """Create an empty database for one test and return its URL (the caller drops it)."""
-    name = "kg_test_" + secrets.token_hex(6)
     try:
-        asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+        return create_postgres_database(POSTGRES, "kg_test_")
     except Exception as exc:  # connection refused, auth, missing driver: all mean "not here"
         require("PostgreSQL", f"{POSTGRES}: {type(exc).__name__}: {exc}")
-    return POSTGRES.rsplit("/", 1)[0] + "/" + name
 
 
 def drop_postgres_database(url: str) -> None:
-    name = url.rsplit("/", 1)[1]
-    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    testing.drop_postgres_database(POSTGRES, url)
 
 
 REDIS = os.environ.get("KG_TEST_REDIS", "redis://127.0.0.1:6379/0")
