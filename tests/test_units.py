@@ -9,7 +9,6 @@ import random
 from collections.abc import AsyncIterator
 from decimal import ROUND_HALF_UP
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -154,18 +153,13 @@ def test_rate_limited_attempts_do_not_count_against_uptime() -> None:
     assert stats.requests("p", "m", 300) == 2
 
 
-class _Body:
-    def __init__(self, reads: list[bytes]) -> None:
-        self.reads = reads
-
-    async def iter_any(self) -> AsyncIterator[bytes]:
-        for read in self.reads:
-            yield read
+async def _pieces(reads: list[bytes]) -> AsyncIterator[bytes]:
+    for read in reads:
+        yield read
 
 
 async def _events(reads: list[bytes]) -> list[bytes]:
-    response = SimpleNamespace(content=_Body(reads))
-    return [data async for data in sse_data(response)]  # type: ignore[arg-type]
+    return [data async for batch in sse_data(_pieces(reads)) for data in batch]
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -86,7 +85,9 @@ class KeyStore:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._cache: RefreshingCache[str, KeyRecord | None] = RefreshingCache(self.get, self.CACHE_SECONDS)
-        self._any: tuple[bool, float] = (False, 0.0)
+        # Once a key exists, auth stays on for good; until then, one shared count every few seconds.
+        self._some_key = False
+        self._count: RefreshingCache[None, bool] = RefreshingCache(self._any_in_db, self.CACHE_SECONDS)
 
     async def create(
         self,
@@ -120,7 +121,7 @@ class KeyStore:
                 disabled=False,
             )
             session.add(row)
-        self._any = (True, time.monotonic())
+        self._some_key = True
         async with self.db.session() as session:
             stored = await session.get(ApiKey, row.hash)
             assert stored is not None
@@ -158,13 +159,13 @@ class KeyStore:
 
     async def any_keys(self) -> bool:
         """Whether any key exists: with none, a loopback-only gateway runs without auth."""
-        known, at = self._any
-        if known or time.monotonic() - at < self.CACHE_SECONDS:
-            return known
+        if not self._some_key:
+            self._some_key = await self._count.get(None)
+        return self._some_key
+
+    async def _any_in_db(self, _: None) -> bool:
         async with self.db.session() as session:
-            count = await session.scalar(select(func.count()).select_from(ApiKey))
-        self._any = (bool(count), time.monotonic())
-        return bool(count)
+            return bool(await session.scalar(select(func.count()).select_from(ApiKey)))
 
     async def authenticate(self, presented: str) -> KeyRecord | None:
         digest = key_hash(presented)

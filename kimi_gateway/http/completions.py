@@ -101,8 +101,8 @@ def _record(info: RequestInfo, done: Done, meta: ResponseMeta, routed: RoutedGen
 
 async def sse_stream(
     routed: RoutedGeneration,
-    events: AsyncIterator[Event],
-    first: asyncio.Future[Event],
+    batches: AsyncIterator[list[Event]],
+    first: asyncio.Future[list[Event]],
     meta: ResponseMeta,
     info: RequestInfo,
     include_usage: bool,
@@ -110,9 +110,10 @@ async def sse_stream(
 ) -> AsyncIterator[bytes]:
     """OpenAI's chunk sequence: role chunk, deltas, finish chunk, optional usage chunk, [DONE].
 
-    Until the first event arrives, SSE comment lines keep the connection alive (failover may still be
-    going on behind them). If the client disconnects, Starlette cancels this generator; `finally` then
-    stops the generation, which reaches the upstream as a closed connection.
+    Each batch of events goes out as one write. Until the first batch arrives, SSE comment lines keep
+    the connection alive (failover may still be going on behind them). If the client disconnects,
+    Starlette cancels this generator; `finally` then stops the generation, which reaches the upstream as a
+    closed connection.
     """
     finished = False
     started: set[int] = set()
@@ -123,39 +124,26 @@ async def sse_stream(
                 await asyncio.wait((first,), timeout=keepalive)
                 if not first.done():
                     yield KEEPALIVE
-            event: Event | None = first.result()
+            batch: list[Event] | None = first.result()
             meta.serve(routed)
-            yield _sse(meta.chunk([_role_choice(0)]))
+            out = [_sse(meta.chunk([_role_choice(0)]))]
             started.add(0)
-            while event is not None:
-                if isinstance(event, Delta):
-                    if info.ttft_ms is None:
-                        info.ttft_ms = round((time.perf_counter() - meta.started) * 1000, 2)
-                    yield _sse(meta.chunk([_delta_choice(event, started)]))
-                elif isinstance(event, Finish):
-                    # Held until usage is known: Moonshot's stream carries usage in the final choice.
-                    info.finish_reason = event.reason
-                    finishes.append(event)
-                elif isinstance(event, Done):
-                    _record(info, event, meta, routed)
-                    usage = _usage(event.usage, info)
-                    for i, finish in enumerate(finishes):
-                        choice = {
-                            "index": finish.index,
-                            "delta": {},
-                            "logprobs": None,
-                            "finish_reason": finish.reason,
-                            "native_finish_reason": finish.native_reason,
-                        }
-                        if i == len(finishes) - 1:
-                            choice["usage"] = usage
-                        yield _sse(meta.chunk([choice]))
-                    finishes.clear()
-                    if include_usage:
-                        body = meta.chunk([])
-                        body["usage"] = usage
-                        yield _sse(body)
-                event = await anext(events, None)
+            while batch is not None:
+                for event in batch:
+                    if isinstance(event, Delta):
+                        if info.ttft_ms is None:
+                            info.ttft_ms = round((time.perf_counter() - meta.started) * 1000, 2)
+                        out.append(_sse(meta.chunk([_delta_choice(event, started)])))
+                    elif isinstance(event, Finish):
+                        # Held until usage is known: Moonshot's stream carries usage in the final choice.
+                        info.finish_reason = event.reason
+                        finishes.append(event)
+                    elif isinstance(event, Done):
+                        out.extend(_closing_chunks(event, finishes, meta, info, routed, include_usage))
+                if out:
+                    yield b"".join(out)
+                    out = []
+                batch = await anext(batches, None)
             finished = True
         except APIError as exc:
             # The status line has gone out: the error travels as a final chunk, as OpenRouter does.
@@ -173,10 +161,41 @@ async def sse_stream(
         routed.cancel()
         if not first.done():
             first.cancel()
-        await events.aclose()  # type: ignore[attr-defined]
+        await batches.aclose()  # type: ignore[attr-defined]
         if not finished:
             info.client_closed = True
     yield DONE_LINE
+
+
+def _closing_chunks(
+    done: Done,
+    finishes: list[Finish],
+    meta: ResponseMeta,
+    info: RequestInfo,
+    routed: RoutedGeneration,
+    include_usage: bool,
+) -> list[bytes]:
+    """The finish chunks, the last one carrying usage, and the usage-only chunk if the client asked."""
+    _record(info, done, meta, routed)
+    usage = _usage(done.usage, info)
+    out = []
+    for i, finish in enumerate(finishes):
+        choice = {
+            "index": finish.index,
+            "delta": {},
+            "logprobs": None,
+            "finish_reason": finish.reason,
+            "native_finish_reason": finish.native_reason,
+        }
+        if i == len(finishes) - 1:
+            choice["usage"] = usage
+        out.append(_sse(meta.chunk([choice])))
+    finishes.clear()
+    if include_usage:
+        body = meta.chunk([])
+        body["usage"] = usage
+        out.append(_sse(body))
+    return out
 
 
 def _role_choice(index: int) -> dict[str, Any]:
@@ -217,28 +236,30 @@ class _Choice:
 async def collect(routed: RoutedGeneration, meta: ResponseMeta, info: RequestInfo) -> CompletionBody:
     choices: dict[int, _Choice] = {}
     usage = Usage()
-    async for event in routed.events():
-        if isinstance(event, Delta):
-            choice = choices.setdefault(event.index, _Choice())
-            if event.content:
-                choice.content.append(event.content)
-            if event.reasoning:
-                choice.reasoning.append(event.reasoning)
-            for call in event.tool_calls or ():
-                slot = choice.calls.setdefault(
-                    call.index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
-                )
-                if call.id:
-                    slot["id"] = call.id
-                if call.name:
-                    slot["function"]["name"] += call.name
-                slot["function"]["arguments"] += call.arguments
-        elif isinstance(event, Finish):
-            choice = choices.setdefault(event.index, _Choice())
-            choice.finish, choice.native = event.reason, event.native_reason
-        elif isinstance(event, Done):
-            usage = event.usage
-            _record(info, event, meta, routed)
+    async for batch in routed.events():
+        for event in batch:
+            if isinstance(event, Delta):
+                choice = choices.setdefault(event.index, _Choice())
+                if event.content:
+                    choice.content.append(event.content)
+                if event.reasoning:
+                    choice.reasoning.append(event.reasoning)
+                for call in event.tool_calls or ():
+                    slot = choice.calls.setdefault(
+                        call.index,
+                        {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
+                    )
+                    if call.id:
+                        slot["id"] = call.id
+                    if call.name:
+                        slot["function"]["name"] += call.name
+                    slot["function"]["arguments"] += call.arguments
+            elif isinstance(event, Finish):
+                choice = choices.setdefault(event.index, _Choice())
+                choice.finish, choice.native = event.reason, event.native_reason
+            elif isinstance(event, Done):
+                usage = event.usage
+                _record(info, event, meta, routed)
     bodies: list[ChoiceBody] = []
     for index in sorted(choices):
         choice = choices[index]

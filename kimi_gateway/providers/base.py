@@ -36,9 +36,13 @@ class Endpoint:
 
 
 class Generation(Protocol):
-    """A started generation: its events, and a way to stop it early."""
+    """A started generation: its events, and a way to stop it early.
 
-    def events(self) -> AsyncIterator[Event]: ...
+    Events come in batches, never empty: those that arrived together (one network read, or the tokens
+    an engine produced while the loop was busy) travel together, and cost one step of each layer above.
+    """
+
+    def events(self) -> AsyncIterator[list[Event]]: ...
 
     def cancel(self) -> None: ...
 

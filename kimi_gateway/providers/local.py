@@ -43,7 +43,7 @@ class LocalGeneration:
     def cancel(self) -> None:
         self._job.cancel()
 
-    async def events(self) -> AsyncIterator[Event]:
+    async def events(self) -> AsyncIterator[list[Event]]:
         inbox = self._job.inbox
         parsers = (
             [toolcalls.EnvelopeParser() for _ in range(self._n)]
@@ -72,26 +72,30 @@ class LocalGeneration:
                     text = parsers[index].feed(text)
                     if not text:
                         continue
-                yield Delta(index=index, content=text)
+                yield [Delta(index=index, content=text)]
             elif kind == FINISH:
                 _, index, reason, produced = message
                 completion_tokens += produced
                 native = reason
+                batch: list[Event] = []
                 if parsers is not None and (calls := parsers[index].tool_calls()) is not None:
-                    yield Delta(
-                        index=index,
-                        tool_calls=[
-                            ToolCallDelta(
-                                index=k,
-                                id=toolcalls.new_call_id(),
-                                name=call["name"],
-                                arguments=orjson.dumps(call.get("arguments", {})).decode(),
-                            )
-                            for k, call in enumerate(calls)
-                        ],
+                    batch.append(
+                        Delta(
+                            index=index,
+                            tool_calls=[
+                                ToolCallDelta(
+                                    index=k,
+                                    id=toolcalls.new_call_id(),
+                                    name=call["name"],
+                                    arguments=orjson.dumps(call.get("arguments", {})).decode(),
+                                )
+                                for k, call in enumerate(calls)
+                            ],
+                        )
                     )
                     reason = "tool_calls"
-                yield Finish(index=index, reason=reason, native_reason=native)
+                batch.append(Finish(index=index, reason=reason, native_reason=native))
+                yield batch
             elif kind == DONE:
                 _, prompt_tokens, cached_tokens = message
                 usage = Usage(
@@ -99,7 +103,7 @@ class LocalGeneration:
                     completion_tokens=completion_tokens,
                     cached_tokens=cached_tokens,
                 )
-                yield Done(usage=usage, provider=LocalProvider.display_name, model=self._model_id)
+                yield [Done(usage=usage, provider=LocalProvider.display_name, model=self._model_id)]
                 return
             elif kind == ERROR:
                 raise APIError(500, message[1], type="server_error", code="engine_error")

@@ -1,4 +1,4 @@
-"""Reading server-sent events from an aiohttp response body.
+"""Reading server-sent events from a response body.
 
 Small on purpose, and reads whatever bytes have arrived rather than a line at a time: this runs once per
 upstream chunk on the hot path, and a burst of events usually arrives in one network read. Data stays
@@ -7,9 +7,7 @@ bytes: orjson parses bytes directly, so decoding to str first would be a copy fo
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import aiohttp
+from collections.abc import AsyncIterable, AsyncIterator
 
 
 def _data(block: bytes) -> bytes | None:
@@ -25,11 +23,14 @@ def _data(block: bytes) -> bytes | None:
     return b"\n".join(lines) if lines else None
 
 
-async def sse_data(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """Yield each event's data, in order."""
+async def sse_data(reads: AsyncIterable[bytes]) -> AsyncIterator[list[bytes]]:
+    """Each event's data, in order, from the body's pieces as the network delivers them.
+
+    One list per piece that completed at least one event: what arrived together travels on together.
+    """
     buffer = b""
     after_cr = False  # a CRLF may be split across two reads
-    async for chunk in response.content.iter_any():
+    async for chunk in reads:
         if after_cr and chunk.startswith(b"\n"):
             chunk = chunk[1:]
         after_cr = chunk.endswith(b"\r")
@@ -40,11 +41,10 @@ async def sse_data(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
             continue
         blocks = buffer.split(b"\n\n")
         buffer = blocks.pop()  # what follows the last blank line is an event still arriving
-        for block in blocks:
-            data = _data(block)
-            if data is not None:
-                yield data
+        batch = [data for block in blocks if (data := _data(block)) is not None]
+        if batch:
+            yield batch
     if buffer.strip():
         data = _data(buffer.strip(b"\n"))
         if data is not None:
-            yield data
+            yield [data]

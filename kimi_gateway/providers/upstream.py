@@ -1,4 +1,4 @@
-"""Hosted and self-hosted OpenAI-compatible providers, over one shared pooled HTTP client (aiohttp).
+"""Hosted and self-hosted OpenAI-compatible providers, over one shared pooled HTTP client.
 
 Upstream requests always stream, so a non-streaming client and a streaming one take the same path, and a
 provider that fails before its first event can be left for the next endpoint.
@@ -10,15 +10,15 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import orjson
 
 from kimi_gateway.catalog import ModelCard
 from kimi_gateway.config import TimeoutsConfig
 from kimi_gateway.errors import UpstreamError, invalid_request
 from kimi_gateway.providers.base import Endpoint
-from kimi_gateway.providers.client import UpstreamClient
+from kimi_gateway.providers.client import Target, UpstreamClient
 from kimi_gateway.providers.events import Event
+from kimi_gateway.providers.http1 import ConnectionFailed, Response
 from kimi_gateway.providers.normalize import ChunkNormalizer
 from kimi_gateway.providers.sse import sse_data
 from kimi_gateway.providers.wire import WireStyle
@@ -41,7 +41,7 @@ def _error_message(body: bytes) -> str:
     return str(data)[:200]
 
 
-def _retry_after(response: aiohttp.ClientResponse) -> float | None:
+def _retry_after(response: Response) -> float | None:
     value = response.headers.get("retry-after")
     if value is None:
         return None
@@ -51,7 +51,7 @@ def _retry_after(response: aiohttp.ClientResponse) -> float | None:
         return None
 
 
-def status_error(provider: str, response: aiohttp.ClientResponse, body: bytes) -> UpstreamError:
+def status_error(provider: str, response: Response, body: bytes) -> UpstreamError:
     status = response.status
     retryable = status >= 500 or status in _RETRYABLE
     message = _error_message(body)
@@ -71,6 +71,12 @@ def _failure(name: str, status: int, why: str) -> UpstreamError:
     return UpstreamError(status, f"{name}: {why}", provider=name, retryable=True)
 
 
+async def _prepend(first: list[bytes], rest: AsyncIterator[list[bytes]]) -> AsyncIterator[list[bytes]]:
+    yield first
+    async for batch in rest:
+        yield batch
+
+
 class UpstreamGeneration:
     def __init__(
         self,
@@ -83,49 +89,55 @@ class UpstreamGeneration:
         self._body = body
         self._endpoint = endpoint
         self._normalizer = normalizer
-        self._response: aiohttp.ClientResponse | None = None
+        self._response: Response | None = None
 
     def cancel(self) -> None:
         if self._response is not None:
             # Closing drops the connection, which is how the upstream hears of the cancellation.
             self._response.close()
 
-    async def events(self) -> AsyncIterator[Event]:
+    async def events(self) -> AsyncIterator[list[Event]]:
         provider = self._provider
         name = provider.display_name  # errors name the provider as users know it
         timeouts = provider.timeouts
-        normalizer = self._normalizer
+        feed = self._normalizer.feed
+        loads = orjson.loads
         try:
             try:
                 async with asyncio.timeout(timeouts.first_byte):
-                    response = self._response = await provider.client.session.post(
-                        provider.url,
-                        data=orjson.dumps(self._body),
-                        headers=provider.headers,
-                        timeout=provider.client_timeout,
+                    response = self._response = await provider.client.post(
+                        provider.target, orjson.dumps(self._body), timeouts.connect, timeouts.idle
                     )
                     if response.status >= 400:
                         raise status_error(name, response, await response.read())
-                    events = sse_data(response)
-                    data = await anext(events, None)
+                    batches = sse_data(response.reads())
+                    first = await anext(batches, None)
             except TimeoutError:
                 raise _failure(name, 504, f"no response within {timeouts.first_byte:g}s") from None
-            if data is not None:
-                if data != b"[DONE]":
-                    for item in normalizer.feed(orjson.loads(data)):
-                        yield item
+            if first is not None:
                 # Read on past [DONE] to the end of the body: a response released before its last byte
                 # takes its connection out of the pool instead of returning it.
-                async for data in events:
-                    if data != b"[DONE]":
-                        for item in normalizer.feed(orjson.loads(data)):
-                            yield item
+                async for batch in _prepend(first, batches):
+                    events: list[Event] = []
+                    try:
+                        for data in batch:
+                            if data != b"[DONE]":
+                                events += feed(loads(data))
+                    except Exception:
+                        if events:
+                            yield events  # what came before a failure in the same read still counts
+                        raise
+                    if events:
+                        yield events
+            normalizer = self._normalizer
             if not normalizer.finished:
                 raise _failure(name, 502, "the stream ended before the response was complete")
-            yield normalizer.done(self._endpoint.model)
+            yield [normalizer.done(self._endpoint.model)]
         except TimeoutError:
             raise _failure(name, 504, "timed out waiting for data") from None
-        except aiohttp.ClientError as exc:
+        except ConnectionFailed as exc:
+            raise _failure(name, 502, f"connection failed ({exc})") from None
+        except OSError as exc:  # refused, unreachable, name not found, TLS refused
             raise _failure(name, 502, f"connection failed ({type(exc).__name__})") from None
         except (orjson.JSONDecodeError, UnicodeDecodeError, TypeError, AttributeError, ValueError):
             # Valid JSON of the wrong shape (a list for choices, a string for a delta) lands here too.
@@ -152,12 +164,12 @@ class UpstreamProvider:
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.style = style
         self.timeouts = timeouts
-        self.client_timeout = aiohttp.ClientTimeout(sock_connect=timeouts.connect, sock_read=timeouts.idle)
         self.client = client
         self._endpoints = endpoints
-        self.headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
         if api_key:
-            self.headers["Authorization"] = f"Bearer {api_key}"
+            headers["Authorization"] = f"Bearer {api_key}"
+        self.target = Target.post(self.url, headers)
 
     def endpoints(self) -> list[Endpoint]:
         return self._endpoints

@@ -123,7 +123,7 @@ class RoutedGeneration:
         if sticky.explicit or cached_tokens > 0:
             self._router.sticky.stick(sticky.key, provider)
 
-    async def events(self) -> AsyncIterator[Event]:
+    async def events(self) -> AsyncIterator[list[Event]]:
         health = self._router.health
         skip_model: str | None = None
         last_model = self._candidates[-1].card.id if self._candidates else None
@@ -147,7 +147,7 @@ class RoutedGeneration:
                 continue
             started = time.perf_counter()
             generation: Generation | None = None
-            stream: AsyncIterator[Event] | None = None
+            stream: AsyncIterator[list[Event]] | None = None
             try:
                 generation = await self._router.start(self._request, candidate)
                 self._current = generation
@@ -155,7 +155,7 @@ class RoutedGeneration:
                 held = [await anext(stream)]
                 first_at = time.perf_counter()
                 if self._buffered:
-                    held.extend([e async for e in stream])
+                    held.extend([batch async for batch in stream])
             except StopAsyncIteration:
                 error = APIError(502, f"{provider}: no output", type="upstream_error")
                 self._fail(candidate, error)
@@ -174,15 +174,15 @@ class RoutedGeneration:
             self.served = candidate
             done: Done | None = None
             try:
-                for event in held:
-                    if isinstance(event, Done):
-                        done = event
-                    yield event
+                for batch in held:
+                    if isinstance(batch[-1], Done):
+                        done = batch[-1]
+                    yield batch
                 if not self._buffered:
-                    async for event in stream:
-                        if isinstance(event, Done):
-                            done = event
-                        yield event
+                    async for batch in stream:
+                        if isinstance(batch[-1], Done):
+                            done = batch[-1]
+                        yield batch
             except APIError as error:
                 self._fail(candidate, error)
                 raise

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import random
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -55,8 +56,16 @@ class Received:
 
 
 class FakeUpstream:
-    def __init__(self, style: str, *, api_key: str = "test-upstream-key", display: str = "Fake") -> None:
-        self.style = style  # moonshot | openrouter | openai | vllm | vllm-parsed | sglang
+    def __init__(
+        self,
+        style: str,
+        *,
+        api_key: str = "test-upstream-key",
+        display: str = "Fake",
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.style = style
+        self._ssl = ssl_context  # moonshot | openrouter | openai | vllm | vllm-parsed | sglang
         self.api_key = api_key
         self.display = display
         self.default: Behaviour = Answer()
@@ -78,7 +87,8 @@ class FakeUpstream:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        scheme = "https" if self._ssl is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}/v1"
 
     def script(self, *behaviours: Behaviour) -> None:
         with self._lock:
@@ -108,7 +118,9 @@ class FakeUpstream:
 
     def _serve(self, ready: threading.Event) -> None:
         asyncio.set_event_loop(self._loop)
-        self._server = self._loop.run_until_complete(asyncio.start_server(self._connection, "127.0.0.1", 0))
+        self._server = self._loop.run_until_complete(
+            asyncio.start_server(self._connection, "127.0.0.1", 0, ssl=self._ssl)
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         ready.set()
         self._loop.run_forever()

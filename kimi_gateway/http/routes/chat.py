@@ -67,17 +67,17 @@ async def chat_completions(request: Request) -> Response:
             return Response(status_code=499)
         return ORJSONResponse(completion)
 
-    # Wait briefly for the first event: an early failure still gets a proper status and JSON error.
-    events = routed.events()
-    first: asyncio.Future[Event] = asyncio.ensure_future(anext(events))
+    # Wait briefly for the first events: an early failure still gets a proper status and JSON error.
+    batches = routed.events()
+    first: asyncio.Future[list[Event]] = asyncio.ensure_future(anext(batches))
     keepalive = gateway.config.routing.keepalive_seconds
     await asyncio.wait((first,), timeout=keepalive)
     if first.done() and first.exception() is not None:
-        await events.aclose()  # type: ignore[attr-defined]
+        await batches.aclose()  # type: ignore[attr-defined]
         first.result()  # raises the APIError
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return StreamingResponse(
-        sse_stream(routed, events, first, meta, info, include_usage, keepalive),
+        sse_stream(routed, batches, first, meta, info, include_usage, keepalive),
         media_type="text/event-stream",
         headers=_SSE_HEADERS,
     )
