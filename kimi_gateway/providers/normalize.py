@@ -50,6 +50,7 @@ def usage_from(raw: dict[str, Any]) -> Usage:
 
 
 _REASONING_KEYS = frozenset({"reasoning_content", "reasoning", "reasoning_details"})
+_SLOW_DELTA_KEYS = _REASONING_KEYS | {"tool_calls"}
 
 
 def _reasoning_text(delta: dict[str, Any]) -> str | None:
@@ -98,19 +99,10 @@ class ChunkNormalizer:
         return state
 
     def feed(self, chunk: dict[str, Any]) -> list[Event]:
-        # Runs once per upstream chunk: membership tests first, so the common content-only chunk
-        # touches as few keys as it can.
-        error = chunk.get("error")
-        if error:
-            message = error.get("message", "upstream error") if isinstance(error, dict) else str(error)
-            code = error.get("code") if isinstance(error, dict) else None
-            raise UpstreamError(
-                502,
-                f"{self._provider}: {message}",
-                provider=self._provider,
-                retryable=True,
-                upstream_status=code if isinstance(code, int) else None,
-            )
+        # Runs once per upstream chunk, so the common chunk (one choice, a text delta) takes a short road:
+        # few lookups, no calls it can do without.
+        if chunk.get("error"):
+            self._raise(chunk["error"])
         events: list[Event] = []
         for choice in chunk.get("choices") or ():
             index = choice.get("index") or 0
@@ -119,22 +111,41 @@ class ChunkNormalizer:
             state = self._choices.get(index) or self._state(index)
             delta = choice.get("delta") or choice.get("message")
             if delta:
-                self._delta(index, state, delta, events)
+                if _SLOW_DELTA_KEYS.isdisjoint(delta) and state.parser is None:
+                    content = delta.get("content")
+                    if content and type(content) is str:
+                        events.append(Delta(index, content))
+                else:
+                    self._delta(index, state, delta, events)
             if choice.get("usage"):  # Moonshot puts usage inside the final choice
                 self.usage = usage_from(choice["usage"])
             native = choice.get("finish_reason")
             if native:
-                state.finish = native
-                if state.parser is not None:
-                    self._parsed(index, state, state.parser.flush(), events)
-                reason = normalize_finish(native)
-                if reason == "stop" and state.parser is not None and state.parser.saw_tool_calls:
-                    reason = "tool_calls"
-                events.append(Finish(index=index, reason=reason, native_reason=native))
-                self.finished = True
+                self._finish(index, state, native, events)
         if chunk.get("usage"):
             self.usage = usage_from(chunk["usage"])
         return events
+
+    def _raise(self, error: Any) -> None:
+        message = error.get("message", "upstream error") if isinstance(error, dict) else str(error)
+        code = error.get("code") if isinstance(error, dict) else None
+        raise UpstreamError(
+            502,
+            f"{self._provider}: {message}",
+            provider=self._provider,
+            retryable=True,
+            upstream_status=code if isinstance(code, int) else None,
+        )
+
+    def _finish(self, index: int, state: _ChoiceState, native: str, events: list[Event]) -> None:
+        state.finish = native
+        if state.parser is not None:
+            self._parsed(index, state, state.parser.flush(), events)
+        reason = normalize_finish(native)
+        if reason == "stop" and state.parser is not None and state.parser.saw_tool_calls:
+            reason = "tool_calls"
+        events.append(Finish(index=index, reason=reason, native_reason=native))
+        self.finished = True
 
     def _delta(self, index: int, state: _ChoiceState, delta: dict[str, Any], events: list[Event]) -> None:
         reasoning = None if _REASONING_KEYS.isdisjoint(delta) else _reasoning_text(delta)

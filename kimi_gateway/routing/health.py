@@ -41,7 +41,10 @@ class ProviderHealth:
         self._states: dict[str, _State] = {}
 
     def _state(self, provider: str) -> _State:
-        return self._states.setdefault(provider, _State())
+        state = self._states.get(provider)
+        if state is None:  # not setdefault: that would build a state, deque and all, on every call
+            state = self._states[provider] = _State()
+        return state
 
     def state(self, provider: str) -> str:
         s = self._state(provider)

@@ -14,7 +14,7 @@ from kimi_gateway.http import accounting
 from kimi_gateway.http.body import parse_body
 from kimi_gateway.http.completions import ResponseMeta, collect_unless_disconnected, sse_stream
 from kimi_gateway.http.middleware import RequestInfo
-from kimi_gateway.http.responses import ORJSONResponse
+from kimi_gateway.http.responses import FastJSONResponse
 from kimi_gateway.logs import event
 from kimi_gateway.media.redact import redacted
 from kimi_gateway.providers.events import Event
@@ -65,7 +65,7 @@ async def chat_completions(request: Request) -> Response:
         info.provider = meta.provider
         if completion is None:
             return Response(status_code=499)
-        return ORJSONResponse(completion)
+        return FastJSONResponse(completion)
 
     # Wait briefly for the first events: an early failure still gets a proper status and JSON error.
     batches = routed.events()

@@ -67,11 +67,12 @@ class WireStyle:
             body["max_tokens"] = card.defaults.max_tokens
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
-        sources = request.image_sources if self.fetches_image_urls else None
+        fetches = self.fetches_image_urls
         for message in body["messages"]:
             if message.get("role") == "assistant":
                 self.replay_reasoning(message)
-            elif sources and isinstance(message.get("content"), list):
+            # Looked up only for list contents: a pydantic private attribute costs a lookup chain.
+            elif fetches and isinstance(message.get("content"), list) and (sources := request.image_sources):
                 for part in message["content"]:
                     image = part.get("image_url")
                     if isinstance(image, dict) and image.get("url") in sources:
