@@ -2,8 +2,10 @@
 
 Load comes from wrk (Debian package `wrk`) in its own process. For each of non-streaming and streaming
 (20-chunk) responses, at concurrency 1 and 32: RPS, p50 and p99 latency, the p50 the gateway adds, and the
-gateway's resident memory. Targets (one worker): added p50 <= 0.5 ms at c=1; >= 2,000 RPS non-streaming
-at c=32.
+gateway's resident memory. A second reference, `bench.floor`, is a bare pass-through on the gateway's own
+server and upstream client: the gap between it and the gateway is the gateway's own logic, and its own
+figures show how fast the machine is that day (the targets are absolute; the machines are not).
+Targets (one worker): added p50 <= 0.5 ms at c=1; >= 2,000 RPS non-streaming at c=32.
 
 Run: .venv/bin/python -m bench.gateway_overhead [--seconds 10] [--cpus 0 | all]
 """
@@ -45,6 +47,8 @@ def main() -> None:
 
     port = free_port()
     mock = subprocess.Popen([sys.executable, "-m", "bench.mock_upstream", str(port)])
+    floor_port = free_port()
+    floor = subprocess.Popen([sys.executable, "-m", "bench.floor", str(port), str(floor_port)])
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         config = mock_config(port)
@@ -53,48 +57,57 @@ def main() -> None:
         try:
             body = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
             direct_url = f"http://127.0.0.1:{port}/v1/chat/completions"
+            floor_url = f"http://127.0.0.1:{floor_port}/v1/chat/completions"
             gateway_url = gateway.api + "/chat/completions"
-            for url in (direct_url, gateway_url):  # warm-up, and a check that both answer
+            for url in (direct_url, floor_url, gateway_url):  # warm-up, and a check that all answer
                 assert httpx.post(url, json=body).status_code == 200
             rows = []
             for stream in (False, True):
                 for connections in (1, 32):
                     request = {**body, "stream": stream}
                     direct = run_wrk(direct_url, request, connections, args.seconds, workdir)
+                    bare = run_wrk(floor_url, request, connections, args.seconds, workdir)
                     through = run_wrk(gateway_url, request, connections, args.seconds, workdir)
-                    rows.append((stream, connections, direct, through))
+                    rows.append((stream, connections, direct, bare, through))
             memory = rss_mb(gateway.proc.pid)
             gateway.stop()
             accounting_rows = [] if args.no_accounting else accounting.measure(port, args.seconds, workdir)
         finally:
             if gateway.proc.poll() is None:
                 gateway.stop()
+            floor.terminate()
             mock.terminate()
 
     header = (
         "mode",
         "c",
         "direct RPS",
+        "floor RPS",
         "gateway RPS",
-        "RPS ratio",
+        "gateway/floor RPS",
         "direct p50/p99 ms",
+        "floor p50/p99 ms",
         "gateway p50/p99 ms",
+        "floor added p50 ms",
         "added p50 ms",
         "errors",
     )
     table = [header]
-    for stream, connections, direct, through in rows:
+    for stream, connections, direct, bare, through in rows:
         table.append(
             (
                 "stream (20 chunks)" if stream else "non-stream",
                 str(connections),
                 f"{direct['rps']:.0f}",
+                f"{bare['rps']:.0f}",
                 f"{through['rps']:.0f}",
-                f"{through['rps'] / direct['rps']:.2f}",
+                f"{through['rps'] / bare['rps']:.2f}",
                 f"{direct['p50']:.2f} / {direct['p99']:.2f}",
+                f"{bare['p50']:.2f} / {bare['p99']:.2f}",
                 f"{through['p50']:.2f} / {through['p99']:.2f}",
+                f"{bare['p50'] - direct['p50']:.2f}",
                 f"{through['p50'] - direct['p50']:.2f}",
-                f"{direct['errors']:.0f}/{through['errors']:.0f}",
+                f"{direct['errors']:.0f}/{bare['errors']:.0f}/{through['errors']:.0f}",
             )
         )
     print_table(table)
