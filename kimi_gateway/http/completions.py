@@ -14,6 +14,7 @@ from starlette.requests import Request
 from kimi_gateway.accounts.pricing import cost_nano, usd
 from kimi_gateway.catalog import Pricing
 from kimi_gateway.errors import APIError
+from kimi_gateway.http.disconnects import DisconnectWatch
 from kimi_gateway.http.middleware import RequestInfo
 from kimi_gateway.providers.events import Delta, Done, Event, Finish, ToolCallDelta, Usage
 from kimi_gateway.routing.attempts import RoutedGeneration
@@ -39,6 +40,7 @@ class ResponseMeta:
     provider: str | None = None
     pricing: Pricing | None = None  # the serving endpoint's, for usage.cost
     started: float = field(default_factory=time.perf_counter)
+    _frame: tuple[tuple[str, str | None], bytes, bytes] | None = None
 
     def serve(self, routed: RoutedGeneration) -> None:
         if routed.served is not None:
@@ -49,8 +51,19 @@ class ResponseMeta:
     def chunk(self, choices: list[dict[str, Any]]) -> ChunkBody:
         return chunk_body(self.id, self.created, self.model, choices, self.provider)
 
+    def chunk_event(self, choice: dict[str, Any]) -> bytes:
+        """`_sse(self.chunk([choice]))`, with the part that is the same for every chunk serialized once."""
+        key = (self.model, self.provider)
+        if self._frame is None or self._frame[0] != key:
+            head, _, tail = _sse(self.chunk([_MARK])).partition(_MARK_JSON)
+            self._frame = (key, head, tail)
+        _, head, tail = self._frame
+        return head + orjson.dumps(choice) + tail
+
 
 KEEPALIVE = b": PROCESSING\n\n"
+_MARK: dict[str, Any] = {"\x00": 0}  # stands in for the one choice, to cut a serialized chunk around it
+_MARK_JSON = orjson.dumps(_MARK)
 
 
 def reasoning_details(text: str) -> list[dict[str, Any]]:
@@ -133,7 +146,7 @@ async def sse_stream(
                     if isinstance(event, Delta):
                         if info.ttft_ms is None:
                             info.ttft_ms = round((time.perf_counter() - meta.started) * 1000, 2)
-                        out.append(_sse(meta.chunk([_delta_choice(event, started)])))
+                        out.append(meta.chunk_event(_delta_choice(event, started)))
                     elif isinstance(event, Finish):
                         # Held until usage is known: Moonshot's stream carries usage in the final choice.
                         info.finish_reason = event.reason
@@ -300,42 +313,17 @@ async def collect(routed: RoutedGeneration, meta: ResponseMeta, info: RequestInf
     return body
 
 
-async def _cancel_on_disconnect(request: Request, task: asyncio.Task[object]) -> None:
-    # The body has been read, so the next message can only be the disconnect.
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-    task.cancel()
-
-
-# A watcher task per request costs more than most answers from a fast upstream take; only answers still
-# running after this long get one (a disconnect before then is queued, so it is seen the moment it starts).
-WATCH_AFTER_SECONDS = 0.5
-
-
 async def collect_unless_disconnected(
     request: Request, routed: RoutedGeneration, meta: ResponseMeta, info: RequestInfo
 ) -> CompletionBody | None:
     """Collect the whole completion, stopping the generation if the client goes away first."""
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-    watch: asyncio.Task[None] | None = None
-
-    def start_watching() -> None:
-        nonlocal watch
-        watch = loop.create_task(_cancel_on_disconnect(request, task))
-
-    timer = loop.call_later(WATCH_AFTER_SECONDS, start_watching)
-    try:
-        return await collect(routed, meta, info)
-    except asyncio.CancelledError:
-        if watch is None or not watch.done():
-            raise  # cancelled for another reason (shutdown)
-        task.uncancel()
-        routed.cancel()
-        info.client_closed = True
-        return None
-    finally:
-        timer.cancel()
-        if watch is not None:
-            watch.cancel()
+    with DisconnectWatch(request.receive) as watch:
+        try:
+            return await collect(routed, meta, info)
+        except asyncio.CancelledError:
+            if not watch.fired:
+                raise  # cancelled for another reason (shutdown)
+            watch.absorb()
+            routed.cancel()
+            info.client_closed = True
+            return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -9,6 +11,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from kimi_gateway.errors import APIError
+from kimi_gateway.http.disconnects import DisconnectWatch
 
 
 class ORJSONResponse(JSONResponse):
@@ -32,3 +35,33 @@ class FastJSONResponse(Response):
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(self.body))]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": self.body})
+
+
+class FastSSEResponse(Response):
+    """A server-sent event stream, one ASGI message per piece the iterator yields.
+
+    Starlette's StreamingResponse runs a task group of two tasks per response to listen for a disconnect;
+    here the disconnect watch starts only for streams still running after half a second. Either way a
+    client leaving cancels the iterator, whose own clean-up stops the generation.
+    """
+
+    def __init__(self, pieces: AsyncIterator[bytes], headers: dict[str, str]) -> None:
+        self._pieces = pieces
+        self.status_code = 200
+        self._header_list = [(b"content-type", b"text/event-stream; charset=utf-8")] + [
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self._header_list})
+        with DisconnectWatch(receive) as watch:
+            try:
+                async for piece in self._pieces:
+                    await send({"type": "http.response.body", "body": piece, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            except asyncio.CancelledError:
+                if not watch.fired:
+                    raise
+                watch.absorb()  # the client left: nothing more to send, nothing to report
+            finally:
+                await self._pieces.aclose()  # type: ignore[attr-defined]

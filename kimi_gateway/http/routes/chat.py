@@ -7,14 +7,14 @@ import time
 
 from fastapi import APIRouter
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from kimi_gateway.catalog.rules import apply_rules
 from kimi_gateway.http import accounting
 from kimi_gateway.http.body import parse_body
 from kimi_gateway.http.completions import ResponseMeta, collect_unless_disconnected, sse_stream
 from kimi_gateway.http.middleware import RequestInfo
-from kimi_gateway.http.responses import FastJSONResponse
+from kimi_gateway.http.responses import FastJSONResponse, FastSSEResponse
 from kimi_gateway.logs import event
 from kimi_gateway.media.redact import redacted
 from kimi_gateway.providers.events import Event
@@ -76,8 +76,6 @@ async def chat_completions(request: Request) -> Response:
         await batches.aclose()  # type: ignore[attr-defined]
         first.result()  # raises the APIError
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return StreamingResponse(
-        sse_stream(routed, batches, first, meta, info, include_usage, keepalive),
-        media_type="text/event-stream",
-        headers=_SSE_HEADERS,
+    return FastSSEResponse(
+        sse_stream(routed, batches, first, meta, info, include_usage, keepalive), _SSE_HEADERS
     )
