@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import os
 import socket
 import sys
@@ -130,7 +131,16 @@ def _in_process_server(config_path: str | None) -> str:
             "kimi_gateway.cli:app_factory", factory=True, host="127.0.0.1", port=port, log_level="warning"
         )
     )
-    threading.Thread(target=server.run, daemon=True).start()
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        # A clean shutdown before the interpreter's: tearing down with the engine's thread still inside
+        # llama.cpp crashes the process now and then (SIGSEGV at exit).
+        server.should_exit = True
+        thread.join(timeout=30)
+
+    atexit.register(stop)
     base_url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
