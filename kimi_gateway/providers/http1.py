@@ -165,21 +165,19 @@ class Response:
 
     def release(self) -> None:
         """Give the connection back to the pool if the exchange finished cleanly; otherwise close it."""
-        if self._released:
-            return
-        self._released = True
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-        self._connection.finish(reusable=self._complete and self.keep_alive and self._error is None)
+        self._end(reusable=self._complete and self.keep_alive and self._error is None)
 
     def close(self) -> None:
         """Drop the connection now: how a provider hears that the client went away."""
+        self._end(reusable=False)
+
+    def _end(self, *, reusable: bool) -> None:
         if self._released:
             return
         self._released = True
         if self._idle_timer is not None:
             self._idle_timer.cancel()
-        self._connection.finish(reusable=False)
+        self._connection.finish(reusable=reusable)
 
 
 class Connection(asyncio.Protocol):
