@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -9,14 +10,15 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kimi_gateway import __version__
 from kimi_gateway.config import GatewayConfig, load_config
 from kimi_gateway.errors import APIError
 from kimi_gateway.http import accounting, errors
-from kimi_gateway.http.auth import AuthMiddleware
-from kimi_gateway.http.middleware import RequestLogMiddleware
+from kimi_gateway.http.auth import AuthMiddleware, authenticate
+from kimi_gateway.http.middleware import RequestLogMiddleware, begin, log_request, request_id_header
 from kimi_gateway.http.responses import error_response
 from kimi_gateway.http.routes import (
     chat,
@@ -29,7 +31,7 @@ from kimi_gateway.http.routes import (
     models,
     tokenizers,
 )
-from kimi_gateway.runtime import build_gateway
+from kimi_gateway.runtime import Gateway, build_gateway
 from kimi_gateway.schema.chat import ChatCompletionRequest
 
 
@@ -47,44 +49,54 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 
 
 class FastPath:
-    """POST /v1/chat/completions goes straight to its handler; everything else to the FastAPI app.
+    """POST /v1/chat/completions goes straight to its handler; everything else through the middlewares to
+    the FastAPI app.
 
-    The hot route needs none of the framework's dependency injection or middleware stack, and skipping it
-    roughly halves the gateway's own cost per request. The route stays registered on the FastAPI app so
-    /docs and /openapi.json describe it.
+    The hot route needs none of the framework's dependency injection or middleware stack: it does the same
+    request log and key check itself, as plain calls rather than two wrapping layers (and a wrapped `send`)
+    per request. The route stays registered on the FastAPI app so /docs and /openapi.json describe it.
     """
 
     def __init__(self, api: FastAPI) -> None:
         self.api = api
+        self.gateway: Gateway = api.state.gateway
+        self.rest = RequestLogMiddleware(AuthMiddleware(api, self.gateway))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == chat.PATH and scope["method"] == "POST":
-            scope["app"] = self.api
-            request = Request(scope, receive, send)
-            try:
-                response = await chat.chat_completions(request)
-            except APIError as exc:
-                response = error_response(exc)
-            except Exception as exc:
-                response = await errors.unexpected(request, exc)
-            try:
-                await response(scope, receive, send)
-            finally:
-                # Settled after the last byte went out, whether the request finished, failed or was cut.
-                ticket = scope["state"].get("ticket")
-                if ticket is not None:
-                    # Synchronous, so a shutdown cancelling this task cannot interrupt it.
-                    accounting.finish(
-                        self.api.state.gateway, ticket, scope["state"]["log"], response.status_code
-                    )
+        if scope["type"] != "http" or scope["path"] != chat.PATH or scope["method"] != "POST":
+            await self.rest(scope, receive, send)
             return
-        await self.api(scope, receive, send)
+        start = time.perf_counter()
+        info = begin(scope)
+        scope["app"] = self.api
+        response: Response | None = None
+        try:
+            error = await authenticate(self.gateway, scope)
+            if error is not None:
+                response = error_response(error)
+            else:
+                request = Request(scope, receive, send)
+                try:
+                    response = await chat.chat_completions(request)
+                except APIError as exc:
+                    response = error_response(exc)
+                except Exception as exc:
+                    response = await errors.unexpected(request, exc)
+            response.raw_headers.append(request_id_header(info))
+            await response(scope, receive, send)
+        finally:
+            status = response.status_code if response is not None else 500
+            # Settled after the last byte went out, whether the request finished, failed or was cut.
+            ticket = scope["state"].get("ticket")
+            if ticket is not None:
+                # Synchronous, so a shutdown cancelling this task cannot interrupt it.
+                accounting.finish(self.gateway, ticket, info, status)
+            log_request(scope, info, status, start)
 
 
 def create_app(config: GatewayConfig | None = None) -> ASGIApp:
     """The whole gateway as one ASGI app."""
-    api = create_api(config)
-    return RequestLogMiddleware(AuthMiddleware(FastPath(api), api.state.gateway))
+    return FastPath(create_api(config))
 
 
 def create_api(config: GatewayConfig | None = None) -> FastAPI:

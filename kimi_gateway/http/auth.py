@@ -31,6 +31,49 @@ def _unauthorized(message: str) -> APIError:
     return APIError(401, message, code="invalid_api_key")
 
 
+async def authenticate(gateway: Gateway, scope: Scope) -> APIError | None:
+    """Checks the request's key for its path; on success the key (or None, before any key exists) is in
+    `scope["state"]["key"]`."""
+    state = scope.setdefault("state", {})
+    state["key"] = None
+    if not await gateway.keys.any_keys():
+        return None  # bootstrap: no keys yet, loopback only
+    record, error = await _check(gateway, _bearer(scope), scope["path"])
+    if error is not None:
+        return error
+    state["key"] = record
+    info = state.get("log")
+    if info is not None and record is not None:
+        info.account_id = record.account_id
+    return None
+
+
+async def _check(gateway: Gateway, token: str | None, path: str) -> tuple[KeyRecord | None, APIError | None]:
+    if token is None:
+        return None, _unauthorized("Missing API key: send it as 'Authorization: Bearer sk-kg-...'.")
+    record = await gateway.keys.authenticate(token)
+    if record is None:
+        return None, _unauthorized("Invalid API key: it is unknown, disabled or expired.")
+    if path in EITHER:
+        return record, None
+    management_path = path.startswith(MANAGEMENT_PATHS)
+    if management_path and record.kind != MANAGEMENT:
+        return None, APIError(
+            403,
+            "Only management keys can perform this operation.",
+            type="permission_error",
+            code="wrong_key_kind",
+        )
+    if not management_path and record.kind == MANAGEMENT:
+        return None, APIError(
+            403,
+            "Management keys cannot call inference endpoints; use an inference key.",
+            type="permission_error",
+            code="wrong_key_kind",
+        )
+    return record, None
+
+
 class AuthMiddleware:
     def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
         self.app = app
@@ -40,43 +83,8 @@ class AuthMiddleware:
         if scope["type"] != "http" or scope["path"] in PUBLIC:
             await self.app(scope, receive, send)
             return
-        state = scope.setdefault("state", {})
-        state["key"] = None
-        keys = self.gateway.keys
-        if not await keys.any_keys():
-            await self.app(scope, receive, send)  # bootstrap: no keys yet, loopback only
-            return
-        record, error = await self._check(_bearer(scope), scope["path"])
+        error = await authenticate(self.gateway, scope)
         if error is not None:
             await error_response(error)(scope, receive, send)
             return
-        state["key"] = record
-        info = state.get("log")
-        if info is not None and record is not None:
-            info.account_id = record.account_id
         await self.app(scope, receive, send)
-
-    async def _check(self, token: str | None, path: str) -> tuple[KeyRecord | None, APIError | None]:
-        if token is None:
-            return None, _unauthorized("Missing API key: send it as 'Authorization: Bearer sk-kg-...'.")
-        record = await self.gateway.keys.authenticate(token)
-        if record is None:
-            return None, _unauthorized("Invalid API key: it is unknown, disabled or expired.")
-        if path in EITHER:
-            return record, None
-        management_path = path.startswith(MANAGEMENT_PATHS)
-        if management_path and record.kind != MANAGEMENT:
-            return None, APIError(
-                403,
-                "Only management keys can perform this operation.",
-                type="permission_error",
-                code="wrong_key_kind",
-            )
-        if not management_path and record.kind == MANAGEMENT:
-            return None, APIError(
-                403,
-                "Management keys cannot call inference endpoints; use an inference key.",
-                type="permission_error",
-                code="wrong_key_kind",
-            )
-        return record, None

@@ -34,6 +34,34 @@ class RequestInfo:
     client_closed: bool = False
 
 
+def begin(scope: Scope) -> RequestInfo:
+    """A new request's id and log record, kept in `scope["state"]` for the route to fill in."""
+    info = RequestInfo(request_id=new_id("req_"))
+    scope.setdefault("state", {})["log"] = info
+    request_id.set(info.request_id)
+    return info
+
+
+def request_id_header(info: RequestInfo) -> tuple[bytes, bytes]:
+    return (b"x-request-id", info.request_id.encode())
+
+
+def log_request(scope: Scope, info: RequestInfo, status: int, start: float) -> None:
+    """The one log line of a request, when it has ended."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    fields = {k: v for k, v in asdict(info).items() if v is not None and k != "client_closed"}
+    event(
+        "request",
+        logging.INFO,
+        method=scope["method"],
+        path=scope["path"],
+        status=CLIENT_CLOSED if info.client_closed else status,
+        latency_ms=round((time.perf_counter() - start) * 1000, 2),
+        **fields,
+    )
+
+
 class RequestLogMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -42,11 +70,9 @@ class RequestLogMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        info = RequestInfo(request_id=new_id("req_"))
-        scope.setdefault("state", {})["log"] = info
-        request_id.set(info.request_id)
-        header = (b"x-request-id", info.request_id.encode())
         start = time.perf_counter()
+        info = begin(scope)
+        header = request_id_header(info)
         status = 500
 
         async def send_with_id(message: Message) -> None:
@@ -59,18 +85,4 @@ class RequestLogMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            if logger.isEnabledFor(logging.INFO):
-                self._log(scope, info, status, start)
-
-    @staticmethod
-    def _log(scope: Scope, info: RequestInfo, status: int, start: float) -> None:
-        fields = {k: v for k, v in asdict(info).items() if v is not None and k != "client_closed"}
-        event(
-            "request",
-            logging.INFO,
-            method=scope["method"],
-            path=scope["path"],
-            status=CLIENT_CLOSED if info.client_closed else status,
-            latency_ms=round((time.perf_counter() - start) * 1000, 2),
-            **fields,
-        )
+            log_request(scope, info, status, start)

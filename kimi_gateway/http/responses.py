@@ -30,10 +30,13 @@ class FastJSONResponse(Response):
     def __init__(self, content: Any) -> None:  # no super().__init__: its header building is the cost
         self.body = orjson.dumps(content)
         self.status_code = 200
+        self.raw_headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(self.body)),
+        ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(self.body))]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         await send({"type": "http.response.body", "body": self.body})
 
 
@@ -48,12 +51,12 @@ class FastSSEResponse(Response):
     def __init__(self, pieces: AsyncIterator[bytes], headers: dict[str, str]) -> None:
         self._pieces = pieces
         self.status_code = 200
-        self._header_list = [(b"content-type", b"text/event-stream; charset=utf-8")] + [
+        self.raw_headers = [(b"content-type", b"text/event-stream; charset=utf-8")] + [
             (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()
         ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self._header_list})
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         with DisconnectWatch(receive) as watch:
             try:
                 async for piece in self._pieces:

@@ -98,12 +98,12 @@ class ChunkNormalizer:
             state = self._choices[index] = _ChoiceState(parser)
         return state
 
-    def feed(self, chunk: dict[str, Any]) -> list[Event]:
+    def feed(self, chunk: dict[str, Any], events: list[Event]) -> None:
+        """Appends the chunk's events to `events` (one list for a whole network read's chunks)."""
         # Runs once per upstream chunk, so the common chunk (one choice, a text delta) takes a short road:
         # few lookups, no calls it can do without.
         if chunk.get("error"):
             self._raise(chunk["error"])
-        events: list[Event] = []
         for choice in chunk.get("choices") or ():
             index = choice.get("index") or 0
             if type(index) is not int:
@@ -124,7 +124,6 @@ class ChunkNormalizer:
                 self._finish(index, state, native, events)
         if chunk.get("usage"):
             self.usage = usage_from(chunk["usage"])
-        return events
 
     def _raise(self, error: Any) -> None:
         message = error.get("message", "upstream error") if isinstance(error, dict) else str(error)

@@ -122,7 +122,7 @@ class UpstreamGeneration:
                     try:
                         for data in batch:
                             if data != b"[DONE]":
-                                events += feed(loads(data))
+                                feed(loads(data), events)
                     except Exception:
                         if events:
                             yield events  # what came before a failure in the same read still counts

@@ -11,6 +11,7 @@ from kimi_gateway.errors import APIError, UpstreamError
 from kimi_gateway.providers.base import Generation
 from kimi_gateway.providers.events import Done, Event
 from kimi_gateway.routing.plan import Candidate
+from kimi_gateway.routing.sticky import conversation_key
 from kimi_gateway.schema.chat import ChatCompletionRequest
 
 if TYPE_CHECKING:
@@ -22,9 +23,18 @@ _BUSY = {429, 503}
 
 @dataclass(slots=True)
 class StickyState:
-    key: str
+    request: ChatCompletionRequest
+    account: str
     explicit: bool  # the client named the conversation (session_id / prompt_cache_key)
-    provider: str | None  # where it was sticking when this request came in
+    provider: str | None = None  # where it was sticking when this request came in
+    _key: str | None = None
+
+    @property
+    def key(self) -> str:
+        """Hashed on first use: most requests neither find a sticking provider nor start sticking."""
+        if self._key is None:
+            self._key = conversation_key(self.request, self.account)[0]
+        return self._key
 
 
 def all_failed(attempts: list[dict[str, Any]], errors: list[APIError]) -> APIError:

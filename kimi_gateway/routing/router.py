@@ -12,7 +12,7 @@ from kimi_gateway.routing.attempts import RoutedGeneration, StickyState
 from kimi_gateway.routing.features import estimate_prompt_tokens
 from kimi_gateway.routing.health import ProviderHealth
 from kimi_gateway.routing.plan import Candidate, Filtered, filter_endpoints, order_candidates
-from kimi_gateway.routing.sticky import Stickiness, conversation_key
+from kimi_gateway.routing.sticky import Stickiness, named_conversation
 from kimi_gateway.schema.chat import ChatCompletionRequest, ProviderPreferences
 from kimi_gateway.stats import EndpointStats
 
@@ -77,13 +77,14 @@ class Router:
         return candidates
 
     def route(self, request: ChatCompletionRequest, account: str | None = None) -> RoutedGeneration:
-        key, explicit = conversation_key(request, account or "anonymous")
-        sticky_to = self.sticky.get(key)
+        sticky = StickyState(request, account or "anonymous", named_conversation(request) is not None)
+        if self.sticky:  # with nothing sticking, no conversation's hash can find anything
+            sticky.provider = self.sticky.get(sticky.key)
         prompt = estimate_prompt_tokens(request)
-        candidates = self.plan(request, sticky_to, prompt)
+        candidates = self.plan(request, sticky.provider, prompt)
         routed = RoutedGeneration(self, request, candidates, buffered=not request.stream)
         routed.prompt_tokens = prompt
-        routed.sticky = StickyState(key, explicit, sticky_to)
+        routed.sticky = sticky
         return routed
 
     async def start(self, request: ChatCompletionRequest, candidate: Candidate) -> Generation:

@@ -17,9 +17,14 @@ from kimi_gateway.schema.chat import ChatCompletionRequest, SystemMessage
 _MAX_ENTRIES = 100_000
 
 
+def named_conversation(request: ChatCompletionRequest) -> str | None:
+    """The conversation's name, if the client gave one."""
+    return request.session_id or request.prompt_cache_key
+
+
 def conversation_key(request: ChatCompletionRequest, account: str = "anonymous") -> tuple[str, bool]:
     """The conversation's key, and whether the client named it explicitly."""
-    explicit = request.session_id or request.prompt_cache_key
+    explicit = named_conversation(request)
     if explicit:
         return f"{account}\x00{request.model}\x00{explicit}", True
     system = next((m for m in request.messages if isinstance(m, SystemMessage)), None)
@@ -36,6 +41,9 @@ class Stickiness:
         self.ttl = ttl
         self._clock = clock
         self._entries: dict[str, tuple[str, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     def get(self, key: str) -> str | None:
         entry = self._entries.get(key)
