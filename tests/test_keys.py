@@ -114,6 +114,8 @@ def test_missing_unknown_and_valid_keys(keyed: tuple[GatewayProcess, Path, str, 
         error = response.json()["error"]
         assert error["code"] == "invalid_api_key" and error["type"] == "invalid_request_error"
         assert set(error) >= {"message", "type", "param", "code"}
+        # A refused request is still logged once, under the id its response carries.
+        assert gw.request_record(response.headers["x-request-id"])["status"] == 401
     assert _post(gw, inference).status_code == 200
     client = openai.OpenAI(base_url=gw.api, api_key=inference, max_retries=0)
     assert client.models.list().data

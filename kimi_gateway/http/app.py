@@ -71,17 +71,16 @@ class FastPath:
         scope["app"] = self.api
         response: Response | None = None
         try:
-            error = await authenticate(self.gateway, scope)
-            if error is not None:
-                response = error_response(error)
-            else:
-                request = Request(scope, receive, send)
-                try:
-                    response = await chat.chat_completions(request)
-                except APIError as exc:
-                    response = error_response(exc)
-                except Exception as exc:
-                    response = await errors.unexpected(request, exc)
+            request = Request(scope, receive, send)
+            try:
+                error = await authenticate(self.gateway, scope)
+                if error is not None:
+                    raise error
+                response = await chat.chat_completions(request)
+            except APIError as exc:
+                response = error_response(exc)
+            except Exception as exc:
+                response = await errors.unexpected(request, exc)
             response.raw_headers.append(request_id_header(info))
             await response(scope, receive, send)
         finally:
