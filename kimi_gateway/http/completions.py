@@ -252,7 +252,8 @@ async def collect(routed: RoutedGeneration, meta: ResponseMeta, info: RequestInf
     async for batch in routed.events():
         for event in batch:
             if isinstance(event, Delta):
-                choice = choices.setdefault(event.index, _Choice())
+                # Not setdefault: it would build a throwaway _Choice for every delta.
+                choice = choices.get(event.index) or choices.setdefault(event.index, _Choice())
                 if event.content:
                     choice.content.append(event.content)
                 if event.reasoning:
