@@ -47,8 +47,9 @@ class Admission(Protocol):
         (nothing taken)."""
         ...
 
-    async def finish(self, slot: str, bucket: str, account_id: str, key_hash: str | None, cost: int) -> None:
-        """Settle the hold named `slot` at `cost` and free the slot."""
+    def finish(self, slot: str, bucket: str, account_id: str, key_hash: str | None, cost: int) -> None:
+        """Settle the hold named `slot` at `cost` and free the slot. Synchronous: each backend either does
+        it in this process or queues it for its next batch, so finishing costs no task."""
         ...
 
     async def close(self) -> None: ...
@@ -68,18 +69,18 @@ class SeparateAdmission:
         try:
             short = await self.holds.reserve(hold)
         except BaseException:
-            await self.limiter.release(slot, bucket)
+            self.limiter.release(slot, bucket)
             raise
         if short is not None:
-            await self.limiter.release(slot, bucket)
+            self.limiter.release(slot, bucket)
             return short
         return verdict
 
-    async def finish(self, slot: str, bucket: str, account_id: str, key_hash: str | None, cost: int) -> None:
+    def finish(self, slot: str, bucket: str, account_id: str, key_hash: str | None, cost: int) -> None:
         try:
-            await self.holds.settle(slot, account_id, key_hash, cost)
+            self.holds.settle_now(slot, account_id, key_hash, cost)
         finally:
-            await self.limiter.release(slot, bucket)
+            self.limiter.release(slot, bucket)
 
     async def close(self) -> None:
         await self.limiter.close()
@@ -147,7 +148,7 @@ class RedisAdmission:
         if isinstance(result, list) and result and int(result[0]) == 1:
             self._queue_finish(slot, bucket, hold.account_id, hold.key_hash, 0)
 
-    async def finish(self, slot: str, bucket: str, account_id: str, key_hash: str | None, cost: int) -> None:
+    def finish(self, slot: str, bucket: str, account_id: str, key_hash: str | None, cost: int) -> None:
         # Queued, and sent with every other finish of this moment in one batch. The journal already
         # holds the settlement, so a crash before the batch goes out is settled again at recovery.
         self._queue_finish(slot, bucket, account_id, key_hash, cost)

@@ -6,7 +6,6 @@ after the last byte has gone out; nothing here touches the request or response b
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -84,7 +83,6 @@ class Accountant:
         self.tiers = tuple(tiers)
         self._tiers: RefreshingCache[str, Tier] = RefreshingCache(self._load_tier, self.TIER_SECONDS)
         self._settling: list[tuple[Ticket, int]] = []
-        self._tasks: set[asyncio.Task[None]] = set()
 
     async def tier(self, account_id: str) -> Tier:
         return await self._tiers.get(account_id)
@@ -170,20 +168,13 @@ class Accountant:
             self.recorder.after_journaled(self._settle_journaled)
 
     def _settle_journaled(self) -> None:
+        # Every request that finished in the same turn, settled in place: neither backend's `finish`
+        # waits on anything (Redis settlements are queued for one batch), so no task is needed.
         batch, self._settling = self._settling, []
-        task = asyncio.get_running_loop().create_task(self._settle(batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _settle(self, batch: list[tuple[Ticket, int]]) -> None:
-        # One task for every request that finished in the same turn; neither backend's `finish` waits on
-        # anything (Redis settlements are queued for one batch), so these go through in one step.
         for ticket, cost in batch:
             account = ticket.key.account_id
             try:
-                await self.admission.finish(
-                    ticket.id, _account_bucket(account), account, ticket.key.hash, cost
-                )
+                self.admission.finish(ticket.id, _account_bucket(account), account, ticket.key.hash, cost)
             except Exception:
                 log.exception("settling %s failed; its hold expires or is released at recovery", ticket.id)
 
@@ -218,8 +209,6 @@ class Accountant:
     async def close(self) -> None:
         if self._settling:
             self.recorder.journal_now()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.admission.close()
         await self.recorder.stop()
         await self.holds.close()

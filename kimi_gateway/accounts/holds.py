@@ -56,6 +56,10 @@ class ReservingHolds(Holds, Protocol):
 
     async def reserve(self, request: HoldRequest) -> Shortfall | None: ...
 
+    def settle_now(self, hold_id: str, account_id: str, key_hash: str | None, cost: int) -> None:
+        """`settle`, for a backend whose holds live in this process and so never wait."""
+        ...
+
 
 @dataclass(slots=True)
 class _Sum:
@@ -131,6 +135,9 @@ class MemoryHolds:
         return None
 
     async def settle(self, hold_id: str, account_id: str, key_hash: str | None, cost: int) -> None:
+        self.settle_now(hold_id, account_id, key_hash, cost)
+
+    def settle_now(self, hold_id: str, account_id: str, key_hash: str | None, cost: int) -> None:
         opened = self._open.pop(hold_id, None)
         if opened is None:
             return

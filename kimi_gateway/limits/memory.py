@@ -37,7 +37,7 @@ class MemoryLimiter:
         slots.add(slot)
         return first or Decision(True, "concurrency", concurrency, concurrency - len(slots), now)
 
-    async def release(self, slot: str, concurrency_bucket: str) -> None:
+    def release(self, slot: str, concurrency_bucket: str) -> None:
         slots = self._slots.get(concurrency_bucket)
         if slots is not None:
             slots.discard(slot)
