@@ -75,6 +75,14 @@ class _Sum:
     loading: asyncio.Future[None] | None = None  # one load at a time, however many requests wait on it
 
 
+def _entry(sums: dict[str, _Sum], name: str) -> _Sum:
+    # Not setdefault: it would build a throwaway _Sum on every request.
+    entry = sums.get(name)
+    if entry is None:
+        entry = sums[name] = _Sum()
+    return entry
+
+
 @dataclass(slots=True)
 class MemoryHolds:
     ledger: Ledger
@@ -83,7 +91,7 @@ class MemoryHolds:
     _keys: dict[str, _Sum] = field(default_factory=dict)
     _open: dict[str, tuple[str, str | None, int]] = field(default_factory=dict)
 
-    async def _stored(self, entry: _Sum, load: Callable[[], Awaitable[int]]) -> None:
+    async def _stored(self, entry: _Sum, load: Callable[[str], Awaitable[int]], name: str) -> None:
         while entry.stored is None or time.monotonic() - entry.loaded_at > self.refresh_seconds:
             if entry.loading is not None:
                 await asyncio.shield(entry.loading)
@@ -91,7 +99,7 @@ class MemoryHolds:
             entry.loading = asyncio.get_running_loop().create_future()
             try:
                 epoch = entry.epoch
-                value = await load()
+                value = await load(name)
                 if entry.epoch == epoch:
                     entry.stored = value
                 if entry.stored is not None:
@@ -100,25 +108,20 @@ class MemoryHolds:
                 entry.loading.set_result(None)
                 entry.loading = None
 
+    async def _balance(self, account_id: str) -> int:
+        return (await self.ledger.totals(account_id)).balance
+
     async def reserve(self, request: HoldRequest) -> Shortfall | None:
-        account = self._accounts.setdefault(request.account_id, _Sum())
-
-        async def balance() -> int:
-            return (await self.ledger.totals(request.account_id)).balance
-
+        account = _entry(self._accounts, request.account_id)
         key: _Sum | None = None
         if request.key_hash is not None and request.key_limit is not None:
-            key = self._keys.setdefault(request.key_hash, _Sum())
-        key_hash = request.key_hash or ""
-
-        async def usage() -> int:
-            return await self.ledger.key_usage(key_hash)
+            key = _entry(self._keys, request.key_hash)
 
         # A flush may make a figure stale while the other loads; go round until both are current.
         while True:
-            await self._stored(account, balance)
+            await self._stored(account, self._balance, request.account_id)
             if key is not None:
-                await self._stored(key, usage)
+                await self._stored(key, self.ledger.key_usage, request.key_hash or "")
             if account.stored is not None and (key is None or key.stored is not None):
                 break
         # No await from here on: the check and the hold happen as one step.
@@ -142,11 +145,11 @@ class MemoryHolds:
         if opened is None:
             return
         _, held_key, amount = opened
-        account = self._accounts.setdefault(account_id, _Sum())
+        account = _entry(self._accounts, account_id)
         account.held -= amount
         account.unwritten += cost
         # Every charged key gets an entry, so that `flushed` later takes back exactly what was added here.
-        key = self._keys.setdefault(key_hash, _Sum()) if key_hash is not None else None
+        key = _entry(self._keys, key_hash) if key_hash is not None else None
         if key is not None:
             key.unwritten += cost
             if held_key is not None:

@@ -18,13 +18,18 @@ class MemoryLimiter:
         self, slot: str, concurrency_bucket: str, concurrency: int, windows: Sequence[Window]
     ) -> Decision:
         now = time.time_ns() // 1_000_000
-        slots = self._slots.setdefault(concurrency_bucket, set())
+        # Looked up before created: setdefault would build a throwaway set (and deque) every request.
+        slots = self._slots.get(concurrency_bucket)
+        if slots is None:
+            slots = self._slots[concurrency_bucket] = set()
         if len(slots) >= concurrency:
             return Decision(False, "concurrency", concurrency, 0, now + 1000)
         first: Decision | None = None
         admitted: list[deque[int]] = []
         for window in windows:
-            times = self._windows.setdefault(window.bucket, deque())
+            times = self._windows.get(window.bucket)
+            if times is None:
+                times = self._windows[window.bucket] = deque()
             while times and times[0] <= now - WINDOW_MS:
                 times.popleft()
             reset = (times[0] if times else now) + WINDOW_MS
