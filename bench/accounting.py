@@ -64,7 +64,7 @@ def _services() -> tuple[str, str] | None:
 
 
 def measure(
-    upstream_port: int, seconds: int, workdir: Path, rounds: int = 3
+    upstream_port: int, seconds: int, workdir: Path, rounds: int = 5
 ) -> list[tuple[str, dict[str, float]]]:
     """All gateways run side by side and take turns under load, `rounds` times: machine noise (this VM
     drifts by 20% between runs) then falls on every setup alike. Each row is its median round."""
@@ -127,7 +127,7 @@ def print_report(rows: list[tuple[str, dict[str, float]]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     add_cpu_option(parser)
     args = parser.parse_args()
     print(pin(args.cpus))

@@ -4,10 +4,12 @@ Load comes from wrk (Debian package `wrk`) in its own process. For each of non-s
 (20-chunk) responses, at concurrency 1 and 32: RPS, p50 and p99 latency, the p50 the gateway adds, and the
 gateway's resident memory. A second reference, `bench.floor`, is a bare pass-through on the gateway's own
 server and upstream client: the gap between it and the gateway is the gateway's own logic, and its own
-figures show how fast the machine is that day (the targets are absolute; the machines are not).
+figures show how fast the machine is that day (the targets are absolute; the machines are not). The three
+take turns `--rounds` times per cell and each shows its median run, since these VMs drift by tens of
+percent within minutes.
 Targets (one worker): added p50 <= 0.5 ms at c=1; >= 2,000 RPS non-streaming at c=32.
 
-Run: .venv/bin/python -m bench.gateway_overhead [--seconds 10] [--cpus 0 | all]
+Run: .venv/bin/python -m bench.gateway_overhead [--seconds 5] [--rounds 3] [--cpus 0 | all]
 """
 
 from __future__ import annotations
@@ -35,9 +37,15 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
+    """The run with the median RPS, whole (its latencies stay its own)."""
+    return sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3, help="turns per cell; each column shows its median")
     parser.add_argument("--no-accounting", action="store_true", help="skip the accounting on/off table")
     add_cpu_option(parser)
     args = parser.parse_args()
@@ -62,12 +70,16 @@ def main() -> None:
             for url in (direct_url, floor_url, gateway_url):  # warm-up, and a check that all answer
                 assert httpx.post(url, json=body).status_code == 200
             rows = []
+            urls = (direct_url, floor_url, gateway_url)
             for stream in (False, True):
                 for connections in (1, 32):
                     request = {**body, "stream": stream}
-                    direct = run_wrk(direct_url, request, connections, args.seconds, workdir)
-                    bare = run_wrk(floor_url, request, connections, args.seconds, workdir)
-                    through = run_wrk(gateway_url, request, connections, args.seconds, workdir)
+                    runs: list[list[dict[str, float]]] = [[], [], []]
+                    for turn in range(args.rounds):
+                        # Taking turns, in a rotating order: the machine's drift falls on all three alike.
+                        for i in (turn % 3, (turn + 1) % 3, (turn + 2) % 3):
+                            runs[i].append(run_wrk(urls[i], request, connections, args.seconds, workdir))
+                    direct, bare, through = (median_run(r) for r in runs)
                     rows.append((stream, connections, direct, bare, through))
             memory = rss_mb(gateway.proc.pid)
             gateway.stop()
