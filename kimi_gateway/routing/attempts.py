@@ -11,7 +11,7 @@ from kimi_gateway.errors import APIError, UpstreamError
 from kimi_gateway.providers.base import Generation
 from kimi_gateway.providers.events import Done, Event
 from kimi_gateway.routing.plan import Candidate
-from kimi_gateway.routing.sticky import conversation_key
+from kimi_gateway.routing.sticky import conversation_key, named_conversation
 from kimi_gateway.schema.chat import ChatCompletionRequest
 
 if TYPE_CHECKING:
@@ -25,15 +25,19 @@ _BUSY = {429, 503}
 class StickyState:
     request: ChatCompletionRequest
     account: str
-    explicit: bool  # the client named the conversation (session_id / prompt_cache_key)
     provider: str | None = None  # where it was sticking when this request came in
     _key: str | None = None
+
+    @property
+    def explicit(self) -> bool:
+        """The client named the conversation (session_id / prompt_cache_key)."""
+        return bool(named_conversation(self.request))
 
     @property
     def key(self) -> str:
         """Hashed on first use: most requests neither find a sticking provider nor start sticking."""
         if self._key is None:
-            self._key = conversation_key(self.request, self.account)[0]
+            self._key = conversation_key(self.request, self.account)
         return self._key
 
 

@@ -12,7 +12,7 @@ from kimi_gateway.routing.attempts import RoutedGeneration, StickyState
 from kimi_gateway.routing.features import estimate_prompt_tokens
 from kimi_gateway.routing.health import ProviderHealth
 from kimi_gateway.routing.plan import Candidate, Filtered, filter_endpoints, order_candidates
-from kimi_gateway.routing.sticky import Stickiness, named_conversation
+from kimi_gateway.routing.sticky import Stickiness
 from kimi_gateway.schema.chat import ChatCompletionRequest, ProviderPreferences
 from kimi_gateway.stats import EndpointStats
 
@@ -77,7 +77,7 @@ class Router:
         return candidates
 
     def route(self, request: ChatCompletionRequest, account: str | None = None) -> RoutedGeneration:
-        sticky = StickyState(request, account or "anonymous", named_conversation(request) is not None)
+        sticky = StickyState(request, account or "anonymous")
         if self.sticky:  # with nothing sticking, no conversation's hash can find anything
             sticky.provider = self.sticky.get(sticky.key)
         prompt = estimate_prompt_tokens(request)

@@ -22,18 +22,18 @@ def named_conversation(request: ChatCompletionRequest) -> str | None:
     return request.session_id or request.prompt_cache_key
 
 
-def conversation_key(request: ChatCompletionRequest, account: str = "anonymous") -> tuple[str, bool]:
-    """The conversation's key, and whether the client named it explicitly."""
-    explicit = named_conversation(request)
-    if explicit:
-        return f"{account}\x00{request.model}\x00{explicit}", True
+def conversation_key(request: ChatCompletionRequest, account: str = "anonymous") -> str:
+    """The conversation's key: its name if the client gave one, else a hash of how it began."""
+    name = named_conversation(request)
+    if name:
+        return f"{account}\x00{request.model}\x00{name}"
     system = next((m for m in request.messages if isinstance(m, SystemMessage)), None)
     first = next((m for m in request.messages if not isinstance(m, SystemMessage)), None)
     digest = hashlib.blake2b(digest_size=16)
     for part in (account, request.model, system and repr(system.content), first and repr(first.content)):
         digest.update(str(part).encode())
         digest.update(b"\x00")
-    return digest.hexdigest(), False
+    return digest.hexdigest()
 
 
 class Stickiness:
