@@ -3,6 +3,9 @@
 Small on purpose, and reads whatever bytes have arrived rather than a line at a time: this runs once per
 upstream chunk on the hot path, and a burst of events usually arrives in one network read. Data stays
 bytes: orjson parses bytes directly, so decoding to str first would be a copy for nothing.
+
+Searches use `find`, not `in`: on CPython, `bytes in bytes` first tries the operand as an integer and
+builds and discards a TypeError, which made those checks about 4% of a proxied request's instructions.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 
 def _data(block: bytes) -> bytes | None:
     """The data of one event block (multi-line data joined with newlines); None for comment-only blocks."""
-    if block.startswith(b"data: ") and b"\n" not in block:  # the common case: one data line
+    if block.startswith(b"data: ") and block.find(b"\n") < 0:  # the common case: one data line
         return block[6:]
     lines = []
     for line in block.split(b"\n"):
@@ -34,10 +37,10 @@ async def sse_data(reads: AsyncIterable[bytes]) -> AsyncIterator[list[bytes]]:
         if after_cr and chunk.startswith(b"\n"):
             chunk = chunk[1:]
         after_cr = chunk.endswith(b"\r")
-        if b"\r" in chunk:
+        if chunk.find(b"\r") >= 0:
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         buffer += chunk  # no copy when the buffer is empty, the usual case
-        if b"\n\n" not in buffer:
+        if buffer.find(b"\n\n") < 0:
             continue
         blocks = buffer.split(b"\n\n")
         buffer = blocks.pop()  # what follows the last blank line is an event still arriving
@@ -45,7 +48,7 @@ async def sse_data(reads: AsyncIterable[bytes]) -> AsyncIterator[list[bytes]]:
         batch = [
             data
             for block in blocks
-            if (data := block[6:] if block[:6] == b"data: " and b"\n" not in block else _data(block))
+            if (data := block[6:] if block[:6] == b"data: " and block.find(b"\n") < 0 else _data(block))
             is not None
         ]
         if batch:
