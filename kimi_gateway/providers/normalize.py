@@ -90,6 +90,7 @@ class ChunkNormalizer:
         self._choices: dict[int, _ChoiceState] = {}
         self.usage: Usage | None = None
         self.finished = False
+        self._text: Delta | None = None  # the last text-only delta made, which the next may extend
 
     def _state(self, index: int) -> _ChoiceState:
         state = self._choices.get(index)
@@ -114,7 +115,14 @@ class ChunkNormalizer:
                 if _SLOW_DELTA_KEYS.isdisjoint(delta) and state.parser is None:
                     content = delta.get("content")
                     if content and type(content) is str:
-                        events.append(Delta(index, content))
+                        # Text that arrived in the same network read as the text before it goes out as one
+                        # delta: the client gets it at the same moment either way, in one chunk, not many.
+                        last = self._text
+                        if last is not None and events and events[-1] is last and last.index == index:
+                            last.content += content  # type: ignore[operator]
+                        else:
+                            self._text = Delta(index, content)
+                            events.append(self._text)
                 else:
                     self._delta(index, state, delta, events)
             if choice.get("usage"):  # Moonshot puts usage inside the final choice
