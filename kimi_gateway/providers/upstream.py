@@ -71,12 +71,6 @@ def _failure(name: str, status: int, why: str) -> UpstreamError:
     return UpstreamError(status, f"{name}: {why}", provider=name, retryable=True)
 
 
-async def _prepend(first: list[bytes], rest: AsyncIterator[list[bytes]]) -> AsyncIterator[list[bytes]]:
-    yield first
-    async for batch in rest:
-        yield batch
-
-
 class UpstreamGeneration:
     def __init__(
         self,
@@ -114,21 +108,22 @@ class UpstreamGeneration:
                     first = await anext(batches, None)
             except TimeoutError:
                 raise _failure(name, 504, f"no response within {timeouts.first_byte:g}s") from None
-            if first is not None:
-                # Read on past [DONE] to the end of the body: a response released before its last byte
-                # takes its connection out of the pool instead of returning it.
-                async for batch in _prepend(first, batches):
-                    events: list[Event] = []
-                    try:
-                        for data in batch:
-                            if data != b"[DONE]":
-                                feed(loads(data), events)
-                    except Exception:
-                        if events:
-                            yield events  # what came before a failure in the same read still counts
-                        raise
+            # Read on past [DONE] to the end of the body: a response released before its last byte takes
+            # its connection out of the pool instead of returning it.
+            batch = first
+            while batch is not None:
+                events: list[Event] = []
+                try:
+                    for data in batch:
+                        if data != b"[DONE]":
+                            feed(loads(data), events)
+                except Exception:
                     if events:
-                        yield events
+                        yield events  # what came before a failure in the same read still counts
+                    raise
+                if events:
+                    yield events
+                batch = await anext(batches, None)
             normalizer = self._normalizer
             if not normalizer.finished:
                 raise _failure(name, 502, "the stream ended before the response was complete")

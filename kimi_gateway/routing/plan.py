@@ -49,7 +49,7 @@ def filter_endpoints(
                 "GET /v1/models."
             )
         )
-    eps = list(endpoints)
+    eps = endpoints  # each filter below builds a new list; the caller's is never changed
     if prefs.only is not None:
         eps = [e for e in eps if e.provider in prefs.only]
     if prefs.ignore:
@@ -154,6 +154,8 @@ def order_candidates(
 
 def _weighted(candidates: list[Candidate], health: ProviderHealth, rng: random.Random) -> list[Candidate]:
     """OpenRouter's default: recent failures go last; the rest are drawn with weights 1/price²."""
+    if len(candidates) == 1:
+        return candidates  # the common case, with nothing to weigh
     stable = [c for c in candidates if not health.recently_failed(c.endpoint.provider)]
     failing = [c for c in candidates if health.recently_failed(c.endpoint.provider)]
     ordered: list[Candidate] = []

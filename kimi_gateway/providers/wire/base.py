@@ -9,15 +9,17 @@ from kimi_gateway.providers.base import Endpoint
 from kimi_gateway.schema.chat import ChatCompletionRequest
 
 # Fields only the gateway reads; a style re-adds, in its own form, what its provider understands.
-GATEWAY_FIELDS = {
-    "provider",
-    "models",
-    "reasoning",
-    "include_reasoning",
-    "reasoning_effort",
-    "stream",
-    "stream_options",
-}
+GATEWAY_FIELDS = frozenset(
+    {
+        "provider",
+        "models",
+        "reasoning",
+        "include_reasoning",
+        "reasoning_effort",
+        "stream",
+        "stream_options",
+    }
+)
 _HISTORY_REASONING = ("reasoning", "reasoning_content", "reasoning_details")
 
 
@@ -57,8 +59,16 @@ class WireStyle:
     def build_body(
         self, request: ChatCompletionRequest, endpoint: Endpoint, card: ModelCard, drop: frozenset[str]
     ) -> dict[str, Any]:
-        body = request.model_dump(exclude_unset=True, exclude=GATEWAY_FIELDS, by_alias=True)
-        for name in drop | self.never:
+        # The serializer itself, and fields popped afterwards: pydantic's `exclude` costs more than the pops
+        # (about a fifth of the dump), and `model_dump` only wraps this call.
+        body: dict[str, Any] = request.__pydantic_serializer__.to_python(
+            request, exclude_unset=True, by_alias=True
+        )
+        for name in GATEWAY_FIELDS:
+            body.pop(name, None)
+        for name in drop:
+            body.pop(name, None)
+        for name in self.never:
             body.pop(name, None)
         body["model"] = endpoint.upstream_model
         if "max_tokens" not in body and "max_completion_tokens" not in body and card.defaults.max_tokens:
