@@ -24,7 +24,8 @@ async def admit(
     routed: RoutedGeneration,
     generation_id: str,
 ) -> None:
-    key: KeyRecord | None = request.state.key
+    state = request.scope["state"]  # the dict itself: `request.state` builds a wrapper on first use
+    key: KeyRecord | None = state["key"]
     if key is None:
         return
     candidates = routed.candidates
@@ -40,7 +41,7 @@ async def admit(
             fallback = value.decode("latin-1")
         elif name == b"x-title" and title is None:
             title = value.decode("latin-1")
-    request.state.ticket = await gateway.accounts.admit(
+    state["ticket"] = await gateway.accounts.admit(
         generation_id,
         key,
         body.model,

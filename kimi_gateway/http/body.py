@@ -22,9 +22,12 @@ def _too_large(limit: int) -> APIError:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
+    # The raw headers: `request.headers` would build a Headers object for this one look-up.
+    for name, value in request.scope["headers"]:
+        if name == b"content-length":
+            if value.isdigit() and int(value) > limit:
+                raise _too_large(limit)
+            break
     # ASGI messages read directly: Starlette's `stream()` is an async generator, a cost on every request.
     chunks: list[bytes] = []
     size = 0

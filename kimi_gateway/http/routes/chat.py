@@ -44,14 +44,15 @@ _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 )
 async def chat_completions(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
-    info: RequestInfo = request.state.log
+    state = request.scope["state"]  # the dict itself: `request.state` builds a wrapper on first use
+    info: RequestInfo = state["log"]
     body = await parse_body(request, ChatCompletionRequest, gateway.config.server.max_body_bytes)
     info.model, info.stream = body.model, body.stream
     check_tools(body)
     check_partial(body)
     card = gateway.catalog.get(body.model)
     apply_rules(body, card)
-    key = request.state.key
+    key = state["key"]
     account = key.account_id if key is not None else None
     await gateway.media.prepare(body, card, account)
     if gateway.config.server.log_prompts:
