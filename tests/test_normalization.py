@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from kimi_gateway.testing import GatewayProcess
-from tests.fakes.upstream import Answer, FakeUpstream
+from tests.fakes.upstream import Answer, FakeUpstream, _pieces
 from tests.upstreams import MODEL
 
 STYLES = ["moon", "orouter", "tog", "vllm", "sglang", "vllmparsed"]
@@ -148,6 +148,27 @@ def test_streaming_and_non_streaming_agree(gw: GatewayProcess, fakes: dict[str, 
     assert [c["arguments"] for c in streamed["calls"].values()] == [
         c["function"]["arguments"] for c in whole["tool_calls"]
     ]
+
+
+def _content_chunks(gw: GatewayProcess, provider: str) -> list[str]:
+    client = openai.OpenAI(base_url=gw.api, api_key="x", max_retries=0)
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Hi"}],
+        stream=True,
+        extra_body={"provider": {"only": [provider]}},
+    )
+    return [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+
+
+def test_text_read_together_goes_out_together(gw: GatewayProcess, fakes: dict[str, FakeUpstream]) -> None:
+    text = "Text that a fast upstream flushed in one write, so the gateway reads it at once."
+    fakes["tog"].script(Answer(content=text, burst=True))
+    assert _content_chunks(gw, "tog") == [text]  # one chunk, not one per upstream event
+    # Text that arrives over time is passed on as it arrives: nothing is held back to merge.
+    fakes["tog"].script(Answer(content=text, chunk_delay=0.02))
+    paced = _content_chunks(gw, "tog")
+    assert "".join(paced) == text and len(paced) == len(_pieces(text))
 
 
 def test_kimi_vl_think_markers(gw: GatewayProcess, fakes: dict[str, FakeUpstream]) -> None:

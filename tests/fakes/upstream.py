@@ -31,6 +31,7 @@ class Answer:
     completion_tokens: int = 12
     cached_tokens: int = 0
     chunk_delay: float = 0.0  # seconds between chunks
+    burst: bool = False  # every event in one write, as a fast server's buffered output arrives
     first_delay: float = 0.0  # seconds before the response starts
     cut_after: int | None = None  # drop the connection after this many chunks, before [DONE]
     error_after: int | None = None  # OpenRouter-style error chunk after this many chunks
@@ -247,6 +248,9 @@ class FakeUpstream:
         try:
             if self.style == "openrouter":
                 await self._send(writer, OPENROUTER_COMMENT)
+            if answer.burst:
+                await self._send(writer, b"".join(events))
+                events = []
             for event in events:
                 if answer.cut_after is not None and sent >= answer.cut_after:
                     writer.transport.abort()
