@@ -1,0 +1,216 @@
+"""Instructions per request, counted by valgrind's callgrind: the floor against the gateway, same run.
+
+Timings on the small shared VMs these benchmarks run on drift by tens of percent within minutes, and
+`perf` has no hardware counters there. An instruction count does not drift: the same code, inputs and
+environment give the same total within about 1%, whatever else the machine is doing. So this is the
+measure for comparing two versions of the hot path; `bench.gateway_overhead` stays the measure of what a
+client sees.
+
+Each app runs in its own process under callgrind, driven in-process through ASGI (no HTTP server, so both
+columns leave uvicorn out) against the mock upstream over loopback. Instrumentation is switched on only
+around the measured block, after a warm-up. Instructions are not time: a cache miss costs no more of them
+than a hit, so this understates code that touches much memory. The embedded model is left out of the
+gateway's config, as loading it under valgrind takes minutes; no request of this benchmark goes to it.
+
+Run: .venv/bin/python -m bench.instructions [--requests 300]   (needs valgrind)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from bench.table import print_table
+from bench.wrk import MODEL, mock_config
+from kimi_gateway.testing import free_port
+
+App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+NO_LOCAL_MODEL = '[models."smollm2-135m-instruct"]\nlocal = { gguf = "/nonexistent/left-out.gguf" }\n'
+
+
+def _body(stream: bool) -> bytes:
+    return (
+        b'{"model":"%s","messages":[{"role":"user","content":"Say hello."}],"max_tokens":16,"stream":%s}'
+        % (MODEL.encode(), b"true" if stream else b"false")
+    )
+
+
+async def _start(app: App) -> asyncio.Task[None]:
+    """ASGI lifespan startup, as a server would run it; the lifespan task goes on until the process ends."""
+    started = asyncio.get_running_loop().create_future()
+    messages: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+    await messages.put({"type": "lifespan.startup"})
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "lifespan.startup.complete":
+            started.set_result(None)
+
+    scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+    lifespan = asyncio.ensure_future(app(scope, messages.get, send))
+    await started
+    return lifespan
+
+
+async def _request(app: App, body: bytes) -> None:
+    sent = False
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await never  # the client stays connected
+        raise AssertionError
+
+    statuses: list[int] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"bench"), (b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 40000),
+        "server": ("127.0.0.1", 8000),
+        "state": {},
+    }
+    await app(scope, receive, send)
+    assert statuses == [200], statuses
+
+
+async def _child(which: str, stream: bool, upstream_port: int, config: str, requests: int) -> None:
+    app: App
+    if which == "floor":
+        from bench.floor import Floor
+
+        app = Floor(upstream_port)
+    else:
+        from kimi_gateway.config import load_config
+        from kimi_gateway.http.app import create_app
+
+        app = create_app(load_config(config))
+    lifespan = await _start(app)
+    body = _body(stream)
+    for _ in range(200):
+        await _request(app, body)
+    print("READY", flush=True)
+    sys.stdin.readline()
+    for _ in range(requests):
+        await _request(app, body)
+    print("DONE", flush=True)
+    sys.stdin.readline()
+    lifespan.cancel()
+
+
+def count(which: str, stream: bool, upstream_port: int, config: Path, requests: int, workdir: Path) -> float:
+    """Instructions per request of one app, in a child process under callgrind."""
+    out = workdir / f"callgrind.{which}.{int(stream)}"
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        f"--callgrind-out-file={out}",
+        sys.executable,
+        "-m",
+        "bench.instructions",
+        "--child",
+        which,
+        "--stream" if stream else "--no-stream",
+        "--upstream-port",
+        str(upstream_port),
+        "--config",
+        str(config),
+        "--requests",
+        str(requests),
+    ]
+    child = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    assert child.stdin is not None and child.stdout is not None
+    for line in child.stdout:
+        if line.startswith(("READY", "DONE")):
+            switch = "on" if line.startswith("READY") else "off"
+            control = ["callgrind_control", "-i", switch, str(child.pid)]
+            subprocess.run(control, capture_output=True, check=True)
+            child.stdin.write("\n")
+            child.stdin.flush()
+    if child.wait() != 0:
+        raise RuntimeError(f"{which} exited with {child.returncode}")
+    total = 0
+    for path in glob.glob(f"{out}*"):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(("summary:", "totals:")):
+                total = max(total, int(line.split()[1]))
+    if not total:
+        raise RuntimeError(f"callgrind counted nothing for {which}")
+    return total / requests
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--child", choices=("floor", "gateway"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--stream", action=argparse.BooleanOptionalAction, default=False, help=argparse.SUPPRESS
+    )
+    parser.add_argument("--upstream-port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        import uvloop
+
+        uvloop.run(_child(args.child, args.stream, args.upstream_port, args.config, args.requests))
+        return
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        sys.exit("valgrind is needed: apt-get install valgrind")
+
+    port = free_port()
+    mock = subprocess.Popen([sys.executable, "-m", "bench.mock_upstream", str(port)])
+    rows = [("mode", "floor instr/req", "gateway instr/req", "gateway/floor", "gateway's own instr/req")]
+    try:
+        time.sleep(0.5)
+        with tempfile.TemporaryDirectory() as tmp:
+            workdir = Path(tmp)
+            config = workdir / "gateway.toml"
+            config.write_text(f'data_dir = "{workdir / "data"}"\n' + mock_config(port, NO_LOCAL_MODEL))
+            for stream in (False, True):
+                floor = count("floor", stream, port, config, args.requests, workdir)
+                gateway = count("gateway", stream, port, config, args.requests, workdir)
+                rows.append(
+                    (
+                        "stream (20 chunks)" if stream else "non-stream",
+                        f"{floor / 1000:,.0f}k",
+                        f"{gateway / 1000:,.0f}k",
+                        f"{gateway / floor:.2f}",
+                        f"{(gateway - floor) / 1000:,.0f}k",
+                    )
+                )
+    finally:
+        mock.terminate()
+    print_table(rows)
+    print(f"{args.requests} requests per cell, after 200 of warm-up; in-process ASGI, no HTTP server")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")  # the same hashing in every run: steadier counts
+    main()
