@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from kimi_gateway.errors import UpstreamError
 from kimi_gateway.providers.events import Delta, Done, Event, Finish, ToolCallDelta, Usage
 from kimi_gateway.providers.rawtext import REASONING, TOOLS, RawOutputParser, RawToolCall
@@ -90,7 +92,7 @@ class ChunkNormalizer:
         self._choices: dict[int, _ChoiceState] = {}
         self.usage: Usage | None = None
         self.finished = False
-        self._text: Delta | None = None  # the last text-only delta made, which the next may extend
+        self._text: Delta | None = None  # the last text-only delta made inline, which the next may extend
 
     def _state(self, index: int) -> _ChoiceState:
         state = self._choices.get(index)
@@ -99,10 +101,45 @@ class ChunkNormalizer:
             state = self._choices[index] = _ChoiceState(parser)
         return state
 
+    def feed_data(self, batch: list[bytes], events: list[Event]) -> None:
+        """Parses one network read's SSE payloads ([DONE] skipped) and appends their events to `events`.
+
+        Runs once per upstream chunk, so the common chunk (choice 0 carrying only text, or nothing) is
+        handled inline here, with no call and few lookups; anything else goes through `feed`. Text that
+        arrived in the same read as the text before it extends that delta: the client gets it at the same
+        moment either way, in one chunk rather than many.
+        """
+        loads = orjson.loads
+        plain = not self._raw  # raw output needs its marker parser on every piece of text
+        for data in batch:
+            if data == b"[DONE]":
+                continue
+            chunk = loads(data)
+            choices = chunk.get("choices")
+            if plain and type(choices) is list and len(choices) == 1 and not chunk.get("usage"):
+                choice = choices[0]
+                delta = choice.get("delta")
+                if (
+                    type(delta) is dict
+                    and not choice.get("index")
+                    and not choice.get("finish_reason")
+                    and not choice.get("usage")
+                    and not chunk.get("error")
+                    and _SLOW_DELTA_KEYS.isdisjoint(delta)
+                ):
+                    content = delta.get("content")
+                    if content and type(content) is str:
+                        last = self._text
+                        if last is not None and events and events[-1] is last:
+                            last.content += content  # type: ignore[operator]
+                        else:
+                            self._text = Delta(0, content)
+                            events.append(self._text)
+                    continue
+            self.feed(chunk, events)
+
     def feed(self, chunk: dict[str, Any], events: list[Event]) -> None:
-        """Appends the chunk's events to `events` (one list for a whole network read's chunks)."""
-        # Runs once per upstream chunk, so the common chunk (one choice, a text delta) takes a short road:
-        # few lookups, no calls it can do without.
+        """Appends one parsed chunk's events to `events`, in any provider's dialect."""
         if chunk.get("error"):
             self._raise(chunk["error"])
         for choice in chunk.get("choices") or ():
@@ -112,19 +149,7 @@ class ChunkNormalizer:
             state = self._choices.get(index) or self._state(index)
             delta = choice.get("delta") or choice.get("message")
             if delta:
-                if _SLOW_DELTA_KEYS.isdisjoint(delta) and state.parser is None:
-                    content = delta.get("content")
-                    if content and type(content) is str:
-                        # Text that arrived in the same network read as the text before it goes out as one
-                        # delta: the client gets it at the same moment either way, in one chunk, not many.
-                        last = self._text
-                        if last is not None and events and events[-1] is last and last.index == index:
-                            last.content += content  # type: ignore[operator]
-                        else:
-                            self._text = Delta(index, content)
-                            events.append(self._text)
-                else:
-                    self._delta(index, state, delta, events)
+                self._delta(index, state, delta, events)
             if choice.get("usage"):  # Moonshot puts usage inside the final choice
                 self.usage = usage_from(choice["usage"])
             native = choice.get("finish_reason")

@@ -94,8 +94,7 @@ class UpstreamGeneration:
         provider = self._provider
         name = provider.display_name  # errors name the provider as users know it
         timeouts = provider.timeouts
-        feed = self._normalizer.feed
-        loads = orjson.loads
+        feed = self._normalizer.feed_data
         try:
             try:
                 async with asyncio.timeout(timeouts.first_byte):
@@ -114,9 +113,7 @@ class UpstreamGeneration:
             while batch is not None:
                 events: list[Event] = []
                 try:
-                    for data in batch:
-                        if data != b"[DONE]":
-                            feed(loads(data), events)
+                    feed(batch, events)
                 except Exception:
                     if events:
                         yield events  # what came before a failure in the same read still counts

@@ -57,7 +57,8 @@ class _Reservoir:
         if len(self.values) < _SAMPLE:
             self.values.append(value)
         else:
-            slot = rng.randrange(self.seen)
+            # Not randrange: it is some 40 bytecodes of Python on every request once the sample is full.
+            slot = int(rng.random() * self.seen)
             if slot < _SAMPLE:
                 self.values[slot] = value
 
