@@ -18,7 +18,6 @@ Run: .venv/bin/python -m bench.instructions [--requests 300]   (needs valgrind)
 from __future__ import annotations
 
 import argparse
-import asyncio
 import glob
 import os
 import shutil
@@ -30,72 +29,19 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from bench.accounting_cpu import call, start
 from bench.table import print_table
 from bench.wrk import MODEL, mock_config
 from kimi_gateway.testing import free_port
 
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+PATH = "/v1/chat/completions"
 NO_LOCAL_MODEL = '[models."smollm2-135m-instruct"]\nlocal = { gguf = "/nonexistent/left-out.gguf" }\n'
 
 
-def _body(stream: bool) -> bytes:
-    return (
-        b'{"model":"%s","messages":[{"role":"user","content":"Say hello."}],"max_tokens":16,"stream":%s}'
-        % (MODEL.encode(), b"true" if stream else b"false")
-    )
-
-
-async def _start(app: App) -> asyncio.Task[None]:
-    """ASGI lifespan startup, as a server would run it; the lifespan task goes on until the process ends."""
-    started = asyncio.get_running_loop().create_future()
-    messages: asyncio.Queue[dict[str, str]] = asyncio.Queue()
-    await messages.put({"type": "lifespan.startup"})
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "lifespan.startup.complete":
-            started.set_result(None)
-
-    scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
-    lifespan = asyncio.ensure_future(app(scope, messages.get, send))
-    await started
-    return lifespan
-
-
-async def _request(app: App, body: bytes) -> None:
-    sent = False
-    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    async def receive() -> dict[str, Any]:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await never  # the client stays connected
-        raise AssertionError
-
-    statuses: list[int] = []
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            statuses.append(message["status"])
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/chat/completions",
-        "raw_path": b"/v1/chat/completions",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"bench"), (b"content-type", b"application/json")],
-        "client": ("127.0.0.1", 40000),
-        "server": ("127.0.0.1", 8000),
-        "state": {},
-    }
-    await app(scope, receive, send)
-    assert statuses == [200], statuses
+def _payload(stream: bool) -> dict[str, Any]:
+    messages = [{"role": "user", "content": "Say hello."}]
+    return {"model": MODEL, "messages": messages, "max_tokens": 16, "stream": stream}
 
 
 async def _child(which: str, stream: bool, upstream_port: int, config: str, requests: int) -> None:
@@ -109,17 +55,16 @@ async def _child(which: str, stream: bool, upstream_port: int, config: str, requ
         from kimi_gateway.http.app import create_app
 
         app = create_app(load_config(config))
-    lifespan = await _start(app)
-    body = _body(stream)
+    await start(app)
+    payload = _payload(stream)
     for _ in range(200):
-        await _request(app, body)
+        await call(app, PATH, payload)
     print("READY", flush=True)
     sys.stdin.readline()
     for _ in range(requests):
-        await _request(app, body)
+        await call(app, PATH, payload)
     print("DONE", flush=True)
     sys.stdin.readline()
-    lifespan.cancel()
 
 
 def count(which: str, stream: bool, upstream_port: int, config: Path, requests: int, workdir: Path) -> float:
