@@ -119,8 +119,11 @@ class FakeUpstream:
 
     def _serve(self, ready: threading.Event) -> None:
         asyncio.set_event_loop(self._loop)
+        # A provider's server queues a burst of connections (uvicorn's backlog is 2048, nginx's 511). With
+        # asyncio's default of 100, 500 requests through two replicas overflowed this fake's queue while
+        # the test's own client held the GIL: dropped SYNs, retried after 1 s, met the 1 s connect timeout.
         self._server = self._loop.run_until_complete(
-            asyncio.start_server(self._connection, "127.0.0.1", 0, ssl=self._ssl)
+            asyncio.start_server(self._connection, "127.0.0.1", 0, ssl=self._ssl, backlog=2048)
         )
         self.port = self._server.sockets[0].getsockname()[1]
         ready.set()
