@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 import trustme
 
-from kimi_gateway.providers.client import Target, UpstreamClient
+from kimi_gateway.providers.client import ConnectTimeout, Target, UpstreamClient
 from kimi_gateway.providers.http1 import ConnectionFailed
 from kimi_gateway.testing import GatewayProcess
 from tests.fakes.upstream import Answer, FakeUpstream
@@ -335,3 +338,61 @@ pricing = {{ input = 0.60, cached_input = 0.15, output = 2.50 }}
     finally:
         gateway.stop()
         fake.stop()
+
+
+def _unanswering_listener() -> tuple[socket.socket, list[socket.socket]]:
+    """A listening socket whose accept queue is full: the kernel drops a new connection's SYN, as a host that
+    is down or a server that is swamped does, so connecting waits without an answer."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)  # Linux queues backlog + 1 connections; nothing here ever accepts them
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(server.getsockname())
+        fillers.append(filler)
+    time.sleep(0.2)
+    return server, fillers
+
+
+def test_a_connect_timeout_is_told_apart_from_a_slow_answer(tmp_path: Path) -> None:
+    server, fillers = _unanswering_listener()
+    port = server.getsockname()[1]
+    try:
+
+        async def scenario() -> None:
+            client = UpstreamClient()
+            await client.open()
+            target = Target.post(f"http://127.0.0.1:{port}/v1/chat/completions", HEADERS)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(ConnectTimeout):
+                await client.post(target, b"{}", connect_timeout=0.3, idle_timeout=2)
+            assert 0.25 < loop.time() - started < 2
+            await client.close()
+
+        asyncio.run(scenario())
+
+        config = f"""
+[providers.down]
+style = "openai"
+base_url = "http://127.0.0.1:{port}/v1"
+timeouts = {{ connect = 0.3, first_byte = 5.0, idle = 5.0 }}
+[providers.down.models."{MODEL}"]
+pricing = {{ input = 0.60, output = 2.50 }}
+"""
+        gateway = GatewayProcess(tmp_path, config)
+        try:
+            response = httpx.post(
+                gateway.api + "/chat/completions",
+                json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+                timeout=30,
+            )
+            assert response.status_code == 504, response.text
+            assert "could not connect within 0.3s" in response.json()["error"]["message"]
+        finally:
+            gateway.stop()
+    finally:
+        for sock in (server, *fillers):
+            sock.close()

@@ -21,6 +21,10 @@ KEEPALIVE_SECONDS = 4.0
 MAX_IDLE_PER_ORIGIN = 256
 
 
+class ConnectTimeout(TimeoutError):
+    """No connection to the upstream within the connect timeout (its host is down, or its queue is full)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """Where one provider's requests go, with the fixed part of their head prebuilt."""
@@ -104,12 +108,15 @@ class UpstreamClient:
                 connection.finish(reusable=False)
                 continue
             return connection
-        async with asyncio.timeout(connect_timeout):
-            _, connection = await loop.create_connection(
-                lambda: Connection(loop, pool, MAX_IDLE_PER_ORIGIN),
-                target.host,
-                target.port,
-                ssl=self._ssl if target.tls else None,
-                server_hostname=target.host if target.tls else None,
-            )
+        try:
+            async with asyncio.timeout(connect_timeout):
+                _, connection = await loop.create_connection(
+                    lambda: Connection(loop, pool, MAX_IDLE_PER_ORIGIN),
+                    target.host,
+                    target.port,
+                    ssl=self._ssl if target.tls else None,
+                    server_hostname=target.host if target.tls else None,
+                )
+        except TimeoutError:
+            raise ConnectTimeout(f"no connection within {connect_timeout:g}s") from None
         return connection

@@ -16,7 +16,7 @@ from kimi_gateway.catalog import ModelCard
 from kimi_gateway.config import TimeoutsConfig
 from kimi_gateway.errors import UpstreamError, invalid_request
 from kimi_gateway.providers.base import Endpoint
-from kimi_gateway.providers.client import Target, UpstreamClient
+from kimi_gateway.providers.client import ConnectTimeout, Target, UpstreamClient
 from kimi_gateway.providers.events import Event
 from kimi_gateway.providers.http1 import ConnectionFailed, Response
 from kimi_gateway.providers.normalize import ChunkNormalizer
@@ -105,6 +105,9 @@ class UpstreamGeneration:
                         raise status_error(name, response, await response.read())
                     batches = sse_data(response.reads())
                     first = await anext(batches, None)
+            except ConnectTimeout:
+                # Said apart from a slow answer: the attempts a client sees should tell the two apart.
+                raise _failure(name, 504, f"could not connect within {timeouts.connect:g}s") from None
             except TimeoutError:
                 raise _failure(name, 504, f"no response within {timeouts.first_byte:g}s") from None
             # Read on past [DONE] to the end of the body: a response released before its last byte takes
