@@ -29,19 +29,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from bench.accounting_cpu import call, start
+from bench.accounting_cpu import CHAT, call, start
 from bench.table import print_table
-from bench.wrk import MODEL, mock_config
+from bench.wrk import mock_config
 from kimi_gateway.testing import free_port
 
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 PATH = "/v1/chat/completions"
 NO_LOCAL_MODEL = '[models."smollm2-135m-instruct"]\nlocal = { gguf = "/nonexistent/left-out.gguf" }\n'
-
-
-def _payload(stream: bool) -> dict[str, Any]:
-    messages = [{"role": "user", "content": "Say hello."}]
-    return {"model": MODEL, "messages": messages, "max_tokens": 16, "stream": stream}
 
 
 async def _child(which: str, stream: bool, upstream_port: int, config: str, requests: int) -> None:
@@ -56,7 +51,7 @@ async def _child(which: str, stream: bool, upstream_port: int, config: str, requ
 
         app = create_app(load_config(config))
     await start(app)
-    payload = _payload(stream)
+    payload = {**CHAT, "stream": stream}
     for _ in range(200):
         await call(app, PATH, payload)
     print("READY", flush=True)
