@@ -235,8 +235,8 @@ def test_fetch_follows_checked_redirects_and_caps_downloads(
     assert _chat(gw, [ask, images.image_part(image_server + "/receipt.png")]).status_code == 200
     assert _chat(gw, [ask, images.image_part(image_server + "/hop")]).status_code == 200
     for path, why in [
-        ("/to-loopback", "non-public address"),  # 'localhost' is not on the allow-list
-        ("/to-metadata", "non-public address"),
+        ("/to-loopback", "must be a public"),  # "localhost" is not on the allow-list
+        ("/to-metadata", "must be a public"),
         ("/loop", "more than 3 redirects"),
         ("/big", "larger than"),
         ("/big-chunked", "larger than"),

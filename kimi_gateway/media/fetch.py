@@ -1,9 +1,17 @@
 """Fetching user-supplied URLs without letting them reach our own network.
 
-Each host name is resolved once; every address it resolves to must be public, and the connection goes to
-the address that was checked (aiohttp connects to what the resolver returns), which defeats DNS
-rebinding. IP literals, including the integer, hex and octal IPv4 spellings, are checked before any
-connection. Redirects are followed by hand, each target checked again. Bodies are capped while they stream.
+The URL is normalized once, by the library the HTTP client itself uses (yarl: IDNA/UTS-46, so that 127.0.0.1
+written in full-width or circled digits, or with ideographic full stops, becomes the 127.0.0.1 it connects
+to), and that normalized URL is both what is checked and what is fetched: no parser differential between
+the check and the client.
+Then two checks, either of which alone would refuse an internal address:
+- before connecting: an IP literal (in any spelling the C resolver accepts) must be public, and a host name
+  goes through a resolver that refuses it unless every address it resolves to is public; the connection
+  goes to the address checked (no DNS rebinding);
+- at connect time: the socket factory sees the exact address the client is about to connect to, literals
+  included, and refuses a non-public one before any byte is sent.
+Redirects are followed by hand, each target normalized and checked again. Bodies are capped while they
+stream. Every refusal about where a URL points reads the same, so the API is no port-scan oracle.
 """
 
 from __future__ import annotations
@@ -13,10 +21,10 @@ import ipaddress
 import re
 import socket
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
 
 from kimi_gateway.errors import APIError
 
@@ -27,6 +35,15 @@ _REDIRECTS = {301, 302, 303, 307, 308}
 
 class Refused(Exception):
     """A URL the gateway will not fetch; the message is safe to show (no resolved addresses)."""
+
+
+# One message for every refusal about where a URL points (scheme, host, resolution, address, connection):
+# an attacker learns nothing about which internal hosts or ports exist.
+NOT_PUBLIC = "it must be a public http(s) URL that the gateway can reach"
+
+
+class BlockedAddress(OSError):
+    """Raised by the socket factory: the connection was about to go to a non-public address."""
 
 
 def public(address: IPAddress) -> bool:
@@ -57,20 +74,24 @@ def literal_address(host: str) -> IPAddress | None:
 
 
 class PublicOnlyResolver(AbstractResolver):
-    def __init__(self, allow_hosts: frozenset[str]) -> None:
+    def __init__(self, allow_hosts: frozenset[str], allowed_addresses: set[IPAddress]) -> None:
         self.allow_hosts = allow_hosts
+        self.allowed_addresses = allowed_addresses  # what allow-listed names resolved to
 
     async def resolve(self, host: str, port: int = 0, family: int = socket.AF_UNSPEC) -> list[ResolveResult]:
         loop = asyncio.get_running_loop()
         try:
             infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM)
         except socket.gaierror:
-            raise Refused("the image URL's host name does not resolve") from None
+            raise Refused(NOT_PUBLIC) from None
+        allowed = host in self.allow_hosts
         results: list[ResolveResult] = []
         for fam, _, proto, _, sockaddr in infos:
             address = ipaddress.ip_address(sockaddr[0])
-            if host not in self.allow_hosts and not public(address):
-                raise Refused("the image URL's host resolves to a non-public address")
+            if allowed:
+                self.allowed_addresses.add(address)
+            elif not public(address):
+                raise Refused(NOT_PUBLIC)
             results.append(
                 {
                     "hostname": host,
@@ -96,59 +117,89 @@ class FetchLimits:
     allow_hosts: frozenset[str]
 
 
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    body: bytes
+    url: str  # normalized, after redirects: what was checked and fetched
+
+
+def normalized(url: str) -> URL:
+    """The URL as the HTTP client will use it: parsed once, host IDNA-encoded (Unicode digits, full-width
+    and ideographic dots folded), default port dropped."""
+    try:
+        parsed = URL(url)
+        parsed.raw_host  # noqa: B018  (IDNA encoding happens here and may refuse the name)
+    except (ValueError, UnicodeError):
+        raise Refused(NOT_PUBLIC) from None
+    return parsed
+
+
 class Fetcher:
     """Its own HTTP client, apart from the upstream one: upstreams may rightly be private hosts."""
 
     def __init__(self, limits: FetchLimits) -> None:
         self.limits = limits
         self._session: aiohttp.ClientSession | None = None
+        self._allowed_addresses: set[IPAddress] = {
+            a for h in limits.allow_hosts if (a := literal_address(h)) is not None
+        }
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
-                resolver=PublicOnlyResolver(self.limits.allow_hosts), limit=32, use_dns_cache=False
+                resolver=PublicOnlyResolver(self.limits.allow_hosts, self._allowed_addresses),
+                limit=32,
+                use_dns_cache=False,
+                socket_factory=self._socket,
             )
             self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
         return self._session
 
-    def check(self, url: str) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https"):
-            raise Refused("only http and https URLs are fetched")
-        host = parts.hostname
+    def _socket(self, info: tuple[int, int, int, str, tuple[object, ...]]) -> socket.socket:
+        """The last word before connecting: the exact address, whatever spelling or path led here."""
+        family, kind, proto, _, sockaddr = info
+        address = ipaddress.ip_address(str(sockaddr[0]))
+        if not public(address) and address not in self._allowed_addresses:
+            raise BlockedAddress(NOT_PUBLIC)
+        sock = socket.socket(family=family, type=kind, proto=proto)
+        sock.setblocking(False)
+        return sock
+
+    def check(self, url: URL) -> None:
+        if url.scheme not in ("http", "https"):
+            raise Refused(NOT_PUBLIC)
+        host = url.raw_host
         if not host:
-            raise Refused("the URL has no host")
-        if parts.username or parts.password:
+            raise Refused(NOT_PUBLIC)
+        if url.raw_user or url.raw_password:
             raise Refused("URLs with credentials are not fetched")
-        allowed = host in self.limits.allow_hosts or (
-            parts.netloc.rsplit("@", 1)[-1] in self.limits.allow_hosts
-        )
+        allowed = host in self.limits.allow_hosts or url.raw_authority in self.limits.allow_hosts
         literal = literal_address(host)
         if literal is not None and not allowed and not public(literal):
-            raise Refused("the URL points at a non-public address")
+            raise Refused(NOT_PUBLIC)
 
-    async def fetch(self, url: str) -> bytes:
-        """The body at `url`, or `Refused` saying why not."""
+    async def fetch_url(self, url: str) -> Fetched:
+        """The body at `url` and the normalized URL it came from, or `Refused` saying why not."""
         limits = self.limits
         timeout = aiohttp.ClientTimeout(total=limits.total_seconds, sock_connect=limits.connect_seconds)
+        target = normalized(url)
         try:
             async with asyncio.timeout(limits.total_seconds):
                 for _ in range(limits.max_redirects + 1):
-                    self.check(url)
-                    async with self._client().get(url, allow_redirects=False, timeout=timeout) as response:
+                    self.check(target)
+                    async with self._client().get(target, allow_redirects=False, timeout=timeout) as response:
                         if response.status in _REDIRECTS and "location" in response.headers:
-                            url = urljoin(url, response.headers["location"])
+                            target = target.join(normalized(response.headers["location"]))
                             continue
                         if response.status != 200:
                             raise Refused(f"the URL answered HTTP {response.status}")
-                        return await _read_capped(response, limits.max_bytes)
+                        return Fetched(await _read_capped(response, limits.max_bytes), str(target))
                 raise Refused(f"more than {limits.max_redirects} redirects")
         except TimeoutError:
             raise Refused(f"the download took longer than {limits.total_seconds:g} s") from None
-        except aiohttp.ClientConnectorError as exc:
-            if isinstance(exc.__cause__, Refused) or isinstance(exc.os_error, Refused):
-                raise Refused(str(exc.os_error)) from None
-            raise Refused("the URL's host could not be reached") from None
+        except (aiohttp.ClientConnectorError, UnicodeError, ValueError):
+            # UnicodeError, ValueError: a host the client cannot encode (a percent-encoded label, say)
+            raise Refused(NOT_PUBLIC) from None
         except aiohttp.ClientError:
             raise Refused("the download failed") from None
 

@@ -103,11 +103,11 @@ class Media:
         if not slots:
             return
         pictures = await asyncio.gather(*(self._picture(slot, max_pixels, account_id) for slot in slots))
-        for number, (slot, picture) in enumerate(zip(slots, pictures, strict=True), start=1):
+        for number, (slot, (picture, source)) in enumerate(zip(slots, pictures, strict=True), start=1):
             content = slot.message.content
             assert isinstance(content, list)
             content[slot.index] = (
-                await self._forwarded(slot.part, picture, request)
+                await self._forwarded(slot.part, picture, source, request)
                 if native
                 else await self._ocr_text(number, slot.where, picture)
             )
@@ -136,7 +136,7 @@ class Media:
                     continue
                 where = f"messages[{i}].content[{j}]"
                 url = part.video_url if isinstance(part.video_url, str) else part.video_url.url
-                raw = await self._bytes(url, where, account_id)
+                raw, _ = await self._bytes(url, where, account_id)
                 try:
                     if "video" in card.input_modalities:
                         await asyncio.to_thread(probe, raw, self.video_limits)
@@ -153,24 +153,29 @@ class Media:
                 parts.extend(await asyncio.to_thread(_frame_parts, where, frames))
             message.content = parts
 
-    async def _bytes(self, url: str, where: str, account_id: str | None) -> bytes:
+    async def _bytes(self, url: str, where: str, account_id: str | None) -> tuple[bytes, str | None]:
+        """The bytes a media URL names, and for a fetched URL, its normalized form (what was fetched)."""
         if url.startswith("data:"):
-            return decode_data_url(url, where)
+            return decode_data_url(url, where), None
         if url.startswith("ms://"):
-            return await self._stored(url.removeprefix("ms://"), where, account_id)
+            return await self._stored(url.removeprefix("ms://"), where, account_id), None
         try:
-            return await self.fetcher.fetch(url)
+            fetched = await self.fetcher.fetch_url(url)
         except Refused as why:
             raise refused(where, why) from None
+        return fetched.body, fetched.url
 
-    async def _picture(self, slot: _Slot, max_pixels: int, account_id: str | None) -> Picture:
+    async def _picture(
+        self, slot: _Slot, max_pixels: int, account_id: str | None
+    ) -> tuple[Picture, str | None]:
         part = slot.part
         url = part.image_url if isinstance(part.image_url, str) else part.image_url.url
-        raw = await self._bytes(url, slot.where, account_id)
+        raw, source = await self._bytes(url, slot.where, account_id)
         try:
-            return await asyncio.to_thread(load_image, raw, max_pixels, self.config.max_decode_pixels)
+            picture = await asyncio.to_thread(load_image, raw, max_pixels, self.config.max_decode_pixels)
         except BadImage as why:
             raise _bad(slot.where, str(why)) from None
+        return picture, source
 
     async def _stored(self, file_id: str, where: str, account_id: str | None) -> bytes:
         try:
@@ -219,15 +224,17 @@ class Media:
         return TextPart(type="text", text=f"[File {name}, its text]\n{text}\n[End of file {name}]")
 
     @staticmethod
-    async def _forwarded(part: ImagePart, picture: Picture, request: ChatCompletionRequest) -> ContentPart:
-        # The checked, re-encoded bytes: every provider takes base64. A fetched image also keeps its URL,
-        # which adapters of providers that fetch for themselves send instead (providers/wire/base.py).
+    async def _forwarded(
+        part: ImagePart, picture: Picture, source: str | None, request: ChatCompletionRequest
+    ) -> ContentPart:
+        # The checked, re-encoded bytes: every provider takes base64. A fetched image also keeps the
+        # normalized URL it was fetched from (never the client's spelling of it), which adapters of
+        # providers that fetch for themselves send instead (providers/wire/base.py).
         data, mime = await asyncio.to_thread(picture.encode)
-        original = part.image_url if isinstance(part.image_url, str) else part.image_url.url
         detail = None if isinstance(part.image_url, str) else part.image_url.detail
         url = f"data:{mime};base64,{base64.b64encode(data).decode()}"
-        if original.startswith(("http://", "https://")):
-            request.image_sources[url] = original
+        if source is not None:
+            request.image_sources[url] = source
         return ImagePart(type="image_url", image_url=ImageURL(url=url, detail=detail))
 
     async def _ocr_text(self, number: int, where: str, picture: Picture) -> ContentPart:
