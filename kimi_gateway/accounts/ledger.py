@@ -16,6 +16,7 @@ from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError
 
 from kimi_gateway.accounts.pricing import NANO, nano
 from kimi_gateway.storage import Database
@@ -118,9 +119,77 @@ class Ledger:
             if charge_rows:
                 await connection.exec_driver_sql(_insert(LedgerEntry, postgres), charge_rows)
 
+    async def write_apart(
+        self, generations: Sequence[dict[str, Any]], charges: Sequence[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Write a batch the database refused, row by row, so one bad row cannot hold back the others.
+
+        A generation row that is refused as it is goes in again with its text fields cut to their columns'
+        lengths; a charge, without its attribution fields (a charge is never dropped for a label). What is
+        still refused comes back, tagged with why, for the caller to set aside. A failure that is not about
+        the rows (the database went away) is raised: the caller keeps the whole batch for later.
+        """
+        rejected: list[dict[str, Any]] = []
+        for generation in generations:
+            for attempt in (generation, fitted(generation, Generation)):
+                why = await self._write_one([attempt], [])
+                if why is None:
+                    break
+            else:
+                rejected.append({"table": "generations", "row": generation, "error": why})
+        for charge in charges:
+            for attempt in (charge, {**charge, "key_hash": None, "reference": None}):
+                why = await self._write_one([], [attempt])
+                if why is None:
+                    break
+            else:
+                rejected.append({"table": "ledger_entries", "row": charge, "error": why})
+        return rejected
+
+    async def _write_one(
+        self, generations: Sequence[dict[str, Any]], charges: Sequence[dict[str, Any]]
+    ) -> str | None:
+        try:
+            await self.write(generations, charges)
+        except Exception as exc:
+            if not refused_rows(exc):
+                raise
+            return f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        return None
+
     async def generation(self, generation_id: str) -> Generation | None:
         async with self.db.session() as session:
             return await session.get(Generation, generation_id)
+
+
+def refused_rows(exc: BaseException) -> bool:
+    """The database refused what was sent (a value too long, of the wrong type, against a constraint), as
+    opposed to being unreachable: sending the same rows again would fail again."""
+    if not isinstance(exc, DBAPIError) or exc.connection_invalidated:
+        return False
+    if isinstance(exc, DataError | IntegrityError | ProgrammingError):
+        return True
+    # asyncpg's errors reach SQLAlchemy 2.1 as a generic DBAPIError: read the SQLSTATE class under it
+    # (22 data exception, 23 integrity constraint violation, 42 syntax or access rule).
+    cause: BaseException | None = exc.orig
+    while cause is not None:
+        state = getattr(cause, "sqlstate", None)
+        if isinstance(state, str):
+            return state[:2] in ("22", "23", "42")
+        cause = cause.__cause__
+    return False
+
+
+def fitted(row: dict[str, Any], model: type[Generation] | type[LedgerEntry]) -> dict[str, Any]:
+    """The row with every text value cut to its column's length (SQLite ignores lengths; PostgreSQL
+    refuses the whole statement)."""
+    out = dict(row)
+    for column in model.__table__.columns:
+        length = getattr(column.type, "length", None)
+        value = out.get(column.name)
+        if length and isinstance(value, str) and len(value) > length:
+            out[column.name] = value[:length]
+    return out
 
 
 # The journal's rows carry every generation column, and these of a charge.

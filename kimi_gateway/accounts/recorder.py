@@ -4,6 +4,11 @@ Every hold and every settlement goes to the journal first (group-committed: one 
 event loop), then waits in memory for the next batch. A graceful shutdown writes what is waiting; after a
 crash, `recover` replays the dead process's journal: settled requests are written (charge ids make a
 replay count once), and holds left open are released and recorded as interrupted, charging nothing.
+
+A batch the database refuses (a value too long for PostgreSQL, say) is written row by row, and what is
+still refused is set aside in `data_dir/dead-letter/` with an error log line: one bad row never blocks the
+records and charges of every other request. Journal records carry a version (`v`), so a journal written
+by an older release replays after an upgrade.
 """
 
 from __future__ import annotations
@@ -17,11 +22,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from kimi_gateway.accounts.holds import Holds
 from kimi_gateway.accounts.journal import Journal, read_folder
-from kimi_gateway.accounts.ledger import Ledger, charge_row
+from kimi_gateway.accounts.ledger import Ledger, charge_row, refused_rows
+from kimi_gateway.storage.models import Generation
 
 log = logging.getLogger(__name__)
+
+# The journal's record format. 0: before versions (no `v`); 1: `v` on every record.
+JOURNAL_VERSION = 1
+_GENERATION_DEFAULTS: dict[str, Any] = {
+    column.name: 0 if column.name.endswith("_tokens") or column.name == "cost" else None
+    for column in Generation.__table__.columns
+}
+_GENERATION_DEFAULTS["streamed"] = False
 
 
 class Recorder:
@@ -40,6 +56,8 @@ class Recorder:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
+        self.dead_letter = journal_root.parent / "dead-letter"
+        self.dead_letters = 0  # rows set aside since start
 
     async def start(self) -> None:
         self.journal = Journal(self.journal_root)
@@ -48,7 +66,7 @@ class Recorder:
 
     def opened(self, hold: dict[str, Any]) -> None:
         assert self.journal is not None
-        self.journal.append({"op": "hold", **hold})
+        self.journal.append({"op": "hold", "v": JOURNAL_VERSION, **hold})
         self._open[hold["id"]] = hold
 
     def closed(self, generation: dict[str, Any], cost: int) -> dict[str, Any] | None:
@@ -58,7 +76,13 @@ class Recorder:
         if cost > 0 and generation["account_id"] is not None:
             charge = charge_row(generation["id"], generation["account_id"], generation["key_hash"], cost)
         self.journal.append(
-            {"op": "close", "id": generation["id"], "generation": generation, "charge": charge}
+            {
+                "op": "close",
+                "v": JOURNAL_VERSION,
+                "id": generation["id"],
+                "generation": generation,
+                "charge": charge,
+            }
         )
         self._open.pop(generation["id"], None)
         self._queue(generation, charge)
@@ -101,11 +125,11 @@ class Recorder:
                 return
             old = self.journal.rotate()
             for hold in self._open.values():
-                self.journal.append({"op": "hold", **hold})
+                self.journal.append({"op": "hold", "v": JOURNAL_VERSION, **hold})
             generations, charges = list(self._generations.values()), self._charges
             self._generations, self._charges = {}, []
             try:
-                await self.ledger.write(generations, charges)
+                await self.write(generations, charges)
             except BaseException:
                 for generation in generations:
                     self._generations.setdefault(generation["id"], generation)
@@ -114,6 +138,35 @@ class Recorder:
             for path in old:
                 path.unlink(missing_ok=True)
             self.holds.flushed([(c["account_id"], c["key_hash"], c["amount"]) for c in charges])
+
+    async def write(self, generations: list[dict[str, Any]], charges: list[dict[str, Any]]) -> None:
+        """The batch in one transaction; if the database refuses its rows, row by row, setting aside
+        what it still refuses. Raises only when the database is away (the caller keeps the batch)."""
+        try:
+            await self.ledger.write(generations, charges)
+        except Exception as exc:
+            if not refused_rows(exc):
+                raise
+            log.warning("a batch of %d record(s) was refused; writing it row by row", len(generations))
+            rejected = await self.ledger.write_apart(generations, charges)
+            if rejected:
+                self._set_aside(rejected)
+
+    def _set_aside(self, rejected: list[dict[str, Any]]) -> None:
+        self.dead_letters += len(rejected)
+        self.dead_letter.mkdir(parents=True, exist_ok=True)
+        path = self.dead_letter / f"{time.strftime('%Y%m%d')}.jsonl"
+        with path.open("ab") as out:
+            for item in rejected:
+                out.write(orjson.dumps({"at": time.time(), **item}) + b"\n")
+        for item in rejected:
+            log.error(
+                "a %s row was refused by the database and set aside in %s: %s",
+                item["table"],
+                path,
+                item["error"],
+                extra={"fields": {"row_id": item["row"].get("id"), "metric": "dead_letter"}},
+            )
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -130,12 +183,18 @@ class Recorder:
     async def recover(self) -> None:
         assert self.journal is not None
         for folder in self.journal.orphans():
-            await self._replay(folder)
+            try:
+                await self._replay(folder)
+            except ValueError as exc:  # written by a newer release: keep it for that release, start anyway
+                self.dead_letter.mkdir(parents=True, exist_ok=True)
+                kept = self.dead_letter / f"journal-{folder.name}"
+                shutil.move(folder, kept)
+                log.error("journal %s cannot be replayed (%s); moved to %s", folder.name, exc, kept)
 
     async def _replay(self, folder: Path) -> None:
         holds: dict[str, dict[str, Any]] = {}
         closes: dict[str, dict[str, Any]] = {}
-        for record in read_folder(folder):
+        for record in map(upgrade, read_folder(folder)):
             if record.get("op") == "hold":
                 holds[record["id"]] = record
             elif record.get("op") == "close":
@@ -151,7 +210,7 @@ class Recorder:
         for hold in released:
             await self.holds.settle(hold["id"], hold["account_id"], hold["key_hash"], 0)
             generations.append(interrupted(hold))
-        await self.ledger.write(generations, charges)
+        await self.write(generations, charges)
         log.warning(
             "recovered journal %s: %d settled request(s) written, %d open hold(s) released",
             folder.name,
@@ -163,6 +222,17 @@ class Recorder:
     async def _release(self, hold: dict[str, Any]) -> None:
         await self.holds.settle(hold["id"], hold["account_id"], hold["key_hash"], 0)
         self.closed(interrupted(hold), 0)
+
+
+def upgrade(record: dict[str, Any]) -> dict[str, Any]:
+    """A journal record in this release's shape, whichever release wrote it."""
+    version = record.get("v", 0)
+    if version > JOURNAL_VERSION:
+        raise ValueError(f"journal record version {version} is newer than this release's")
+    if record.get("op") == "close":
+        # Columns added since the record was written get their defaults; ones since removed are ignored.
+        record["generation"] = {**_GENERATION_DEFAULTS, **record["generation"]}
+    return record
 
 
 def _cost(close: dict[str, Any]) -> int:

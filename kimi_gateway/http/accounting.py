@@ -15,6 +15,9 @@ from kimi_gateway.runtime import Gateway
 from kimi_gateway.schema.chat import ChatCompletionRequest
 
 DEFAULT_MAX_TOKENS = 1024
+# Bounds on the app attribution headers, as stored (and shown on model pages): a longer value is cut here,
+# at the edge, never refused, and never reaches the database whole.
+MAX_REFERER, MAX_TITLE = 500, 200
 
 
 async def admit(
@@ -36,11 +39,11 @@ async def admit(
     referer = fallback = title = None
     for name, value in request.scope["headers"]:
         if name == b"http-referer" and referer is None:
-            referer = value.decode("latin-1")
+            referer = value[:MAX_REFERER].decode("latin-1")
         elif name == b"referer" and fallback is None:
-            fallback = value.decode("latin-1")
+            fallback = value[:MAX_REFERER].decode("latin-1")
         elif name == b"x-title" and title is None:
-            title = value.decode("latin-1")
+            title = value[:MAX_TITLE].decode("latin-1")
     state["ticket"] = await gateway.accounts.admit(
         generation_id,
         key,
