@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import orjson
@@ -21,6 +22,9 @@ from httpx_sse import connect_sse
 from kimi_gateway import __version__
 from kimi_gateway.config import CONFIG_ENV, GatewayConfig, load_config
 from kimi_gateway.logs import setup_logging
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 
 def app_factory() -> object:
@@ -201,7 +205,17 @@ def _chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def _redis(config: GatewayConfig) -> Redis | None:
+    """Running replicas share state through Redis, when the config names it: the CLI tells them too."""
+    if not config.redis_url:
+        return None
+    from redis.asyncio import Redis
+
+    return Redis.from_url(config.redis_url)
+
+
 def _keys(args: argparse.Namespace) -> int:
+    from kimi_gateway.accounts.changes import Changes
     from kimi_gateway.accounts.keys import KeyStore
     from kimi_gateway.storage import Database, database_url
 
@@ -210,7 +224,8 @@ def _keys(args: argparse.Namespace) -> int:
     async def run() -> int:
         db = Database(database_url(config.database_url, config.data_dir))
         await db.migrate()
-        store = KeyStore(db)
+        redis = _redis(config)
+        store = KeyStore(db, Changes(redis, config.redis_prefix))
         try:
             if args.action == "create":
                 key, record = await store.create(
@@ -234,6 +249,8 @@ def _keys(args: argparse.Namespace) -> int:
                 return 1
             return 0
         finally:
+            if redis is not None:
+                await redis.aclose()
             await db.close()
 
     return asyncio.run(run())
@@ -263,17 +280,18 @@ def _credits(args: argparse.Namespace) -> int:
                 except (ValueError, ArithmeticError) as exc:
                     print(f"error: {exc}", file=sys.stderr)
                     return 2
-                if config.redis_url:
-                    # Running replicas hold the live balance in Redis: move it there too.
-                    from redis.asyncio import Redis
-
+                redis = _redis(config)
+                if redis is not None:
+                    # Running replicas hold the live balance in Redis: move it there too, and tell them
+                    # the account changed (its tier).
+                    from kimi_gateway.accounts.changes import ACCOUNT, Changes
                     from kimi_gateway.accounts.holds_redis import RedisHolds
 
-                    redis = Redis.from_url(config.redis_url)
                     try:
                         await RedisHolds(redis, ledger, config.redis_prefix).credited(
                             args.account, nano(amount)
                         )
+                        await Changes(redis, config.redis_prefix).publish(ACCOUNT, args.account)
                     finally:
                         await redis.aclose()
                 print(entry)

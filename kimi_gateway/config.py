@@ -112,6 +112,12 @@ class AccountsConfig(_Section):
     slot_seconds: float = 600.0
     # Generation records and charges are written to the database in batches this often.
     flush_seconds: float = 0.25
+    # Keys and tiers are cached per process for at most this long: a key disabled, or a recharge made,
+    # elsewhere (the CLI, another replica without Redis) takes effect here within it. With Redis, replicas
+    # tell each other at once (pub/sub). While the database is unreachable, a cached figure is served up to
+    # `cache_grace_seconds` past its age bound, then requests needing it get 503.
+    cache_seconds: float = Field(default=5.0, gt=0, le=300)
+    cache_grace_seconds: float = Field(default=30.0, ge=0, le=3600)
 
 
 class MediaConfig(_Section):

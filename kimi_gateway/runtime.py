@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from kimi_gateway.accounts.admission import Admission, RedisAdmission, SeparateAdmission
 from kimi_gateway.accounts.billing import Accountant
+from kimi_gateway.accounts.changes import ACCOUNT, KEY, Changes
 from kimi_gateway.accounts.holds import Holds, MemoryHolds
 from kimi_gateway.accounts.holds_redis import RedisHolds
 from kimi_gateway.accounts.keys import KeyStore
@@ -49,10 +50,12 @@ class Gateway:
     accounts: Accountant
     media: Media
     files: FileStore
+    changes: Changes
     redis: Redis | None = None
 
     async def start(self) -> None:
         await self.db.migrate()
+        self.changes.listen(self._changed)
         await store_tiers(self.db, self.accounts.tiers)
         await self.accounts.recorder.start()
         if not await self.keys.any_keys():
@@ -68,7 +71,14 @@ class Gateway:
         # Frozen, the collector's full passes stop walking it again and again under load.
         gc.freeze()
 
+    def _changed(self, kind: str | None, ident: str | None) -> None:
+        if kind in (KEY, None):
+            self.keys.forget(ident if kind else None)
+        if kind in (ACCOUNT, None):
+            self.accounts.forget(ident if kind else None)
+
     async def stop(self) -> None:
+        await self.changes.close()
         await self.http.close()
         await self.media.close()
         await self.accounts.close()  # writes every waiting record before the database goes
@@ -142,6 +152,8 @@ def build_gateway(config: GatewayConfig) -> Gateway:
     recorder = Recorder(ledger, holds, journal, settings.flush_seconds)
     files = FileStore(db, config.data_dir.expanduser() / "files", config.media, OCR())
     media = Media(config.media, files)
+    changes = Changes(redis, config.redis_prefix)
+    cache = {"cache_seconds": settings.cache_seconds, "cache_grace_seconds": settings.cache_grace_seconds}
     return Gateway(
         config=config,
         catalog=catalog,
@@ -149,9 +161,10 @@ def build_gateway(config: GatewayConfig) -> Gateway:
         router=router,
         http=http,
         db=db,
-        keys=KeyStore(db),
-        accounts=Accountant(ledger, holds, admission, recorder, tiers),
+        keys=KeyStore(db, changes, **cache),
+        accounts=Accountant(ledger, holds, admission, recorder, tiers, changes, **cache),
         media=media,
         files=files,
+        changes=changes,
         redis=redis,
     )

@@ -32,11 +32,13 @@ def config(
     tier_table: str = tiers((0, 0, 50, 1000)),
     flush_seconds: float = 0.1,
     extra: str = "",
+    cache_seconds: float = 5.0,
 ) -> str:
     return f"""{extra}
 [accounts]
 {tier_table}
 flush_seconds = {flush_seconds}
+cache_seconds = {cache_seconds}
 
 [providers.moon]
 style = "moonshot"

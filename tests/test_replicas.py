@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import secrets
 import signal
+import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -200,3 +202,42 @@ def test_kill_9_one_replica_mid_stream(
     bal, held = _live(prefix, "acct_crash")
     assert held == 0  # the killed stream's hold was released
     assert bal == 10**9 - int(sum(costs) * 10**9)
+
+
+def test_a_key_disabled_on_one_replica_is_refused_by_the_other_within_a_second(
+    cluster: Callable[[str, float], Replica],
+) -> None:
+    replica = cluster(tiers((0, 0, 50, 1000)), 0.1)
+    a = replica("a")
+    ops = Operator(a)
+    b = replica("b")
+    key = ops.key_for("acct_revoke")
+    owner = ops.key_for("acct_revoke", kind="management")
+    ops.recharge("acct_revoke", "1")
+    assert chat(b, key).status_code == 200  # b has the key cached as valid (for up to 5 s)
+    deleted = httpx.delete(
+        a.base_url + f"/api/v1/keys/{hashlib.sha256(key.encode()).hexdigest()}",
+        headers={"Authorization": f"Bearer {owner}"},
+    )
+    assert deleted.status_code == 200, deleted.text
+    disabled_at = time.monotonic()
+    while chat(b, key).status_code == 200:
+        assert time.monotonic() - disabled_at < 1.0, "replica b still accepts the disabled key"
+        time.sleep(0.05)
+    assert chat(a, key).status_code == 401
+
+
+def test_a_recharge_on_one_replica_lifts_the_tier_on_the_other_at_once(
+    cluster: Callable[[str, float], Replica],
+) -> None:
+    replica = cluster(tiers((0, 0, 50, 1), (1, 5, 50, 1000)), 0.1)
+    a = replica("a")
+    ops = Operator(a)
+    b = replica("b")
+    key = ops.key_for("acct_lift")
+    ops.recharge("acct_lift", "1")
+    assert chat(b, key).status_code == 200
+    assert chat(b, key).status_code == 429  # tier 0 on b, cached
+    ops.recharge("acct_lift", "10")  # on a
+    time.sleep(0.5)
+    assert chat(b, key).status_code == 200

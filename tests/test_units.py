@@ -212,7 +212,7 @@ def test_ids_are_unique_and_prefixed() -> None:
     assert all(i.startswith("chatcmpl-") and len(i) == len("chatcmpl-") + 28 for i in ids)
 
 
-def test_refreshing_cache_loads_once_and_serves_stale_while_refreshing() -> None:
+def test_refreshing_cache_has_a_hard_age_bound_and_renews_ahead_of_it() -> None:
     async def scenario() -> None:
         clock = _Clock()
         calls: list[str] = []
@@ -226,39 +226,57 @@ def test_refreshing_cache_loads_once_and_serves_stale_while_refreshing() -> None
                 raise RuntimeError("database away")
             return version[key]
 
-        cache: RefreshingCache[str, int] = RefreshingCache(load, ttl=5.0, max_entries=3, clock=clock)
+        cache: RefreshingCache[str, int] = RefreshingCache(
+            load, ttl=5.0, max_entries=3, clock=clock, stale_grace=30.0
+        )
         waiting = [asyncio.ensure_future(cache.get("k")) for _ in range(32)]
         await asyncio.sleep(0)
         gate.set()
         assert await asyncio.gather(*waiting) == [1] * 32
         assert calls == ["k"]  # 32 concurrent misses, one load
 
+        # Past half its ttl, an entry is still served at once while one renewal runs behind it.
         gate.clear()
         version["k"] = 2
-        clock.now += 6
-        assert await cache.get("k") == 1  # stale, served at once while the refresh waits
+        clock.now += 3
+        assert await cache.get("k") == 1
         await asyncio.sleep(0)
         assert await cache.get("k") == 1
-        assert calls == ["k", "k"]  # and only one refresh started
+        assert calls == ["k", "k"]
         gate.set()
         await asyncio.sleep(0.01)
         assert await cache.get("k") == 2
 
-        version["k"] = -1  # a refresh that fails keeps the previous figure
+        # Past its ttl, nothing stale is served: the request waits for the fresh figure.
+        gate.clear()
+        version["k"] = 5
         clock.now += 6
-        assert await cache.get("k") == 2
+        late = asyncio.ensure_future(cache.get("k"))
         await asyncio.sleep(0.01)
-        assert await cache.get("k") == 2
+        assert not late.done()
+        gate.set()
+        assert await late == 5
+
+        # The database away: the old figure is served within the grace (without a load per request for
+        # a second), and refused after it.
+        version["k"] = -1
+        clock.now += 6
+        assert await cache.get("k") == 5
+        loads = len(calls)
+        assert await cache.get("k") == 5 and len(calls) == loads
+        clock.now += 31
+        with pytest.raises(RuntimeError):
+            await cache.get("k")
 
         gate.clear()
         version["k"] = 3
-        clock.now += 6
-        assert await cache.get("k") == 2  # a refresh starts, reading 3 ...
+        renewal = asyncio.ensure_future(cache.get("k"))  # a load starts, reading 3 ...
+        await asyncio.sleep(0)
         cache.drop("k")  # ... but this process changed the key meanwhile
         version["k"] = 4
         gate.set()
-        await asyncio.sleep(0.01)
-        assert await cache.get("k") == 4  # what the old refresh read was not kept
+        await renewal
+        assert await cache.get("k") == 4  # what the old load read was not kept
 
         for key in ("a", "b", "c"):
             version[key] = 0

@@ -15,6 +15,7 @@ from typing import Any
 
 from kimi_gateway.accounts.admission import Admission
 from kimi_gateway.accounts.cache import RefreshingCache
+from kimi_gateway.accounts.changes import ACCOUNT, Changes
 from kimi_gateway.accounts.holds import HoldRequest, Holds, Shortfall
 from kimi_gateway.accounts.keys import KeyRecord
 from kimi_gateway.accounts.ledger import RECHARGE, Ledger
@@ -66,8 +67,6 @@ def _account_bucket(account_id: str) -> str:
 
 
 class Accountant:
-    TIER_SECONDS = 5.0  # how soon a recharge made on another replica lifts the tier here
-
     def __init__(
         self,
         ledger: Ledger,
@@ -75,14 +74,28 @@ class Accountant:
         admission: Admission,
         recorder: Recorder,
         tiers: Sequence[Tier],
+        changes: Changes | None = None,
+        cache_seconds: float = 5.0,
+        cache_grace_seconds: float = 30.0,
     ) -> None:
         self.ledger = ledger
         self.holds = holds
         self.admission = admission
         self.recorder = recorder
         self.tiers = tuple(tiers)
-        self._tiers: RefreshingCache[str, Tier] = RefreshingCache(self._load_tier, self.TIER_SECONDS)
+        self.changes = changes or Changes(None, "")
+        # A recharge made elsewhere lifts the tier here within `cache_seconds` (at once with Redis).
+        self._tiers: RefreshingCache[str, Tier] = RefreshingCache(
+            self._load_tier, cache_seconds, stale_grace=cache_grace_seconds
+        )
         self._settling: list[tuple[Ticket, int]] = []
+
+    def forget(self, account_id: str | None) -> None:
+        """An account changed elsewhere (None: any may have)."""
+        if account_id is None:
+            self._tiers.clear()
+        else:
+            self._tiers.drop(account_id)
 
     async def tier(self, account_id: str) -> Tier:
         return await self._tiers.get(account_id)
@@ -95,6 +108,7 @@ class Accountant:
         entry = await self.ledger.credit(account_id, amount, kind, note)
         await self.holds.credited(account_id, nano(amount))
         self._tiers.drop(account_id)
+        await self.changes.publish(ACCOUNT, account_id)
         return entry
 
     async def admit(

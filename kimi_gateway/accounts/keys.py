@@ -12,6 +12,7 @@ from decimal import Decimal
 from sqlalchemy import func, select, update
 
 from kimi_gateway.accounts.cache import RefreshingCache
+from kimi_gateway.accounts.changes import KEY, Changes
 from kimi_gateway.storage import Database
 from kimi_gateway.storage.models import Account, ApiKey
 
@@ -78,16 +79,37 @@ class KeyRecord:
 
 
 class KeyStore:
-    """Keys in the database, with a short in-process cache so a request costs no query."""
+    """Keys in the database, with a short in-process cache so a request costs no query.
 
-    CACHE_SECONDS = 5.0  # how long a disabled key may still pass on another replica
+    A change made through this process (disable, update, create) applies here at once and is published to
+    the other replicas (`Changes`); one made elsewhere without telling is seen within `cache_seconds`.
+    """
 
-    def __init__(self, db: Database) -> None:
+    def __init__(
+        self,
+        db: Database,
+        changes: Changes | None = None,
+        cache_seconds: float = 5.0,
+        cache_grace_seconds: float = 30.0,
+    ) -> None:
         self.db = db
-        self._cache: RefreshingCache[str, KeyRecord | None] = RefreshingCache(self.get, self.CACHE_SECONDS)
-        # Once a key exists, auth stays on for good; until then, one shared count every few seconds.
+        self.changes = changes or Changes(None, "")
+        self._cache: RefreshingCache[str, KeyRecord | None] = RefreshingCache(
+            self.get, cache_seconds, stale_grace=cache_grace_seconds
+        )
+        # Once a key exists, auth stays on for good; until then, one shared count per cache period.
         self._some_key = False
-        self._count: RefreshingCache[None, bool] = RefreshingCache(self._any_in_db, self.CACHE_SECONDS)
+        self._count: RefreshingCache[None, bool] = RefreshingCache(
+            self._any_in_db, cache_seconds, stale_grace=0.0
+        )
+
+    def forget(self, hash_: str | None) -> None:
+        """A key changed elsewhere (None: any key may have): the next use reads it afresh."""
+        if hash_ is None:
+            self._cache.clear()
+        else:
+            self._cache.drop(hash_)
+        self._count.clear()
 
     async def create(
         self,
@@ -122,6 +144,7 @@ class KeyStore:
             )
             session.add(row)
         self._some_key = True
+        await self.changes.publish(KEY, row.hash)
         async with self.db.session() as session:
             stored = await session.get(ApiKey, row.hash)
             assert stored is not None
@@ -145,6 +168,7 @@ class KeyStore:
                 update(ApiKey).where(ApiKey.hash == hash_).values(disabled=disabled)
             )
         self._cache.drop(hash_)
+        await self.changes.publish(KEY, hash_)
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def update(self, hash_: str, **fields: object) -> KeyRecord | None:
@@ -155,6 +179,7 @@ class KeyStore:
             for name, value in fields.items():
                 setattr(row, name, value)
         self._cache.drop(hash_)
+        await self.changes.publish(KEY, hash_)
         return await self.get(hash_)
 
     async def any_keys(self) -> bool:

@@ -6,12 +6,17 @@ address then). Inference keys cannot manage keys; management keys cannot call in
 
 from __future__ import annotations
 
+import logging
+
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kimi_gateway.accounts.keys import MANAGEMENT, KeyRecord
 from kimi_gateway.errors import APIError
 from kimi_gateway.http.responses import error_response
 from kimi_gateway.runtime import Gateway
+
+log = logging.getLogger(__name__)
 
 PUBLIC = frozenset({"/health", "/ready", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 MANAGEMENT_PATHS = ("/api/v1/keys", "/api/v1/credits/add")
@@ -36,9 +41,20 @@ async def authenticate(gateway: Gateway, scope: Scope) -> APIError | None:
     `scope["state"]["key"]`."""
     state = scope.setdefault("state", {})
     state["key"] = None
-    if not await gateway.keys.any_keys():
-        return None  # bootstrap: no keys yet, loopback only
-    record, error = await _check(gateway, _bearer(scope), scope["path"])
+    try:
+        if not await gateway.keys.any_keys():
+            return None  # bootstrap: no keys yet, loopback only
+        record, error = await _check(gateway, _bearer(scope), scope["path"])
+    except (SQLAlchemyError, OSError):
+        # The database is unreachable and the cached decision is past its grace: refuse, and say so.
+        log.warning("authentication could not reach the database", exc_info=True)
+        return APIError(
+            503,
+            "Keys cannot be checked right now: the gateway's database is unreachable. Retry shortly.",
+            type="service_unavailable",
+            code="database_unavailable",
+            headers={"Retry-After": "1"},
+        )
     if error is not None:
         return error
     state["key"] = record
