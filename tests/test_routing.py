@@ -390,3 +390,41 @@ def test_endpoint_statistics(
     assert moon["quantization"] == "int4"
     assert by_tag["sglang"]["uptime_last_1d"] is None  # no data yet
     assert moon["pricing"]["prompt"] == "0.0000006"
+
+
+def test_client_mistakes_do_not_open_the_circuit_or_lower_uptime(
+    gw: GatewayProcess, client: openai.OpenAI, fakes: dict[str, FakeUpstream]
+) -> None:
+    # One tenant's malformed requests, refused upstream as the client's own mistakes.
+    fakes["moon"].script(*(Fault("status", status, "bad request") for status in (400, 422, 404)))
+    for _ in range(3):
+        with pytest.raises(openai.APIStatusError) as refused:
+            ask(client, **order("moon", allow_fallbacks=False))
+        assert refused.value.status_code in (400, 404, 422)
+    # Moonshot still serves everyone: its circuit did not open.
+    assert ask(client, **order("moon", "orouter"))[1] == "Moonshot AI"
+    data = httpx.get(gw.base_url + f"/api/v1/models/{MODEL}/endpoints").json()["data"]
+    moon = next(e for e in data["endpoints"] if e["tag"] == "moon")
+    assert moon["uptime_last_5m"] == 100.0
+
+
+def test_a_cancelled_probe_does_not_wedge_the_breaker(
+    gw: GatewayProcess, client: openai.OpenAI, fakes: dict[str, FakeUpstream]
+) -> None:
+    fakes["moon"].script(Fault("status", 500), Fault("status", 500))
+    for _ in range(2):
+        assert ask(client, **order("moon", "orouter"))[1] == "OpenRouter"  # the circuit opens
+    time.sleep(1.1)
+    # The half-open probe: a stream whose client goes away after a few chunks, with no verdict.
+    fakes["moon"].script(Answer(content="word " * 200, chunk_delay=0.05))
+    body = {"model": MODEL, "messages": HI, "stream": True, "provider": {"order": ["moon", "orouter"]}}
+    with httpx.stream("POST", gw.api + "/chat/completions", json=body, timeout=30) as response:
+        seen = 0
+        for line in response.iter_lines():
+            seen += line.startswith("data: ")
+            if seen == 3:
+                break
+    assert fakes["moon"].wait_for_disconnects(1)
+    # The probe was released: the next request may probe Moonshot again, and closes the circuit.
+    assert ask(client, **order("moon", "orouter"))[1] == "Moonshot AI"
+    assert ask(client, **order("moon", "orouter"))[1] == "Moonshot AI"

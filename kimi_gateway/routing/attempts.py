@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from kimi_gateway.errors import APIError, UpstreamError
 from kimi_gateway.providers.base import Generation
 from kimi_gateway.providers.events import Done, Event
+from kimi_gateway.routing.health import Turn, counts_against
 from kimi_gateway.routing.plan import Candidate
 from kimi_gateway.routing.sticky import conversation_key, named_conversation
 from kimi_gateway.schema.chat import ChatCompletionRequest
@@ -100,7 +101,7 @@ class RoutedGeneration:
         if self._current is not None:
             self._current.cancel()
 
-    def _fail(self, candidate: Candidate, error: APIError) -> None:
+    def _fail(self, candidate: Candidate, error: APIError, turn: Turn) -> None:
         provider = candidate.endpoint.provider
         self._errors.append(error)
         retry_after = error.retry_after if isinstance(error, UpstreamError) else None
@@ -108,9 +109,10 @@ class RoutedGeneration:
             retry_after = float(error.headers["Retry-After"])
         if self.sticky is not None and self.sticky.provider == provider:
             self._router.sticky.forget(self.sticky.key)  # a failing provider no longer holds the conversation
-        if isinstance(error, UpstreamError):
-            # The local engine's full queue is back-pressure, not ill health: only upstream failures count.
-            self._router.health.failure(provider, retry_after)
+        # Only the provider's own failures count against it: not the local engine's full queue
+        # (back-pressure), nor an upstream's verdict on the client's request (400, 404, 413, 422).
+        if isinstance(error, UpstreamError) and counts_against(error.upstream_status):
+            turn.failed(retry_after)
             rate_limited = error.upstream_status == 429
             self._router.stats.record(provider, candidate.card.id, False, rate_limited=rate_limited)
         attempt: dict[str, Any] = {
@@ -137,7 +139,33 @@ class RoutedGeneration:
         if sticky.explicit or cached_tokens > 0:
             self._router.sticky.stick(sticky.key, provider)
 
+    async def _start(self, candidate: Candidate, turn: Turn) -> _Started | APIError:
+        """Start one candidate and read its first batch (every batch, when buffered): what it began, or
+        the error it failed with (recorded as an attempt)."""
+        started = time.perf_counter()
+        stream: AsyncIterator[list[Event]] | None = None
+        try:
+            generation = await self._router.start(self._request, candidate)
+            self._current = generation
+            stream = generation.events()
+            held = [await anext(stream)]
+            first_at = time.perf_counter()
+            if self._buffered:
+                held.extend([batch async for batch in stream])
+        except StopAsyncIteration:
+            error = APIError(502, f"{candidate.endpoint.provider}: no output", type="upstream_error")
+            self._fail(candidate, error, turn)
+            return _NoOutput(error)
+        except APIError as error:
+            if stream is not None:
+                await stream.aclose()  # type: ignore[attr-defined]
+            self._fail(candidate, error, turn)
+            return error
+        return _Started(stream, held, started, first_at)
+
     async def events(self) -> AsyncIterator[list[Event]]:
+        """Candidates in order until one starts; then its stream, relayed. Each candidate's turn ends
+        with a verdict for the breaker or a release, however the request ends."""
         health = self._router.health
         skip_model: str | None = None
         last_model = self._candidates[-1].card.id if self._candidates else None
@@ -159,63 +187,66 @@ class RoutedGeneration:
                     }
                 )
                 continue
-            started = time.perf_counter()
-            generation: Generation | None = None
-            stream: AsyncIterator[list[Event]] | None = None
-            try:
-                generation = await self._router.start(self._request, candidate)
-                self._current = generation
-                stream = generation.events()
-                held = [await anext(stream)]
-                first_at = time.perf_counter()
-                if self._buffered:
-                    held.extend([batch async for batch in stream])
-            except StopAsyncIteration:
-                error = APIError(502, f"{provider}: no output", type="upstream_error")
-                self._fail(candidate, error)
-                continue
-            except APIError as error:
-                if stream is not None:
-                    await stream.aclose()  # type: ignore[attr-defined]
-                self._fail(candidate, error)
-                retryable = error.retryable if isinstance(error, UpstreamError) else error.status in _BUSY
-                if retryable:
-                    continue
-                if candidate.card.id != last_model:
-                    skip_model = candidate.card.id  # any error moves a models[] fallback on to the next model
-                    continue
-                raise
-            self.served = candidate
-            done: Done | None = None
-            try:
-                for batch in held:
-                    if isinstance(batch[-1], Done):
-                        done = batch[-1]
-                    yield batch
-                if not self._buffered:
-                    async for batch in stream:
+            with health.turn(provider) as turn:
+                outcome = await self._start(candidate, turn)
+                if isinstance(outcome, APIError):
+                    if isinstance(outcome, _NoOutput):
+                        continue
+                    retryable = (
+                        outcome.retryable if isinstance(outcome, UpstreamError) else outcome.status in _BUSY
+                    )
+                    if retryable:
+                        continue
+                    if candidate.card.id != last_model:
+                        skip_model = candidate.card.id  # any error moves a models[] fallback on to the next
+                        continue
+                    raise outcome
+                self.served = candidate
+                done: Done | None = None
+                try:
+                    for batch in outcome.held:
                         if isinstance(batch[-1], Done):
                             done = batch[-1]
                         yield batch
-            except APIError as error:
-                self._fail(candidate, error)
-                raise
-            finally:
-                if not self._buffered:
-                    await stream.aclose()  # type: ignore[attr-defined]
-            elapsed = time.perf_counter() - first_at
-            health.success(provider)
-            completion = done.usage.completion_tokens if done else 0
-            cached = done.usage.cached_tokens if done else 0
-            self._router.stats.record(
-                provider,
-                candidate.card.id,
-                True,
-                ttft_ms=(first_at - started) * 1000,
-                tokens_per_second=completion / elapsed if completion and elapsed > 0 else None,
-            )
-            self._after_success(candidate, cached)
-            return
+                    if not self._buffered:
+                        async for batch in outcome.stream:
+                            if isinstance(batch[-1], Done):
+                                done = batch[-1]
+                            yield batch
+                except APIError as error:
+                    self._fail(candidate, error, turn)
+                    raise
+                finally:
+                    if not self._buffered:
+                        await outcome.stream.aclose()  # type: ignore[attr-defined]
+                elapsed = time.perf_counter() - outcome.first_at
+                turn.succeeded()
+                completion = done.usage.completion_tokens if done else 0
+                cached = done.usage.cached_tokens if done else 0
+                self._router.stats.record(
+                    provider,
+                    candidate.card.id,
+                    True,
+                    ttft_ms=(outcome.first_at - outcome.started) * 1000,
+                    tokens_per_second=completion / elapsed if completion and elapsed > 0 else None,
+                )
+                self._after_success(candidate, cached)
+                return
         if self._cancelled:
             return
         raise all_failed(self.attempts, self._errors)
+
+
+class _NoOutput(APIError):
+    """A candidate whose stream ended before its first event: always moves on to the next."""
+
+    def __init__(self, error: APIError) -> None:
+        super().__init__(error.status, error.message, type=error.type)
+
+
+@dataclass(slots=True)
+class _Started:
+    stream: AsyncIterator[list[Event]]
+    held: list[list[Event]]
+    started: float
+    first_at: float

@@ -10,6 +10,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import TracebackType
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
@@ -94,3 +95,43 @@ class ProviderHealth:
     def release(self, provider: str) -> None:
         """A probe that ended without a verdict (the client left): let another request probe."""
         self._state(provider).probing = False
+
+    def turn(self, provider: str) -> Turn:
+        return Turn(self, provider)
+
+
+def counts_against(upstream_status: int | None) -> bool:
+    """Whether an upstream failure says something about the provider's health: server errors, rate limits,
+    timeouts and transport failures (no status) do; the client's own mistakes (400, 404, 413, 422...) don't,
+    or one tenant's malformed requests would open the circuit for every tenant."""
+    return upstream_status is None or upstream_status >= 500 or upstream_status in (408, 429)
+
+
+class Turn:
+    """One request's turn at a provider. It ends with a verdict (`succeeded`, `failed`) or, on leaving the
+    `with` block without one (cancelled, the client's own mistake, an error of ours), with a release: a
+    half-open circuit's probe is never left taken."""
+
+    __slots__ = ("_health", "_provider", "_resolved")
+
+    def __init__(self, health: ProviderHealth, provider: str) -> None:
+        self._health = health
+        self._provider = provider
+        self._resolved = False
+
+    def succeeded(self) -> None:
+        self._resolved = True
+        self._health.success(self._provider)
+
+    def failed(self, retry_after: float | None = None) -> None:
+        self._resolved = True
+        self._health.failure(self._provider, retry_after)
+
+    def __enter__(self) -> Turn:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self._resolved:
+            self._health.release(self._provider)
