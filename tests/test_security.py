@@ -131,9 +131,7 @@ class _Redirecting(http.server.BaseHTTPRequestHandler):
         quoted = query.endswith("&quoted")
         target = query.removesuffix("&quoted").removeprefix("to=")
         location = target.encode() if quoted else urllib.parse.unquote(target).encode()
-        self.wfile.write(
-            b"HTTP/1.1 302 Found\r\nLocation: " + location + b"\r\nContent-Length: 0\r\n\r\n"
-        )
+        self.wfile.write(b"HTTP/1.1 302 Found\r\nLocation: " + location + b"\r\nContent-Length: 0\r\n\r\n")
 
 
 def test_the_connect_time_check_stands_alone(internal: _Counting) -> None:
