@@ -84,6 +84,7 @@ def _serve(args: argparse.Namespace) -> int:
         access_log=False,
         proxy_headers=False,
         timeout_graceful_shutdown=30,
+        root_path=config.server.root_path,
     )
     return 0
 

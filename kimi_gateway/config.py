@@ -26,6 +26,8 @@ class ServerConfig(_Section):
     # Prompt and completion text are never logged unless this is set.
     log_prompts: bool = False
     log_level: str = "info"
+    # The path prefix a reverse proxy serves the gateway under (uvicorn's --root-path), e.g. "/kimi".
+    root_path: str = ""
 
 
 class EngineConfig(_Section):

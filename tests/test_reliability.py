@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import http.server
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -17,7 +19,8 @@ import asyncpg
 import httpx
 import pytest
 
-from kimi_gateway.testing import GatewayProcess
+from kimi_gateway.testing import LOCAL_MODEL, GatewayProcess
+from tests import images
 from tests.billing import K25, Operator, chat, config, credits, generation, start, tiers, wait_for_usage
 from tests.fakes.upstream import FakeUpstream
 from tests.services import drop_postgres_database, fresh_postgres_database
@@ -211,5 +214,90 @@ def test_a_recharge_made_elsewhere_lifts_the_tier_for_the_first_request_after_th
         assert added.returncode == 0, added.stderr
         time.sleep(2.2)
         assert chat(gw, key).status_code == 200  # the first request after the bound sees tier 1
+    finally:
+        gw.stop()
+
+
+class _CountingImages(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    fetched = 0
+
+
+class _ImageHandler(http.server.BaseHTTPRequestHandler):
+    server: _CountingImages
+
+    def log_message(self, *args: object) -> None:
+        return None
+
+    def do_GET(self) -> None:
+        self.server.fetched += 1
+        body = images.encoded(images.receipt())
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture()
+def image_host() -> Iterator[_CountingImages]:
+    server = _CountingImages(("127.0.0.1", 0), _ImageHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+
+
+def test_media_is_read_only_for_admitted_requests(
+    tmp_path: Path, moon: FakeUpstream, image_host: _CountingImages
+) -> None:
+    media = '[media]\nallow_hosts = ["127.0.0.1"]\n'
+    gw = start(tmp_path / "gw", config(moon, tiers((0, 0, 50, 3)), extra=media))
+    try:
+        ops = Operator(gw)
+        key = ops.key_for("acct_media")
+        ops.recharge("acct_media", "1")
+        url = f"http://127.0.0.1:{image_host.server_address[1]}/receipt.png"
+        content = [{"type": "text", "text": "What is the total?"}, images.image_part(url)]
+        statuses = [
+            chat(
+                gw, key, model=LOCAL_MODEL, max_tokens=4, messages=[{"role": "user", "content": content}]
+            ).status_code
+            for _ in range(6)
+        ]
+        assert statuses == [200, 200, 200, 429, 429, 429]
+        assert image_host.fetched == 3  # the refused requests fetched (and OCR'd) nothing
+
+        # A catalog model no provider serves is refused before any media work too.
+        unserved = chat(
+            gw, key, model="kimi-vl-a3b-instruct", messages=[{"role": "user", "content": content}]
+        )
+        assert unserved.status_code in (404, 503), unserved.text
+        assert image_host.fetched == 3
+    finally:
+        gw.stop()
+
+
+def test_a_prefixed_mount_settles_every_request(tmp_path: Path, moon: FakeUpstream) -> None:
+    """Behind a proxy that serves the gateway under /kimi and strips the prefix (uvicorn's root_path): the
+    chat route is still served, accounted and settled (its hold given back, its charge written)."""
+    gw = start(
+        tmp_path / "gw",
+        config(moon, tiers((0, 0, 1, 1000)), extra='[server]\nroot_path = "/kimi"\n'),
+    )
+    try:
+        ops = Operator(gw)
+        key = ops.key_for("acct_prefix")
+        ops.recharge("acct_prefix", "1")
+        costs = []
+        for _ in range(3):  # concurrency 1: a hold or slot left unsettled would refuse the next one
+            response = httpx.post(
+                gw.base_url + "/v1/chat/completions",  # as the proxy forwards it
+                json={"model": K25, "messages": [{"role": "user", "content": "Hi"}]},
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=30,
+            )
+            assert response.status_code == 200, response.text
+            costs.append(response.json()["usage"]["cost"])
+        assert wait_for_usage(gw, key, sum(costs))["total_usage"] == pytest.approx(sum(costs))
     finally:
         gw.stop()

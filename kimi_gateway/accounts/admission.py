@@ -21,6 +21,7 @@ from kimi_gateway.accounts.holds_redis import (
     HOLD_CHECK,
     HOLD_COMMIT,
     HOLD_SETTLE,
+    TOP_UP,
     hold_args,
     seed,
     settle_args,
@@ -45,6 +46,11 @@ class Admission(Protocol):
     ) -> Decision | Shortfall:
         """The limiter's decision (refused, or admitted with the hold placed), or the hold's shortfall
         (nothing taken)."""
+        ...
+
+    async def top_up(self, hold: HoldRequest) -> Shortfall | None:
+        """Grow the open hold `hold.hold_id` by `hold.amount` (a request found larger than estimated at
+        admission, once its media was read), or say why it does not fit (the hold stays as it was)."""
         ...
 
     def finish(self, slot: str, bucket: str, account_id: str, key_hash: str | None, cost: int) -> None:
@@ -75,6 +81,9 @@ class SeparateAdmission:
             self.limiter.release(slot, bucket)
             return short
         return verdict
+
+    async def top_up(self, hold: HoldRequest) -> Shortfall | None:
+        return self.holds.top_up(hold)
 
     def finish(self, slot: str, bucket: str, account_id: str, key_hash: str | None, cost: int) -> None:
         try:
@@ -123,6 +132,7 @@ class RedisAdmission:
         self.slot_ms = int(slot_seconds * 1000)
         self._admit = Pipelined(redis, ADMIT)
         self._finish = Pipelined(redis, FINISH)
+        self._top_up = redis.register_script(TOP_UP)  # rare (media larger than estimated): not batched
         self._pending: list[list[bytes]] = []
         self._sender: asyncio.Task[None] | None = None
 
@@ -142,6 +152,10 @@ class RedisAdmission:
                 return parse_shortfall(result)
             await seed(self.redis, self.ledger, self.prefix, status, hold)
         raise RuntimeError("could not seed the balance in Redis")
+
+    async def top_up(self, hold: HoldRequest) -> Shortfall | None:
+        result = await self._top_up(args=[hold_args(self.prefix, hold, self.hold_ms)])
+        return parse_shortfall(result) if int(result[0]) == 2 else None
 
     def _orphaned(self, result: Any, slot: str, bucket: str, hold: HoldRequest) -> None:
         # Admitted, but the request was cancelled before it heard so: give the slot and hold back.

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
+
 from kimi_gateway.accounts.admission import Admission
 from kimi_gateway.accounts.cache import RefreshingCache
 from kimi_gateway.accounts.changes import ACCOUNT, Changes
@@ -124,6 +127,34 @@ class Accountant:
         app_title: str | None = None,
     ) -> Ticket:
         """Take a rate-limit slot and hold the worst-case cost, or raise the 429 or 402 that says why not."""
+        try:
+            return await self._admit(
+                generation_id, key, model, prices, prompt_tokens, max_tokens, streamed, app_referer, app_title
+            )
+        except (SQLAlchemyError, RedisError, OSError):
+            # The database (past the caches' grace) or Redis is unreachable: fail closed, and say so.
+            log.warning("admission could not reach its stores", exc_info=True)
+            raise APIError(
+                503,
+                "Rate limits and credits cannot be checked right now (the gateway's database or Redis is "
+                "unreachable). Retry shortly.",
+                type="service_unavailable",
+                code="accounting_unavailable",
+                headers={"Retry-After": "1"},
+            ) from None
+
+    async def _admit(
+        self,
+        generation_id: str,
+        key: KeyRecord,
+        model: str,
+        prices: Sequence[Pricing],
+        prompt_tokens: int,
+        max_tokens: int,
+        streamed: bool,
+        app_referer: str | None,
+        app_title: str | None,
+    ) -> Ticket:
         account = key.account_id
         tier = await self.tier(account)
         windows = [Window(_account_bucket(account), tier.rpm)]
@@ -168,6 +199,23 @@ class Accountant:
             }
         )
         return ticket
+
+    async def top_up(
+        self, ticket: Ticket, prices: Sequence[Pricing], prompt_tokens: int, max_tokens: int
+    ) -> None:
+        """After media intake: if the request turned out larger than admission estimated, grow its hold to
+        the new worst case, or raise the 402 that says it does not fit."""
+        worst = worst_case_nano(prices, prompt_tokens, max_tokens)
+        if worst <= ticket.hold:
+            return
+        key = ticket.key
+        limit = nano(key.credit_limit) if key.credit_limit is not None else None
+        short = await self.admission.top_up(
+            HoldRequest(ticket.id, key.account_id, key.hash, worst - ticket.hold, limit)
+        )
+        if short is not None:
+            raise _insufficient(short.by, prices, prompt_tokens, max_tokens, short.available + ticket.hold)
+        ticket.hold = worst
 
     def finish(self, ticket: Ticket, outcome: Outcome) -> None:
         """Record how the request ended. Its hold settles and its slot frees once that record is in the

@@ -56,6 +56,8 @@ class ReservingHolds(Holds, Protocol):
 
     async def reserve(self, request: HoldRequest) -> Shortfall | None: ...
 
+    def top_up(self, request: HoldRequest) -> Shortfall | None: ...
+
     def settle_now(self, hold_id: str, account_id: str, key_hash: str | None, cost: int) -> None:
         """`settle`, for a backend whose holds live in this process and so never wait."""
         ...
@@ -87,6 +89,8 @@ def _entry(sums: dict[str, _Sum], name: str) -> _Sum:
 class MemoryHolds:
     ledger: Ledger
     refresh_seconds: float = 5.0  # recharges made by another process show up within this
+    # While the database is away, a figure this much past its refresh is still used (then: refused).
+    grace_seconds: float = 30.0
     _accounts: dict[str, _Sum] = field(default_factory=dict)
     _keys: dict[str, _Sum] = field(default_factory=dict)
     _open: dict[str, tuple[str, str | None, int]] = field(default_factory=dict)
@@ -99,7 +103,13 @@ class MemoryHolds:
             entry.loading = asyncio.get_running_loop().create_future()
             try:
                 epoch = entry.epoch
-                value = await load(name)
+                try:
+                    value = await load(name)
+                except Exception:
+                    age = time.monotonic() - entry.loaded_at
+                    if entry.stored is None or age > self.refresh_seconds + self.grace_seconds:
+                        raise
+                    return  # the database is away: this process's own figure, still within its grace
                 if entry.epoch == epoch:
                     entry.stored = value
                 if entry.stored is not None:
@@ -135,6 +145,27 @@ class MemoryHolds:
             key.held += request.amount
         account.held += request.amount
         self._open[request.hold_id] = (request.account_id, request.key_hash if key else None, request.amount)
+        return None
+
+    def top_up(self, request: HoldRequest) -> Shortfall | None:
+        """Add `request.amount` to the open hold `request.hold_id`, if it fits (the figures were loaded
+        when the hold was placed: no await, so the check and the addition are one step)."""
+        opened = self._open.get(request.hold_id)
+        if opened is None:
+            return None  # settled meanwhile
+        account_id, held_key, amount = opened
+        account = _entry(self._accounts, account_id)
+        available = (account.stored or 0) - account.unwritten - account.held
+        if request.amount > available:
+            return Shortfall(available, "account")
+        key = _entry(self._keys, held_key) if held_key is not None else None
+        if key is not None and request.key_limit is not None:
+            left = request.key_limit - (key.stored or 0) - key.unwritten - key.held
+            if request.amount > left:
+                return Shortfall(left, "key")
+            key.held += request.amount
+        account.held += request.amount
+        self._open[request.hold_id] = (account_id, held_key, amount + request.amount)
         return None
 
     async def settle(self, hold_id: str, account_id: str, key_hash: str | None, cost: int) -> None:

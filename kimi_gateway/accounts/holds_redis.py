@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 
 from kimi_gateway.accounts.holds import HoldRequest, Shortfall
 from kimi_gateway.accounts.ledger import Ledger
+from kimi_gateway.limits.redis import NOW
 
 # Reads table H = {p, hold, amount, limit, ttl, acct, key} (amounts as decimal strings: Lua numbers lose
 # digits when turned back into command arguments). Returns {-1} or {-2} when the account's or key's live
@@ -80,6 +81,21 @@ if redis.call('EXISTS', settled) == 0 then
   redis.call('SET', settled, 1, 'EX', 86400)
 end
 """
+
+# Adds H.amount to the open hold H.hold, if it fits: HOLD_CHECK's checks, then the hold grows in place, so
+# settling it later gives back (or charges against) the whole amount.
+TOP_UP = (
+    NOW
+    + "local H = cjson.decode(ARGV[1])\n"
+    + "if redis.call('EXISTS', H.p .. 'hold:' .. H.hold) == 0 then return {1} end\n"
+    + HOLD_CHECK
+    + """
+if hold_key ~= '' then redis.call('HINCRBY', hold_kk, 'held', H.amount) end
+redis.call('HINCRBY', hold_ak, 'held', H.amount)
+redis.call('HINCRBY', H.p .. 'hold:' .. H.hold, 'n', H.amount)
+return {1}
+"""
+)
 
 SETTLE = "local S = cjson.decode(ARGV[1])\n" + HOLD_SETTLE + "return 1\n"
 

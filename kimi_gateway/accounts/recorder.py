@@ -109,15 +109,27 @@ class Recorder:
             self._wake.set()
 
     async def _run(self) -> None:
+        wait = self.interval
+        failing = False
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+                await asyncio.wait_for(self._wake.wait(), wait)
             self._wake.clear()
             try:
                 await self.flush()
-            except Exception:
-                # The database is away; the rows wait in memory and in the journal for the next round.
-                log.exception("writing generation records failed; will retry")
+            except Exception as exc:
+                # The database is away; the rows wait in memory and in the journal for the next round,
+                # tried again less and less often (up to every 5 s), with one log line per outage.
+                if not failing:
+                    log.error(
+                        "writing generation records failed; retrying until the database is back: %s", exc
+                    )
+                failing = True
+                wait = min(wait * 2, 5.0)
+                continue
+            if failing:
+                log.warning("the database is back: waiting generation records written")
+            failing, wait = False, self.interval
 
     async def flush(self) -> None:
         async with self._lock:

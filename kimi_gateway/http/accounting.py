@@ -1,15 +1,15 @@
-"""Between the chat route and the accountant: what a request may cost before it runs, what it did after.
+"""Between a chat request and the accountant: what it may cost before it runs, what it did after.
 
 Requests without a key (the loopback bootstrap, before any key exists) are not accounted.
 """
 
 from __future__ import annotations
 
-from starlette.requests import Request
+from collections.abc import Iterable
 
 from kimi_gateway.accounts.billing import Outcome, Ticket
 from kimi_gateway.accounts.keys import KeyRecord
-from kimi_gateway.http.middleware import RequestInfo
+from kimi_gateway.http.completions import ResponseMeta
 from kimi_gateway.routing.attempts import RoutedGeneration
 from kimi_gateway.runtime import Gateway
 from kimi_gateway.schema.chat import ChatCompletionRequest
@@ -20,60 +20,79 @@ DEFAULT_MAX_TOKENS = 1024
 MAX_REFERER, MAX_TITLE = 500, 200
 
 
-async def admit(
-    request: Request,
-    gateway: Gateway,
-    body: ChatCompletionRequest,
-    routed: RoutedGeneration,
-    generation_id: str,
-) -> None:
-    state = request.scope["state"]  # the dict itself: `request.state` builds a wrapper on first use
-    key: KeyRecord | None = state["key"]
-    if key is None:
-        return
-    candidates = routed.candidates
-    max_tokens = body.requested_max_tokens or max(
-        (c.card.defaults.max_tokens or DEFAULT_MAX_TOKENS for c in candidates), default=DEFAULT_MAX_TOKENS
+def _max_tokens(body: ChatCompletionRequest, routed: RoutedGeneration) -> int:
+    return body.requested_max_tokens or max(
+        (c.card.defaults.max_tokens or DEFAULT_MAX_TOKENS for c in routed.candidates),
+        default=DEFAULT_MAX_TOKENS,
     )
-    # One pass over the raw headers (first of each wins), rather than building a Headers object.
+
+
+def app_headers(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
+    """(referer, title), each bounded; one pass over the raw headers (the first of each wins)."""
     referer = fallback = title = None
-    for name, value in request.scope["headers"]:
+    for name, value in headers:
         if name == b"http-referer" and referer is None:
             referer = value[:MAX_REFERER].decode("latin-1")
         elif name == b"referer" and fallback is None:
             fallback = value[:MAX_REFERER].decode("latin-1")
         elif name == b"x-title" and title is None:
             title = value[:MAX_TITLE].decode("latin-1")
-    state["ticket"] = await gateway.accounts.admit(
+    return referer or fallback, title
+
+
+async def admit(
+    gateway: Gateway,
+    key: KeyRecord,
+    body: ChatCompletionRequest,
+    routed: RoutedGeneration,
+    generation_id: str,
+    headers: Iterable[tuple[bytes, bytes]],
+) -> Ticket:
+    referer, title = app_headers(headers)
+    return await gateway.accounts.admit(
         generation_id,
         key,
         body.model,
-        [c.endpoint.pricing for c in candidates],
+        [c.endpoint.pricing for c in routed.candidates],
         routed.prompt_tokens,
-        max_tokens,
+        _max_tokens(body, routed),
         body.stream,
-        app_referer=referer or fallback,
+        app_referer=referer,
         app_title=title,
     )
 
 
-def finish(gateway: Gateway, ticket: Ticket, info: RequestInfo, status_code: int) -> None:
-    if info.client_closed:
+async def top_up(
+    gateway: Gateway, ticket: Ticket, body: ChatCompletionRequest, routed: RoutedGeneration
+) -> None:
+    """The request as media intake left it, priced again: its hold grows if it turned out larger."""
+    await gateway.accounts.top_up(
+        ticket,
+        [c.endpoint.pricing for c in routed.candidates],
+        routed.prompt_tokens,
+        _max_tokens(body, routed),
+    )
+
+
+def finish(gateway: Gateway, ticket: Ticket, meta: ResponseMeta | None, status_code: int) -> None:
+    """Settle from what the generation reported (`meta`), never from the log record."""
+    usage = meta.usage if meta is not None else None
+    if meta is not None and meta.client_closed:
         status = "cancelled"
-    elif status_code >= 400 or info.finish_reason == "error":
+    elif status_code >= 400 or (meta is not None and meta.finish_reason == "error"):
         status = "error"
     else:
         status = "success"
     outcome = Outcome(
         status=status,
-        model=info.model or ticket.model,
-        provider=info.provider,
-        finish_reason=info.finish_reason,
-        prompt_tokens=info.prompt_tokens or 0,
-        completion_tokens=info.completion_tokens or 0,
-        cached_tokens=info.cached_tokens or 0,
-        reasoning_tokens=info.reasoning_tokens or 0,
-        cost=info.cost_nano or 0,
-        ttft_ms=info.ttft_ms,
+        model=meta.model if meta is not None else ticket.model,
+        provider=(meta.served_by or meta.provider) if meta is not None else None,
+        finish_reason=meta.finish_reason if meta is not None else None,
+        prompt_tokens=usage.prompt_tokens if usage else 0,
+        completion_tokens=usage.completion_tokens if usage else 0,
+        cached_tokens=usage.cached_tokens if usage else 0,
+        reasoning_tokens=usage.reasoning_tokens if usage else 0,
+        cost=(meta.cost_nano or 0) if meta is not None else 0,
+        ttft_ms=meta.ttft_ms if meta is not None else None,
     )
     gateway.accounts.finish(ticket, outcome)

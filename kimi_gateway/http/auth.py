@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kimi_gateway.accounts.keys import MANAGEMENT, KeyRecord
 from kimi_gateway.errors import APIError
+from kimi_gateway.http.middleware import route_path
 from kimi_gateway.http.responses import error_response
 from kimi_gateway.runtime import Gateway
 
@@ -36,32 +37,26 @@ def _unauthorized(message: str) -> APIError:
     return APIError(401, message, code="invalid_api_key")
 
 
-async def authenticate(gateway: Gateway, scope: Scope) -> APIError | None:
-    """Checks the request's key for its path; on success the key (or None, before any key exists) is in
-    `scope["state"]["key"]`."""
-    state = scope.setdefault("state", {})
-    state["key"] = None
+async def authenticate(gateway: Gateway, scope: Scope) -> KeyRecord | None:
+    """The request's key, checked for its path: None before any key exists (the loopback bootstrap).
+    Raises the 401, 403 or 503 that says why not."""
     try:
         if not await gateway.keys.any_keys():
             return None  # bootstrap: no keys yet, loopback only
-        record, error = await _check(gateway, _bearer(scope), scope["path"])
+        record, error = await _check(gateway, _bearer(scope), route_path(scope))
     except (SQLAlchemyError, OSError):
         # The database is unreachable and the cached decision is past its grace: refuse, and say so.
         log.warning("authentication could not reach the database", exc_info=True)
-        return APIError(
+        raise APIError(
             503,
             "Keys cannot be checked right now: the gateway's database is unreachable. Retry shortly.",
             type="service_unavailable",
             code="database_unavailable",
             headers={"Retry-After": "1"},
-        )
+        ) from None
     if error is not None:
-        return error
-    state["key"] = record
-    info = state.get("log")
-    if info is not None and record is not None:
-        info.account_id = record.account_id
-    return None
+        raise error
+    return record
 
 
 async def _check(gateway: Gateway, token: str | None, path: str) -> tuple[KeyRecord | None, APIError | None]:
@@ -96,11 +91,18 @@ class AuthMiddleware:
         self.gateway = gateway
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC:
+        if scope["type"] != "http" or route_path(scope) in PUBLIC:
             await self.app(scope, receive, send)
             return
-        error = await authenticate(self.gateway, scope)
-        if error is not None:
+        try:
+            record = await authenticate(self.gateway, scope)
+        except APIError as error:
             await error_response(error)(scope, receive, send)
             return
+        # For the routes behind the framework; the chat route's serving object keeps its own.
+        state = scope.setdefault("state", {})
+        state["key"] = record
+        info = state.get("log")
+        if info is not None and record is not None:
+            info.account_id = record.account_id
         await self.app(scope, receive, send)

@@ -9,13 +9,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.types import Receive
 
 from kimi_gateway.accounts.pricing import cost_nano, usd
 from kimi_gateway.catalog import Pricing
 from kimi_gateway.errors import APIError
 from kimi_gateway.http.disconnects import DisconnectWatch
-from kimi_gateway.http.middleware import RequestInfo
 from kimi_gateway.providers.events import Delta, Done, Event, Finish, ToolCallDelta, Usage
 from kimi_gateway.routing.attempts import RoutedGeneration
 from kimi_gateway.schema.responses import (
@@ -34,12 +33,21 @@ DONE_LINE = b"data: [DONE]\n\n"
 
 @dataclass(slots=True)
 class ResponseMeta:
+    """One response's identity, and what its generation did: usage, cost and how it ended are recorded
+    here from the generation's own events, for the response body and for settlement alike."""
+
     id: str
     created: int
     model: str  # the model that served: it changes after a models[] fallback
     provider: str | None = None
     pricing: Pricing | None = None  # the serving endpoint's, for usage.cost
     started: float = field(default_factory=time.perf_counter)
+    usage: Usage | None = None  # from the generation's Done event
+    cost_nano: int | None = None
+    served_by: str | None = None  # the provider's display name, as the generation reported it
+    finish_reason: str | None = None
+    ttft_ms: float | None = None
+    client_closed: bool = False
     _frame: tuple[tuple[str, str | None], bytes, bytes] | None = None
 
     def serve(self, routed: RoutedGeneration) -> None:
@@ -74,12 +82,12 @@ def _sse(payload: Any) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
-def _usage(usage: Usage, info: RequestInfo) -> UsageBody:
+def _usage(usage: Usage, meta: ResponseMeta) -> UsageBody:
     body = usage_body(
         usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.reasoning_tokens
     )
-    if info.cost_nano is not None:
-        body["cost"] = usd(info.cost_nano)
+    if meta.cost_nano is not None:
+        body["cost"] = usd(meta.cost_nano)
     return body
 
 
@@ -96,18 +104,13 @@ def _tool_calls(calls: list[ToolCallDelta]) -> list[dict[str, Any]]:
     return out
 
 
-def _record(info: RequestInfo, done: Done, meta: ResponseMeta, routed: RoutedGeneration) -> None:
-    usage = done.usage
-    info.prompt_tokens = usage.prompt_tokens
-    info.completion_tokens = usage.completion_tokens
-    info.cached_tokens = usage.cached_tokens
-    info.reasoning_tokens = usage.reasoning_tokens
+def _record(done: Done, meta: ResponseMeta, routed: RoutedGeneration) -> None:
+    usage = meta.usage = done.usage
     if done.provider:
-        info.provider = done.provider
+        meta.served_by = done.provider
     meta.serve(routed)
-    info.model = meta.model
     if meta.pricing is not None:
-        info.cost_nano = cost_nano(
+        meta.cost_nano = cost_nano(
             meta.pricing, usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens
         )
 
@@ -117,7 +120,6 @@ async def sse_stream(
     batches: AsyncIterator[list[Event]],
     first: asyncio.Future[list[Event]],
     meta: ResponseMeta,
-    info: RequestInfo,
     include_usage: bool,
     keepalive: float,
 ) -> AsyncIterator[bytes]:
@@ -144,15 +146,15 @@ async def sse_stream(
             while batch is not None:
                 for event in batch:
                     if isinstance(event, Delta):
-                        if info.ttft_ms is None:
-                            info.ttft_ms = round((time.perf_counter() - meta.started) * 1000, 2)
+                        if meta.ttft_ms is None:
+                            meta.ttft_ms = round((time.perf_counter() - meta.started) * 1000, 2)
                         out.append(meta.chunk_event(_delta_choice(event, started)))
                     elif isinstance(event, Finish):
                         # Held until usage is known: Moonshot's stream carries usage in the final choice.
-                        info.finish_reason = event.reason
+                        meta.finish_reason = event.reason
                         finishes.append(event)
                     elif isinstance(event, Done):
-                        out.extend(_closing_chunks(event, finishes, meta, info, routed, include_usage))
+                        out.extend(_closing_chunks(event, finishes, meta, routed, include_usage))
                 if out:
                     yield b"".join(out)
                     out = []
@@ -161,7 +163,7 @@ async def sse_stream(
         except APIError as exc:
             # The status line has gone out: the error travels as a final chunk, as OpenRouter does.
             finished = True
-            info.finish_reason = "error"
+            meta.finish_reason = "error"
             meta.serve(routed)
             body = meta.chunk(
                 [{"index": 0, "delta": {"content": ""}, "logprobs": None, "finish_reason": "error"}]
@@ -176,7 +178,7 @@ async def sse_stream(
             first.cancel()
         await batches.aclose()  # type: ignore[attr-defined]
         if not finished:
-            info.client_closed = True
+            meta.client_closed = True
     yield DONE_LINE
 
 
@@ -184,13 +186,12 @@ def _closing_chunks(
     done: Done,
     finishes: list[Finish],
     meta: ResponseMeta,
-    info: RequestInfo,
     routed: RoutedGeneration,
     include_usage: bool,
 ) -> list[bytes]:
     """The finish chunks, the last one carrying usage, and the usage-only chunk if the client asked."""
-    _record(info, done, meta, routed)
-    usage = _usage(done.usage, info)
+    _record(done, meta, routed)
+    usage = _usage(done.usage, meta)
     out = []
     for i, finish in enumerate(finishes):
         choice = {
@@ -246,7 +247,7 @@ class _Choice:
     native: str | None = None
 
 
-async def collect(routed: RoutedGeneration, meta: ResponseMeta, info: RequestInfo) -> CompletionBody:
+async def collect(routed: RoutedGeneration, meta: ResponseMeta) -> CompletionBody:
     choices: dict[int, _Choice] = {}
     usage = Usage()
     async for batch in routed.events():
@@ -273,7 +274,7 @@ async def collect(routed: RoutedGeneration, meta: ResponseMeta, info: RequestInf
                 choice.finish, choice.native = event.reason, event.native_reason
             elif isinstance(event, Done):
                 usage = event.usage
-                _record(info, event, meta, routed)
+                _record(event, meta, routed)
     bodies: list[ChoiceBody] = []
     for index in sorted(choices):
         choice = choices[index]
@@ -298,7 +299,7 @@ async def collect(routed: RoutedGeneration, meta: ResponseMeta, info: RequestInf
                 "native_finish_reason": choice.native,
             }
         )
-    info.finish_reason = bodies[0]["finish_reason"] if bodies else None
+    meta.finish_reason = bodies[0]["finish_reason"] if bodies else None
     meta.serve(routed)
     body: CompletionBody = {
         "id": meta.id,
@@ -306,7 +307,7 @@ async def collect(routed: RoutedGeneration, meta: ResponseMeta, info: RequestInf
         "created": meta.created,
         "model": meta.model,
         "choices": bodies,
-        "usage": _usage(usage, info),
+        "usage": _usage(usage, meta),
         "system_fingerprint": None,
     }
     if meta.provider:
@@ -315,16 +316,16 @@ async def collect(routed: RoutedGeneration, meta: ResponseMeta, info: RequestInf
 
 
 async def collect_unless_disconnected(
-    request: Request, routed: RoutedGeneration, meta: ResponseMeta, info: RequestInfo
+    receive: Receive, routed: RoutedGeneration, meta: ResponseMeta
 ) -> CompletionBody | None:
     """Collect the whole completion, stopping the generation if the client goes away first."""
-    with DisconnectWatch(request.receive) as watch:
+    with DisconnectWatch(receive) as watch:
         try:
-            return await collect(routed, meta, info)
+            return await collect(routed, meta)
         except asyncio.CancelledError:
             if not watch.fired:
                 raise  # cancelled for another reason (shutdown)
             watch.absorb()
             routed.cancel()
-            info.client_closed = True
+            meta.client_closed = True
             return None

@@ -42,12 +42,17 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(APIError(exc.status_code, message, code=code, headers=dict(exc.headers or {})))
 
 
-async def unexpected(request: Request, exc: Exception) -> Response:
-    log.error("unhandled error", exc_info=exc, extra={"fields": {"path": request.url.path}})
+def internal_error(path: str, exc: BaseException) -> Response:
+    """A failure nobody planned for: logged with its traceback, answered without one."""
+    log.error("unhandled error", exc_info=exc, extra={"fields": {"path": path}})
     return ORJSONResponse(
         {"error": {"message": "Internal server error.", "type": "server_error", "param": None, "code": None}},
         status_code=500,
     )
+
+
+async def unexpected(request: Request, exc: Exception) -> Response:
+    return internal_error(request.url.path, exc)
 
 
 def install(app: FastAPI) -> None:

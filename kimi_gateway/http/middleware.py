@@ -34,6 +34,13 @@ class RequestInfo:
     client_closed: bool = False
 
 
+def route_path(scope: Scope) -> str:
+    """The path the app's routes see: without the prefix it is mounted under (`--root-path`, a Mount)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
 def begin(scope: Scope) -> RequestInfo:
     """A new request's id and log record, kept in `scope["state"]` for the route to fill in."""
     info = RequestInfo(request_id=new_id("req_"))

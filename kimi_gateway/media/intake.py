@@ -55,6 +55,11 @@ def decode_data_url(url: str, where: str) -> bytes:
         raise _bad(where, "the data: URL is not valid base64") from None
 
 
+def has_media(request: ChatCompletionRequest) -> bool:
+    """Whether any user message has a list of parts (images, video, files): plain text needs no intake."""
+    return any(isinstance(m, UserMessage) and isinstance(m.content, list) for m in request.messages)
+
+
 class Media:
     def __init__(self, config: MediaConfig, files: FileStore) -> None:
         self.config = config
@@ -82,7 +87,7 @@ class Media:
 
     async def prepare(self, request: ChatCompletionRequest, card: ModelCard, account_id: str | None) -> None:
         """Rewrite the request's media parts in place; raise a 400 for anything unacceptable."""
-        if not any(isinstance(m, UserMessage) and isinstance(m.content, list) for m in request.messages):
+        if not has_media(request):
             return  # plain text: the common case, and nothing to look at
         await self._files(request, account_id)
         given = len(self._slots(request))

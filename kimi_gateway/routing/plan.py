@@ -38,8 +38,10 @@ def filter_endpoints(
     endpoints: list[Endpoint],
     prefs: ProviderPreferences,
     prompt: int,
+    media_pending: bool = False,
 ) -> list[Candidate]:
-    """`prompt` is the request's estimated prompt size, worked out once by the caller."""
+    """`prompt` is the request's estimated prompt size, worked out once by the caller. With
+    `media_pending`, the media parts are not read yet: see `Router.route`."""
     if not endpoints:
         raise Filtered(
             provider_unavailable(
@@ -72,14 +74,21 @@ def filter_endpoints(
             raise Filtered(_no_endpoints(f"No endpoints found for '{card.id}' within max_price."))
 
     for modality in sorted(features.input_modalities(request)):
-        eps = [e for e in eps if modality in e.input_modalities]
+        if media_pending and card.image_via_ocr:
+            continue  # intake turns images (and video frames) into text for this model
+        accepted = {modality}
+        if media_pending and modality == features.VIDEO:
+            accepted.add(features.IMAGES)  # intake turns video into frames for image models
+        eps = [e for e in eps if accepted & set(e.input_modalities)]
         if not eps:
             raise Filtered(
                 _no_endpoints(f"No endpoints found that support {features.FEATURE_NAMES[modality]}.")
             )
 
     completion = request.requested_max_tokens or 0
-    fitting = [e for e in eps if prompt + completion <= e.context_length]
+    # With media not read yet, their size is a guess (OCR text is usually far smaller than an image's
+    # tokens): the context is checked when the request is routed again after intake.
+    fitting = eps if media_pending else [e for e in eps if prompt + completion <= e.context_length]
     if not fitting:
         longest = max(e.context_length for e in eps)
         raise Filtered(

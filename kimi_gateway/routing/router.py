@@ -50,7 +50,11 @@ class Router:
         return self._by_model.get(model_id, [])
 
     def plan(
-        self, request: ChatCompletionRequest, sticky_to: str | None = None, prompt: int | None = None
+        self,
+        request: ChatCompletionRequest,
+        sticky_to: str | None = None,
+        prompt: int | None = None,
+        media_pending: bool = False,
     ) -> list[Candidate]:
         prefs = request.provider or _NO_PREFERENCES
         if prompt is None:
@@ -61,7 +65,9 @@ class Router:
         for model_id in models:
             card = self.catalog.get(model_id)
             try:
-                found = filter_endpoints(request, card, self.endpoints_for(model_id), prefs, prompt)
+                found = filter_endpoints(
+                    request, card, self.endpoints_for(model_id), prefs, prompt, media_pending
+                )
             except Filtered as why:
                 first_error = first_error or why.error
                 continue
@@ -76,12 +82,17 @@ class Router:
             raise first_error
         return candidates
 
-    def route(self, request: ChatCompletionRequest, account: str | None = None) -> RoutedGeneration:
+    def route(
+        self, request: ChatCompletionRequest, account: str | None = None, media_pending: bool = False
+    ) -> RoutedGeneration:
+        """The candidates for `request`, ready to try. `media_pending`: its media parts are not read yet
+        (admission comes first), so images a model reads through OCR, and video a model takes as frames,
+        do not rule endpoints out; the request is routed again once intake has rewritten it."""
         sticky = StickyState(request, account or "anonymous")
         if self.sticky:  # with nothing sticking, no conversation's hash can find anything
             sticky.provider = self.sticky.get(sticky.key)
         prompt = estimate_prompt_tokens(request)
-        candidates = self.plan(request, sticky.provider, prompt)
+        candidates = self.plan(request, sticky.provider, prompt, media_pending)
         routed = RoutedGeneration(self, request, candidates, buffered=not request.stream)
         routed.prompt_tokens = prompt
         routed.sticky = sticky

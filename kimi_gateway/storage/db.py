@@ -46,7 +46,14 @@ def upgrade(url: str) -> None:
 class Database:
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+        sqlite = url.startswith("sqlite")
+        self.engine: AsyncEngine = create_async_engine(
+            url,
+            pool_pre_ping=not sqlite,
+            # A server that cannot be reached fails fast (asyncpg waits 60 s by default): callers then
+            # use their cached figures, or refuse with 503, rather than hang requests behind it.
+            connect_args={} if sqlite else {"timeout": 5},
+        )
         self.dialect = self.engine.dialect.name
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)

@@ -1,0 +1,134 @@
+"""One chat completion, owned by one object from the request's first byte to its settlement.
+
+The steps run in the order the data flows: authenticate → validate → route (a model nobody serves, or a
+feature no endpoint has, is refused before any work) → admit (rate limits, then a credit hold, with media
+estimated) → media intake (fetches, OCR, video, documents: the expensive part, only for admitted requests)
+→ route again if intake changed the request (and grow the hold if it grew) → generate → respond → settle,
+in `serve`'s `finally`, however the request ended: finished, failed, cut by the client or cancelled.
+
+The request's state is this object's fields, not keys in `scope["state"]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from kimi_gateway.accounts.billing import Ticket
+from kimi_gateway.accounts.keys import KeyRecord
+from kimi_gateway.catalog.rules import apply_rules
+from kimi_gateway.errors import APIError
+from kimi_gateway.http import accounting
+from kimi_gateway.http.auth import authenticate
+from kimi_gateway.http.body import parse_body
+from kimi_gateway.http.completions import ResponseMeta, collect_unless_disconnected, sse_stream
+from kimi_gateway.http.errors import internal_error
+from kimi_gateway.http.middleware import begin, log_request, request_id_header
+from kimi_gateway.http.responses import FastJSONResponse, FastSSEResponse, error_response
+from kimi_gateway.logs import event
+from kimi_gateway.media.intake import has_media
+from kimi_gateway.media.redact import redacted
+from kimi_gateway.providers.events import Event
+from kimi_gateway.runtime import Gateway
+from kimi_gateway.schema.chat import ChatCompletionRequest
+from kimi_gateway.schema.checks import check_partial, check_tools
+from kimi_gateway.schema.responses import completion_id
+
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class ChatCompletion:
+    """POST /v1/chat/completions, one instance per request."""
+
+    __slots__ = ("gateway", "info", "key", "meta", "receive", "scope", "send", "started", "ticket")
+
+    def __init__(self, gateway: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
+        self.gateway = gateway
+        self.scope, self.receive, self.send = scope, receive, send
+        self.started = time.perf_counter()
+        self.info = begin(scope)  # the request id, and the one log line's record
+        self.key: KeyRecord | None = None
+        self.ticket: Ticket | None = None  # once admitted: what it holds until settled
+        self.meta: ResponseMeta | None = None  # once routed: the response, and what the generation did
+
+    async def serve(self) -> None:
+        response: Response | None = None
+        try:
+            try:
+                response = await self._respond()
+            except APIError as exc:
+                response = error_response(exc)
+            except Exception as exc:
+                response = internal_error(self.scope["path"], exc)
+            response.raw_headers.append(request_id_header(self.info))
+            await response(self.scope, self.receive, self.send)
+        finally:
+            status = response.status_code if response is not None else 500
+            if self.ticket is not None:
+                # Synchronous, so a shutdown cancelling this task cannot interrupt it.
+                accounting.finish(self.gateway, self.ticket, self.meta, status)
+            self._log(status)
+
+    def _log(self, status: int) -> None:
+        info, meta = self.info, self.meta
+        if meta is not None:
+            info.model = meta.model
+            info.provider = meta.served_by or meta.provider
+            info.finish_reason = meta.finish_reason
+            info.ttft_ms = meta.ttft_ms
+            info.cost_nano = meta.cost_nano
+            info.client_closed = meta.client_closed
+            if meta.usage is not None:
+                info.prompt_tokens = meta.usage.prompt_tokens
+                info.completion_tokens = meta.usage.completion_tokens
+                info.cached_tokens = meta.usage.cached_tokens
+                info.reasoning_tokens = meta.usage.reasoning_tokens
+        log_request(self.scope, info, status, self.started)
+
+    async def _respond(self) -> Response:
+        gateway = self.gateway
+        key = self.key = await authenticate(gateway, self.scope)
+        account = key.account_id if key is not None else None
+        self.info.account_id = account
+        request = Request(self.scope, self.receive, self.send)
+        body = await parse_body(request, ChatCompletionRequest, gateway.config.server.max_body_bytes)
+        self.info.model, self.info.stream = body.model, body.stream
+        check_tools(body)
+        check_partial(body)
+        card = gateway.catalog.get(body.model)
+        apply_rules(body, card)
+        media = has_media(body)
+        routed = gateway.router.route(body, account, media_pending=media)
+        meta = self.meta = ResponseMeta(id=completion_id(), created=int(time.time()), model=body.model)
+        if key is not None:
+            self.ticket = await accounting.admit(gateway, key, body, routed, meta.id, self.scope["headers"])
+        if media:
+            await gateway.media.prepare(body, card, account)
+            routed = gateway.router.route(body, account)  # images may be text now, videos frames
+            if self.ticket is not None:
+                await accounting.top_up(gateway, self.ticket, body, routed)
+        if gateway.config.server.log_prompts:
+            event("prompt", request_id=self.info.request_id, messages=redacted(body.messages))
+
+        if not body.stream:
+            completion = await collect_unless_disconnected(self.receive, routed, meta)
+            if completion is None:
+                return Response(status_code=499)
+            return FastJSONResponse(completion)
+
+        # Wait briefly for the first events: an early failure still gets a proper status and JSON error.
+        batches = routed.events()
+        first: asyncio.Future[list[Event]] = asyncio.ensure_future(anext(batches))
+        keepalive = gateway.config.routing.keepalive_seconds
+        await asyncio.wait((first,), timeout=keepalive)
+        if first.done() and first.exception() is not None:
+            await batches.aclose()  # type: ignore[attr-defined]
+            first.result()  # raises the APIError
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return FastSSEResponse(
+            sse_stream(routed, batches, first, meta, include_usage, keepalive), _SSE_HEADERS
+        )
