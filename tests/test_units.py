@@ -9,6 +9,7 @@ import random
 from collections.abc import AsyncIterator
 from decimal import ROUND_HALF_UP
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +22,8 @@ from kimi_gateway.engine.stops import StopMatcher
 from kimi_gateway.engine.toolcalls import EnvelopeParser
 from kimi_gateway.http.validation import param_path
 from kimi_gateway.ids import new_id
+from kimi_gateway.providers.events import Delta
+from kimi_gateway.providers.normalize import ChunkNormalizer
 from kimi_gateway.providers.sse import sse_data
 from kimi_gateway.schema.models import per_token
 from kimi_gateway.stats.endpoints import DAY, EndpointStats
@@ -305,3 +308,132 @@ def test_integer_cost_arithmetic_matches_decimal() -> None:
         )
         tokens = (rng.randrange(10**6), rng.randrange(10**6), rng.randrange(10**6))
         assert cost_nano(p, *tokens) == reference(p, *tokens), (p, tokens)
+
+
+def _random_chunks(rng: random.Random) -> list[dict[str, Any]]:
+    """A stream's chunks in several providers' dialects: mostly plain text on choice 0 (the fast path's
+    case), mixed with reasoning, tool calls, a second choice, usage inside a choice, and a finish."""
+    chunks: list[dict[str, Any]] = []
+    for i in range(rng.randrange(1, 30)):
+        kind = rng.choice(["text", "text", "text", "empty", "reasoning", "details", "tool", "index1", "role"])
+        delta: dict[str, Any]
+        choice: dict[str, Any] = {"index": 0}
+        if kind == "text":
+            delta = {"content": rng.choice(["a", "bc", " d", "é", "\n"])}
+        elif kind == "empty":
+            delta = {"content": ""}
+        elif kind == "role":
+            delta = {"role": "assistant", "content": "r"}
+        elif kind == "reasoning":
+            delta = {rng.choice(["reasoning", "reasoning_content"]): "think "}
+        elif kind == "details":
+            delta = {"reasoning_details": [{"type": "reasoning.text", "text": "t"}]}
+        elif kind == "tool":
+            delta = {
+                "tool_calls": [{"index": 0, "id": f"c{i}", "function": {"name": "f", "arguments": "{}"}}]
+            }
+        else:
+            choice["index"] = 1
+            delta = {"content": "other"}
+        choice["delta"] = delta
+        chunks.append({"choices": [choice]})
+    last: dict[str, Any] = {"index": 0, "delta": {}, "finish_reason": rng.choice(["stop", "length"])}
+    if rng.random() < 0.5:
+        last["usage"] = {"prompt_tokens": 3, "completion_tokens": 4}
+        chunks.append({"choices": [last]})
+    else:
+        chunks.append({"choices": [last]})
+        chunks.append({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 6}})
+    return chunks
+
+
+def _canonical(events: list[Any]) -> list[Any]:
+    """Events with consecutive text-only deltas of one choice merged: the fast path joins text that came
+    in one read, which a client receives at the same moment either way."""
+    out: list[Any] = []
+    for event in events:
+        text_only = (
+            isinstance(event, Delta) and event.content and event.reasoning is None and not event.tool_calls
+        )
+        previous = out[-1] if out else None
+        if (
+            text_only
+            and isinstance(previous, Delta)
+            and previous.index == event.index
+            and previous.content
+            and previous.reasoning is None
+            and not previous.tool_calls
+        ):
+            out[-1] = Delta(previous.index, previous.content + event.content)
+        else:
+            out.append(
+                Delta(event.index, event.content, event.reasoning, event.tool_calls) if text_only else event
+            )
+    return out
+
+
+def test_normalizer_fast_path_agrees_with_the_general_one() -> None:
+    rng = random.Random(11)
+    for _ in range(500):
+        chunks = _random_chunks(rng)
+        fast, slow = ChunkNormalizer("p"), ChunkNormalizer("p")
+        fast_events: list[Any] = []
+        slow_events: list[Any] = []
+        # The fast path takes a read's raw payloads; the general path one parsed chunk at a time.
+        reads = [chunks[i : i + 3] for i in range(0, len(chunks), 3)]
+        for read in reads:
+            fast.feed_data(
+                [json.dumps(c).encode() for c in read] + [b"[DONE]"][: rng.random() < 0.1], fast_events
+            )
+            for chunk in read:
+                slow.feed(chunk, slow_events)
+        assert _canonical(fast_events) == _canonical(slow_events), chunks
+        assert fast.usage == slow.usage and fast.finished == slow.finished
+
+
+def _reference_sse(body: bytes) -> list[bytes]:
+    """The SSE spec's event parsing, line by line over the whole body: each event's data lines joined."""
+    events: list[bytes] = []
+    data: list[bytes] | None = None
+    for line in body.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n"):
+        if line == b"":
+            if data is not None:
+                events.append(b"\n".join(data))
+            data = None
+        elif line.startswith(b"data:"):
+            value = line[5:]
+            data = [*(data or []), value[1:] if value.startswith(b" ") else value]
+    if data is not None:
+        events.append(b"\n".join(data))
+    return events
+
+
+def test_sse_reader_fast_path_agrees_with_the_spec_on_any_split() -> None:
+    rng = random.Random(5)
+    for _ in range(500):
+        blocks = []
+        for i in range(rng.randrange(1, 12)):
+            kind = rng.choice(["one", "one", "one", "multi", "comment", "event", "nospace"])
+            if kind == "one":
+                blocks.append(b'data: {"n": %d}' % i)
+            elif kind == "multi":
+                blocks.append(b"data: first %d\ndata: second" % i)
+            elif kind == "comment":
+                blocks.append(b": PROCESSING")
+            elif kind == "event":
+                blocks.append(b"event: message\nid: %d\ndata: x%d" % (i, i))
+            else:
+                blocks.append(b"data:tight%d" % i)
+        newline = rng.choice([b"\n", b"\r\n"])
+        body = b"".join(block.replace(b"\n", newline) + newline + newline for block in blocks)
+        cuts = sorted(rng.sample(range(1, len(body)), min(len(body) - 1, rng.randrange(0, 6))))
+        pieces = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
+
+        async def read(pieces: list[bytes] = pieces) -> list[bytes]:
+            async def source() -> AsyncIterator[bytes]:
+                for piece in pieces:
+                    yield piece
+
+            return [data async for batch in sse_data(source()) for data in batch]
+
+        assert asyncio.run(read()) == _reference_sse(body), pieces
