@@ -4,6 +4,7 @@ the breaker. Real server processes, on PostgreSQL where SQLite would forgive the
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import http.server
 import json
@@ -14,6 +15,7 @@ import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -299,5 +301,39 @@ def test_a_prefixed_mount_settles_every_request(tmp_path: Path, moon: FakeUpstre
             assert response.status_code == 200, response.text
             costs.append(response.json()["usage"]["cost"])
         assert wait_for_usage(gw, key, sum(costs))["total_usage"] == pytest.approx(sum(costs))
+    finally:
+        gw.stop()
+
+
+def _file_part(text: str) -> dict[str, Any]:
+    data = base64.b64encode(text.encode()).decode()
+    return {"type": "file", "file": {"filename": "notes.txt", "file_data": f"data:text/plain;base64,{data}"}}
+
+
+def test_a_request_that_grows_at_intake_tops_up_its_hold_or_gets_402(
+    tmp_path: Path, moon: FakeUpstream
+) -> None:
+    """Admission holds credit before the document is read; once its text is known, the hold grows to the
+    new worst case, or the request is refused with 402 if the account cannot cover it."""
+    gw = start(tmp_path / "gw", config(moon))
+    try:
+        ops = Operator(gw)
+        key = ops.key_for("acct_grow")
+        ops.recharge("acct_grow", "0.004")  # $0.60 per million in: about 6,600 tokens' worth
+        big = "the quarterly figures rose again. " * 1200  # ~40,000 characters: ~10,000 tokens
+        content = [{"type": "text", "text": "Summarize."}, _file_part(big)]
+        refused = chat(gw, key, max_tokens=10, messages=[{"role": "user", "content": content}])
+        assert refused.status_code == 402, refused.text
+        assert refused.json()["error"]["code"] == "insufficient_credits"
+        assert moon.requests == []  # refused before any provider was tried
+
+        small = [{"type": "text", "text": "Summarize."}, _file_part("the figures rose. " * 50)]
+        served = chat(gw, key, max_tokens=10, messages=[{"role": "user", "content": small}])
+        assert served.status_code == 200, served.text
+        # The refused request's hold was released, the served one's settled: only its cost is gone.
+        cost = served.json()["usage"]["cost"]
+        assert wait_for_usage(gw, key, cost)["total_usage"] == pytest.approx(cost)
+        balance = httpx.get(gw.api + "/users/me/balance", headers={"Authorization": f"Bearer {key}"})
+        assert balance.json()["data"]["available_balance"] == pytest.approx(0.004 - cost)
     finally:
         gw.stop()

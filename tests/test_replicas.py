@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import os
 import secrets
@@ -241,3 +242,46 @@ def test_a_recharge_on_one_replica_lifts_the_tier_on_the_other_at_once(
     ops.recharge("acct_lift", "10")  # on a
     time.sleep(0.5)
     assert chat(b, key).status_code == 200
+
+
+def test_a_hold_grows_in_redis_when_intake_finds_a_larger_request(
+    cluster: Callable[[str, float], Replica], shared: tuple[str, str, str], moon: FakeUpstream
+) -> None:
+    _, _, prefix = shared
+    replica = cluster(tiers((0, 0, 50, 1000)), 0.1)
+    a = replica("a")
+    ops = Operator(a)
+    key = ops.key_for("acct_topup")
+    ops.recharge("acct_topup", "0.004")
+    text = base64.b64encode(("the quarterly figures rose again. " * 1200).encode()).decode()
+    part = {"type": "file", "file": {"filename": "n.txt", "file_data": f"data:text/plain;base64,{text}"}}
+    refused = chat(a, key, max_tokens=10, messages=[{"role": "user", "content": [part]}])
+    assert refused.status_code == 402, refused.text
+    assert moon.requests == []
+    assert _live(prefix, "acct_topup") == (4_000_000, 0)  # nothing held, nothing charged
+
+    moon.default = Answer(first_delay=1.0)
+    small = base64.b64encode(("the figures rose. " * 600).encode()).decode()
+    part = {"type": "file", "file": {"filename": "n.txt", "file_data": f"data:text/plain;base64,{small}"}}
+
+    async def during() -> tuple[httpx.Response, int]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            sent = asyncio.ensure_future(
+                client.post(
+                    a.api + "/chat/completions",
+                    json={"model": K25, "messages": [{"role": "user", "content": [part]}], "max_tokens": 10},
+                    headers={"Authorization": f"Bearer {key}"},
+                )
+            )
+            await asyncio.sleep(0.6)
+            held = _live(prefix, "acct_topup")[1]
+            return await sent, held
+
+    served, held = asyncio.run(during())
+    assert served.status_code == 200, served.text
+    # The hold covers the document's text (about 2,700 tokens at $0.60 per million), not just the ~10
+    # tokens admission saw before reading it.
+    assert held > 1_000_000, held
+    cost = int(Decimal(str(served.json()["usage"]["cost"])) * 10**9)
+    time.sleep(0.5)
+    assert _live(prefix, "acct_topup") == (4_000_000 - cost, 0)
