@@ -29,10 +29,12 @@ if TYPE_CHECKING:
 
 def app_factory() -> object:
     """What uvicorn imports in each worker process: config comes from the environment."""
+    from kimi_gateway.http import protocol
     from kimi_gateway.http.app import create_app
 
     config = load_config()
     setup_logging(config.server.log_level)
+    protocol.configure(config.server)
     return create_app(config)
 
 
@@ -79,10 +81,12 @@ def _serve(args: argparse.Namespace) -> int:
         port=port,
         workers=args.workers,
         loop="uvloop",
-        http="httptools",
+        http="kimi_gateway.http.protocol:GatewayProtocol",  # httptools, with header and connection limits
         log_config=None,
         access_log=False,
         proxy_headers=False,
+        server_header=False,
+        timeout_keep_alive=config.server.keep_alive_seconds,
         timeout_graceful_shutdown=30,
         root_path=config.server.root_path,
     )

@@ -28,6 +28,13 @@ class ServerConfig(_Section):
     log_level: str = "info"
     # The path prefix a reverse proxy serves the gateway under (uvicorn's --root-path), e.g. "/kimi".
     root_path: str = ""
+    # Connection limits (http/protocol.py): request headers must arrive within this many seconds and
+    # total at most this many bytes (else 408 / 431); at most this many connections at once (else 503).
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    max_header_bytes: int = Field(default=64 * 1024, ge=4096, le=16 * 1024 * 1024)
+    max_connections: int = Field(default=1000, ge=1)
+    # An idle kept-alive connection is closed after this.
+    keep_alive_seconds: int = Field(default=5, gt=0, le=300)
 
 
 class EngineConfig(_Section):
@@ -141,6 +148,15 @@ class MediaConfig(_Section):
     video_max_seconds: float = 120.0
     video_max_pixels: int = 3840 * 2160
     video_budget_seconds: float = 20.0
+    # CPU-heavy media work runs in a pool of its own: this many threads, at most this many jobs of one
+    # account at once, and at most this many megapixels being decoded at once (one image may always go).
+    workers: int = Field(default=2, ge=1, le=64)
+    jobs_per_account: int = Field(default=1, ge=1, le=64)
+    decoding_megapixels: int = Field(default=64, ge=1)
+    # CPU seconds one document's text extraction may take (a PDF built to be slow is refused with 400).
+    document_budget_seconds: float = Field(default=5.0, gt=0)
+    # Images read by OCR (for text-only models) are scaled down to this first: OCR gains little beyond.
+    ocr_max_pixels: int = Field(default=4_000_000, ge=100_000)
     # Files API quotas, per account (Moonshot's: 100 MB a file, 1,000 files, 10 GB in all).
     max_file_bytes: int = 100 * 1024 * 1024
     max_files: int = 1000

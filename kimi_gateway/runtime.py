@@ -26,6 +26,7 @@ from kimi_gateway.limits import MemoryLimiter
 from kimi_gateway.media import Media
 from kimi_gateway.media.files import FileStore
 from kimi_gateway.media.ocr import OCR
+from kimi_gateway.media.workers import MediaPool
 from kimi_gateway.providers.base import Provider
 from kimi_gateway.providers.client import UpstreamClient
 from kimi_gateway.providers.local import LocalProvider
@@ -150,7 +151,13 @@ def build_gateway(config: GatewayConfig) -> Gateway:
     )
     journal = config.data_dir.expanduser() / "journal"
     recorder = Recorder(ledger, holds, journal, settings.flush_seconds)
-    files = FileStore(db, config.data_dir.expanduser() / "files", config.media, OCR())
+    pool = MediaPool(
+        config.media.workers,
+        config.media.jobs_per_account,
+        config.media.document_budget_seconds,
+        config.media.decoding_megapixels,
+    )
+    files = FileStore(db, config.data_dir.expanduser() / "files", config.media, OCR(), pool)
     media = Media(config.media, files)
     changes = Changes(redis, config.redis_prefix)
     cache = {"cache_seconds": settings.cache_seconds, "cache_grace_seconds": settings.cache_grace_seconds}

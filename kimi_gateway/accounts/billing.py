@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -27,6 +28,7 @@ from kimi_gateway.accounts.recorder import Recorder
 from kimi_gateway.accounts.tiers import Tier, tier_for
 from kimi_gateway.catalog import Pricing
 from kimi_gateway.errors import APIError
+from kimi_gateway.ids import new_id
 from kimi_gateway.limits import Decision, Window
 
 
@@ -134,14 +136,7 @@ class Accountant:
         except (SQLAlchemyError, RedisError, OSError):
             # The database (past the caches' grace) or Redis is unreachable: fail closed, and say so.
             log.warning("admission could not reach its stores", exc_info=True)
-            raise APIError(
-                503,
-                "Rate limits and credits cannot be checked right now (the gateway's database or Redis is "
-                "unreachable). Retry shortly.",
-                type="service_unavailable",
-                code="accounting_unavailable",
-                headers={"Retry-After": "1"},
-            ) from None
+            raise _unavailable() from None
 
     async def _admit(
         self,
@@ -199,6 +194,33 @@ class Accountant:
             }
         )
         return ticket
+
+    @asynccontextmanager
+    async def limited(self, key: KeyRecord) -> AsyncIterator[None]:
+        """The account's rate limits (requests a minute, concurrency) around work that is not a generation
+        (an upload, a token count): admitted like one, before the work, but nothing held or charged."""
+        account = key.account_id
+        slot = new_id("lim_")
+        bucket = _account_bucket(account)
+        try:
+            tier = await self.tier(account)
+            windows = [Window(bucket, tier.rpm)]
+            if key.rpm:
+                windows.append(Window("k:" + key.hash, key.rpm))
+            verdict = await self.admission.admit(
+                slot, bucket, tier.concurrency, windows, HoldRequest(slot, account, key.hash, 0, None)
+            )
+        except (SQLAlchemyError, RedisError, OSError):
+            log.warning("admission could not reach its stores", exc_info=True)
+            raise _unavailable() from None
+        if isinstance(verdict, Shortfall):
+            raise _insufficient(verdict.by, [], 0, 0, verdict.available)
+        if not verdict.allowed:
+            raise _rate_limited(verdict, tier)
+        try:
+            yield
+        finally:
+            self.admission.finish(slot, bucket, account, key.hash, 0)
 
     async def top_up(
         self, ticket: Ticket, prices: Sequence[Pricing], prompt_tokens: int, max_tokens: int
@@ -297,6 +319,17 @@ def generation_row(ticket: Ticket, outcome: Outcome, cost: int) -> dict[str, Any
         "app_title": ticket.app_title,
         "created_at": ticket.created_at,
     }
+
+
+def _unavailable() -> APIError:
+    return APIError(
+        503,
+        "Rate limits and credits cannot be checked right now (the gateway's database or Redis is "
+        "unreachable). Retry shortly.",
+        type="service_unavailable",
+        code="accounting_unavailable",
+        headers={"Retry-After": "1"},
+    )
 
 
 def _rate_limited(decision: Decision, tier: Tier) -> APIError:

@@ -12,12 +12,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kimi_gateway import __version__
 from kimi_gateway.config import GatewayConfig, load_config
+from kimi_gateway.errors import APIError
 from kimi_gateway.http import errors
 from kimi_gateway.http.auth import AuthMiddleware
+from kimi_gateway.http.body import BodyLimitMiddleware, too_large
 from kimi_gateway.http.middleware import RequestLogMiddleware, route_path
 from kimi_gateway.http.routes import (
     chat,
     credits,
+    docs,
     endpoints,
     files,
     generations,
@@ -27,6 +30,7 @@ from kimi_gateway.http.routes import (
     tokenizers,
 )
 from kimi_gateway.http.serving import ChatCompletion
+from kimi_gateway.media.files import file_too_large
 from kimi_gateway.runtime import Gateway, build_gateway
 from kimi_gateway.schema.chat import ChatCompletionRequest
 
@@ -56,7 +60,15 @@ class FastPath:
     def __init__(self, api: FastAPI) -> None:
         self.api = api
         self.gateway: Gateway = api.state.gateway
-        self.rest = RequestLogMiddleware(AuthMiddleware(api, self.gateway))
+        self.rest = RequestLogMiddleware(
+            AuthMiddleware(BodyLimitMiddleware(api, self._body_limit), self.gateway)
+        )
+
+    def _body_limit(self, scope: Scope) -> tuple[int, APIError]:
+        config = self.gateway.config
+        if route_path(scope) == "/v1/files":  # an upload: the file's cap, and room for the form around it
+            return config.media.max_file_bytes + 64 * 1024, file_too_large(config.media.max_file_bytes)
+        return config.server.max_body_bytes, too_large(config.server.max_body_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and route_path(scope) == chat.PATH:
@@ -82,7 +94,8 @@ def create_api(config: GatewayConfig | None = None) -> FastAPI:
         finally:
             await gateway.stop()
 
-    app = FastAPI(title="kimi-gateway", version=__version__, lifespan=lifespan)
+    # /docs is served from the package's own Swagger UI (routes/docs.py); ReDoc (CDN-only) is off.
+    app = FastAPI(title="kimi-gateway", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.gateway = gateway
     errors.install(app)
     app.include_router(chat.router)
@@ -94,5 +107,7 @@ def create_api(config: GatewayConfig | None = None) -> FastAPI:
     app.include_router(credits.router)
     app.include_router(generations.router)
     app.include_router(files.router)
+    app.include_router(docs.router)
+    app.mount(docs.STATIC_PATH, docs.static_files(), name="vendor")
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

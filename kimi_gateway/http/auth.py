@@ -19,7 +19,8 @@ from kimi_gateway.runtime import Gateway
 
 log = logging.getLogger(__name__)
 
-PUBLIC = frozenset({"/health", "/ready", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+PUBLIC = frozenset({"/health", "/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+PUBLIC_PREFIXES = ("/static/",)  # the pages' own assets: nothing secret
 MANAGEMENT_PATHS = ("/api/v1/keys", "/api/v1/credits/add")
 # Paths either kind of key may call: about the calling key itself.
 EITHER = frozenset({"/api/v1/key", "/api/v1/credits", "/api/v1/generation", "/v1/users/me/balance"})
@@ -91,7 +92,8 @@ class AuthMiddleware:
         self.gateway = gateway
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or route_path(scope) in PUBLIC:
+        path = route_path(scope) if scope["type"] == "http" else ""
+        if scope["type"] != "http" or path in PUBLIC or path.startswith(PUBLIC_PREFIXES):
             await self.app(scope, receive, send)
             return
         try:

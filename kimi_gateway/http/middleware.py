@@ -11,6 +11,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from kimi_gateway.ids import new_id
 from kimi_gateway.logs import event, logger, request_id
 
+# On every response: a browser must not guess a type other than the one sent.
+NOSNIFF = (b"x-content-type-options", b"nosniff")
+NO_STORE = (b"cache-control", b"no-store")
+
 # A client that went away before the response finished; nginx's convention.
 CLIENT_CLOSED = 499
 
@@ -82,11 +86,15 @@ class RequestLogMiddleware:
         header = request_id_header(info)
         status = 500
 
+        extra = [header, NOSNIFF]
+        if route_path(scope).startswith("/api/v1/"):
+            extra.append(NO_STORE)  # account data, and the one response that carries a new key
+
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), header]
+                message["headers"] = [*message.get("headers", ()), *extra]
             await send(message)
 
         try:

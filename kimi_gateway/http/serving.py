@@ -27,7 +27,7 @@ from kimi_gateway.http.auth import authenticate
 from kimi_gateway.http.body import parse_body
 from kimi_gateway.http.completions import ResponseMeta, collect_unless_disconnected, sse_stream
 from kimi_gateway.http.errors import internal_error
-from kimi_gateway.http.middleware import begin, log_request, request_id_header
+from kimi_gateway.http.middleware import NOSNIFF, begin, log_request, request_id_header
 from kimi_gateway.http.responses import FastJSONResponse, FastSSEResponse, error_response
 from kimi_gateway.logs import event
 from kimi_gateway.media.intake import has_media
@@ -64,7 +64,7 @@ class ChatCompletion:
                 response = error_response(exc)
             except Exception as exc:
                 response = internal_error(self.scope["path"], exc)
-            response.raw_headers.append(request_id_header(self.info))
+            response.raw_headers += (request_id_header(self.info), NOSNIFF)
             await response(self.scope, self.receive, self.send)
         finally:
             status = response.status_code if response is not None else 500

@@ -12,13 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from kimi_gateway.config import MediaConfig
 from kimi_gateway.errors import APIError
-from kimi_gateway.media.documents import BadDocument, extract_text
+from kimi_gateway.media.documents import BadDocument, TooCostly, extract_text
 from kimi_gateway.media.ocr import OCR
+from kimi_gateway.media.workers import MediaPool
 from kimi_gateway.storage import Database
-from kimi_gateway.storage.models import StoredFile
+from kimi_gateway.storage.models import Account, StoredFile
 
 PURPOSES = ("file-extract", "image", "video")
 
@@ -60,6 +62,16 @@ class FileInfo:
         }
 
 
+def file_too_large(limit: int) -> APIError:
+    return APIError(
+        413,
+        f"File size is too large, max file size is {limit // (1024 * 1024)}MB, please confirm and "
+        "re-upload the file",
+        param="file",
+        code="file_too_large",
+    )
+
+
 def _not_found(file_id: str) -> APIError:
     return APIError(
         404, f"File '{file_id}' not found.", type="resource_not_found_error", code="file_not_found"
@@ -67,11 +79,13 @@ def _not_found(file_id: str) -> APIError:
 
 
 class FileStore:
-    def __init__(self, db: Database, folder: Path, config: MediaConfig, ocr: OCR) -> None:
+    def __init__(self, db: Database, folder: Path, config: MediaConfig, ocr: OCR, pool: MediaPool) -> None:
         self.db = db
         self.folder = folder
         self.config = config
         self.ocr = ocr
+        self.pool = pool
+        self._locks: dict[str | None, asyncio.Lock] = {}
 
     def _paths(self, file_id: str) -> tuple[Path, Path]:
         return self.folder / file_id, self.folder / f"{file_id}.txt"
@@ -83,61 +97,88 @@ class FileStore:
             )
         if not data:
             raise APIError(400, "File size is zero, please confirm and re-upload the file", param="file")
-        limit = self.config.max_file_bytes
-        if len(data) > limit:
-            raise APIError(
-                413,
-                f"File size is too large, max file size is {limit // (1024 * 1024)}MB, please confirm and "
-                "re-upload the file",
-                param="file",
-            )
-        count, total = await self._usage(account_id)
-        if count >= self.config.max_files:
-            raise APIError(
-                400,
-                f"The number of files you have uploaded exceeded the max file count {self.config.max_files}, "
-                "please delete previous uploaded files",
-            )
-        if total + len(data) > self.config.max_total_bytes:
-            raise APIError(
-                400, "Your files exceed the total storage quota; please delete previous uploaded files"
-            )
+        if len(data) > self.config.max_file_bytes:
+            raise file_too_large(self.config.max_file_bytes)
         file_id = "file-" + secrets.token_hex(12)
-        raw_path, text_path = self._paths(file_id)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        status, details = "ok", ""
+        await self._reserve(account_id, file_id, filename, purpose, len(data))
         try:
-            text = await asyncio.to_thread(extract_text, data, self.ocr) if purpose == "file-extract" else ""
-        except BadDocument as why:
-            status, details, text = "error", f"Failed to extract file: {why}", ""
-        await asyncio.to_thread(raw_path.write_bytes, data)
-        await asyncio.to_thread(text_path.write_text, text)
-        row = StoredFile(
-            id=file_id,
-            account_id=account_id,
-            filename=filename[:500],
-            purpose=purpose,
-            bytes=len(data),
-            status=status,
-            status_details=details,
-        )
-        async with self.db.session() as session, session.begin():
-            session.add(row)
+            status, details, text = "ok", "", ""
+            if purpose == "file-extract":
+                try:
+                    text = await self.pool.budgeted(
+                        account_id, lambda budget: extract_text(data, self.ocr, budget=budget)
+                    )
+                except TooCostly as why:
+                    raise APIError(400, f"file: {why}.", param="file", code="file_too_costly") from None
+                except BadDocument as why:
+                    status, details = "error", f"Failed to extract file: {why}"
+            raw_path, text_path = self._paths(file_id)
+            self.folder.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(raw_path.write_bytes, data)
+            await asyncio.to_thread(text_path.write_text, text)
+            async with self.db.session() as session, session.begin():
+                row = await session.get(StoredFile, file_id)
+                assert row is not None
+                row.status, row.status_details = status, details
+        except BaseException:
+            await self._unreserve(file_id)
+            raise
         return await self.get(account_id, file_id)
 
-    async def _usage(self, account_id: str | None) -> tuple[int, int]:
+    async def _reserve(
+        self, account_id: str | None, file_id: str, filename: str, purpose: str, size: int
+    ) -> None:
+        """Check the account's quotas and claim this file's share in one step, before any extraction: a
+        burst of concurrent uploads cannot all pass the same check. The row is the claim ("processing");
+        on PostgreSQL the account's row is locked for the check, so replicas take turns too."""
+        lock = self._locks.setdefault(account_id, asyncio.Lock())
+        async with lock, self.db.session() as session, session.begin():
+            if account_id is not None and self.db.dialect == "postgresql":
+                await session.execute(select(Account.id).where(Account.id == account_id).with_for_update())
+            count, total = await self._usage(account_id, session)
+            if count >= self.config.max_files:
+                raise APIError(
+                    400,
+                    f"The number of files you have uploaded exceeded the max file count "
+                    f"{self.config.max_files}, please delete previous uploaded files",
+                )
+            if total + size > self.config.max_total_bytes:
+                raise APIError(
+                    400, "Your files exceed the total storage quota; please delete previous uploaded files"
+                )
+            session.add(
+                StoredFile(
+                    id=file_id,
+                    account_id=account_id,
+                    filename=filename[:500],
+                    purpose=purpose,
+                    bytes=size,
+                    status="processing",
+                    status_details="",
+                )
+            )
+
+    async def _unreserve(self, file_id: str) -> None:
+        async with self.db.session() as session, session.begin():
+            row = await session.get(StoredFile, file_id)
+            if row is not None:
+                await session.delete(row)
+        for path in self._paths(file_id):
+            path.unlink(missing_ok=True)
+
+    @staticmethod
+    async def _usage(account_id: str | None, session: AsyncSession) -> tuple[int, int]:
         query = select(func.count(), func.coalesce(func.sum(StoredFile.bytes), 0)).where(
             StoredFile.account_id.is_(None) if account_id is None else StoredFile.account_id == account_id
         )
-        async with self.db.session() as session:
-            count, total = (await session.execute(query)).one()
+        count, total = (await session.execute(query)).one()
         return int(count), int(total)
 
     async def _row(self, account_id: str | None, file_id: str) -> StoredFile:
         async with self.db.session() as session:
             row = await session.get(StoredFile, file_id)
-        if row is None or row.account_id != account_id:
-            raise _not_found(file_id)
+        if row is None or row.account_id != account_id or row.status == "processing":
+            raise _not_found(file_id)  # another account's, or still being read: not there yet
         return row
 
     async def get(self, account_id: str | None, file_id: str) -> FileInfo:

@@ -38,6 +38,17 @@ class Picture:
         return out.getvalue(), "image/jpeg"
 
 
+def declared_pixels(raw: bytes) -> int:
+    """How many pixels the image's header claims (0 when it cannot be read): read from the header only,
+    cheap enough for the event loop."""
+    try:
+        with Image.open(io.BytesIO(raw)) as opened:
+            width, height = opened.size
+    except Exception:
+        return 0  # load_image says what is wrong with it
+    return width * height
+
+
 def load_image(raw: bytes, max_pixels: int, max_decode_pixels: int) -> Picture:
     """Blocking (decoding is CPU work): run it in a thread."""
     try:

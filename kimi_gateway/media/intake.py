@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from kimi_gateway.catalog import ModelCard
 from kimi_gateway.config import MediaConfig
 from kimi_gateway.errors import APIError
-from kimi_gateway.media.documents import BadDocument, extract_text
+from kimi_gateway.media.documents import BadDocument, TooCostly, extract_text
 from kimi_gateway.media.fetch import Fetcher, FetchLimits, Refused, refused
 from kimi_gateway.media.files import FileStore
-from kimi_gateway.media.images import BadImage, Picture, load_image
+from kimi_gateway.media.images import BadImage, Picture, declared_pixels, load_image
 from kimi_gateway.media.video import BadVideo, Frame, VideoLimits, probe, sample_frames
+from kimi_gateway.media.workers import trim_memory
 from kimi_gateway.schema.chat import (
     ChatCompletionRequest,
     ContentPart,
@@ -31,6 +32,8 @@ from kimi_gateway.schema.chat import (
     VideoPart,
     VideoURL,
 )
+
+LARGE_DECODE = 16_000_000  # pixels: past this, a decode's freed memory is returned to the system
 
 
 @dataclass(slots=True)
@@ -74,6 +77,7 @@ class Media:
             )
         )
         self.ocr = files.ocr
+        self.pool = files.pool
         self.video_limits = VideoLimits(
             fps=config.video_fps,
             max_frames=config.video_max_frames,
@@ -84,6 +88,7 @@ class Media:
 
     async def close(self) -> None:
         await self.fetcher.close()
+        self.pool.close()
 
     async def prepare(self, request: ChatCompletionRequest, card: ModelCard, account_id: str | None) -> None:
         """Rewrite the request's media parts in place; raise a 400 for anything unacceptable."""
@@ -103,6 +108,8 @@ class Media:
         if not native and not card.image_via_ocr:
             return  # routing answers: no endpoint takes image (or video) input
         max_pixels = card.max_image_pixels or self.config.max_image_pixels
+        if not native:
+            max_pixels = min(max_pixels, self.config.ocr_max_pixels)
         await self._videos(request, card, account_id, max_pixels)
         slots = self._slots(request)  # video frames, if any, are images now
         if not slots:
@@ -112,9 +119,9 @@ class Media:
             content = slot.message.content
             assert isinstance(content, list)
             content[slot.index] = (
-                await self._forwarded(slot.part, picture, source, request)
+                await self._forwarded(slot.part, picture, source, request, account_id)
                 if native
-                else await self._ocr_text(number, slot.where, picture)
+                else await self._ocr_text(number, slot.where, picture, account_id)
             )
 
     @staticmethod
@@ -144,7 +151,7 @@ class Media:
                 raw, _ = await self._bytes(url, where, account_id)
                 try:
                     if "video" in card.input_modalities:
-                        await asyncio.to_thread(probe, raw, self.video_limits)
+                        await self.pool.run(account_id, probe, raw, self.video_limits)
                         data = base64.b64encode(raw).decode()
                         parts.append(
                             VideoPart(
@@ -152,10 +159,12 @@ class Media:
                             )
                         )
                         continue
-                    frames = await asyncio.to_thread(sample_frames, raw, self.video_limits, max_pixels)
+                    frames = await self.pool.run(
+                        account_id, sample_frames, raw, self.video_limits, max_pixels
+                    )
                 except BadVideo as why:
                     raise _bad(where, str(why), "invalid_video") from None
-                parts.extend(await asyncio.to_thread(_frame_parts, where, frames))
+                parts.extend(await self.pool.run(account_id, _frame_parts, where, frames))
             message.content = parts
 
     async def _bytes(self, url: str, where: str, account_id: str | None) -> tuple[bytes, str | None]:
@@ -176,8 +185,11 @@ class Media:
         part = slot.part
         url = part.image_url if isinstance(part.image_url, str) else part.image_url.url
         raw, source = await self._bytes(url, slot.where, account_id)
+        decode_limit = self.config.max_decode_pixels
         try:
-            picture = await asyncio.to_thread(load_image, raw, max_pixels, self.config.max_decode_pixels)
+            # Admitted by its size before decoding: huge images decode a few at a time, not all at once.
+            async with self.pool.pixels(declared_pixels(raw)):
+                picture = await self.pool.run(account_id, _decoded, raw, max_pixels, decode_limit)
         except BadImage as why:
             raise _bad(slot.where, str(why)) from None
         return picture, source
@@ -219,7 +231,11 @@ class Media:
             if len(raw) > self.config.max_file_bytes:
                 raise _bad(where, "the file is larger than the files API's limit", "invalid_file")
             try:
-                text = await asyncio.to_thread(extract_text, raw, self.ocr)
+                text = await self.pool.budgeted(
+                    account_id, lambda budget: extract_text(raw, self.ocr, budget=budget)
+                )
+            except TooCostly as why:
+                raise _bad(where, f"cannot read the file: {why}", "file_too_costly") from None
             except BadDocument as why:
                 raise _bad(where, f"cannot read the file: {why}", "invalid_file") from None
         else:
@@ -228,26 +244,40 @@ class Media:
             )
         return TextPart(type="text", text=f"[File {name}, its text]\n{text}\n[End of file {name}]")
 
-    @staticmethod
     async def _forwarded(
-        part: ImagePart, picture: Picture, source: str | None, request: ChatCompletionRequest
+        self,
+        part: ImagePart,
+        picture: Picture,
+        source: str | None,
+        request: ChatCompletionRequest,
+        account_id: str | None,
     ) -> ContentPart:
         # The checked, re-encoded bytes: every provider takes base64. A fetched image also keeps the
         # normalized URL it was fetched from (never the client's spelling of it), which adapters of
         # providers that fetch for themselves send instead (providers/wire/base.py).
-        data, mime = await asyncio.to_thread(picture.encode)
+        data, mime = await self.pool.run(account_id, picture.encode)
         detail = None if isinstance(part.image_url, str) else part.image_url.detail
         url = f"data:{mime};base64,{base64.b64encode(data).decode()}"
         if source is not None:
             request.image_sources[url] = source
         return ImagePart(type="image_url", image_url=ImageURL(url=url, detail=detail))
 
-    async def _ocr_text(self, number: int, where: str, picture: Picture) -> ContentPart:
-        text = (await self.ocr.aread(picture.image)).strip()
+    async def _ocr_text(
+        self, number: int, where: str, picture: Picture, account_id: str | None
+    ) -> ContentPart:
+        text = (await self.pool.run(account_id, self.ocr.read, picture.image)).strip()
         label = f"[Image {number} ({where}), text read from it by OCR]"
         return TextPart(
             type="text", text=f"{label}\n{text or '(no text found in the image)'}\n[End of image {number}]"
         )
+
+
+def _decoded(raw: bytes, max_pixels: int, max_decode_pixels: int) -> Picture:
+    """`load_image`, then, after a large decode, the freed memory handed back to the system."""
+    picture = load_image(raw, max_pixels, max_decode_pixels)
+    if picture.original_size[0] * picture.original_size[1] > LARGE_DECODE:
+        trim_memory()
+    return picture
 
 
 def _frame_parts(where: str, frames: list[Frame]) -> list[ContentPart]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 from fastapi import APIRouter
@@ -53,25 +54,19 @@ def _file_type(head: bytes) -> str:
 )
 async def upload(request: Request) -> dict[str, Any]:
     gateway, account = _context(request)
-    limit = gateway.config.media.max_file_bytes
-    declared = request.headers.get("content-length")
-    # Refused before the body is read: an oversized upload must not fill the disk first.
-    if declared is not None and declared.isdigit() and int(declared) > limit + 64 * 1024:
-        raise APIError(
-            413,
-            f"File size is too large, max file size is {limit // (1024 * 1024)}MB, please confirm and "
-            "re-upload the file",
-            param="file",
-        )
-    form = await request.form(max_files=1, max_fields=4)
-    try:
-        file, purpose = form.get("file"), form.get("purpose")
-        if not isinstance(file, UploadFile) or not isinstance(purpose, str):
-            raise APIError(400, "Send multipart fields 'file' (the file) and 'purpose' (file-extract).")
-        data = await file.read()
-        info = await gateway.files.add(account, file.filename or "upload", purpose, data)
-    finally:
-        await form.close()
+    key: KeyRecord | None = request.state.key
+    # Admitted by the account's rate limits before the body is even read.
+    async with gateway.accounts.limited(key) if key is not None else nullcontext():
+        # The body's size is capped as it streams in (BodyLimitMiddleware), whatever its framing.
+        form = await request.form(max_files=1, max_fields=4)
+        try:
+            file, purpose = form.get("file"), form.get("purpose")
+            if not isinstance(file, UploadFile) or not isinstance(purpose, str):
+                raise APIError(400, "Send multipart fields 'file' (the file) and 'purpose' (file-extract).")
+            data = await file.read()
+            info = await gateway.files.add(account, file.filename or "upload", purpose, data)
+        finally:
+            await form.close()
     return info.public()
 
 
