@@ -76,6 +76,13 @@ def load_image(raw: bytes, max_pixels: int, max_decode_pixels: int) -> Picture:
             opened.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
         opened.load()
         image: Image.Image = opened
+        if image.width * image.height > 2 * max_pixels:
+            # Shrink first, by a whole factor (a box filter over the decoded pixels), in the image's own
+            # mode: converting a huge 1-bit or palette image to RGB first would hold 3-4 bytes a pixel.
+            factor = math.isqrt(image.width * image.height // max_pixels)
+            if image.mode in ("1", "P"):
+                image = image.convert("RGBA" if _has_alpha(image) else "L")
+            image = image.reduce(factor)
         if image.getexif().get(_ORIENTATION, 1) != 1:
             image = ImageOps.exif_transpose(image)
         mode = "RGBA" if _has_alpha(image) else "RGB"

@@ -8,6 +8,8 @@ from typing import Any
 
 from PIL import Image
 
+from kimi_gateway.media.workers import trim_memory
+
 
 class OCR:
     def __init__(self) -> None:
@@ -27,6 +29,8 @@ class OCR:
 
         with self._lock:
             result, _ = self._get()(np.asarray(image.convert("RGB")))
+            if image.width * image.height > 1_000_000:
+                trim_memory()  # detection on a large image takes hundreds of MB; give them back
         return _lines(result or [])
 
     async def aread(self, image: Image.Image) -> str:
