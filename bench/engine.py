@@ -60,7 +60,11 @@ def gateway_decode_rate(client: httpx.Client, url: str, question: str) -> float:
     with client.stream("POST", url, json=body) as response:
         for line in response.iter_lines():
             if line.startswith("data: {") and '"usage":{' in line:
-                completion = orjson.loads(line[6:])["usage"]["completion_tokens"]
+                # The finish chunk carries usage inside its choice (as Moonshot's streams do), the
+                # include_usage chunk at the top level: either says how many tokens were made.
+                chunk = orjson.loads(line[6:])
+                usage = chunk.get("usage") or chunk["choices"][0]["usage"]
+                completion = usage["completion_tokens"]
     return completion / (time.perf_counter() - start)
 
 
