@@ -26,7 +26,8 @@ class APIError(Exception):
         self.message = message
         self.type = type
         self.param = param
-        self.code = code
+        # Every 400 says what kind of mistake it was, as OpenAI's do.
+        self.code = code if code is not None or status != 400 else "invalid_value"
         self.headers = headers or {}
         self.metadata = metadata
 
@@ -42,7 +43,8 @@ class APIError(Exception):
         return {"error": error}
 
 
-def invalid_request(message: str, *, param: str | None = None, code: str | None = None) -> APIError:
+def invalid_request(message: str, *, param: str | None = None, code: str = "invalid_value") -> APIError:
+    """A 400 for a value the request should not have sent; every one carries a code (OpenAI's)."""
     return APIError(400, message, param=param, code=code)
 
 

@@ -337,3 +337,37 @@ def test_a_request_that_grows_at_intake_tops_up_its_hold_or_gets_402(
         assert balance.json()["data"]["available_balance"] == pytest.approx(0.004 - cost)
     finally:
         gw.stop()
+
+
+HI_LOCAL = {"model": LOCAL_MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+
+
+def _keyless(gw: GatewayProcess) -> int:
+    return httpx.post(gw.api + "/chat/completions", json=HI_LOCAL, timeout=60).status_code
+
+
+def test_bootstrap_ends_when_the_first_key_is_made(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    gw = GatewayProcess(tmp_path / "a", "[accounts]\ncache_seconds = 1\n")
+    try:
+        assert _keyless(gw) == 200  # no keys yet: the loopback bootstrap
+        made = _cli(gw, "keys", "create", "--name", "first")  # another process makes the first key
+        assert made.returncode == 0, made.stderr
+        # Keyless requests keep coming: none passes once the cache's bound (1 s) is over.
+        statuses = []
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            statuses.append(_keyless(gw))
+        assert 401 in statuses and 200 not in statuses[statuses.index(401) :], statuses
+        assert _keyless(gw) == 401
+    finally:
+        gw.stop()
+
+    (tmp_path / "b").mkdir()
+    fresh = GatewayProcess(tmp_path / "b")
+    try:
+        made = httpx.post(fresh.base_url + "/api/v1/keys", json={"name": "ops", "kind": "management"})
+        assert made.status_code == 201
+        assert _keyless(fresh) == 401  # through this gateway's own API: at once
+    finally:
+        fresh.stop()

@@ -46,6 +46,8 @@ class Rules(_Card):
     min_temperature_for_n: float | None = None
     max_stop: int | None = None
     max_stop_bytes: int | None = None
+    # Moonshot's API refuses tool names shorter than this (OpenAI's own rule: 1 to 64 characters).
+    min_tool_name: int | None = None
 
 
 class LocalSpec(_Card):

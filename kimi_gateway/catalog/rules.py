@@ -91,8 +91,21 @@ def check_thinking(request: ChatCompletionRequest, thinking: bool) -> None:
         message.reasoning_content = text
 
 
+def check_tool_names(request: ChatCompletionRequest, card: ModelCard) -> None:
+    shortest = card.rules.min_tool_name
+    if shortest is None:
+        return
+    for i, tool in enumerate(request.tools or ()):
+        if len(tool.function.name) < shortest:
+            raise invalid_request(
+                f"invalid tool name '{tool.function.name}': this model needs at least {shortest} characters",
+                param=f"tools[{i}].function.name",
+            )
+
+
 def apply_rules(request: ChatCompletionRequest, card: ModelCard) -> None:
     """Refuse what the model's family refuses, and pin the values it fixes."""
+    check_tool_names(request, card)
     thinking = card.thinking_on(request.reasoning_wanted)
     check_thinking(request, thinking)
     check_sampling(request, card, thinking)

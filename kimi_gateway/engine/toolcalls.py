@@ -22,6 +22,9 @@ MODE_AUTO = "auto"  # the model chooses: a tool call or a plain answer
 MODE_CALL = "call"  # the model must call a tool
 
 
+NO_ARGUMENTS: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
+
+
 def tool_mode(tools: list[Tool] | None, choice: ToolChoice | None) -> str:
     if not tools or choice == "none":
         return MODE_NONE
@@ -42,7 +45,8 @@ def envelope_schema(tools: list[Tool], mode: str, parallel: bool) -> dict[str, A
             "type": "object",
             "properties": {
                 "name": {"const": t.function.name},
-                "arguments": t.function.parameters or {"type": "object"},
+                # No parameters (OpenAI allows it: a function of no arguments): exactly `{}`.
+                "arguments": t.function.parameters or NO_ARGUMENTS,
             },
             "required": ["name", "arguments"],
             "additionalProperties": False,

@@ -96,7 +96,12 @@ class FileStore:
                 400, "Invalid purpose: only 'file-extract', 'image' or 'video' accepted", param="purpose"
             )
         if not data:
-            raise APIError(400, "File size is zero, please confirm and re-upload the file", param="file")
+            raise APIError(
+                400,
+                "File size is zero, please confirm and re-upload the file",
+                param="file",
+                code="empty_file",
+            )
         if len(data) > self.config.max_file_bytes:
             raise file_too_large(self.config.max_file_bytes)
         file_id = "file-" + secrets.token_hex(12)
@@ -141,10 +146,13 @@ class FileStore:
                     400,
                     f"The number of files you have uploaded exceeded the max file count "
                     f"{self.config.max_files}, please delete previous uploaded files",
+                    code="file_limit_exceeded",
                 )
             if total + size > self.config.max_total_bytes:
                 raise APIError(
-                    400, "Your files exceed the total storage quota; please delete previous uploaded files"
+                    400,
+                    "Your files exceed the total storage quota; please delete previous uploaded files",
+                    code="storage_quota_exceeded",
                 )
             session.add(
                 StoredFile(

@@ -8,7 +8,8 @@ from kimi_gateway.errors import invalid_request
 from kimi_gateway.schema.chat import AssistantMessage, ChatCompletionRequest, ResponseFormatJSONObject
 
 MAX_TOOLS = 128
-TOOL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9-_]{2,63}$")
+# OpenAI's rule; a model family may be stricter (`min_tool_name` in the catalog's rules).
+TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 
 def check_partial(request: ChatCompletionRequest) -> None:
@@ -29,6 +30,10 @@ def check_partial(request: ChatCompletionRequest) -> None:
 
 def check_tools(request: ChatCompletionRequest) -> None:
     tools = request.tools or []
+    if request.tool_choice == "required" and not tools:
+        raise invalid_request(
+            "tool_choice 'required' needs at least one tool in 'tools'", param="tool_choice"
+        )
     if len(tools) > MAX_TOOLS:
         raise invalid_request(f"too many tools: {len(tools)}, at most {MAX_TOOLS} are allowed", param="tools")
     seen: dict[str, int] = {}
@@ -36,7 +41,7 @@ def check_tools(request: ChatCompletionRequest) -> None:
         name = tool.function.name
         if not TOOL_NAME.match(name):
             raise invalid_request(
-                f"invalid tool name '{name}': it must match ^[a-zA-Z_][a-zA-Z0-9-_]{{2,63}}$",
+                f"invalid tool name '{name}': it must match ^[a-zA-Z0-9_-]{{1,64}}$",
                 param=f"tools[{i}].function.name",
             )
         if name in seen:

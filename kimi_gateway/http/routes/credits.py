@@ -53,7 +53,12 @@ async def add_credits(request: Request) -> dict[str, Any]:
     key: KeyRecord | None = request.state.key
     account = body.account_id or (key.account_id if key else None)
     if account is None:
-        raise APIError(400, "Name the account to recharge in 'account_id'.", param="account_id")
+        raise APIError(
+            400,
+            "Name the account to recharge in 'account_id'.",
+            param="account_id",
+            code="missing_required_parameter",
+        )
     try:
         entry = await gateway.accounts.credit(account, body.amount, body.kind, body.note)
     except UnknownAccount:

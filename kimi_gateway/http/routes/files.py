@@ -62,7 +62,11 @@ async def upload(request: Request) -> dict[str, Any]:
         try:
             file, purpose = form.get("file"), form.get("purpose")
             if not isinstance(file, UploadFile) or not isinstance(purpose, str):
-                raise APIError(400, "Send multipart fields 'file' (the file) and 'purpose' (file-extract).")
+                raise APIError(
+                    400,
+                    "Send multipart fields 'file' (the file) and 'purpose' (file-extract).",
+                    code="missing_required_parameter",
+                )
             data = await file.read()
             info = await gateway.files.add(account, file.filename or "upload", purpose, data)
         finally:
