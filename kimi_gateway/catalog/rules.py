@@ -105,7 +105,8 @@ def check_tool_names(request: ChatCompletionRequest, card: ModelCard) -> None:
 
 def apply_rules(request: ChatCompletionRequest, card: ModelCard) -> None:
     """Refuse what the model's family refuses, and pin the values it fixes."""
-    check_tool_names(request, card)
+    if request.tools:
+        check_tool_names(request, card)
     thinking = card.thinking_on(request.reasoning_wanted)
     check_thinking(request, thinking)
     check_sampling(request, card, thinking)

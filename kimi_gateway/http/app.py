@@ -71,7 +71,12 @@ class FastPath:
         return config.server.max_body_bytes, too_large(config.server.max_body_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and route_path(scope) == chat.PATH:
+        path = scope.get("path")
+        if (
+            (path == chat.PATH or (path and route_path(scope) == chat.PATH))
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+        ):
             scope["app"] = self.api
             await ChatCompletion(self.gateway, scope, receive, send).serve()
         else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -45,6 +45,9 @@ def route_path(scope: Scope) -> str:
     return path[len(root) :] if root and path.startswith(root) else path
 
 
+_LOGGED = tuple(f.name for f in fields(RequestInfo) if f.name != "client_closed")
+
+
 def begin(scope: Scope) -> RequestInfo:
     """A new request's id and log record, kept in `scope["state"]` for the route to fill in."""
     info = RequestInfo(request_id=new_id("req_"))
@@ -61,7 +64,8 @@ def log_request(scope: Scope, info: RequestInfo, status: int, start: float) -> N
     """The one log line of a request, when it has ended."""
     if not logger.isEnabledFor(logging.INFO):
         return
-    fields = {k: v for k, v in asdict(info).items() if v is not None and k != "client_closed"}
+    # Not `asdict`: it deep-copies every field, a measurable share of a request's own cost.
+    fields = {k: v for k in _LOGGED if (v := getattr(info, k)) is not None}
     event(
         "request",
         logging.INFO,

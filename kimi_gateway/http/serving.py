@@ -12,6 +12,7 @@ The request's state is this object's fields, not keys in `scope["state"]`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from starlette.requests import Request
@@ -29,7 +30,7 @@ from kimi_gateway.http.completions import ResponseMeta, collect_unless_disconnec
 from kimi_gateway.http.errors import internal_error
 from kimi_gateway.http.middleware import NOSNIFF, begin, log_request, request_id_header
 from kimi_gateway.http.responses import FastJSONResponse, FastSSEResponse, error_response
-from kimi_gateway.logs import event
+from kimi_gateway.logs import event, logger
 from kimi_gateway.media.intake import has_media
 from kimi_gateway.media.redact import redacted
 from kimi_gateway.providers.events import Event
@@ -71,7 +72,8 @@ class ChatCompletion:
             if self.ticket is not None:
                 # Synchronous, so a shutdown cancelling this task cannot interrupt it.
                 accounting.finish(self.gateway, self.ticket, self.meta, status)
-            self._log(status)
+            if logger.isEnabledFor(logging.INFO):
+                self._log(status)
 
     def _log(self, status: int) -> None:
         info, meta = self.info, self.meta

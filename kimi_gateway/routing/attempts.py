@@ -187,7 +187,7 @@ class RoutedGeneration:
                     }
                 )
                 continue
-            with health.turn(provider) as turn:
+            with Turn(health, provider) as turn:
                 outcome = await self._start(candidate, turn)
                 if isinstance(outcome, APIError):
                     if isinstance(outcome, _NoOutput):

@@ -96,9 +96,6 @@ class ProviderHealth:
         """A probe that ended without a verdict (the client left): let another request probe."""
         self._state(provider).probing = False
 
-    def turn(self, provider: str) -> Turn:
-        return Turn(self, provider)
-
 
 def counts_against(upstream_status: int | None) -> bool:
     """Whether an upstream failure says something about the provider's health: server errors, rate limits,
