@@ -18,22 +18,15 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from kimi_gateway.accounts.holds import HoldRequest, ReservingHolds, Shortfall
 from kimi_gateway.accounts.holds_redis import (
-    HOLD_CHECK,
-    HOLD_COMMIT,
-    HOLD_SETTLE,
-    TOP_UP,
     hold_args,
     seed,
     settle_args,
 )
 from kimi_gateway.accounts.holds_redis import shortfall as parse_shortfall
 from kimi_gateway.accounts.ledger import Ledger
+from kimi_gateway.accounts.scripts import script
 from kimi_gateway.limits import Decision, Limiter, Window
 from kimi_gateway.limits.redis import (
-    LIMIT_CHECK,
-    LIMIT_COMMIT,
-    LIMIT_RELEASE,
-    NOW,
     decision,
     limit_args,
     release_args,
@@ -98,26 +91,6 @@ class SeparateAdmission:
 log = logging.getLogger(__name__)
 
 
-def batched(params: tuple[str, str], body: str) -> str:
-    """A script that runs `body` once for each [first, second] pair in the JSON array ARGV[1], bound to the
-    names `params`, and returns the list of its answers: a whole batch of requests in one EVALSHA, so the
-    client pays its per-command cost once per batch. Items run in order on one clock reading."""
-    first, second = params
-    return (
-        NOW
-        + f"local function one({first}, {second})\n"
-        + body
-        + "end\nlocal out = {}\n"
-        + "for i, item in ipairs(cjson.decode(ARGV[1])) do out[i] = one(item[1], item[2]) end\n"
-        + "return out\n"
-    )
-
-
-# Checks before writes: a refusal by either part leaves nothing behind.
-ADMIT = batched(("L", "H"), LIMIT_CHECK + HOLD_CHECK + LIMIT_COMMIT + HOLD_COMMIT + "return lim_ok\n")
-FINISH = batched(("S", "R"), HOLD_SETTLE + LIMIT_RELEASE + "return 1\n")
-
-
 class RedisAdmission:
     RETRY_SECONDS = 0.5
     CLOSE_SECONDS = 5.0
@@ -130,9 +103,10 @@ class RedisAdmission:
         self.prefix = prefix
         self.hold_ms = int(hold_seconds * 1000)
         self.slot_ms = int(slot_seconds * 1000)
-        self._admit = Pipelined(redis, ADMIT)
-        self._finish = Pipelined(redis, FINISH)
-        self._top_up = redis.register_script(TOP_UP)  # rare (media larger than estimated): not batched
+        self._admit = Pipelined(redis, script("admit.lua"))
+        self._finish = Pipelined(redis, script("finish.lua"))
+        # Rare (media larger than estimated): not batched.
+        self._top_up = redis.register_script(script("top_up.lua"))
         self._pending: list[list[bytes]] = []
         self._sender: asyncio.Task[None] | None = None
 
@@ -205,8 +179,8 @@ class RedisAdmission:
 
 
 class Pipelined:
-    """One batched script (`batched`), called by many requests at once: the calls made while one batch is
-    out go together in the next, as one EVALSHA (no per-call round trip or command)."""
+    """One batched script (admit.lua, finish.lua), called by many requests at once: the calls made while
+    one batch is out go together in the next, as one EVALSHA (no per-call round trip or command)."""
 
     def __init__(self, redis: Redis, source: str) -> None:
         self.redis = redis
