@@ -9,6 +9,7 @@ Run: .venv/bin/python -m bench.engine
 
 from __future__ import annotations
 
+import argparse
 import random
 import statistics
 import tempfile
@@ -96,6 +97,9 @@ def document(rng: random.Random, llama: Llama, target_tokens: int = 2000) -> str
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="timed runs per measurement; medians")
+    rounds = parser.parse_args().rounds
     question = "Count upwards from one."
     llama = Llama(model_path=str(resolve_gguf(GGUF)), n_ctx=8192, verbose=False)
     # The same prompt text the gateway renders from the model's chat template.
@@ -115,14 +119,14 @@ def main() -> None:
                 # Warm-up: both sides start every timed run with the prompt already in their KV cache.
                 gateway_decode_rate(client, url, question)
                 raw_decode_rate(llama, prompt)
-                for _ in range(ROUNDS):
+                for _ in range(rounds):
                     raw_rates.append(raw_decode_rate(llama, prompt))
                     gw_rates.append(gateway_decode_rate(client, url, question))
                 raw_rate, gw_rate = statistics.median(raw_rates), statistics.median(gw_rates)
 
                 # (b) cold: a fresh 2,000-token document each time; cached: the same document, new question
                 cold, cached = [], []
-                for i in range(ROUNDS):
+                for i in range(rounds):
                     doc = document(rng, llama)
                     cold.append(ttft(client, url, doc, f"Question {i}: which word is first?"))
                     cached.append(ttft(client, url, doc, f"Question {i}: which word is last?"))

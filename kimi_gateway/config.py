@@ -33,6 +33,9 @@ class ServerConfig(_Section):
     header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     max_header_bytes: int = Field(default=64 * 1024, ge=4096, le=16 * 1024 * 1024)
     max_connections: int = Field(default=1000, ge=1)
+    # Browser apps on these origins may call the API directly (CORS); off by default. "*" allows any
+    # origin (never with credentials: keys travel in the Authorization header, not cookies).
+    cors_origins: list[str] = Field(default_factory=list)
     # An idle kept-alive connection is closed after this.
     keep_alive_seconds: int = Field(default=5, gt=0, le=300)
 

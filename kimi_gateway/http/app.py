@@ -8,6 +8,8 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kimi_gateway import __version__
@@ -16,7 +18,7 @@ from kimi_gateway.errors import APIError
 from kimi_gateway.http import errors
 from kimi_gateway.http.auth import AuthMiddleware
 from kimi_gateway.http.body import BodyLimitMiddleware, too_large
-from kimi_gateway.http.middleware import RequestLogMiddleware, route_path
+from kimi_gateway.http.middleware import HeadMiddleware, RequestLogMiddleware, route_path
 from kimi_gateway.http.routes import (
     chat,
     credits,
@@ -60,8 +62,14 @@ class FastPath:
     def __init__(self, api: FastAPI) -> None:
         self.api = api
         self.gateway: Gateway = api.state.gateway
+        # Large JSON answers (model lists, file contents) gzipped for clients that accept it.
         self.rest = RequestLogMiddleware(
-            AuthMiddleware(BodyLimitMiddleware(api, self._body_limit), self.gateway)
+            HeadMiddleware(
+                AuthMiddleware(
+                    GZipMiddleware(BodyLimitMiddleware(api, self._body_limit), minimum_size=4096),
+                    self.gateway,
+                )
+            )
         )
 
     def _body_limit(self, scope: Scope) -> tuple[int, APIError]:
@@ -83,9 +91,55 @@ class FastPath:
             await self.rest(scope, receive, send)
 
 
+# What a browser app may send and read, when CORS is on: the API's own headers, OpenRouter's app headers,
+# and the Anthropic SDK's.
+CORS_REQUEST_HEADERS = (
+    "authorization",
+    "content-type",
+    "x-api-key",
+    "http-referer",
+    "x-title",
+    "x-openrouter-title",
+    "anthropic-version",
+    "anthropic-beta",
+    "anthropic-dangerous-direct-browser-access",
+    "x-stainless-lang",
+    "x-stainless-package-version",
+    "x-stainless-os",
+    "x-stainless-arch",
+    "x-stainless-runtime",
+    "x-stainless-runtime-version",
+    "x-stainless-retry-count",
+    "x-stainless-timeout",
+)
+CORS_EXPOSED_HEADERS = (
+    "x-request-id",
+    "retry-after",
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+    "x-token-count-method",
+)
+
+
 def create_app(config: GatewayConfig | None = None) -> ASGIApp:
     """The whole gateway as one ASGI app."""
-    return FastPath(create_api(config))
+    config = config or load_config()
+    app: ASGIApp = FastPath(create_api(config))
+    origins = config.server.cors_origins
+    if origins:
+        # Outside everything, so preflights are answered before routing or authentication. Credentials
+        # (cookies) are never allowed: keys travel in headers.
+        app = CORSMiddleware(
+            app,
+            allow_origins=origins,
+            allow_methods=("GET", "POST", "PATCH", "DELETE", "HEAD", "OPTIONS"),
+            allow_headers=CORS_REQUEST_HEADERS,
+            expose_headers=CORS_EXPOSED_HEADERS,
+            allow_credentials=False,
+            max_age=600,
+        )
+    return app
 
 
 def create_api(config: GatewayConfig | None = None) -> FastAPI:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import zlib
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -14,6 +16,7 @@ from kimi_gateway.http.responses import error_response
 from kimi_gateway.http.validation import validation_error
 
 M = TypeVar("M", bound=BaseModel)
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 def too_large(limit: int) -> APIError:
@@ -24,10 +27,46 @@ def too_large(limit: int) -> APIError:
     )
 
 
+class Inflater:
+    """A gzip request body (`Content-Encoding: gzip`), decompressed as it arrives, its decompressed size
+    capped: a small compressed body cannot expand past the limit."""
+
+    def __init__(self, limit: int, error: APIError) -> None:
+        self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._left = limit
+        self._error = error
+
+    def feed(self, chunk: bytes) -> bytes:
+        try:
+            out = self._inflate.decompress(chunk, self._left + 1)
+        except zlib.error:
+            raise APIError(400, "The request body is not valid gzip.", code="invalid_encoding") from None
+        self._left -= len(out)
+        if self._left < 0 or self._inflate.unconsumed_tail:
+            raise self._error
+        return out
+
+
+def _encoding(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    for name, value in headers:
+        if name == b"content-encoding":
+            return value.strip().lower()
+    return None
+
+
+def unsupported_encoding(encoding: bytes) -> APIError:
+    return APIError(
+        415,
+        f"Unsupported Content-Encoding '{encoding.decode('latin-1')}': send the body plain or gzip.",
+        code="unsupported_encoding",
+    )
+
+
 class BodyLimitMiddleware:
     """A running cap on every request body, whatever its framing: Content-Length is checked first, and the
     bytes are counted as they arrive, so a chunked upload (no length given) is refused with 413 as soon
-    as it passes the limit, before it is spooled or read into memory."""
+    as it passes the limit, before it is spooled or read into memory. A gzip body is inflated on the way
+    in, under the same cap, and the routes see it plain."""
 
     def __init__(self, app: ASGIApp, limit_for: Callable[[Scope], tuple[int, APIError]]) -> None:
         self.app = app
@@ -38,19 +77,33 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         limit, error = self.limit_for(scope)
-        for name, value in scope["headers"]:
+        headers = scope["headers"]
+        for name, value in headers:
             if name == b"content-length":
                 if value.isdigit() and int(value) > limit:
                     await error_response(error)(scope, receive, send)
                     return
                 break
+        encoding = _encoding(headers)
+        inflater: Inflater | None = None
+        if encoding not in (None, b"identity"):
+            if encoding != b"gzip":
+                await error_response(unsupported_encoding(encoding))(scope, receive, send)
+                return
+            inflater = Inflater(limit, error)
+            plain = [(n, v) for n, v in headers if n not in (b"content-encoding", b"content-length")]
+            scope = {**scope, "headers": plain}
         size = 0
 
         async def counted() -> Message:
             nonlocal size
             message = await receive()
             if message["type"] == "http.request":
-                size += len(message.get("body", b""))
+                body = message.get("body", b"")
+                if inflater is not None:
+                    body = inflater.feed(body)
+                    message = {**message, "body": body}
+                size += len(body)
                 if size > limit:
                     raise error
             return message
@@ -60,11 +113,17 @@ class BodyLimitMiddleware:
 
 async def read_body(request: Request, limit: int) -> bytes:
     # The raw headers: `request.headers` would build a Headers object for this one look-up.
+    inflater: Inflater | None = None
     for name, value in request.scope["headers"]:
         if name == b"content-length":
             if value.isdigit() and int(value) > limit:
                 raise too_large(limit)
-            break
+        elif name == b"content-encoding":
+            encoding = value.strip().lower()
+            if encoding == b"gzip":
+                inflater = Inflater(limit, too_large(limit))
+            elif encoding != b"identity":
+                raise unsupported_encoding(encoding)
     # ASGI messages read directly: Starlette's `stream()` is an async generator, a cost on every request.
     chunks: list[bytes] = []
     size = 0
@@ -73,6 +132,8 @@ async def read_body(request: Request, limit: int) -> bytes:
         if message["type"] == "http.disconnect":
             raise ClientDisconnect()
         chunk = message.get("body", b"")
+        if inflater is not None:
+            chunk = inflater.feed(chunk)
         size += len(chunk)
         if size > limit:
             raise too_large(limit)
@@ -89,4 +150,13 @@ async def parse_body(request: Request, model: type[M], limit: int) -> M:
         # One pass: pydantic parses the JSON and validates it together.
         return model.model_validate_json(body)
     except ValidationError as exc:
-        raise validation_error(exc) from None
+        error = validation_error(exc)
+        if error.code == "invalid_json" and _SURROGATE.search(body):
+            error = APIError(
+                400,
+                "We could not parse the JSON body of your request: a string holds a lone UTF-16 surrogate "
+                "(an unpaired \\ud800-\\udfff escape). JavaScript makes these when it cuts a string "
+                "inside an emoji; send whole characters.",
+                code="invalid_json",
+            )
+        raise error from None

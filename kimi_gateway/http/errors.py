@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match
 
 from kimi_gateway.errors import APIError
 from kimi_gateway.http.responses import ORJSONResponse, error_response
@@ -37,9 +38,27 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     elif exc.status_code == 405:
         message = f"Method {request.method} is not allowed for {request.url.path}."
         code = "method_not_allowed"
+        # Every method the path takes, not only those of the first route that matched it.
+        return error_response(
+            APIError(405, message, code=code, headers={"Allow": ", ".join(_allowed(request))})
+        )
     else:
         message, code = str(exc.detail), None
     return error_response(APIError(exc.status_code, message, code=code, headers=dict(exc.headers or {})))
+
+
+def _allowed(request: Request) -> list[str]:
+    """Every method some route takes at this path: asked of the routes themselves, as the router would."""
+    scope = request.scope
+    routes = request.app.routes
+    methods = [
+        method
+        for method in ("DELETE", "GET", "PATCH", "POST", "PUT")
+        if any(route.matches({**scope, "method": method})[0] == Match.FULL for route in routes)
+    ]
+    if "GET" in methods:
+        methods.insert(methods.index("GET") + 1, "HEAD")  # HeadMiddleware answers it
+    return methods
 
 
 def internal_error(path: str, exc: BaseException) -> Response:

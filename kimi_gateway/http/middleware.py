@@ -105,3 +105,25 @@ class RequestLogMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             log_request(scope, info, status, start)
+
+
+class HeadMiddleware:
+    """HEAD wherever GET works: the route runs as GET and the body is dropped (its length stays in the
+    headers). FastAPI's routes answer only the methods they name."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if not message.get("more_body", False):
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, without_body)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -36,8 +37,23 @@ class FastJSONResponse(Response):
         ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if len(self.body) >= GZIP_MIN_BYTES and accepts_gzip(scope):
+            self.body = gzip.compress(self.body, compresslevel=6)
+            self.raw_headers[1] = (b"content-length", b"%d" % len(self.body))
+            self.raw_headers += [(b"content-encoding", b"gzip"), (b"vary", b"Accept-Encoding")]
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         await send({"type": "http.response.body", "body": self.body})
+
+
+# A completion this large is worth compressing (most are a few hundred bytes: they go out as they are).
+GZIP_MIN_BYTES = 4096
+
+
+def accepts_gzip(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"accept-encoding":
+            return bool(value.find(b"gzip") >= 0)
+    return False
 
 
 class FastSSEResponse(Response):
