@@ -27,13 +27,18 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 
+# Overrides the config's log level in worker processes: the CLI's in-process gateway logs errors only, so a
+# terminal user sees the answer and nothing else.
+LOG_LEVEL_ENV = "KIMI_GATEWAY_LOG_LEVEL"
+
+
 def app_factory() -> object:
     """What uvicorn imports in each worker process: config comes from the environment."""
     from kimi_gateway.http import protocol
     from kimi_gateway.http.app import create_app
 
     config = load_config()
-    setup_logging(config.server.log_level)
+    setup_logging(os.environ.get(LOG_LEVEL_ENV) or config.server.log_level)
     protocol.configure(config.server)
     return create_app(config)
 
@@ -134,6 +139,7 @@ def _in_process_server(config_path: str | None) -> str:
     import uvicorn
 
     _export_config(config_path)
+    os.environ[LOG_LEVEL_ENV] = "error"
     port = _free_port()
     server = uvicorn.Server(
         uvicorn.Config(

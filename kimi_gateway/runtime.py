@@ -25,6 +25,7 @@ from kimi_gateway.engine.locate import resolve_gguf
 from kimi_gateway.limits import MemoryLimiter
 from kimi_gateway.media import Media
 from kimi_gateway.media.files import FileStore
+from kimi_gateway.media.intake import has_media
 from kimi_gateway.media.ocr import OCR
 from kimi_gateway.media.workers import MediaPool
 from kimi_gateway.providers.base import Provider
@@ -32,8 +33,8 @@ from kimi_gateway.providers.client import UpstreamClient
 from kimi_gateway.providers.local import LocalProvider
 from kimi_gateway.providers.registry import build_upstream_providers
 from kimi_gateway.routing import Router
-from kimi_gateway.routing.features import estimate_prompt_tokens
-from kimi_gateway.schema.chat import ChatCompletionRequest
+from kimi_gateway.routing.features import TOKENS_PER_IMAGE, estimate_prompt_tokens
+from kimi_gateway.schema.chat import ChatCompletionRequest, ContentPart, FilePart, TextPart, UserMessage
 from kimi_gateway.storage import Database, database_url
 
 log = logging.getLogger(__name__)
@@ -87,19 +88,48 @@ class Gateway:
             await self.redis.aclose()
         await self.db.close()
         for model in self.local_models.values():
-            await asyncio.to_thread(model.close)
+            try:
+                await asyncio.to_thread(model.close)
+            except RuntimeError:  # the loop's executor is already shut down (interpreter exit): close here
+                model.close()
 
     async def count_prompt_tokens(self, request: ChatCompletionRequest) -> tuple[int, str]:
         """The prompt's size, and how it was counted: the model's own tokenizer where the gateway has it
         (the embedded models), otherwise the documented estimate."""
         card = self.catalog.get(request.model)
         local = self.router.providers.get(LocalProvider.name)
+        text, media = without_media(request)
         if isinstance(local, LocalProvider) and card.id in local.models:
-            return len(await local.prompt_tokens(request, card)), "tokenizer"
-        return estimate_prompt_tokens(request), "estimate"
+            counted = len(await local.prompt_tokens(text, card))
+            # Images, video and files are not read to count them: each is estimated (see routing/features.py).
+            return counted + media, "tokenizer" if not media else "tokenizer+media-estimate"
+        return estimate_prompt_tokens(text) + media, "estimate"
 
     def is_ready(self) -> bool:
         return all(p.is_ready() for p in self.router.providers.values())
+
+
+def without_media(request: ChatCompletionRequest) -> tuple[ChatCompletionRequest, int]:
+    """The request with only its text parts, and an estimate of the tokens its media parts take: images and
+    video at the per-image estimate routing uses, files at four characters a token of their size."""
+    if not has_media(request):
+        return request, 0
+    text = request.model_copy(deep=True)
+    media = 0
+    for message in text.messages:
+        if not isinstance(message, UserMessage) or not isinstance(message.content, list):
+            continue
+        kept: list[ContentPart] = []
+        for part in message.content:
+            if isinstance(part, TextPart):
+                kept.append(part)
+            elif isinstance(part, FilePart):
+                data = part.file.file_data or ""
+                media += len(data) * 3 // 4 // 4 if data else TOKENS_PER_IMAGE
+            else:
+                media += TOKENS_PER_IMAGE
+        message.content = kept or ""
+    return text, media
 
 
 def build_gateway(config: GatewayConfig) -> Gateway:

@@ -47,6 +47,8 @@ def test_chat_command_starts_an_in_process_gateway_when_none_runs() -> None:
     result = _cli("chat", "Say hello", "--max-tokens", "5", "--base-url", "")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
+    # A terminal user sees the answer: no log lines, and no traceback at exit.
+    assert '{"ts"' not in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
 
 
 def test_chat_command_reports_errors() -> None:

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from kimi_gateway.testing import LOCAL_MODEL, GatewayProcess
+from tests import images
 
 APP = "https://app.example"
 HI = {"model": LOCAL_MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
@@ -105,3 +106,17 @@ def test_a_lone_surrogate_gets_a_400_that_says_so(gateway: GatewayProcess) -> No
     assert answer.status_code == 400
     error = answer.json()["error"]
     assert error["code"] == "invalid_json" and "surrogate" in error["message"]
+
+
+def test_token_counts_accept_what_chat_accepts(gateway: GatewayProcess) -> None:
+    url = gateway.api + "/tokenizers/estimate-token-count"
+    text = {"type": "text", "text": "What is the total on this receipt?"}
+    plain = httpx.post(url, json={"model": LOCAL_MODEL, "messages": [{"role": "user", "content": [text]}]})
+    assert plain.status_code == 200 and plain.headers["x-token-count-method"] == "tokenizer"
+    image = images.image_part(images.data_url(images.encoded(images.receipt())))
+    both = httpx.post(
+        url, json={"model": LOCAL_MODEL, "messages": [{"role": "user", "content": [text, image]}]}
+    )
+    assert both.status_code == 200, both.text
+    assert both.headers["x-token-count-method"] == "tokenizer+media-estimate"
+    assert both.json()["data"]["total_tokens"] == plain.json()["data"]["total_tokens"] + 1024

@@ -32,6 +32,9 @@ def _no_endpoints(message: str) -> APIError:
     return APIError(404, message, code="no_endpoints")
 
 
+LOCAL = "local"  # the embedded engine's provider name (providers/local.py)
+
+
 def filter_endpoints(
     request: ChatCompletionRequest,
     card: ModelCard,
@@ -87,15 +90,23 @@ def filter_endpoints(
 
     completion = request.requested_max_tokens or 0
     # With media not read yet, their size is a guess (OCR text is usually far smaller than an image's
-    # tokens): the context is checked when the request is routed again after intake.
-    fitting = eps if media_pending else [e for e in eps if prompt + completion <= e.context_length]
+    # tokens): the context is checked when the request is routed again after intake. The embedded engine
+    # counts the prompt exactly with its own tokenizer (and refuses with those numbers), so it is not
+    # judged by an estimate here; for upstreams the estimate errs towards letting the provider decide:
+    # four characters a token overcounts most prose and code, so only 3/4 of it is held against the context.
+    lenient = prompt * 3 // 4
+    fitting = (
+        eps
+        if media_pending
+        else [e for e in eps if e.provider == LOCAL or lenient + completion <= e.context_length]
+    )
     if not fitting:
         longest = max(e.context_length for e in eps)
         raise Filtered(
             APIError(
                 400,
                 f"This endpoint's maximum context length is {longest} tokens. However, you requested about "
-                f"{prompt + completion} tokens ({prompt} of text input, {completion} in the output). "
+                f"{lenient + completion} tokens ({lenient} of text input, {completion} in the output). "
                 "Please reduce the length of either one.",
                 param="messages",
                 code="context_length_exceeded",
