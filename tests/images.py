@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import http.server
 import io
+import threading
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
@@ -114,3 +116,37 @@ def ask_receipt_total(client: Any, url: str) -> str:
         ],
     )
     return str(reply.choices[0].message.content or "")
+
+
+class ImageHost(http.server.ThreadingHTTPServer):
+    """A server on loopback that answers every GET with the receipt PNG (or as `handler` says), and
+    remembers the paths it was asked for: tests check what the gateway fetched, and what it never did."""
+
+    daemon_threads = True
+
+    def __init__(
+        self, host: str = "127.0.0.1", handler: type[http.server.BaseHTTPRequestHandler] | None = None
+    ):
+        super().__init__((host, 0), handler or _ReceiptHandler)
+        self.hits: list[str] = []
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+
+class _ReceiptHandler(http.server.BaseHTTPRequestHandler):
+    server: ImageHost
+
+    def log_message(self, *args: object) -> None:
+        return None
+
+    def do_GET(self) -> None:
+        self.server.hits.append(self.path)
+        body = encoded(receipt())
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)

@@ -110,6 +110,19 @@ class Traffic:
         self._stop.set()
         self._thread.join(60)
 
+    def around_outage(self, proxy: TcpProxy, seconds: float = 10) -> tuple[float, float]:
+        """Traffic for 3 s, then `seconds` with the proxied service cut, then 4 s more: (cut, restored)."""
+        self.start()
+        time.sleep(3)
+        cut_at = time.monotonic()
+        proxy.cut()
+        time.sleep(seconds)
+        proxy.restore()
+        back_at = time.monotonic()
+        time.sleep(4)
+        self.stop()
+        return cut_at, back_at
+
     def between(self, start: float, end: float) -> list[tuple[float, int, Decimal | None, float]]:
         return [r for r in self.results if start <= r[0] < end]
 
@@ -142,15 +155,7 @@ def test_postgres_away_for_10_seconds_under_steady_traffic(
         key = ops.key_for("acct_pg")
         ops.recharge("acct_pg", "10")
         traffic = Traffic([(gw, key)])
-        traffic.start()
-        time.sleep(3)
-        cut_at = time.monotonic()
-        proxy.cut()
-        time.sleep(10)
-        proxy.restore()
-        back_at = time.monotonic()
-        time.sleep(4)
-        traffic.stop()
+        cut_at, back_at = traffic.around_outage(proxy)
 
         statuses = [s for _, s, _, _ in traffic.results]
         assert set(statuses) <= {200, 503}, sorted(set(statuses))  # never a 500
@@ -188,15 +193,7 @@ def test_redis_away_for_10_seconds_with_two_replicas(
         key = ops.key_for("acct_redis")
         ops.recharge("acct_redis", "10")
         traffic = Traffic([(a, key), (b, key)])
-        traffic.start()
-        time.sleep(3)
-        cut_at = time.monotonic()
-        proxy.cut()
-        time.sleep(10)
-        proxy.restore()
-        back_at = time.monotonic()
-        time.sleep(4)
-        traffic.stop()
+        cut_at, back_at = traffic.around_outage(proxy)
 
         statuses = [s for _, s, _, _ in traffic.results]
         assert set(statuses) <= {200, 503}, sorted(set(statuses))

@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import http.server
 import json
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -220,37 +218,15 @@ def test_a_recharge_made_elsewhere_lifts_the_tier_for_the_first_request_after_th
         gw.stop()
 
 
-class _CountingImages(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    fetched = 0
-
-
-class _ImageHandler(http.server.BaseHTTPRequestHandler):
-    server: _CountingImages
-
-    def log_message(self, *args: object) -> None:
-        return None
-
-    def do_GET(self) -> None:
-        self.server.fetched += 1
-        body = images.encoded(images.receipt())
-        self.send_response(200)
-        self.send_header("Content-Type", "image/png")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
 @pytest.fixture()
-def image_host() -> Iterator[_CountingImages]:
-    server = _CountingImages(("127.0.0.1", 0), _ImageHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+def image_host() -> Iterator[images.ImageHost]:
+    server = images.ImageHost()
     yield server
     server.shutdown()
 
 
 def test_media_is_read_only_for_admitted_requests(
-    tmp_path: Path, moon: FakeUpstream, image_host: _CountingImages
+    tmp_path: Path, moon: FakeUpstream, image_host: images.ImageHost
 ) -> None:
     media = '[media]\nallow_hosts = ["127.0.0.1"]\n'
     gw = start(tmp_path / "gw", config(moon, tiers((0, 0, 50, 3)), extra=media))
@@ -258,7 +234,7 @@ def test_media_is_read_only_for_admitted_requests(
         ops = Operator(gw)
         key = ops.key_for("acct_media")
         ops.recharge("acct_media", "1")
-        url = f"http://127.0.0.1:{image_host.server_address[1]}/receipt.png"
+        url = f"http://127.0.0.1:{image_host.port}/receipt.png"
         content = [{"type": "text", "text": "What is the total?"}, images.image_part(url)]
         statuses = [
             chat(
@@ -267,14 +243,14 @@ def test_media_is_read_only_for_admitted_requests(
             for _ in range(6)
         ]
         assert statuses == [200, 200, 200, 429, 429, 429]
-        assert image_host.fetched == 3  # the refused requests fetched (and OCR'd) nothing
+        assert len(image_host.hits) == 3  # the refused requests fetched (and OCR'd) nothing
 
         # A catalog model no provider serves is refused before any media work too.
         unserved = chat(
             gw, key, model="kimi-vl-a3b-instruct", messages=[{"role": "user", "content": content}]
         )
         assert unserved.status_code in (404, 503), unserved.text
-        assert image_host.fetched == 3
+        assert len(image_host.hits) == 3
     finally:
         gw.stop()
 

@@ -318,16 +318,21 @@ def test_client_disconnect_cancels_the_upstream(
     fakes["moon"].script(Answer(content="word " * 200, chunk_delay=0.1))
     body = {"model": MODEL, "messages": HI, "stream": stream, "provider": {"order": ["moon"]}}
     if stream:
-        with httpx.stream("POST", gw.api + "/chat/completions", json=body, timeout=30) as response:
-            seen = 0
-            for line in response.iter_lines():
-                seen += line.startswith("data: ")
-                if seen == 4:
-                    break
+        _leave_after(gw, body, 4)
     else:
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(gw.api + "/chat/completions", json=body, timeout=httpx.Timeout(5.0, read=0.8))
     assert fakes["moon"].wait_for_disconnects(1), "the upstream request was not cancelled"
+
+
+def _leave_after(gw: GatewayProcess, body: dict[str, Any], events: int) -> None:
+    """Stream `body` and go away after `events` data events, as a client that closes the tab does."""
+    with httpx.stream("POST", gw.api + "/chat/completions", json=body, timeout=30) as response:
+        seen = 0
+        for line in response.iter_lines():
+            seen += line.startswith("data: ")
+            if seen == events:
+                break
 
 
 def test_every_provider_failing(gw: GatewayProcess, fakes: dict[str, FakeUpstream]) -> None:
@@ -418,12 +423,7 @@ def test_a_cancelled_probe_does_not_wedge_the_breaker(
     # The half-open probe: a stream whose client goes away after a few chunks, with no verdict.
     fakes["moon"].script(Answer(content="word " * 200, chunk_delay=0.05))
     body = {"model": MODEL, "messages": HI, "stream": True, "provider": {"order": ["moon", "orouter"]}}
-    with httpx.stream("POST", gw.api + "/chat/completions", json=body, timeout=30) as response:
-        seen = 0
-        for line in response.iter_lines():
-            seen += line.startswith("data: ")
-            if seen == 3:
-                break
+    _leave_after(gw, body, 3)
     assert fakes["moon"].wait_for_disconnects(1)
     # The probe was released: the next request may probe Moonshot again, and closes the circuit.
     assert ask(client, **order("moon", "orouter"))[1] == "Moonshot AI"

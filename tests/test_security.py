@@ -28,34 +28,10 @@ from tests import images, pdfs
 from tests.billing import Operator
 
 
-class _Counting(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    hits: list[str]
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: _Counting
-
-    def log_message(self, *args: object) -> None:
-        return None
-
-    def do_GET(self) -> None:
-        self.server.hits.append(self.path)
-        body = images.encoded(images.receipt())
-        self.send_response(200)
-        self.send_header("Content-Type", "image/png")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
 @pytest.fixture()
-def internal() -> Iterator[_Counting]:
+def internal() -> Iterator[images.ImageHost]:
     """A server on loopback standing for an internal host: it must never see a request."""
-    server = _Counting(("127.0.0.1", 0), _Handler)
-    server.hits = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = images.ImageHost()
     yield server
     server.shutdown()
 
@@ -87,7 +63,7 @@ def _chat(gw: GatewayProcess, part: dict[str, Any]) -> httpx.Response:
 
 
 def test_unicode_and_other_spellings_of_internal_hosts_are_refused(
-    gateway: GatewayProcess, internal: _Counting
+    gateway: GatewayProcess, internal: images.ImageHost
 ) -> None:
     port = internal.server_address[1]
     messages = set()
@@ -104,12 +80,9 @@ def test_unicode_and_other_spellings_of_internal_hosts_are_refused(
     assert len(messages) == 1, messages
 
 
-def test_redirects_to_unicode_spellings_are_refused(tmp_path: Path, internal: _Counting) -> None:
+def test_redirects_to_unicode_spellings_are_refused(tmp_path: Path, internal: images.ImageHost) -> None:
     """A trusted image host (allow-listed) redirects to an internal host spelled in Unicode."""
-    trusted = _Counting(("127.0.0.2", 0), _Redirecting)
-    trusted.hits = []
-    thread = threading.Thread(target=trusted.serve_forever, daemon=True)
-    thread.start()
+    trusted = images.ImageHost("127.0.0.2", _Redirecting)
     gw = GatewayProcess(tmp_path, '[media]\nallow_hosts = ["127.0.0.2"]\n')
     try:
         port = internal.server_address[1]
@@ -127,7 +100,7 @@ def test_redirects_to_unicode_spellings_are_refused(tmp_path: Path, internal: _C
 
 
 class _Redirecting(http.server.BaseHTTPRequestHandler):
-    server: _Counting
+    server: images.ImageHost
 
     def log_message(self, *args: object) -> None:
         return None
@@ -143,7 +116,7 @@ class _Redirecting(http.server.BaseHTTPRequestHandler):
         self.wfile.write(b"HTTP/1.1 302 Found\r\nLocation: " + location + b"\r\nContent-Length: 0\r\n\r\n")
 
 
-def test_the_connect_time_check_stands_alone(internal: _Counting) -> None:
+def test_the_connect_time_check_stands_alone(internal: images.ImageHost) -> None:
     """Even if the pre-connection check missed an address, the socket factory refuses it before any byte
     is sent: two independent checks, each sufficient."""
     fetcher = Fetcher(FetchLimits(10**6, 2.0, 5.0, 3, frozenset()))

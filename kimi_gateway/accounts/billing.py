@@ -71,6 +71,14 @@ def _account_bucket(account_id: str) -> str:
     return "a:" + account_id
 
 
+def _windows(key: KeyRecord, tier: Tier) -> list[Window]:
+    """The requests-a-minute windows a request counts against: its account's tier, and its key's own."""
+    windows = [Window(_account_bucket(key.account_id), tier.rpm)]
+    if key.rpm:
+        windows.append(Window("k:" + key.hash, key.rpm))
+    return windows
+
+
 class Accountant:
     def __init__(
         self,
@@ -152,9 +160,7 @@ class Accountant:
     ) -> Ticket:
         account = key.account_id
         tier = await self.tier(account)
-        windows = [Window(_account_bucket(account), tier.rpm)]
-        if key.rpm:
-            windows.append(Window("k:" + key.hash, key.rpm))
+        windows = _windows(key, tier)
         worst = worst_case_nano(prices, prompt_tokens, max_tokens)
         limit = nano(key.credit_limit) if key.credit_limit is not None else None
         verdict = await self.admission.admit(
@@ -204,9 +210,7 @@ class Accountant:
         bucket = _account_bucket(account)
         try:
             tier = await self.tier(account)
-            windows = [Window(bucket, tier.rpm)]
-            if key.rpm:
-                windows.append(Window("k:" + key.hash, key.rpm))
+            windows = _windows(key, tier)
             verdict = await self.admission.admit(
                 slot, bucket, tier.concurrency, windows, HoldRequest(slot, account, key.hash, 0, None)
             )
