@@ -136,40 +136,23 @@ class Accountant:
         app_referer: str | None = None,
         app_title: str | None = None,
     ) -> Ticket:
-        """Take a rate-limit slot and hold the worst-case cost, or raise the 429 or 402 that says why not."""
-        try:
-            return await self._admit(
-                generation_id, key, model, prices, prompt_tokens, max_tokens, streamed, app_referer, app_title
-            )
-        except (SQLAlchemyError, RedisError, OSError):
-            # The database (past the caches' grace) or Redis is unreachable: fail closed, and say so.
-            log.warning("admission could not reach its stores", exc_info=True)
-            raise _unavailable() from None
-
-    async def _admit(
-        self,
-        generation_id: str,
-        key: KeyRecord,
-        model: str,
-        prices: Sequence[Pricing],
-        prompt_tokens: int,
-        max_tokens: int,
-        streamed: bool,
-        app_referer: str | None,
-        app_title: str | None,
-    ) -> Ticket:
+        """Take a rate-limit slot and hold the worst-case cost, or raise the 429 or 402 that says why not
+        (or 503 when the database, past the caches' grace, or Redis is unreachable: fail closed)."""
         account = key.account_id
-        tier = await self.tier(account)
-        windows = _windows(key, tier)
         worst = worst_case_nano(prices, prompt_tokens, max_tokens)
         limit = nano(key.credit_limit) if key.credit_limit is not None else None
-        verdict = await self.admission.admit(
-            generation_id,
-            _account_bucket(account),
-            tier.concurrency,
-            windows,
-            HoldRequest(generation_id, account, key.hash, worst, limit),
-        )
+        try:
+            tier = await self.tier(account)
+            verdict = await self.admission.admit(
+                generation_id,
+                _account_bucket(account),
+                tier.concurrency,
+                _windows(key, tier),
+                HoldRequest(generation_id, account, key.hash, worst, limit),
+            )
+        except (SQLAlchemyError, RedisError, OSError):
+            log.warning("admission could not reach its stores", exc_info=True)
+            raise _unavailable() from None
         if isinstance(verdict, Shortfall):
             raise _insufficient(verdict.by, prices, prompt_tokens, max_tokens, verdict.available)
         if not verdict.allowed:
