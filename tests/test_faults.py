@@ -197,7 +197,9 @@ def test_redis_away_for_10_seconds_with_two_replicas(
 
         statuses = [s for _, s, _, _ in traffic.results]
         assert set(statuses) <= {200, 503}, sorted(set(statuses))
-        during = traffic.between(cut_at + 0.5, back_at)
+        # Requests sent while Redis is surely away (not in the moment it is cut, nor in the last second
+        # before it is back, when one may be admitted on a reconnect that comes in time).
+        during = traffic.between(cut_at + 0.5, back_at - 1.0)
         # The documented policy: fail closed. Limits and credit cannot be checked, so nothing is admitted.
         assert during and all(r[1] == 503 for r in during), [r[1] for r in during]
         after = traffic.between(back_at + 2, time.monotonic())

@@ -43,6 +43,10 @@ class TcpProxy:
         except OSError:
             writer.close()
             return
+        if self._cut:  # cut while this connection was being made: it must not outlive the cut
+            up_writer.close()
+            writer.close()
+            return
         self._writers.update((writer, up_writer))
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
