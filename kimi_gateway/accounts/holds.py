@@ -85,6 +85,20 @@ def _entry(sums: dict[str, _Sum], name: str) -> _Sum:
     return entry
 
 
+def _take(account: _Sum, key: _Sum | None, amount: int, key_limit: int | None) -> Shortfall | None:
+    """Hold `amount` against the account (and the key's own limit), or say what was left instead."""
+    available = (account.stored or 0) - account.unwritten - account.held
+    if available < 0 or amount > available:
+        return Shortfall(available, "account")
+    if key is not None and key_limit is not None:
+        left = key_limit - (key.stored or 0) - key.unwritten - key.held
+        if amount > left:
+            return Shortfall(left, "key")
+        key.held += amount
+    account.held += amount
+    return None
+
+
 @dataclass(slots=True)
 class MemoryHolds:
     ledger: Ledger
@@ -135,17 +149,14 @@ class MemoryHolds:
             if account.stored is not None and (key is None or key.stored is not None):
                 break
         # No await from here on: the check and the hold happen as one step.
-        available = account.stored - account.unwritten - account.held
-        if available < 0 or request.amount > available:
-            return Shortfall(available, "account")
-        if key is not None and request.key_limit is not None:
-            left = request.key_limit - (key.stored or 0) - key.unwritten - key.held
-            if request.amount > left:
-                return Shortfall(left, "key")
-            key.held += request.amount
-        account.held += request.amount
-        self._open[request.hold_id] = (request.account_id, request.key_hash if key else None, request.amount)
-        return None
+        short = _take(account, key, request.amount, request.key_limit)
+        if short is None:
+            self._open[request.hold_id] = (
+                request.account_id,
+                request.key_hash if key else None,
+                request.amount,
+            )
+        return short
 
     def top_up(self, request: HoldRequest) -> Shortfall | None:
         """Add `request.amount` to the open hold `request.hold_id`, if it fits (the figures were loaded
@@ -154,19 +165,11 @@ class MemoryHolds:
         if opened is None:
             return None  # settled meanwhile
         account_id, held_key, amount = opened
-        account = _entry(self._accounts, account_id)
-        available = (account.stored or 0) - account.unwritten - account.held
-        if request.amount > available:
-            return Shortfall(available, "account")
         key = _entry(self._keys, held_key) if held_key is not None else None
-        if key is not None and request.key_limit is not None:
-            left = request.key_limit - (key.stored or 0) - key.unwritten - key.held
-            if request.amount > left:
-                return Shortfall(left, "key")
-            key.held += request.amount
-        account.held += request.amount
-        self._open[request.hold_id] = (account_id, held_key, amount + request.amount)
-        return None
+        short = _take(_entry(self._accounts, account_id), key, request.amount, request.key_limit)
+        if short is None:
+            self._open[request.hold_id] = (account_id, held_key, amount + request.amount)
+        return short
 
     async def settle(self, hold_id: str, account_id: str, key_hash: str | None, cost: int) -> None:
         self.settle_now(hold_id, account_id, key_hash, cost)
