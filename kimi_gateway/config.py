@@ -166,6 +166,12 @@ class MediaConfig(_Section):
     max_total_bytes: int = 10 * 1024**3
 
 
+class ResponsesConfig(_Section):
+    # How long a response made with `store` (the Responses API's default) is kept for
+    # `previous_response_id` and GET /v1/responses/{id}.
+    retention_days: float = Field(default=30.0, gt=0, le=3650)
+
+
 class GatewayConfig(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
@@ -179,6 +185,7 @@ class GatewayConfig(_Section):
     redis_prefix: str = "kg:"
     accounts: AccountsConfig = Field(default_factory=AccountsConfig)
     media: MediaConfig = Field(default_factory=MediaConfig)
+    responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
     # Per-model overrides and additions, merged over the packaged catalog.
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
 from redis.asyncio import Redis
 
@@ -36,6 +37,7 @@ from kimi_gateway.routing import Router
 from kimi_gateway.routing.features import TOKENS_PER_IMAGE, estimate_prompt_tokens
 from kimi_gateway.schema.chat import ChatCompletionRequest, ContentPart, FilePart, TextPart, UserMessage
 from kimi_gateway.storage import Database, database_url
+from kimi_gateway.storage.responses import ResponseStore
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ class Gateway:
     accounts: Accountant
     media: Media
     files: FileStore
+    responses: ResponseStore
     changes: Changes
     redis: Redis | None = None
 
@@ -202,6 +205,7 @@ def build_gateway(config: GatewayConfig) -> Gateway:
         accounts=Accountant(ledger, holds, admission, recorder, tiers, changes, **cache),
         media=media,
         files=files,
+        responses=ResponseStore(db, timedelta(days=config.responses.retention_days)),
         changes=changes,
         redis=redis,
     )

@@ -96,6 +96,11 @@ def test_full_queue_answers_503_with_retry_after_at_once(start_gateway: Any) -> 
                 assert rejected.json()["error"]["code"] == "server_overloaded"
                 # Refused straight away rather than queued behind a 3000-token generation.
                 assert elapsed < 5
+                # In Anthropic's format, its overload: 529, which the anthropic SDK retries.
+                ask = {"model": LOCAL_MODEL, "max_tokens": 5, "messages": LONG["messages"]}
+                overloaded = httpx.post(gateway.base_url + "/v1/messages", json=ask, timeout=10)
+                assert overloaded.status_code == 529 and overloaded.headers["retry-after"] == "2"
+                assert overloaded.json()["error"]["type"] == "overloaded_error"
     _wait_idle(gateway)
     # Once the queue drains the model serves again.
     ok = httpx.post(url, json={**LONG, "max_tokens": 3, "ignore_eos": False}, timeout=60)

@@ -7,6 +7,7 @@ class StopMatcher:
     def __init__(self, stops: list[str]) -> None:
         self._stops = stops
         self._pending = ""
+        self.matched: str | None = None  # the stop sequence that ended the text, once one has
 
     def feed(self, text: str) -> tuple[str, bool]:
         """Returns the text safe to release, and whether a stop sequence was reached."""
@@ -17,7 +18,7 @@ class StopMatcher:
         for stop in self._stops:
             at = pending.find(stop)
             if at != -1 and (first == -1 or at < first):
-                first = at
+                first, self.matched = at, stop
         if first != -1:
             self._pending = ""
             return pending[:first], True

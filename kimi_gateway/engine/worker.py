@@ -45,7 +45,7 @@ class SamplingParams:
 
 # Messages from the worker thread to the job's event loop.
 TEXT = "text"  # (TEXT, choice index, text)
-FINISH = "finish"  # (FINISH, choice index, reason, completion tokens)
+FINISH = "finish"  # (FINISH, choice index, reason, completion tokens, the stop string matched or None)
 DONE = "done"  # (DONE, prompt tokens, cached prompt tokens)
 ERROR = "error"  # (ERROR, message)
 
@@ -299,5 +299,5 @@ class LocalModel:
             rest = stops.flush() + decoder.decode(b"", final=True)
             if rest:
                 job.emit(TEXT, index, rest)
-        job.emit(FINISH, index, reason, produced)
+        job.emit(FINISH, index, reason, produced, stops.matched)
         return reason, produced

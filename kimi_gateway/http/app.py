@@ -18,6 +18,10 @@ from kimi_gateway.errors import APIError
 from kimi_gateway.http import errors
 from kimi_gateway.http.auth import AuthMiddleware
 from kimi_gateway.http.body import BodyLimitMiddleware, too_large
+from kimi_gateway.http.formats import WireFormat, anthropic, responses
+from kimi_gateway.http.formats.anthropic import MessagesFormat
+from kimi_gateway.http.formats.chat import ChatFormat
+from kimi_gateway.http.formats.responses import ResponsesFormat
 from kimi_gateway.http.middleware import HeadMiddleware, RequestLogMiddleware, route_path
 from kimi_gateway.http.routes import (
     chat,
@@ -28,33 +32,54 @@ from kimi_gateway.http.routes import (
     generations,
     health,
     keys,
+    messages,
     models,
     tokenizers,
 )
-from kimi_gateway.http.serving import ChatCompletion
+from kimi_gateway.http.routes import responses as responses_routes
+from kimi_gateway.http.serving import Completion
 from kimi_gateway.media.files import file_too_large
 from kimi_gateway.runtime import Gateway, build_gateway
+from kimi_gateway.schema.anthropic import CountTokensRequest, MessagesRequest
 from kimi_gateway.schema.chat import ChatCompletionRequest
+from kimi_gateway.schema.responses_api import ResponsesRequest
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
-    # The chat route parses its own body (one pass, our error shape), so its schema is added here.
-    request_schema = ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    # The generation routes parse their own bodies (one pass, our error shape): their schemas go in here.
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    components.update(request_schema.pop("$defs", {}))
-    components["ChatCompletionRequest"] = request_schema
+    # Each format's inner models are named apart (both Anthropic's and OpenAI's have a `Tool`).
+    for prefix, model in (
+        ("", ChatCompletionRequest),
+        ("Anthropic", MessagesRequest),
+        ("Anthropic", CountTokensRequest),
+        ("Responses", ResponsesRequest),
+    ):
+        template = "#/components/schemas/" + prefix + "{model}"
+        request_schema = model.model_json_schema(ref_template=template)
+        for name, definition in request_schema.pop("$defs", {}).items():
+            components[prefix + name] = definition
+        components[model.__name__] = request_schema
     app.openapi_schema = schema
     return schema
 
 
-class FastPath:
-    """POST /v1/chat/completions goes straight to its serving object; everything else through the
-    middlewares to the FastAPI app.
+# The generation routes, each with its wire format: served before the framework sees them.
+GENERATIONS: dict[str, type[WireFormat]] = {
+    chat.PATH: ChatFormat,
+    **dict.fromkeys(anthropic.PATHS, MessagesFormat),
+    responses.PATH: ResponsesFormat,
+}
 
-    The hot route needs none of the framework's dependency injection or middleware stack: `ChatCompletion`
+
+class FastPath:
+    """The generation routes (chat completions, Anthropic Messages, Responses) go straight to their
+    serving object; everything else through the middlewares to the FastAPI app.
+
+    The hot route needs none of the framework's dependency injection or middleware stack: `Completion`
     does the same request log and key check itself, as plain calls. The route stays registered on the
     FastAPI app so /docs and /openapi.json describe it.
     """
@@ -79,14 +104,12 @@ class FastPath:
         return config.server.max_body_bytes, too_large(config.server.max_body_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path")
-        if (
-            (path == chat.PATH or (path and route_path(scope) == chat.PATH))
-            and scope["type"] == "http"
-            and scope["method"] == "POST"
-        ):
+        fmt = GENERATIONS.get(scope.get("path", ""))
+        if fmt is None and scope.get("root_path"):
+            fmt = GENERATIONS.get(route_path(scope))
+        if fmt is not None and scope["type"] == "http" and scope["method"] == "POST":
             scope["app"] = self.api
-            await ChatCompletion(self.gateway, scope, receive, send).serve()
+            await Completion(self.gateway, fmt(), scope, receive, send).serve()
         else:
             await self.rest(scope, receive, send)
 
@@ -158,6 +181,8 @@ def create_api(config: GatewayConfig | None = None) -> FastAPI:
     app.state.gateway = gateway
     errors.install(app)
     app.include_router(chat.router)
+    app.include_router(messages.router)
+    app.include_router(responses_routes.router)
     app.include_router(endpoints.router)
     app.include_router(models.router)
     app.include_router(health.router)

@@ -1,4 +1,5 @@
-"""Authentication: `Authorization: Bearer sk-kg-...`, and which kind of key each path takes.
+"""Authentication: `Authorization: Bearer sk-kg-...` (or `X-Api-Key`, as the Anthropic SDK sends it), and
+which kind of key each path takes.
 
 With no key in the database, a gateway bound to loopback serves without auth (the CLI refuses any other
 address then). Inference keys cannot manage keys; management keys cannot call inference.
@@ -13,8 +14,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kimi_gateway.accounts.keys import MANAGEMENT, KeyRecord
 from kimi_gateway.errors import APIError
+from kimi_gateway.http.errors import error_for
 from kimi_gateway.http.middleware import route_path
-from kimi_gateway.http.responses import error_response
 from kimi_gateway.runtime import Gateway
 
 log = logging.getLogger(__name__)
@@ -27,11 +28,18 @@ EITHER = frozenset({"/api/v1/key", "/api/v1/credits", "/api/v1/generation", "/v1
 
 
 def _bearer(scope: Scope) -> str | None:
-    for name, value in scope["headers"]:
+    """`Authorization: Bearer <key>`, else `X-Api-Key: <key>` (how the Anthropic SDK sends its key)."""
+    api_key: str | None = None
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    for name, value in headers:
         if name == b"authorization":
             scheme, _, token = value.decode("latin-1").partition(" ")
-            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-    return None
+            token = token.strip()
+            if scheme.lower() == "bearer" and token:
+                return token
+        elif name == b"x-api-key" and value.strip():
+            api_key = value.decode("latin-1").strip()
+    return api_key
 
 
 def _unauthorized(message: str) -> APIError:
@@ -99,7 +107,7 @@ class AuthMiddleware:
         try:
             record = await authenticate(self.gateway, scope)
         except APIError as error:
-            await error_response(error)(scope, receive, send)
+            await error_for(path, error)(scope, receive, send)
             return
         # For the routes behind the framework; the chat route's serving object keeps its own.
         state = scope.setdefault("state", {})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +45,7 @@ class ResponseMeta:
     cost_nano: int | None = None
     served_by: str | None = None  # the provider's display name, as the generation reported it
     finish_reason: str | None = None
+    stop_sequence: str | None = None  # the stop string that ended the answer, where the provider says
     ttft_ms: float | None = None
     client_closed: bool = False
     _frame: tuple[tuple[str, str | None], bytes, bytes] | None = None
@@ -104,7 +104,8 @@ def _tool_calls(calls: list[ToolCallDelta]) -> list[dict[str, Any]]:
     return out
 
 
-def _record(done: Done, meta: ResponseMeta, routed: RoutedGeneration) -> None:
+def record(done: Done, meta: ResponseMeta, routed: RoutedGeneration) -> None:
+    """What the generation did, from its Done event: usage, the serving endpoint, and the cost."""
     usage = meta.usage = done.usage
     if done.provider:
         meta.served_by = done.provider
@@ -115,71 +116,45 @@ def _record(done: Done, meta: ResponseMeta, routed: RoutedGeneration) -> None:
         )
 
 
-async def sse_stream(
-    routed: RoutedGeneration,
-    batches: AsyncIterator[list[Event]],
-    first: asyncio.Future[list[Event]],
-    meta: ResponseMeta,
-    include_usage: bool,
-    keepalive: float,
-) -> AsyncIterator[bytes]:
-    """OpenAI's chunk sequence: role chunk, deltas, finish chunk, optional usage chunk, [DONE].
+class ChatStream:
+    """OpenAI's chunk sequence: role chunk, deltas, finish chunk, optional usage chunk, [DONE]."""
 
-    Each batch of events goes out as one write. Until the first batch arrives, SSE comment lines keep
-    the connection alive (failover may still be going on behind them). If the client disconnects,
-    Starlette cancels this generator; `finally` then stops the generation, which reaches the upstream as a
-    closed connection.
-    """
-    finished = False
-    started: set[int] = set()
-    finishes: list[Finish] = []
-    try:
-        try:
-            while not first.done():
-                await asyncio.wait((first,), timeout=keepalive)
-                if not first.done():
-                    yield KEEPALIVE
-            batch: list[Event] | None = first.result()
-            meta.serve(routed)
-            out = [_sse(meta.chunk([_role_choice(0)]))]
-            started.add(0)
-            while batch is not None:
-                for event in batch:
-                    if isinstance(event, Delta):
-                        if meta.ttft_ms is None:
-                            meta.ttft_ms = round((time.perf_counter() - meta.started) * 1000, 2)
-                        out.append(meta.chunk_event(_delta_choice(event, started)))
-                    elif isinstance(event, Finish):
-                        # Held until usage is known: Moonshot's stream carries usage in the final choice.
-                        meta.finish_reason = event.reason
-                        finishes.append(event)
-                    elif isinstance(event, Done):
-                        out.extend(_closing_chunks(event, finishes, meta, routed, include_usage))
-                if out:
-                    yield b"".join(out)
-                    out = []
-                batch = await anext(batches, None)
-            finished = True
-        except APIError as exc:
-            # The status line has gone out: the error travels as a final chunk, as OpenRouter does.
-            finished = True
-            meta.finish_reason = "error"
-            meta.serve(routed)
-            body = meta.chunk(
-                [{"index": 0, "delta": {"content": ""}, "logprobs": None, "finish_reason": "error"}]
-            )
-            error: dict[str, Any] = {"code": exc.status, "message": exc.message}
-            if exc.metadata:
-                error["metadata"] = exc.metadata
-            yield _sse({**body, "error": error})
-    finally:
-        routed.cancel()
-        if not first.done():
-            first.cancel()
-        await batches.aclose()  # type: ignore[attr-defined]
-        if not finished:
-            meta.client_closed = True
-    yield DONE_LINE
+    __slots__ = ("finishes", "include_usage", "meta", "routed", "started")
+
+    keepalive = KEEPALIVE
+
+    def __init__(self, meta: ResponseMeta, routed: RoutedGeneration, include_usage: bool) -> None:
+        self.meta, self.routed, self.include_usage = meta, routed, include_usage
+        self.started: set[int] = {0}
+        self.finishes: list[Finish] = []
+
+    def opening(self) -> list[bytes]:
+        return [_sse(self.meta.chunk([_role_choice(0)]))]
+
+    def encode(self, batch: list[Event], out: list[bytes]) -> None:
+        meta = self.meta
+        for event in batch:
+            if isinstance(event, Delta):
+                out.append(meta.chunk_event(_delta_choice(event, self.started)))
+            elif isinstance(event, Finish):
+                # Held until usage is known: Moonshot's stream carries usage in the final choice.
+                meta.finish_reason = event.reason
+                self.finishes.append(event)
+            elif isinstance(event, Done):
+                out.extend(_closing_chunks(event, self.finishes, meta, self.routed, self.include_usage))
+
+    def failure(self, exc: APIError) -> bytes:
+        """A final chunk carrying the error, as OpenRouter sends it."""
+        body = self.meta.chunk(
+            [{"index": 0, "delta": {"content": ""}, "logprobs": None, "finish_reason": "error"}]
+        )
+        error: dict[str, Any] = {"code": exc.status, "message": exc.message}
+        if exc.metadata:
+            error["metadata"] = exc.metadata
+        return _sse({**body, "error": error})
+
+    async def closing(self, failed: bool) -> bytes:
+        return DONE_LINE
 
 
 def _closing_chunks(
@@ -190,7 +165,7 @@ def _closing_chunks(
     include_usage: bool,
 ) -> list[bytes]:
     """The finish chunks, the last one carrying usage, and the usage-only chunk if the client asked."""
-    _record(done, meta, routed)
+    record(done, meta, routed)
     usage = _usage(done.usage, meta)
     out = []
     for i, finish in enumerate(finishes):
@@ -272,9 +247,11 @@ async def collect(routed: RoutedGeneration, meta: ResponseMeta) -> CompletionBod
             elif isinstance(event, Finish):
                 choice = choices.setdefault(event.index, _Choice())
                 choice.finish, choice.native = event.reason, event.native_reason
+                if event.index == 0:
+                    meta.stop_sequence = event.stop_sequence
             elif isinstance(event, Done):
                 usage = event.usage
-                _record(event, meta, routed)
+                record(event, meta, routed)
     bodies: list[ChoiceBody] = []
     for index in sorted(choices):
         choice = choices[index]

@@ -12,22 +12,29 @@ from starlette.responses import Response
 from starlette.routing import Match
 
 from kimi_gateway.errors import APIError
-from kimi_gateway.http.responses import ORJSONResponse, error_response
+from kimi_gateway.http.formats.anthropic_events import error_response as anthropic_error
+from kimi_gateway.http.formats.anthropic_events import is_anthropic
+from kimi_gateway.http.responses import error_response
 from kimi_gateway.http.validation import errors_to_api_error
 
 log = logging.getLogger(__name__)
 
 
-async def _api_error(_: Request, exc: Exception) -> Response:
+def error_for(path: str, exc: APIError) -> Response:
+    """The error in the shape the route's clients read: Anthropic's on its paths, OpenAI's elsewhere."""
+    return anthropic_error(exc) if is_anthropic(path) else error_response(exc)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, APIError)
-    return error_response(exc)
+    return error_for(request.url.path, exc)
 
 
-async def _request_validation(_: Request, exc: Exception) -> Response:
+async def _request_validation(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     # FastAPI prefixes locations with where the value came from ('query', 'path', 'body').
     errors = [{**e, "loc": tuple(e["loc"])[1:]} for e in exc.errors()]
-    return error_response(errors_to_api_error(errors))
+    return error_for(request.url.path, errors_to_api_error(errors))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -39,12 +46,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         message = f"Method {request.method} is not allowed for {request.url.path}."
         code = "method_not_allowed"
         # Every method the path takes, not only those of the first route that matched it.
-        return error_response(
-            APIError(405, message, code=code, headers={"Allow": ", ".join(_allowed(request))})
-        )
+        allow = {"Allow": ", ".join(_allowed(request))}
+        return error_for(request.url.path, APIError(405, message, code=code, headers=allow))
     else:
         message, code = str(exc.detail), None
-    return error_response(APIError(exc.status_code, message, code=code, headers=dict(exc.headers or {})))
+    error = APIError(exc.status_code, message, code=code, headers=dict(exc.headers or {}))
+    return error_for(request.url.path, error)
 
 
 def _allowed(request: Request) -> list[str]:
@@ -61,13 +68,14 @@ def _allowed(request: Request) -> list[str]:
     return methods
 
 
-def internal_error(path: str, exc: BaseException) -> Response:
+def internal_api_error(path: str, exc: BaseException) -> APIError:
     """A failure nobody planned for: logged with its traceback, answered without one."""
     log.error("unhandled error", exc_info=exc, extra={"fields": {"path": path}})
-    return ORJSONResponse(
-        {"error": {"message": "Internal server error.", "type": "server_error", "param": None, "code": None}},
-        status_code=500,
-    )
+    return APIError(500, "Internal server error.", type="server_error", code="internal_error")
+
+
+def internal_error(path: str, exc: BaseException) -> Response:
+    return error_for(path, internal_api_error(path, exc))
 
 
 async def unexpected(request: Request, exc: Exception) -> Response:

@@ -1,4 +1,7 @@
-"""One chat completion, owned by one object from the request's first byte to its settlement.
+"""One generation request, owned by one object from the request's first byte to its settlement.
+
+The same object serves every wire format (chat completions, Anthropic Messages, Responses): the format
+(http/formats/) only parses the body into the gateway's request and renders the response.
 
 The steps run in the order the data flows: authenticate → validate → route (a model nobody serves, or a
 feature no endpoint has, is refused before any work) → admit (rate limits, then a credit hold, with media
@@ -25,30 +28,32 @@ from kimi_gateway.catalog.rules import apply_rules
 from kimi_gateway.errors import APIError
 from kimi_gateway.http import accounting
 from kimi_gateway.http.auth import authenticate
-from kimi_gateway.http.body import parse_body
-from kimi_gateway.http.completions import ResponseMeta, collect_unless_disconnected, sse_stream
-from kimi_gateway.http.errors import internal_error
+from kimi_gateway.http.completions import ResponseMeta, collect_unless_disconnected
+from kimi_gateway.http.errors import internal_api_error
+from kimi_gateway.http.formats import WireFormat
 from kimi_gateway.http.middleware import NOSNIFF, begin, log_request, request_id_header
-from kimi_gateway.http.responses import FastJSONResponse, FastSSEResponse, error_response
+from kimi_gateway.http.responses import FastSSEResponse
+from kimi_gateway.http.streaming import sse_stream
 from kimi_gateway.logs import event, logger
 from kimi_gateway.media.intake import has_media
 from kimi_gateway.media.redact import redacted
 from kimi_gateway.providers.events import Event
+from kimi_gateway.routing.variants import apply_variant
 from kimi_gateway.runtime import Gateway
-from kimi_gateway.schema.chat import ChatCompletionRequest
 from kimi_gateway.schema.checks import check_partial, check_tools
-from kimi_gateway.schema.responses import completion_id
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-class ChatCompletion:
-    """POST /v1/chat/completions, one instance per request."""
+class Completion:
+    """A generation request (POST /v1/chat/completions, /v1/messages, /v1/responses), one instance per
+    request."""
 
-    __slots__ = ("gateway", "info", "key", "meta", "receive", "scope", "send", "started", "ticket")
+    __slots__ = ("format", "gateway", "info", "key", "meta", "receive", "scope", "send", "started", "ticket")
 
-    def __init__(self, gateway: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
+    def __init__(self, gateway: Gateway, fmt: WireFormat, scope: Scope, receive: Receive, send: Send) -> None:
         self.gateway = gateway
+        self.format = fmt
         self.scope, self.receive, self.send = scope, receive, send
         self.started = time.perf_counter()
         self.info = begin(scope)  # the request id, and the one log line's record
@@ -62,9 +67,9 @@ class ChatCompletion:
             try:
                 response = await self._respond()
             except APIError as exc:
-                response = error_response(exc)
+                response = self.format.error(exc)
             except Exception as exc:
-                response = internal_error(self.scope["path"], exc)
+                response = self.format.error(internal_api_error(self.scope["path"], exc))
             response.raw_headers += (request_id_header(self.info), NOSNIFF)
             await response(self.scope, self.receive, self.send)
         finally:
@@ -97,7 +102,8 @@ class ChatCompletion:
         account = key.account_id if key is not None else None
         self.info.account_id = account
         request = Request(self.scope, self.receive, self.send)
-        body = await parse_body(request, ChatCompletionRequest, gateway.config.server.max_body_bytes)
+        body = await self.format.parse(request, gateway, account)
+        apply_variant(body)
         self.info.model, self.info.stream = body.model, body.stream
         check_tools(body)
         check_partial(body)
@@ -105,7 +111,7 @@ class ChatCompletion:
         apply_rules(body, card)
         media = has_media(body)
         routed = gateway.router.route(body, account, media_pending=media)
-        meta = self.meta = ResponseMeta(id=completion_id(), created=int(time.time()), model=body.model)
+        meta = self.meta = ResponseMeta(id=self.format.new_id(), created=int(time.time()), model=body.model)
         if key is not None:
             self.ticket = await accounting.admit(gateway, key, body, routed, meta.id, self.scope["headers"])
         if media:
@@ -120,7 +126,7 @@ class ChatCompletion:
             completion = await collect_unless_disconnected(self.receive, routed, meta)
             if completion is None:
                 return Response(status_code=499)
-            return FastJSONResponse(completion)
+            return await self.format.render(completion, meta)
 
         # Wait briefly for the first events: an early failure still gets a proper status and JSON error.
         batches = routed.events()
@@ -130,7 +136,19 @@ class ChatCompletion:
         if first.done() and first.exception() is not None:
             await batches.aclose()  # type: ignore[attr-defined]
             first.result()  # raises the APIError
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return FastSSEResponse(
-            sse_stream(routed, batches, first, meta, include_usage, keepalive), _SSE_HEADERS
-        )
+        encoder = self.format.encoder(meta, routed)
+        return FastSSEResponse(sse_stream(routed, batches, first, meta, encoder, keepalive), _SSE_HEADERS)
+
+
+class Served(Response):
+    """What a generation route registered on the framework returns: the serving object does the rest.
+    (FastPath serves these routes before the framework sees them; this keeps them right if it ever does.)"""
+
+    background = None
+
+    def __init__(self, request: Request, fmt: type[WireFormat]) -> None:  # nothing is rendered here
+        self.request, self.format = request, fmt
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gateway = self.request.app.state.gateway
+        await Completion(gateway, self.format(), scope, receive, send).serve()

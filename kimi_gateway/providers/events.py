@@ -43,6 +43,7 @@ class Finish:
     index: int
     reason: str
     native_reason: str | None = None
+    stop_sequence: str | None = None  # the stop string that ended the choice, where the provider says
 
 
 @dataclass(slots=True)

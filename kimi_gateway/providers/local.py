@@ -74,7 +74,7 @@ class LocalGeneration:
                         continue
                 yield [Delta(index=index, content=text)]
             elif kind == FINISH:
-                _, index, reason, produced = message
+                _, index, reason, produced, matched = message
                 completion_tokens += produced
                 native = reason
                 batch: list[Event] = []
@@ -94,7 +94,7 @@ class LocalGeneration:
                         )
                     )
                     reason = "tool_calls"
-                batch.append(Finish(index=index, reason=reason, native_reason=native))
+                batch.append(Finish(index=index, reason=reason, native_reason=native, stop_sequence=matched))
                 yield batch
             elif kind == DONE:
                 _, prompt_tokens, cached_tokens = message

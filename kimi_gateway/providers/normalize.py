@@ -154,7 +154,7 @@ class ChunkNormalizer:
                 self.usage = usage_from(choice["usage"])
             native = choice.get("finish_reason")
             if native:
-                self._finish(index, state, native, events)
+                self._finish(index, state, native, events, choice.get("stop_reason"))
         if chunk.get("usage"):
             self.usage = usage_from(chunk["usage"])
 
@@ -169,14 +169,18 @@ class ChunkNormalizer:
             upstream_status=code if isinstance(code, int) else None,
         )
 
-    def _finish(self, index: int, state: _ChoiceState, native: str, events: list[Event]) -> None:
+    def _finish(
+        self, index: int, state: _ChoiceState, native: str, events: list[Event], stop: Any = None
+    ) -> None:
         state.finish = native
         if state.parser is not None:
             self._parsed(index, state, state.parser.flush(), events)
         reason = normalize_finish(native)
         if reason == "stop" and state.parser is not None and state.parser.saw_tool_calls:
             reason = "tool_calls"
-        events.append(Finish(index=index, reason=reason, native_reason=native))
+        # vLLM and SGLang name the stop string that matched in `stop_reason` (a token id is an int).
+        matched = stop if isinstance(stop, str) and reason == "stop" else None
+        events.append(Finish(index=index, reason=reason, native_reason=native, stop_sequence=matched))
         self.finished = True
 
     def _delta(self, index: int, state: _ChoiceState, delta: dict[str, Any], events: list[Event]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -48,4 +49,37 @@ def model_object(card: ModelCard, providers: list[str]) -> dict[str, Any]:
         "image_via_ocr": card.image_via_ocr,
         "available": bool(providers),
         "providers": providers,
+    }
+
+
+def anthropic_model(card: ModelCard) -> dict[str, Any]:
+    """Anthropic's ModelInfo, for clients that list models with the Anthropic SDK."""
+    created = datetime.fromtimestamp(card.created, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "type": "model",
+        "id": card.id,
+        "display_name": card.name,
+        "created_at": created,
+        "max_input_tokens": card.context_length,
+    }
+
+
+def anthropic_page(
+    models: list[dict[str, Any]], after_id: str | None, before_id: str | None, limit: int
+) -> dict[str, Any]:
+    """Anthropic's cursor page over the list: `after_id` / `before_id`, `has_more`, `first_id`, `last_id`."""
+    ids = [m["id"] for m in models]
+    start, end = 0, len(models)
+    if after_id is not None:
+        start = ids.index(after_id) + 1 if after_id in ids else len(ids)
+    if before_id is not None:
+        end = ids.index(before_id) if before_id in ids else 0
+        start = max(start, end - limit)
+    page = models[start:end][:limit]
+    has_more = (start + len(page) < end) if before_id is None else start > 0
+    return {
+        "data": page,
+        "has_more": has_more,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
     }

@@ -1,11 +1,12 @@
-"""The schema: accounts, API keys, the credit ledger, generation records and rate-limit tiers."""
+"""The schema: accounts, API keys, the credit ledger, generation records, rate-limit tiers, files and
+stored responses."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import Boolean, DateTime, ForeignKey, Index, Integer, Numeric, String, func
+from sqlalchemy import Boolean, DateTime, ForeignKey, Index, Integer, Numeric, String, Text, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # USD with nine decimal places: per-token prices are fractions of a micro-dollar.
@@ -105,3 +106,18 @@ class StoredFile(Base):
     status: Mapped[str] = mapped_column(String(16))  # "ok" or "error"
     status_details: Mapped[str] = mapped_column(String(500), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class StoredResponse(Base):
+    """A response made through /v1/responses with `store`, kept for `previous_response_id` and GET, owned by
+    its account like a file, until it expires."""
+
+    __tablename__ = "responses"
+
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    account_id: Mapped[str | None] = mapped_column(String(40), index=True, nullable=True)
+    response: Mapped[str] = mapped_column(Text)  # the response object, as JSON
+    input_items: Mapped[str] = mapped_column(Text)  # this request's input items, as JSON
+    context: Mapped[str] = mapped_column(Text)  # the conversation so far in chat form, its answer included
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

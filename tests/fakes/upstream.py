@@ -36,6 +36,7 @@ class Answer:
     cut_after: int | None = None  # drop the connection after this many chunks, before [DONE]
     error_after: int | None = None  # OpenRouter-style error chunk after this many chunks
     vl_markers: bool = False  # Kimi-VL Thinking writes ◁think▷…◁/think▷
+    stop_sequence: str | None = None  # vLLM and SGLang name the stop string that matched (`stop_reason`)
 
 
 @dataclass
@@ -378,7 +379,10 @@ class FakeUpstream:
             if self.style == "openrouter":
                 usage["cost"] = 0.0001
                 usage["completion_tokens_details"] = {"reasoning_tokens": 0}
-            out.append(chunk([delta({}, answer.finish)]))
+            final = delta({}, answer.finish)
+            if self.style in {"vllm", "vllm-parsed", "sglang"}:
+                final["stop_reason"] = answer.stop_sequence
+            out.append(chunk([final]))
         include_usage = (body.get("stream_options") or {}).get("include_usage")
         if include_usage or self.style == "openrouter":
             out.append(chunk([], usage=usage))

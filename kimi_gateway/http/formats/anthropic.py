@@ -1,0 +1,267 @@
+"""Anthropic's Messages API (POST /v1/messages), as the `anthropic` SDK and Claude Code speak it.
+
+The request becomes the gateway's chat request here; the response is rendered by `anthropic_events`.
+Where Anthropic's format has no counterpart the translation says what it does instead:
+- `temperature` is scaled by 0.6, as Moonshot's own Anthropic endpoint does, so a client moved from there
+  to here samples the same way;
+- a trailing assistant turn (Anthropic's prefill) becomes Moonshot's Partial Mode: the reply continues it;
+- `thinking` blocks given back become the turn's reasoning (Kimi refuses a thinking tool-call turn without
+  it); `redacted_thinking` has no counterpart and is dropped;
+- `cache_control` markers are accepted and dropped (Kimi's providers cache prefixes on their own), and name
+  the conversation for prefix-cache stickiness, as does Claude Code's session header;
+- `budget_tokens` is not passed on: Kimi's switch is on or off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from kimi_gateway.errors import APIError, invalid_request
+from kimi_gateway.http.body import parse_body
+from kimi_gateway.http.completions import ResponseMeta
+from kimi_gateway.http.formats.anthropic_events import MessageStream, error_response, message_body
+from kimi_gateway.http.formats.base import WireFormat
+from kimi_gateway.http.responses import ORJSONResponse
+from kimi_gateway.http.validation import validation_error
+from kimi_gateway.ids import new_id
+from kimi_gateway.routing.attempts import RoutedGeneration
+from kimi_gateway.runtime import Gateway
+from kimi_gateway.schema import anthropic as a
+from kimi_gateway.schema.chat import ChatCompletionRequest
+from kimi_gateway.schema.responses import CompletionBody
+
+# Moonshot's Anthropic endpoint samples at 0.6 x the requested temperature (Kimi-K2's README, §4).
+TEMPERATURE_SCALE = 0.6
+PATHS = ("/v1/messages", "/anthropic/v1/messages")
+
+
+class MessagesFormat(WireFormat):
+    __slots__ = ("request",)
+
+    request: a.MessagesRequest
+
+    async def parse(self, request: Request, gateway: Gateway, account: str | None) -> ChatCompletionRequest:
+        self.request = await parse_body(request, a.MessagesRequest, gateway.config.server.max_body_bytes)
+        return to_chat(self.request, _session(request))
+
+    def new_id(self) -> str:
+        return new_id("msg_")
+
+    async def render(self, completion: CompletionBody, meta: ResponseMeta) -> Response:
+        return ORJSONResponse(message_body(completion, meta.stop_sequence))
+
+    def encoder(self, meta: ResponseMeta, routed: RoutedGeneration) -> MessageStream:
+        return MessageStream(meta, routed)
+
+    def error(self, exc: APIError) -> Response:
+        return error_response(exc)
+
+
+def _session(request: Request) -> str | None:
+    session = request.headers.get("x-claude-code-session-id")
+    return session[:256] if session else None
+
+
+# ---- the request, in chat form -------------------------------------------------------------------------
+
+
+def to_chat(request: a.Prompt, session: str | None = None) -> ChatCompletionRequest:
+    body: dict[str, Any] = {"model": request.model, "messages": _messages(request)}
+    if request.provider is not None:
+        body["provider"] = request.provider
+    if request.models is not None:
+        body["models"] = request.models
+    if request.tools:
+        body["tools"] = [_tool(tool, i) for i, tool in enumerate(request.tools)]
+    choice = request.tool_choice
+    if choice is not None:
+        body["tool_choice"] = _tool_choice(choice)
+        if choice.disable_parallel_tool_use:
+            body["parallel_tool_calls"] = False
+    if request.thinking is not None:
+        body["thinking"] = {"type": "disabled" if request.thinking.type == "disabled" else "enabled"}
+    if isinstance(request, a.MessagesRequest):
+        body["max_tokens"] = request.max_tokens
+        body["stream"] = request.stream
+        if request.temperature is not None:
+            body["temperature"] = round(request.temperature * TEMPERATURE_SCALE, 6)
+        if request.top_p is not None:
+            body["top_p"] = request.top_p
+        if request.top_k is not None:
+            body["top_k"] = request.top_k
+        if request.stop_sequences:
+            body["stop"] = request.stop_sequences
+        if request.metadata is not None and request.metadata.user_id:
+            body["user"] = request.metadata.user_id
+    if session:
+        body["session_id"] = session
+    else:
+        cached = _cached_prefix_key(request)
+        if cached:
+            body["prompt_cache_key"] = cached
+    try:
+        return ChatCompletionRequest.model_validate(body)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+def _cached_prefix_key(request: a.Prompt) -> str | None:
+    """The client marked a prefix for caching: its system prompt and tools name the conversation."""
+    system = request.system
+    marked = isinstance(system, list) and any(b.cache_control for b in system)
+    marked = marked or any(t.cache_control for t in request.tools or ())
+    if not marked:
+        return None
+    digest = hashlib.blake2b(digest_size=12)
+    digest.update(orjson.dumps(system if isinstance(system, str) else [b.text for b in system or ()]))
+    digest.update(orjson.dumps([t.name for t in request.tools or ()]))
+    return "cc-" + digest.hexdigest()
+
+
+def _messages(request: a.Prompt) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    system = request.system
+    if isinstance(system, list):
+        system = "\n\n".join(block.text for block in system)
+    if system:
+        out.append({"role": "system", "content": system})
+    last = len(request.messages) - 1
+    for i, message in enumerate(request.messages):
+        where = f"messages[{i}]"
+        if message.role == "user":
+            out.extend(_user_turn(message.content, where))
+        else:
+            out.append(_assistant_turn(message.content, where, prefill=i == last))
+    return out
+
+
+def _user_turn(content: str | list[a.ContentBlock], where: str) -> list[dict[str, Any]]:
+    """Tool results first (each answers a call of the turn before), then the user's own blocks."""
+    if isinstance(content, str):
+        return [{"role": "user", "content": content}]
+    results: list[dict[str, Any]] = []
+    parts: list[dict[str, Any]] = []
+    for j, block in enumerate(content):
+        at = f"{where}.content[{j}]"
+        if isinstance(block, a.ToolResultBlock):
+            text, images = _tool_result(block, at)
+            results.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": text})
+            parts.extend(images)  # a tool message holds text only: its images follow as the user's
+        elif isinstance(block, a.TextBlock | a.ImageBlock | a.DocumentBlock):
+            parts.append(_part(block, at))
+        else:
+            raise invalid_request(f"a user turn cannot hold a '{block.type}' block", param=at)
+    if parts:
+        results.append({"role": "user", "content": parts})
+    return results
+
+
+def _tool_result(block: a.ToolResultBlock, where: str) -> tuple[str, list[dict[str, Any]]]:
+    content = block.content
+    images: list[dict[str, Any]] = []
+    if content is None:
+        text = ""
+    elif isinstance(content, str):
+        text = content
+    else:
+        texts = []
+        for k, item in enumerate(content):
+            if isinstance(item, a.TextBlock):
+                texts.append(item.text)
+            else:
+                images.append(_part(item, f"{where}.content[{k}]"))
+        text = "\n".join(texts)
+    # Chat has no error flag on a tool message: the model reads it in the text.
+    return (f"Error: {text}" if block.is_error else text), images
+
+
+def _part(block: a.TextBlock | a.ImageBlock | a.DocumentBlock, where: str) -> dict[str, Any]:
+    if isinstance(block, a.TextBlock):
+        return {"type": "text", "text": block.text}
+    if isinstance(block, a.ImageBlock):
+        image = block.source
+        if isinstance(image, a.Base64Source):
+            url = f"data:{image.media_type};base64,{image.data}"
+            return {"type": "image_url", "image_url": {"url": url}}
+        if isinstance(image, a.URLSource):
+            return {"type": "image_url", "image_url": {"url": image.url}}
+        raise invalid_request(
+            "images by file_id are not supported: send them as base64 or a URL", param=f"{where}.source"
+        )
+    source = block.source
+    title = block.title or "document"
+    if isinstance(source, a.TextSource | a.ContentSource):
+        inner = source.data if isinstance(source, a.TextSource) else source.content
+        text = inner if isinstance(inner, str) else "\n".join(b.text for b in inner)
+        return {"type": "text", "text": f"{block.title}\n\n{text}" if block.title else text}
+    if isinstance(source, a.Base64Source):
+        data = f"data:{source.media_type};base64,{source.data}"
+        return {"type": "file", "file": {"filename": title, "file_data": data}}
+    if isinstance(source, a.FileSource):  # an id from this gateway's POST /v1/files
+        return {"type": "file", "file": {"filename": title, "file_id": source.file_id}}
+    raise invalid_request(
+        "documents by URL are not supported: send the PDF as base64, or upload it with POST /v1/files "
+        "and send its file_id",
+        param=f"{where}.source",
+    )
+
+
+def _assistant_turn(content: str | list[a.ContentBlock], where: str, prefill: bool) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant"}
+    if isinstance(content, str):
+        message["content"] = content
+        message["partial"] = prefill
+        return message
+    texts: list[str] = []
+    thinking: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for j, block in enumerate(content):
+        if isinstance(block, a.TextBlock):
+            texts.append(block.text)
+        elif isinstance(block, a.ThinkingBlock):
+            thinking.append(block.thinking)
+        elif isinstance(block, a.ToolUseBlock):
+            function = {"name": block.name, "arguments": orjson.dumps(block.input).decode()}
+            calls.append({"id": block.id, "type": "function", "function": function})
+        elif not isinstance(block, a.RedactedThinkingBlock):
+            raise invalid_request(
+                f"an assistant turn cannot hold a '{block.type}' block", param=f"{where}.content[{j}]"
+            )
+    message["content"] = "".join(texts) if texts or not calls else None
+    if thinking:
+        message["reasoning_content"] = "".join(thinking)
+    if calls:
+        message["tool_calls"] = calls
+    elif prefill and texts:
+        message["partial"] = True
+    return message
+
+
+def _tool(tool: a.Tool, i: int) -> dict[str, Any]:
+    if tool.input_schema is None or tool.type not in (None, "custom"):
+        raise invalid_request(
+            f"the tool '{tool.name}' is one of Anthropic's server tools ({tool.type}), which Kimi models do "
+            "not have: give it as a client tool with an input_schema",
+            param=f"tools[{i}]",
+            code="unsupported_tool",
+        )
+    function: dict[str, Any] = {"name": tool.name, "parameters": tool.input_schema}
+    if tool.description is not None:
+        function["description"] = tool.description
+    if tool.strict is not None:
+        function["strict"] = tool.strict
+    return {"type": "function", "function": function}
+
+
+def _tool_choice(choice: a.ToolChoice) -> Any:
+    if choice.type == "tool":
+        if not choice.name:
+            raise invalid_request("tool_choice of type 'tool' needs a 'name'", param="tool_choice.name")
+        return {"type": "function", "function": {"name": choice.name}}
+    return {"auto": "auto", "any": "required", "none": "none"}[choice.type]

@@ -1,0 +1,253 @@
+"""The generation, as Anthropic's Messages API answers: one message body, or its event stream.
+
+Blocks go out one at a time, in the order the model made them (thinking, then text or tool calls), each
+opened with `content_block_start` before its deltas and closed with `content_block_stop`, with indexes
+0, 1, 2… in that order: the SDK's accumulator and Claude Code look blocks up by index.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+from kimi_gateway.errors import APIError
+from kimi_gateway.http.completions import ResponseMeta, record
+from kimi_gateway.http.responses import ORJSONResponse
+from kimi_gateway.providers.events import Delta, Done, Event, Finish, Usage
+from kimi_gateway.routing.attempts import RoutedGeneration
+from kimi_gateway.schema.responses import CompletionBody
+
+# Anthropic's error type for each status (its SDK picks the exception class by status).
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+OVERLOADED = 529  # Anthropic's status for "try again shortly": a full local queue
+
+
+_PREFIXES = ("/v1/messages", "/anthropic/")
+
+
+def is_anthropic(path: str) -> bool:
+    """Paths whose errors take Anthropic's shape."""
+    return path.startswith(_PREFIXES)
+
+
+def error_response(exc: APIError) -> Response:
+    status, body = error_body(exc)
+    return ORJSONResponse(body, status_code=status, headers=exc.headers or None)
+
+
+def error_body(exc: APIError) -> tuple[int, dict[str, Any]]:
+    status = exc.status
+    if status == 503 and exc.code == "server_overloaded":
+        status = OVERLOADED
+    kind = _ERROR_TYPES.get(status) or ("api_error" if status >= 500 else "invalid_request_error")
+    return status, {"type": "error", "error": {"type": kind, "message": exc.message}}
+
+
+_STOP_REASONS = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "content_filter": "refusal",
+}
+
+
+def stop_reason(finish: str | None, matched: str | None) -> tuple[str, str | None]:
+    """(stop_reason, stop_sequence). Where the provider names the stop string it hit (the embedded engine,
+    vLLM and SGLang do), the stop is `stop_sequence`; otherwise it is the end of the turn."""
+    if finish == "stop" and matched:
+        return "stop_sequence", matched
+    return _STOP_REASONS.get(finish or "stop", "end_turn"), None
+
+
+def signature(thinking: str) -> str:
+    """An opaque signature for a thinking block: Kimi's reasoning has none, and clients (the SDK, Claude
+    Code) expect one to give back. It is not checked when it comes back: the thinking goes on as it is."""
+    return base64.b64encode(hashlib.blake2b(thinking.encode(), digest_size=24).digest()).decode()
+
+
+def usage(prompt: int, completion: int, cached: int) -> dict[str, int]:
+    """Anthropic counts cached input apart: `input_tokens` is the uncached part."""
+    return {
+        "input_tokens": max(prompt - cached, 0),
+        "output_tokens": completion,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": cached,
+    }
+
+
+def _input(arguments: str) -> Any:
+    try:
+        value = orjson.loads(arguments or "{}")
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def message_body(completion: CompletionBody, matched: str | None) -> dict[str, Any]:
+    content: list[dict[str, Any]] = []
+    finish = None
+    if completion["choices"]:
+        choice = completion["choices"][0]
+        message = choice["message"]
+        finish = choice["finish_reason"]
+        thinking = message.get("reasoning_content")
+        if thinking:
+            content.append({"type": "thinking", "thinking": thinking, "signature": signature(thinking)})
+        if message["content"]:
+            content.append({"type": "text", "text": message["content"]})
+        for call in message.get("tool_calls") or ():
+            function = call["function"]
+            content.append(
+                {
+                    "type": "tool_use",
+                    "id": call["id"],
+                    "name": function["name"],
+                    "input": _input(function["arguments"]),
+                }
+            )
+    reason, sequence = stop_reason(finish, matched)
+    used = completion["usage"]
+    return {
+        "id": completion["id"],
+        "type": "message",
+        "role": "assistant",
+        "model": completion["model"],
+        "content": content,
+        "stop_reason": reason,
+        "stop_sequence": sequence,
+        "usage": usage(
+            used["prompt_tokens"], used["completion_tokens"], used["prompt_tokens_details"]["cached_tokens"]
+        ),
+    }
+
+
+def _event(name: bytes, payload: dict[str, Any]) -> bytes:
+    return b"event: " + name + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+
+PING = _event(b"ping", {"type": "ping"})
+
+
+class MessageStream:
+    """Normalized events → Anthropic's event stream (message_start … message_stop)."""
+
+    keepalive = PING
+
+    def __init__(self, meta: ResponseMeta, routed: RoutedGeneration) -> None:
+        self.meta = meta
+        self.routed = routed
+        self.index = -1  # the open block's index
+        self.open: str | None = None  # "thinking", "text" or "tool_use"
+        self.thinking: list[str] = []
+        self.tools: dict[int, int] = {}  # tool call index -> block index
+        self.finish: Finish | None = None
+
+    def opening(self) -> list[bytes]:
+        meta = self.meta
+        # The usage here is the estimate (never zeros: clients read it); message_delta brings the real count.
+        message: dict[str, Any] = {
+            "id": meta.id,
+            "type": "message",
+            "role": "assistant",
+            "model": meta.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": usage(max(self.routed.prompt_tokens, 1), 1, 0),
+        }
+        return [_event(b"message_start", {"type": "message_start", "message": message}), PING]
+
+    def _start(self, kind: str, block: dict[str, Any], out: list[bytes]) -> None:
+        self._close(out)
+        self.index += 1
+        self.open = kind
+        out.append(
+            _event(
+                b"content_block_start",
+                {"type": "content_block_start", "index": self.index, "content_block": block},
+            )
+        )
+
+    def _close(self, out: list[bytes]) -> None:
+        if self.open is None:
+            return
+        if self.open == "thinking":
+            sig = signature("".join(self.thinking))
+            self.thinking = []
+            out.append(self._delta({"type": "signature_delta", "signature": sig}))
+        out.append(_event(b"content_block_stop", {"type": "content_block_stop", "index": self.index}))
+        self.open = None
+
+    def _delta(self, delta: dict[str, Any], index: int | None = None) -> bytes:
+        at = self.index if index is None else index
+        return _event(b"content_block_delta", {"type": "content_block_delta", "index": at, "delta": delta})
+
+    def encode(self, batch: list[Event], out: list[bytes]) -> None:
+        for event in batch:
+            if isinstance(event, Delta):
+                if event.index != 0:
+                    continue  # Anthropic's format has one answer per request
+                if event.reasoning:
+                    if self.open != "thinking":
+                        self._start("thinking", {"type": "thinking", "thinking": "", "signature": ""}, out)
+                    self.thinking.append(event.reasoning)
+                    out.append(self._delta({"type": "thinking_delta", "thinking": event.reasoning}))
+                if event.content:
+                    if self.open != "text":
+                        self._start("text", {"type": "text", "text": ""}, out)
+                    out.append(self._delta({"type": "text_delta", "text": event.content}))
+                for call in event.tool_calls or ():
+                    block = self.tools.get(call.index)
+                    if block is None:
+                        tool = {
+                            "type": "tool_use",
+                            "id": call.id or f"toolu_{self.meta.id}_{call.index}",
+                            "name": call.name or "",
+                            "input": {},
+                        }
+                        self._start("tool_use", tool, out)
+                        block = self.tools[call.index] = self.index
+                    if call.arguments:
+                        delta = {"type": "input_json_delta", "partial_json": call.arguments}
+                        out.append(self._delta(delta, block))
+            elif isinstance(event, Finish):
+                if event.index == 0:
+                    self.finish = event
+                    self.meta.finish_reason = event.reason
+            elif isinstance(event, Done):
+                self._close(out)
+                record(event, self.meta, self.routed)
+                out.append(self._message_delta(event.usage))
+
+    def _message_delta(self, used: Usage) -> bytes:
+        finish = self.finish
+        reason, sequence = stop_reason(
+            finish.reason if finish else None, finish.stop_sequence if finish else None
+        )
+        payload = {
+            "type": "message_delta",
+            "delta": {"stop_reason": reason, "stop_sequence": sequence},
+            "usage": usage(used.prompt_tokens, used.completion_tokens, used.cached_tokens),
+        }
+        return _event(b"message_delta", payload)
+
+    def failure(self, exc: APIError) -> bytes:
+        _, body = error_body(exc)
+        return _event(b"error", body)
+
+    async def closing(self, failed: bool) -> bytes:
+        return b"" if failed else _event(b"message_stop", {"type": "message_stop"})

@@ -1,0 +1,281 @@
+"""OpenAI's Responses API (POST /v1/responses), as the `openai` SDK's `client.responses.*` speaks it.
+
+The request becomes the gateway's chat request here (with the stored conversation of
+`previous_response_id` in front of it); `responses_events` renders the response. What has no counterpart:
+- `instructions` lead the conversation as a system message, and, as OpenAI does, are not carried over to
+  a later response through `previous_response_id`;
+- `reasoning` items given back become the reasoning of the assistant turn that follows them (Kimi refuses
+  a thinking tool-call turn without it); their `encrypted_content` has no counterpart and is dropped;
+- built-in tools (web search, file search, computer use, MCP), `background` mode and `item_reference`
+  inputs are refused with a 400 that says so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from kimi_gateway.errors import invalid_request
+from kimi_gateway.http.body import parse_body
+from kimi_gateway.http.completions import ResponseMeta
+from kimi_gateway.http.formats.base import WireFormat
+from kimi_gateway.http.formats.responses_events import Conversation, ResponseStream, response_object
+from kimi_gateway.http.responses import ORJSONResponse
+from kimi_gateway.http.validation import validation_error
+from kimi_gateway.ids import new_id
+from kimi_gateway.routing.attempts import RoutedGeneration
+from kimi_gateway.runtime import Gateway
+from kimi_gateway.schema import responses_api as r
+from kimi_gateway.schema.chat import ChatCompletionRequest
+from kimi_gateway.schema.responses import CompletionBody
+
+PATH = "/v1/responses"
+
+
+class ResponsesFormat(WireFormat):
+    __slots__ = ("conversation",)
+
+    conversation: Conversation
+
+    async def parse(self, request: Request, gateway: Gateway, account: str | None) -> ChatCompletionRequest:
+        body = await parse_body(request, r.ResponsesRequest, gateway.config.server.max_body_bytes)
+        if body.background:
+            raise invalid_request(
+                "background responses are not supported: stream, or wait for the answer",
+                param="background",
+                code="unsupported_value",
+            )
+        history: list[dict[str, Any]] = []
+        if body.previous_response_id is not None:
+            history = (await gateway.responses.get(account, body.previous_response_id)).context
+        items = _input_items(body.input)
+        messages = _messages(items)
+        chat = to_chat(body, history + messages)
+        self.conversation = Conversation(body, items, history + messages, gateway.responses, account)
+        return chat
+
+    def new_id(self) -> str:
+        return new_id("resp_")
+
+    async def render(self, completion: CompletionBody, meta: ResponseMeta) -> Response:
+        body = response_object(self.conversation.request, meta, completion_output(completion))
+        await self.conversation.keep(body)
+        return ORJSONResponse(body)
+
+    def encoder(self, meta: ResponseMeta, routed: RoutedGeneration) -> ResponseStream:
+        return ResponseStream(meta, routed, self.conversation)
+
+
+def completion_output(completion: CompletionBody) -> list[dict[str, Any]]:
+    """The output items of a whole completion: reasoning, then the message, then function calls."""
+    if not completion["choices"]:
+        return []
+    message = completion["choices"][0]["message"]
+    output: list[dict[str, Any]] = []
+    reasoning = message.get("reasoning_content")
+    if reasoning:
+        output.append(
+            {
+                "type": "reasoning",
+                "id": new_id("rs_"),
+                "summary": [{"type": "summary_text", "text": reasoning}],
+            }
+        )
+    if message["content"]:
+        part = {"type": "output_text", "text": message["content"], "annotations": [], "logprobs": []}
+        output.append(
+            {
+                "type": "message",
+                "id": new_id("msg_"),
+                "role": "assistant",
+                "status": "completed",
+                "content": [part],
+            }
+        )
+    for call in message.get("tool_calls") or ():
+        output.append(
+            {
+                "type": "function_call",
+                "id": new_id("fc_"),
+                "call_id": call["id"],
+                "name": call["function"]["name"],
+                "arguments": call["function"]["arguments"],
+                "status": "completed",
+            }
+        )
+    return output
+
+
+# ---- the request, in chat form -------------------------------------------------------------------------
+
+
+def _input_items(given: str | list[r.InputItem]) -> list[dict[str, Any]]:
+    """This request's input as items (what GET /v1/responses/{id}/input_items lists), each with an id."""
+    if isinstance(given, str):
+        given = [r.MessageItem(role="user", content=given)]
+    items = []
+    for item in given:
+        data = item.model_dump(mode="json", exclude_none=True, by_alias=True)
+        if "id" not in data:
+            data["id"] = new_id("msg_" if item.type == "message" else "item_")
+        items.append(data)
+    return items
+
+
+def _text(content: str | list[Any], where: str) -> str:
+    if isinstance(content, str):
+        return content
+    texts = []
+    for part in content:
+        if part.get("type") in ("input_text", "output_text", "text"):
+            texts.append(part["text"])
+        elif part.get("type") == "refusal":
+            texts.append(part["refusal"])
+        else:
+            raise invalid_request(f"only text can go here, not '{part.get('type')}'", param=where)
+    return "".join(texts)
+
+
+def _user_part(part: dict[str, Any], where: str) -> dict[str, Any]:
+    kind = part.get("type")
+    if kind in ("input_text", "output_text", "text"):
+        return {"type": "text", "text": part["text"]}
+    if kind == "input_image":
+        if not part.get("image_url"):
+            raise invalid_request(
+                "images by file_id are not supported: send image_url (a URL or a data: URL)", param=where
+            )
+        image: dict[str, Any] = {"url": part["image_url"]}
+        if part.get("detail"):
+            image["detail"] = part["detail"]
+        return {"type": "image_url", "image_url": image}
+    if kind == "input_file":
+        name = part.get("filename") or "file"
+        if part.get("file_id"):
+            return {"type": "file", "file": {"filename": name, "file_id": part["file_id"]}}
+        data = part.get("file_data")
+        if data:
+            if not data.startswith("data:"):  # bare base64, as the SDK's examples send a PDF
+                kind_of = "application/pdf" if name.lower().endswith(".pdf") else "text/plain"
+                data = f"data:{kind_of};base64,{data}"
+            return {"type": "file", "file": {"filename": name, "file_data": data}}
+        raise invalid_request(
+            "input_file needs file_id (from POST /v1/files) or file_data; file_url is not fetched",
+            param=where,
+        )
+    raise invalid_request(f"a user message cannot hold '{kind}'", param=where)
+
+
+def _messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    reasoning: list[str] = []  # reasoning items wait for the assistant turn they belong to
+
+    def assistant() -> dict[str, Any]:
+        last = out[-1] if out else None
+        if last is not None and last["role"] == "assistant" and not reasoning:
+            return last  # consecutive calls (and the text before them) make one assistant turn
+        turn: dict[str, Any] = {"role": "assistant", "content": None}
+        if reasoning:
+            turn["reasoning_content"] = "".join(reasoning)
+            reasoning.clear()
+        out.append(turn)
+        return turn
+
+    for i, item in enumerate(items):
+        where = f"input[{i}]"
+        kind = item.get("type", "message")
+        if kind == "message":
+            role, content = item["role"], item["content"]
+            if role in ("system", "developer"):
+                out.append({"role": "system", "content": _text(content, f"{where}.content")})
+            elif role == "assistant":
+                turn = assistant()
+                turn["content"] = (turn["content"] or "") + _text(content, f"{where}.content")
+            elif isinstance(content, str):
+                out.append({"role": "user", "content": content})
+            else:
+                parts = [_user_part(p, f"{where}.content[{j}]") for j, p in enumerate(content)]
+                out.append({"role": "user", "content": parts})
+        elif kind == "function_call":
+            call = {
+                "id": item["call_id"],
+                "type": "function",
+                "function": {"name": item["name"], "arguments": item["arguments"]},
+            }
+            assistant().setdefault("tool_calls", []).append(call)
+        elif kind == "function_call_output":
+            output = item["output"]
+            text = output if isinstance(output, str) else _text(output, f"{where}.output")
+            out.append({"role": "tool", "tool_call_id": item["call_id"], "content": text})
+        elif kind == "reasoning":
+            texts = [s["text"] for s in item.get("summary", ())] or [
+                c["text"] for c in item.get("content", ())
+            ]
+            reasoning.append("".join(texts))
+        else:
+            raise invalid_request(
+                f"'{kind}' input items are not supported: give the item itself",
+                param=where,
+                code="unsupported_value",
+            )
+    return out
+
+
+def to_chat(request: r.ResponsesRequest, messages: list[dict[str, Any]]) -> ChatCompletionRequest:
+    if request.instructions:
+        messages = [{"role": "system", "content": request.instructions}, *messages]
+    body: dict[str, Any] = {"model": request.model, "messages": messages, "stream": request.stream}
+    if request.tools:
+        body["tools"] = [_tool(tool, i) for i, tool in enumerate(request.tools)]
+    if request.tool_choice is not None:
+        choice = request.tool_choice
+        body["tool_choice"] = (
+            choice if isinstance(choice, str) else {"type": "function", "function": {"name": choice.name}}
+        )
+    for name in (
+        "parallel_tool_calls",
+        "temperature",
+        "top_p",
+        "user",
+        "prompt_cache_key",
+        "provider",
+        "models",
+    ):
+        value = getattr(request, name)
+        if value is not None:
+            body[name] = value
+    if request.max_output_tokens is not None:
+        body["max_tokens"] = request.max_output_tokens
+    if request.reasoning is not None and request.reasoning.effort is not None:
+        body["reasoning_effort"] = request.reasoning.effort
+    fmt = request.text.format if request.text is not None else None
+    if fmt is not None and fmt.type == "json_schema":
+        spec: dict[str, Any] = {"name": fmt.name or "response", "schema": fmt.schema_}
+        if fmt.strict is not None:
+            spec["strict"] = fmt.strict
+        if fmt.description is not None:
+            spec["description"] = fmt.description
+        body["response_format"] = {"type": "json_schema", "json_schema": spec}
+    elif fmt is not None and fmt.type == "json_object":
+        body["response_format"] = {"type": "json_object"}
+    try:
+        return ChatCompletionRequest.model_validate(body)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+def _tool(tool: dict[str, Any], i: int) -> dict[str, Any]:
+    if tool.get("type") != "function" or not isinstance(tool.get("name"), str):
+        raise invalid_request(
+            f"only function tools are supported, not '{tool.get('type')}': Kimi models have no built-in "
+            "tools here",
+            param=f"tools[{i}]",
+            code="unsupported_tool",
+        )
+    function = {
+        k: tool[k] for k in ("name", "description", "parameters", "strict") if tool.get(k) is not None
+    }
+    return {"type": "function", "function": function}

@@ -1,0 +1,319 @@
+"""The generation, as OpenAI's Responses API answers: one response object, or its semantic event stream.
+
+The stream follows the order the `openai` SDK's stream helper relies on: `response.created` first; each
+output item announced (`output_item.added`, and `content_part.added` for text) before its deltas; every
+event numbered by `sequence_number` from 0; `response.completed` (or `.incomplete`) with the whole
+response last. A failure after the status line is an `error` event and `response.failed`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from kimi_gateway.accounts.pricing import usd
+from kimi_gateway.errors import APIError
+from kimi_gateway.http.completions import ResponseMeta, record
+from kimi_gateway.ids import new_id
+from kimi_gateway.providers.events import Delta, Done, Event
+from kimi_gateway.routing.attempts import RoutedGeneration
+from kimi_gateway.schema import responses_api as r
+from kimi_gateway.storage.responses import ResponseStore
+
+_INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
+
+
+class Conversation:
+    """One request's conversation: what it was given, and where its answer is kept (with `store`)."""
+
+    __slots__ = ("account", "items", "messages", "request", "store")
+
+    def __init__(
+        self,
+        request: r.ResponsesRequest,
+        items: list[dict[str, Any]],
+        messages: list[dict[str, Any]],
+        store: ResponseStore,
+        account: str | None,
+    ) -> None:
+        self.request, self.items, self.messages = request, items, messages
+        self.store, self.account = store, account
+
+    async def keep(self, response: dict[str, Any]) -> None:
+        if not self.request.store or response["status"] == "failed":
+            return
+        context = [*self.messages, assistant_turn(response["output"])]
+        await self.store.save(self.account, response, self.items, context)
+
+
+def assistant_turn(output: list[dict[str, Any]]) -> dict[str, Any]:
+    """The output items as one chat assistant message: what a later `previous_response_id` continues."""
+    turn: dict[str, Any] = {"role": "assistant", "content": None}
+    for item in output:
+        if item["type"] == "reasoning":
+            turn["reasoning_content"] = "".join(s["text"] for s in item["summary"])
+        elif item["type"] == "message":
+            turn["content"] = "".join(part["text"] for part in item["content"])
+        elif item["type"] == "function_call":
+            call = {"name": item["name"], "arguments": item["arguments"]}
+            turn.setdefault("tool_calls", []).append(
+                {"id": item["call_id"], "type": "function", "function": call}
+            )
+    return turn
+
+
+def _usage(meta: ResponseMeta) -> dict[str, Any] | None:
+    used = meta.usage
+    if used is None:
+        return None
+    usage: dict[str, Any] = {
+        "input_tokens": used.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": used.cached_tokens, "cache_write_tokens": 0},
+        "output_tokens": used.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": used.reasoning_tokens},
+        "total_tokens": used.prompt_tokens + used.completion_tokens,
+    }
+    if meta.cost_nano is not None:
+        usage["cost"] = usd(meta.cost_nano)
+    return usage
+
+
+def response_object(
+    request: r.ResponsesRequest,
+    meta: ResponseMeta,
+    output: list[dict[str, Any]],
+    status: str | None = None,
+    error: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    incomplete = _INCOMPLETE.get(meta.finish_reason or "")
+    if status is None:
+        status = "incomplete" if incomplete else "completed"
+    choice = request.tool_choice
+    text = request.text.model_dump(mode="json", by_alias=True, exclude_none=True) if request.text else None
+    return {
+        "id": meta.id,
+        "object": "response",
+        "created_at": meta.created,
+        "status": status,
+        "background": False,
+        "error": error,
+        "incomplete_details": {"reason": incomplete} if incomplete and status == "incomplete" else None,
+        "instructions": request.instructions,
+        "max_output_tokens": request.max_output_tokens,
+        "metadata": request.metadata or {},
+        "model": meta.model,
+        "output": output,
+        "parallel_tool_calls": request.parallel_tool_calls is not False,
+        "previous_response_id": request.previous_response_id,
+        "reasoning": request.reasoning.model_dump(mode="json")
+        if request.reasoning
+        else {"effort": None, "summary": None},
+        "store": request.store,
+        "temperature": request.temperature,
+        "text": text or {"format": {"type": "text"}},
+        "tool_choice": (choice if isinstance(choice, str) or choice is None else choice.model_dump())
+        or "auto",
+        "tools": request.tools or [],
+        "top_p": request.top_p,
+        "truncation": "disabled",
+        "usage": _usage(meta) if status != "in_progress" else None,
+        "user": request.user,
+        "provider": meta.served_by or meta.provider,
+    }
+
+
+class ResponseStream:
+    """Normalized events → the Responses API's semantic events."""
+
+    keepalive = b": keep-alive\n\n"
+
+    def __init__(self, meta: ResponseMeta, routed: RoutedGeneration, conversation: Conversation) -> None:
+        self.meta, self.routed, self.conversation = meta, routed, conversation
+        self.sequence = 0
+        self.output: list[dict[str, Any]] = []
+        self.open: dict[str, Any] | None = None  # the item receiving deltas
+        self.calls: dict[int, int] = {}  # tool call index -> output index
+        self.started = time.time()
+
+    def _event(self, kind: str, **fields: Any) -> bytes:
+        # Serialized at once: items keep changing, and each event carries the item as it is now.
+        payload = {"type": kind, "sequence_number": self.sequence, **fields}
+        self.sequence += 1
+        return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+    def _response(self, status: str, error: dict[str, Any] | None = None) -> dict[str, Any]:
+        return response_object(self.conversation.request, self.meta, self.output, status, error)
+
+    def opening(self) -> list[bytes]:
+        response = self._response("in_progress")
+        return [
+            self._event("response.created", response=response),
+            self._event("response.in_progress", response=response),
+        ]
+
+    def _add(self, item: dict[str, Any], out: list[bytes]) -> int:
+        self._close(out)
+        self.output.append(item)
+        index = len(self.output) - 1
+        announced = {**item, "status": "in_progress"} if item["type"] != "reasoning" else item
+        out.append(self._event("response.output_item.added", output_index=index, item=announced))
+        self.open = item
+        return index
+
+    def _close(self, out: list[bytes]) -> None:
+        item = self.open
+        if item is None:
+            return
+        self.open = None
+        index = len(self.output) - 1
+        at = {"item_id": item["id"], "output_index": index}
+        if item["type"] == "reasoning":
+            part = item["summary"][0]
+            out.append(
+                self._event("response.reasoning_summary_text.done", **at, summary_index=0, text=part["text"])
+            )
+            out.append(
+                self._event("response.reasoning_summary_part.done", **at, summary_index=0, part=dict(part))
+            )
+        elif item["type"] == "message":
+            part = item["content"][0]
+            item["status"] = "completed"
+            out.append(
+                self._event(
+                    "response.output_text.done", **at, content_index=0, text=part["text"], logprobs=[]
+                )
+            )
+            out.append(self._event("response.content_part.done", **at, content_index=0, part=dict(part)))
+        out.append(self._event("response.output_item.done", output_index=index, item=item))
+
+    def _finish_calls(self, out: list[bytes]) -> None:
+        """Function calls end together, once the model is done (their arguments may still grow till then)."""
+        for index in self.calls.values():
+            item = self.output[index]
+            if item["status"] == "completed":
+                continue
+            item["status"] = "completed"
+            at = {"item_id": item["id"], "output_index": index}
+            out.append(
+                self._event(
+                    "response.function_call_arguments.done",
+                    **at,
+                    arguments=item["arguments"],
+                    name=item["name"],
+                )
+            )
+            out.append(self._event("response.output_item.done", output_index=index, item=item))
+
+    def encode(self, batch: list[Event], out: list[bytes]) -> None:
+        for event in batch:
+            if isinstance(event, Delta):
+                if event.index != 0:
+                    continue  # one answer per response
+                if event.reasoning:
+                    item = self.open
+                    if item is None or item["type"] != "reasoning":
+                        item = {"type": "reasoning", "id": new_id("rs_"), "summary": []}
+                        index = self._add(item, out)
+                        part: dict[str, Any] = {"type": "summary_text", "text": ""}
+                        item["summary"].append(part)
+                        out.append(
+                            self._event(
+                                "response.reasoning_summary_part.added",
+                                item_id=item["id"],
+                                output_index=index,
+                                summary_index=0,
+                                part=dict(part),
+                            )
+                        )
+                    item["summary"][0]["text"] += event.reasoning
+                    out.append(
+                        self._event(
+                            "response.reasoning_summary_text.delta",
+                            item_id=item["id"],
+                            output_index=len(self.output) - 1,
+                            summary_index=0,
+                            delta=event.reasoning,
+                        )
+                    )
+                if event.content:
+                    item = self.open
+                    if item is None or item["type"] != "message":
+                        item = {
+                            "type": "message",
+                            "id": new_id("msg_"),
+                            "role": "assistant",
+                            "status": "in_progress",
+                            "content": [],
+                        }
+                        index = self._add(item, out)
+                        part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+                        item["content"].append(part)
+                        out.append(
+                            self._event(
+                                "response.content_part.added",
+                                item_id=item["id"],
+                                output_index=index,
+                                content_index=0,
+                                part=dict(part),
+                            )
+                        )
+                    item["content"][0]["text"] += event.content
+                    out.append(
+                        self._event(
+                            "response.output_text.delta",
+                            item_id=item["id"],
+                            output_index=len(self.output) - 1,
+                            content_index=0,
+                            delta=event.content,
+                            logprobs=[],
+                        )
+                    )
+                for call in event.tool_calls or ():
+                    index = self.calls.get(call.index, -1)
+                    if index < 0:
+                        item = {
+                            "type": "function_call",
+                            "id": new_id("fc_"),
+                            "call_id": call.id or new_id("call_"),
+                            "name": call.name or "",
+                            "arguments": "",
+                            "status": "in_progress",
+                        }
+                        index = self.calls[call.index] = self._add(item, out)
+                        self.open = None  # calls stay open until the end (see _finish_calls)
+                    item = self.output[index]
+                    if call.arguments:
+                        item["arguments"] += call.arguments
+                        out.append(
+                            self._event(
+                                "response.function_call_arguments.delta",
+                                item_id=item["id"],
+                                output_index=index,
+                                delta=call.arguments,
+                            )
+                        )
+            elif isinstance(event, Done):
+                self._close(out)
+                self._finish_calls(out)
+                record(event, self.meta, self.routed)
+            elif event.index == 0:  # Finish
+                self.meta.finish_reason = event.reason
+
+    def failure(self, exc: APIError) -> bytes:
+        """An `error` event, then `response.failed`. The error event carries its fields both flat (the
+        SDK's type) and under `error` (OpenAI's own streams), which is what makes the SDK raise."""
+        code = exc.code or "server_error"
+        error = {"type": exc.type, "code": code, "message": exc.message, "param": exc.param}
+        failed = self._event("error", code=code, message=exc.message, param=exc.param, error=error)
+        response = self._response("failed", {"code": code, "message": exc.message})
+        return failed + self._event("response.failed", response=response)
+
+    async def closing(self, failed: bool) -> bytes:
+        if failed:
+            return b""
+        response = response_object(self.conversation.request, self.meta, self.output)
+        await self.conversation.keep(response)
+        kind = "response.incomplete" if response["status"] == "incomplete" else "response.completed"
+        return self._event(kind, response=response)

@@ -1,0 +1,31 @@
+"""OpenRouter's model variants: `:nitro` (fastest endpoints first) and `:floor` (cheapest first), on any
+model id, in every wire format. The suffix is taken off before the catalog, pricing or tokenizer see the id,
+and becomes the request's provider sort, unless the request sorts or orders providers itself."""
+
+from __future__ import annotations
+
+from kimi_gateway.schema.chat import ChatCompletionRequest, ProviderPreferences
+
+SORTS = {"nitro": "throughput", "floor": "price"}
+
+
+def split(model: str) -> tuple[str, str | None]:
+    """(the model id, the variant's sort or None)."""
+    base, colon, suffix = model.rpartition(":")
+    if colon and base and suffix in SORTS:
+        return base, SORTS[suffix]
+    return model, None
+
+
+def apply_variant(request: ChatCompletionRequest) -> None:
+    if ":" not in request.model and not request.models:
+        return
+    request.model, sort = split(request.model)
+    if request.models:
+        request.models = [split(m)[0] for m in request.models]
+    if sort is None:
+        return
+    prefs = request.provider if request.provider is not None else ProviderPreferences()
+    if prefs.sort is None and not prefs.order:
+        prefs.sort = sort  # type: ignore[assignment]
+    request.provider = prefs
