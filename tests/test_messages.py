@@ -504,6 +504,53 @@ def test_count_tokens(gw: GatewayProcess, claude: anthropic.Anthropic) -> None:
     assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
 
 
+def test_count_tokens_counts_tool_input_and_thinking(claude: anthropic.Anthropic) -> None:
+    """In agent loops the replayed tool calls are most of the context: they must count."""
+    question = {"role": "user", "content": "Read the file."}
+    bare = claude.messages.count_tokens(model=MODEL + ":floor", messages=[question])
+    turns = [
+        question,
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "thinking", "thinking": "I should read it. " * 200, "signature": "x"},
+                {"type": "tool_use", "id": "call_1", "name": "Read", "input": {"text": "word " * 4000}},
+            ],
+        },
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "done"}]},
+    ]
+    counted = claude.messages.count_tokens(model=MODEL, messages=turns)  # type: ignore[arg-type]
+    assert counted.input_tokens > bare.input_tokens + 5000  # 20,000 characters of input, 3,800 of thinking
+
+
+def test_adjacent_assistant_turns_are_one_turn(
+    claude: anthropic.Anthropic, fakes: dict[str, FakeUpstream]
+) -> None:
+    claude.messages.create(
+        model=MODEL,
+        max_tokens=20,
+        tools=[WEATHER],  # type: ignore[list-item]
+        messages=[
+            *ASK,
+            {
+                "role": "assistant",
+                "content": [{"type": "thinking", "thinking": "Look it up.", "signature": "s"}],
+            },
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "tool_use", "id": "c1", "name": "get_weather", "input": {"city": "Oslo"}}
+                ],
+            },
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "c1", "content": "rain"}]},
+        ],
+        extra_body=MOON,
+    )
+    sent = fakes["moon"].requests[-1].body["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool"]
+    assert sent[1]["reasoning_content"] == "Look it up." and sent[1]["tool_calls"][0]["id"] == "c1"
+
+
 def test_models_in_anthropic_s_shape(gw: GatewayProcess, claude: anthropic.Anthropic) -> None:
     page = claude.models.list(limit=2)
     assert len(page.data) == 2 and page.data[0].type == "model" and page.data[0].display_name

@@ -251,6 +251,8 @@ def test_previous_response_id_chains(
     assert kept.output_text == "Sunny in Rome." and kept.id == second.id
     items = client.responses.input_items.list(second.id)
     assert [i.type for i in items.data] == ["function_call_output"]
+    asked = client.responses.input_items.list(third.id).data[0]
+    assert asked.type == "message" and asked.content[0].text == "What did I ask?"  # type: ignore[union-attr]
     client.responses.delete(first.id)
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(first.id)

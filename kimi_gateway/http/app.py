@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -15,7 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from kimi_gateway import __version__
 from kimi_gateway.config import GatewayConfig, load_config
 from kimi_gateway.errors import APIError
-from kimi_gateway.http import errors
+from kimi_gateway.http import errors, openapi
 from kimi_gateway.http.auth import AuthMiddleware
 from kimi_gateway.http.body import BodyLimitMiddleware, too_large
 from kimi_gateway.http.formats import WireFormat, anthropic, responses
@@ -40,32 +38,6 @@ from kimi_gateway.http.routes import responses as responses_routes
 from kimi_gateway.http.serving import Completion
 from kimi_gateway.media.files import file_too_large
 from kimi_gateway.runtime import Gateway, build_gateway
-from kimi_gateway.schema.anthropic import CountTokensRequest, MessagesRequest
-from kimi_gateway.schema.chat import ChatCompletionRequest
-from kimi_gateway.schema.responses_api import ResponsesRequest
-
-
-def _openapi(app: FastAPI) -> dict[str, Any]:
-    if app.openapi_schema:
-        return app.openapi_schema
-    schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
-    # The generation routes parse their own bodies (one pass, our error shape): their schemas go in here.
-    components = schema.setdefault("components", {}).setdefault("schemas", {})
-    # Each format's inner models are named apart (both Anthropic's and OpenAI's have a `Tool`).
-    for prefix, model in (
-        ("", ChatCompletionRequest),
-        ("Anthropic", MessagesRequest),
-        ("Anthropic", CountTokensRequest),
-        ("Responses", ResponsesRequest),
-    ):
-        template = "#/components/schemas/" + prefix + "{model}"
-        request_schema = model.model_json_schema(ref_template=template)
-        for name, definition in request_schema.pop("$defs", {}).items():
-            components[prefix + name] = definition
-        components[model.__name__] = request_schema
-    app.openapi_schema = schema
-    return schema
-
 
 # The generation routes, each with its wire format: served before the framework sees them.
 GENERATIONS: dict[str, type[WireFormat]] = {
@@ -193,5 +165,5 @@ def create_api(config: GatewayConfig | None = None) -> FastAPI:
     app.include_router(files.router)
     app.include_router(docs.router)
     app.mount(docs.STATIC_PATH, docs.static_files(), name="vendor")
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: openapi.build(app)  # type: ignore[method-assign]
     return app

@@ -14,6 +14,7 @@ from kimi_gateway.accounts.pricing import cost_nano, usd
 from kimi_gateway.catalog import Pricing
 from kimi_gateway.errors import APIError
 from kimi_gateway.http.disconnects import DisconnectWatch
+from kimi_gateway.ids import new_id
 from kimi_gateway.providers.events import Delta, Done, Event, Finish, ToolCallDelta, Usage
 from kimi_gateway.routing.attempts import RoutedGeneration
 from kimi_gateway.schema.responses import (
@@ -132,10 +133,10 @@ class ChatStream:
         return [_sse(self.meta.chunk([_role_choice(0)]))]
 
     def encode(self, batch: list[Event], out: list[bytes]) -> None:
-        meta = self.meta
+        meta, started = self.meta, self.started
         for event in batch:
             if isinstance(event, Delta):
-                out.append(meta.chunk_event(_delta_choice(event, self.started)))
+                out.append(meta.chunk_event(_delta_choice(event, started)))
             elif isinstance(event, Finish):
                 # Held until usage is known: Moonshot's stream carries usage in the final choice.
                 meta.finish_reason = event.reason
@@ -266,7 +267,10 @@ async def collect(routed: RoutedGeneration, meta: ResponseMeta) -> CompletionBod
             message["reasoning_content"] = text
             message["reasoning_details"] = reasoning_details(text)
         if choice.calls:
-            message["tool_calls"] = [choice.calls[k] for k in sorted(choice.calls)]
+            bodies_of_calls = message["tool_calls"] = [choice.calls[k] for k in sorted(choice.calls)]
+            for body_of_call in bodies_of_calls:
+                if not body_of_call["id"]:  # a provider sent none: clients match results to calls by id
+                    body_of_call["id"] = new_id("call_")
         bodies.append(
             {
                 "index": index,

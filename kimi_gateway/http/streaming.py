@@ -53,10 +53,11 @@ async def sse_stream(
             batch: list[Event] | None = first.result()
             meta.serve(routed)
             out = encoder.opening()
+            encode = encoder.encode
             while batch is not None:
                 if meta.ttft_ms is None and any(type(event) is Delta for event in batch):
                     meta.ttft_ms = round((time.perf_counter() - meta.started) * 1000, 2)
-                encoder.encode(batch, out)
+                encode(batch, out)
                 if out:
                     yield b"".join(out)
                     out = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kimi_gateway.schema.chat import (
+    AssistantMessage,
     ChatCompletionRequest,
     ImagePart,
     ResponseFormatJSONObject,
@@ -89,6 +90,12 @@ def estimate_prompt_tokens(request: ChatCompletionRequest) -> int:
                     images += 1
                 else:
                     chars += len(getattr(part, "text", ""))
+        if type(message) is AssistantMessage:
+            # Replayed calls and reasoning go upstream too (Kimi requires the reasoning of tool-call
+            # turns): in agent loops they are most of the context.
+            for call in message.tool_calls or ():
+                chars += len(call.function.name) + len(call.function.arguments)
+            chars += len(message.reasoning_content or message.reasoning or "")
     for tool in request.tools or ():
         chars += (
             len(tool.function.name)

@@ -136,9 +136,25 @@ def _messages(request: a.Prompt) -> list[dict[str, Any]]:
         where = f"messages[{i}]"
         if message.role == "user":
             out.extend(_user_turn(message.content, where))
+            continue
+        turn = _assistant_turn(message.content, where, prefill=i == last)
+        if out and out[-1]["role"] == "assistant":
+            _merge(
+                out[-1], turn
+            )  # Anthropic merges adjacent turns of one role: [thinking, text] + [tool_use]
         else:
-            out.append(_assistant_turn(message.content, where, prefill=i == last))
+            out.append(turn)
     return out
+
+
+def _merge(into: dict[str, Any], turn: dict[str, Any]) -> None:
+    if turn.get("content"):
+        into["content"] = (into.get("content") or "") + turn["content"]
+    if turn.get("reasoning_content"):
+        into["reasoning_content"] = (into.get("reasoning_content") or "") + turn["reasoning_content"]
+    if turn.get("tool_calls"):
+        into.setdefault("tool_calls", []).extend(turn["tool_calls"])
+    into["partial"] = bool(turn.get("partial")) and not into.get("tool_calls")
 
 
 def _user_turn(content: str | list[a.ContentBlock], where: str) -> list[dict[str, Any]]:

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from kimi_gateway.errors import invalid_request
+from kimi_gateway.errors import APIError, invalid_request
 from kimi_gateway.http.body import parse_body
 from kimi_gateway.http.completions import ResponseMeta
 from kimi_gateway.http.formats.base import WireFormat
@@ -53,6 +54,16 @@ class ResponsesFormat(WireFormat):
             history = (await gateway.responses.get(account, body.previous_response_id)).context
         items = _input_items(body.input)
         messages = _messages(items)
+        limit = gateway.config.server.max_body_bytes
+        if history and len(orjson.dumps(history)) + len(orjson.dumps(messages)) > limit:
+            # What one request may carry bounds a chain too: each stored row holds the whole conversation.
+            raise APIError(
+                413,
+                f"The conversation of previous_response_id is over {limit} bytes with this input: start a "
+                "new one, or send a shorter history as input.",
+                param="previous_response_id",
+                code="conversation_too_long",
+            )
         chat = to_chat(body, history + messages)
         self.conversation = Conversation(body, items, history + messages, gateway.responses, account)
         return chat
@@ -121,6 +132,12 @@ def _input_items(given: str | list[r.InputItem]) -> list[dict[str, Any]]:
         data = item.model_dump(mode="json", exclude_none=True, by_alias=True)
         if "id" not in data:
             data["id"] = new_id("msg_" if item.type == "message" else "item_")
+        if item.type == "message":
+            # As OpenAI lists them: content as parts, and a status.
+            if isinstance(data["content"], str):
+                kind = "output_text" if data["role"] == "assistant" else "input_text"
+                data["content"] = [{"type": kind, "text": data["content"]}]
+            data.setdefault("status", "completed")
         items.append(data)
     return items
 
@@ -196,6 +213,8 @@ def _messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 turn["content"] = (turn["content"] or "") + _text(content, f"{where}.content")
             elif isinstance(content, str):
                 out.append({"role": "user", "content": content})
+            elif len(content) == 1 and content[0].get("type") == "input_text":
+                out.append({"role": "user", "content": content[0]["text"]})  # a string input, as listed
             else:
                 parts = [_user_part(p, f"{where}.content[{j}]") for j, p in enumerate(content)]
                 out.append({"role": "user", "content": parts})

@@ -8,6 +8,7 @@ response last. A failure after the status line is an `error` event and `response
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -21,6 +22,8 @@ from kimi_gateway.providers.events import Delta, Done, Event
 from kimi_gateway.routing.attempts import RoutedGeneration
 from kimi_gateway.schema import responses_api as r
 from kimi_gateway.storage.responses import ResponseStore
+
+log = logging.getLogger(__name__)
 
 _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
@@ -42,25 +45,39 @@ class Conversation:
         self.store, self.account = store, account
 
     async def keep(self, response: dict[str, Any]) -> None:
+        """Store the response (with `store`). A failure to store is logged, not the client's: the answer
+        was made and charged, so it is still sent; only a later `previous_response_id` will miss it."""
         if not self.request.store or response["status"] == "failed":
             return
         context = [*self.messages, assistant_turn(response["output"])]
-        await self.store.save(self.account, response, self.items, context)
+        try:
+            await self.store.save(self.account, response, self.items, context)
+        except Exception:
+            log.warning(
+                "a response could not be stored", exc_info=True, extra={"fields": {"id": response["id"]}}
+            )
 
 
 def assistant_turn(output: list[dict[str, Any]]) -> dict[str, Any]:
-    """The output items as one chat assistant message: what a later `previous_response_id` continues."""
+    """The output items as one chat assistant message: what a later `previous_response_id` continues.
+    Text and reasoning split by a call are joined, in order."""
     turn: dict[str, Any] = {"role": "assistant", "content": None}
+    texts: list[str] = []
+    reasoning: list[str] = []
     for item in output:
         if item["type"] == "reasoning":
-            turn["reasoning_content"] = "".join(s["text"] for s in item["summary"])
+            reasoning.extend(s["text"] for s in item["summary"])
         elif item["type"] == "message":
-            turn["content"] = "".join(part["text"] for part in item["content"])
+            texts.extend(part["text"] for part in item["content"])
         elif item["type"] == "function_call":
             call = {"name": item["name"], "arguments": item["arguments"]}
             turn.setdefault("tool_calls", []).append(
                 {"id": item["call_id"], "type": "function", "function": call}
             )
+    if texts:
+        turn["content"] = "".join(texts)
+    if reasoning:
+        turn["reasoning_content"] = "".join(reasoning)
     return turn
 
 

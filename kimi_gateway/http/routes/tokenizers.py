@@ -11,6 +11,7 @@ from starlette.responses import Response
 from kimi_gateway.accounts.keys import KeyRecord
 from kimi_gateway.http.body import parse_body
 from kimi_gateway.http.responses import ORJSONResponse
+from kimi_gateway.routing.variants import apply_variant
 from kimi_gateway.runtime import Gateway
 from kimi_gateway.schema.chat import ChatCompletionRequest
 
@@ -26,5 +27,6 @@ async def estimate_token_count(request: Request) -> Response:
     key: KeyRecord | None = request.state.key
     async with gateway.accounts.limited(key) if key is not None else nullcontext():
         body = await parse_body(request, ChatCompletionRequest, gateway.config.server.max_body_bytes)
+        apply_variant(body)
         total, method = await gateway.count_prompt_tokens(body)
     return ORJSONResponse({"data": {"total_tokens": total}}, headers={METHOD_HEADER: method})
