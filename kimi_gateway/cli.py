@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -330,6 +331,28 @@ def _db(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stats(args: argparse.Namespace) -> int:
+    from kimi_gateway.stats import rollups
+    from kimi_gateway.storage import Database, database_url
+
+    config = _export_config(args.config)
+    since = datetime(1970, 1, 1, tzinfo=UTC)
+    if args.since:
+        since = datetime.fromisoformat(args.since).replace(tzinfo=UTC)
+
+    async def run() -> int:
+        db = Database(database_url(config.database_url, config.data_dir))
+        await db.migrate()
+        try:
+            read = await rollups.rebuild(db, since)
+        finally:
+            await db.close()
+        print(f"usage buckets rebuilt from {read} generation record(s) since {since.date().isoformat()}")
+        return 0
+
+    return asyncio.run(run())
+
+
 def _selfhost(args: argparse.Namespace) -> int:
     from kimi_gateway.selfhost import render
 
@@ -400,6 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("action", choices=["upgrade"])
     db.add_argument("--config", default=None)
     db.set_defaults(func=_db)
+
+    stats = sub.add_parser("stats", help="usage statistics maintenance")
+    stats.add_argument("action", choices=["rebuild"], help="recompute the usage buckets from the records")
+    stats.add_argument("--since", default=None, help="a UTC date, YYYY-MM-DD (default: every record)")
+    stats.add_argument("--config", default=None)
+    stats.set_defaults(func=_stats)
 
     selfhost = sub.add_parser(
         "selfhost", help="print the command to self-host a Kimi model, and its config entry"

@@ -36,6 +36,7 @@ from kimi_gateway.providers.registry import build_upstream_providers
 from kimi_gateway.routing import Router
 from kimi_gateway.routing.features import TOKENS_PER_IMAGE, estimate_prompt_tokens
 from kimi_gateway.schema.chat import ChatCompletionRequest, ContentPart, FilePart, TextPart, UserMessage
+from kimi_gateway.stats.uptime import UptimeStore
 from kimi_gateway.storage import Database, database_url
 from kimi_gateway.storage.responses import ResponseStore
 
@@ -55,6 +56,7 @@ class Gateway:
     media: Media
     files: FileStore
     responses: ResponseStore
+    uptime: UptimeStore
     changes: Changes
     redis: Redis | None = None
 
@@ -63,6 +65,7 @@ class Gateway:
         self.changes.listen(self._changed)
         await store_tiers(self.db, self.accounts.tiers)
         await self.accounts.recorder.start()
+        await self.uptime.start()
         if not await self.keys.any_keys():
             log.warning(
                 "no API keys exist: serving WITHOUT authentication (loopback only). "
@@ -86,6 +89,7 @@ class Gateway:
         await self.changes.close()
         await self.http.close()
         await self.media.close()
+        await self.uptime.stop()
         await self.accounts.close()  # writes every waiting record before the database goes
         if self.redis is not None:
             await self.redis.aclose()
@@ -206,6 +210,7 @@ def build_gateway(config: GatewayConfig) -> Gateway:
         media=media,
         files=files,
         responses=ResponseStore(db, timedelta(days=config.responses.retention_days)),
+        uptime=UptimeStore(db, router.stats, interval=max(settings.flush_seconds, 1.0)),
         changes=changes,
         redis=redis,
     )

@@ -97,7 +97,7 @@ def test_cost_with_and_without_cached_tokens(
     assert record["provider_name"] == "Moonshot AI" and record["model"] == K25
     assert record["status"] == "success" and record["finish_reason"] == "stop"
     assert record["latency"] > 0 and record["time_to_first_token"] is not None
-    assert record["http_referer"] == "https://app.example/chat" and record["app_title"] == "Demo"
+    assert record["http_referer"] == "app.example/chat" and record["app_title"] == "Demo"  # normalized
 
 
 def test_402_at_the_worst_case_boundary(billed: tuple[GatewayProcess, Operator]) -> None:

@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError
 
 from kimi_gateway.accounts.pricing import NANO, nano
+from kimi_gateway.stats import rollups
 from kimi_gateway.storage import Database
 from kimi_gateway.storage.models import Account, Generation, LedgerEntry
 
@@ -115,7 +116,12 @@ class Ledger:
         charge_rows = [_CHARGE_VALUES(convert(c)) for c in charges]
         async with self.db.engine.begin() as connection:
             if generation_rows:
+                # Only records not yet written add to the usage buckets: a replayed journal counts once.
+                ids = [g["id"] for g in generations]
+                known = await connection.execute(select(Generation.id).where(Generation.id.in_(ids)))
+                written = {row[0] for row in known}
                 await connection.exec_driver_sql(_insert(Generation, postgres), generation_rows)
+                await rollups.add(connection, postgres, [g for g in generations if g["id"] not in written])
             if charge_rows:
                 await connection.exec_driver_sql(_insert(LedgerEntry, postgres), charge_rows)
 

@@ -28,16 +28,27 @@ def _max_tokens(body: ChatCompletionRequest, routed: RoutedGeneration) -> int:
 
 
 def app_headers(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
-    """(referer, title), each bounded; one pass over the raw headers (the first of each wins)."""
-    referer = fallback = title = None
+    """(app, title) as OpenRouter identifies apps: `HTTP-Referer` names the app (required: a browser's own
+    `Referer` does not list one), `X-Title` or `X-OpenRouter-Title` its name. One pass over the raw headers
+    (the first of each wins), each value bounded."""
+    referer = title = None
     for name, value in headers:
         if name == b"http-referer" and referer is None:
-            referer = value[:MAX_REFERER].decode("latin-1")
-        elif name == b"referer" and fallback is None:
-            fallback = value[:MAX_REFERER].decode("latin-1")
-        elif name == b"x-title" and title is None:
-            title = value[:MAX_TITLE].decode("latin-1")
-    return referer or fallback, title
+            referer = normalized_app(value[: MAX_REFERER + 16].decode("latin-1"))
+        elif name in (b"x-title", b"x-openrouter-title") and title is None:
+            title = value[:MAX_TITLE].decode("latin-1").strip() or None
+    return referer, title
+
+
+def normalized_app(referer: str) -> str | None:
+    """One app, however its URL is spelled: no scheme, no trailing slash, the host in lower case."""
+    value = referer.strip()
+    scheme, sep, rest = value.partition("://")
+    if sep and scheme.lower() in ("http", "https"):
+        value = rest
+    host, slash, path = value.partition("/")
+    value = (host.lower() + slash + path).rstrip("/")
+    return value[:MAX_REFERER] or None
 
 
 async def admit(

@@ -22,6 +22,7 @@ from kimi_gateway.http.formats.chat import ChatFormat
 from kimi_gateway.http.formats.responses import ResponsesFormat
 from kimi_gateway.http.middleware import HeadMiddleware, RequestLogMiddleware, route_path
 from kimi_gateway.http.routes import (
+    activity,
     chat,
     credits,
     docs,
@@ -155,6 +156,7 @@ def create_api(config: GatewayConfig | None = None) -> FastAPI:
     app.include_router(chat.router)
     app.include_router(messages.router)
     app.include_router(responses_routes.router)
+    app.include_router(activity.router)
     app.include_router(endpoints.router)
     app.include_router(models.router)
     app.include_router(health.router)

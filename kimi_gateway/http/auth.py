@@ -24,7 +24,9 @@ PUBLIC = frozenset({"/health", "/ready", "/docs", "/docs/oauth2-redirect", "/ope
 PUBLIC_PREFIXES = ("/static/",)  # the pages' own assets: nothing secret
 MANAGEMENT_PATHS = ("/api/v1/keys", "/api/v1/credits/add")
 # Paths either kind of key may call: about the calling key itself.
-EITHER = frozenset({"/api/v1/key", "/api/v1/credits", "/api/v1/generation", "/v1/users/me/balance"})
+EITHER = frozenset(
+    {"/api/v1/key", "/api/v1/credits", "/api/v1/generation", "/api/v1/activity", "/v1/users/me/balance"}
+)
 
 
 def _bearer(scope: Scope) -> str | None:

@@ -95,6 +95,9 @@ class EndpointStats:
         self._clock = clock
         self._rng = rng or random.Random()
         self._series: dict[tuple[str, str], _Series] = {}
+        # Outcomes not yet persisted, per (5-minute start in epoch seconds, provider, model): successes,
+        # errors, rate-limited. stats/uptime.py takes them to the database (`take`).
+        self.unsaved: dict[tuple[int, str, str], list[int]] = {}
         # Requests that stickiness sent back to a provider, and the cached prompt tokens they got there.
         self._sticky: dict[tuple[str, str], list[int]] = {}
 
@@ -120,11 +123,21 @@ class EndpointStats:
         fine, coarse = series.current(self._clock())
         fine.count(ok, rate_limited)
         coarse.count(ok, rate_limited)
+        key = (int(time.time() // COARSE * COARSE), provider, model)
+        unsaved = self.unsaved.get(key)
+        if unsaved is None:
+            unsaved = self.unsaved[key] = [0, 0, 0]
+        unsaved[2 if rate_limited else 0 if ok else 1] += 1
         if ok:
             if ttft_ms is not None:
                 fine.ttft.offer(ttft_ms, self._rng)
             if tokens_per_second is not None:
                 fine.tps.offer(tokens_per_second, self._rng)
+
+    def take(self) -> dict[tuple[int, str, str], list[int]]:
+        """The outcomes not yet persisted, handed over (and forgotten here)."""
+        taken, self.unsaved = self.unsaved, {}
+        return taken
 
     def _buckets(self, provider: str, model: str, seconds: float) -> list[_Counts]:
         series = self._series.get((provider, model))

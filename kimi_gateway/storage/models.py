@@ -6,7 +6,18 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import Boolean, DateTime, ForeignKey, Index, Integer, Numeric, String, Text, func
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    func,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # USD with nine decimal places: per-token prices are fractions of a micro-dollar.
@@ -121,3 +132,58 @@ class StoredResponse(Base):
     context: Mapped[str] = mapped_column(Text)  # the conversation so far in chat form, its answer included
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class UsageBucket(Base):
+    """Usage rolled up per hour (`h`, kept 48 hours) and per UTC day (`d`, kept 400 days), per model,
+    provider, account, key and app. Written with the generation records of each batch, in the same
+    transaction, by adding to the bucket's figures (stats/rollups.py); rebuilt from those records on demand.
+
+    Parts of the key that a request lacks are '' rather than NULL: NULLs never conflict, and an upsert
+    needs the key to match."""
+
+    __tablename__ = "usage_buckets"
+
+    granularity: Mapped[str] = mapped_column(String(1), primary_key=True)
+    start: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(200), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    app: Mapped[str] = mapped_column(String(500), primary_key=True)  # the normalized HTTP-Referer, or ''
+    app_title: Mapped[str] = mapped_column(String(200), default="")
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    errors: Mapped[int] = mapped_column(BigInteger, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_nano: Mapped[int] = mapped_column(BigInteger, default=0)  # exact: sums agree with the ledger
+    # Sums in hundredths of a millisecond (the records' precision), as integers: exact in any order.
+    latency_ms_x100_sum: Mapped[int] = mapped_column(BigInteger, default=0)
+    ttft_ms_x100_sum: Mapped[int] = mapped_column(BigInteger, default=0)
+    ttft_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Latency histogram (bounds in stats/rollups.py): counts add up across replicas, and give a p50.
+    lat_0: Mapped[int] = mapped_column(BigInteger, default=0)
+    lat_1: Mapped[int] = mapped_column(BigInteger, default=0)
+    lat_2: Mapped[int] = mapped_column(BigInteger, default=0)
+    lat_3: Mapped[int] = mapped_column(BigInteger, default=0)
+    lat_4: Mapped[int] = mapped_column(BigInteger, default=0)
+    lat_5: Mapped[int] = mapped_column(BigInteger, default=0)
+    lat_6: Mapped[int] = mapped_column(BigInteger, default=0)
+    lat_7: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    __table_args__ = (Index("ix_usage_buckets_model", "granularity", "model", "start"),)
+
+
+class UptimeBucket(Base):
+    """Per endpoint (provider x model), five minutes of outcomes: successes, errors, rate-limited."""
+
+    __tablename__ = "uptime_buckets"
+
+    start: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(200), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    successes: Mapped[int] = mapped_column(BigInteger, default=0)
+    errors: Mapped[int] = mapped_column(BigInteger, default=0)
+    rate_limited: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from kimi_gateway.runtime import Gateway
 from kimi_gateway.schema.models import per_token
 
+UPTIME_WINDOWS = (("uptime_last_5m", 300), ("uptime_last_30m", 1800), ("uptime_last_1d", 86400))
 router = APIRouter()
 
 
@@ -19,6 +20,8 @@ async def model_endpoints(model_id: str, request: Request) -> dict[str, Any]:
     card = gateway.catalog.get(model_id)
     stats = gateway.router.stats
     health = gateway.router.health
+    # Uptime from the persisted buckets (every replica's, across restarts), with this process's unsaved.
+    windows = {name: await gateway.uptime.outcomes(card.id, seconds) for name, seconds in UPTIME_WINDOWS}
     endpoints = []
     for e in gateway.router.endpoints_for(card.id):
         endpoints.append(
@@ -41,6 +44,7 @@ async def model_endpoints(model_id: str, request: Request) -> dict[str, Any]:
                 "status": 0 if health.state(e.provider) == "closed" else -1,
                 "circuit": health.state(e.provider),
                 **stats.summary(e.provider, card.id),
+                **{name: (w[e.provider].uptime if e.provider in w else None) for name, w in windows.items()},
             }
         )
     return {
