@@ -126,16 +126,32 @@ def main() -> None:
 
     port = free_port()
     mock = subprocess.Popen([sys.executable, "-m", "bench.mock_upstream", str(port)])
-    rows = [("mode", "floor instr/req", "gateway instr/req", "gateway/floor", "gateway's own instr/req")]
+    rows = [
+        (
+            "mode",
+            "floor instr/req",
+            "gateway instr/req",
+            "gateway/floor",
+            "gateway's own instr/req",
+            "own, metrics off",
+            "metrics' share",
+        )
+    ]
     try:
         time.sleep(0.5)
         with tempfile.TemporaryDirectory() as tmp:
             workdir = Path(tmp)
             config = workdir / "gateway.toml"
             config.write_text(f'data_dir = "{workdir / "data"}"\n' + mock_config(port, NO_LOCAL_MODEL))
+            # The same gateway without /metrics' counting (`[server] metrics = false`).
+            quiet = workdir / "quiet.toml"
+            quiet.write_text(
+                f'data_dir = "{workdir / "quiet"}"\n' + mock_config(port, NO_LOCAL_MODEL, "metrics = false")
+            )
             for stream in (False, True):
                 floor = count("floor", stream, port, config, args.requests, workdir)
                 gateway = count("gateway", stream, port, config, args.requests, workdir)
+                off = count("gateway", stream, port, quiet, args.requests, workdir)
                 rows.append(
                     (
                         "stream (20 chunks)" if stream else "non-stream",
@@ -143,6 +159,8 @@ def main() -> None:
                         f"{gateway / 1000:,.0f}k",
                         f"{gateway / floor:.2f}",
                         f"{(gateway - floor) / 1000:,.0f}k",
+                        f"{(off - floor) / 1000:,.0f}k",
+                        f"{(gateway - off) / gateway:.1%}",
                     )
                 )
     finally:

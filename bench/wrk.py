@@ -48,11 +48,13 @@ def run_wrk(
     return result
 
 
-def mock_config(upstream_port: int, extra: str = "") -> str:
-    """A gateway config with one provider: the mock upstream on `upstream_port`, serving MODEL."""
+def mock_config(upstream_port: int, extra: str = "", server: str = "") -> str:
+    """A gateway config with one provider: the mock upstream on `upstream_port`, serving MODEL. `server`:
+    more lines of the [server] table."""
     return f"""{extra}
 [server]
 log_level = "warning"
+{server}
 [providers.mock]
 style = "openai"
 base_url = "http://127.0.0.1:{upstream_port}/v1"

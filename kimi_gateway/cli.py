@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import atexit
 import os
+import shutil
 import socket
 import sys
 import threading
@@ -23,6 +24,7 @@ from httpx_sse import connect_sse
 from kimi_gateway import __version__
 from kimi_gateway.config import CONFIG_ENV, GatewayConfig, load_config
 from kimi_gateway.logs import setup_logging
+from kimi_gateway.stats.metrics import METRICS_DIR_ENV
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -80,6 +82,11 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.workers > 1:
+        # Each worker writes its metrics here, and whichever answers a scrape adds them all up.
+        folder = config.data_dir.expanduser() / "metrics"
+        shutil.rmtree(folder, ignore_errors=True)
+        os.environ[METRICS_DIR_ENV] = str(folder)
     uvicorn.run(
         "kimi_gateway.cli:app_factory",
         factory=True,

@@ -38,6 +38,10 @@ class ServerConfig(_Section):
     cors_origins: list[str] = Field(default_factory=list)
     # An idle kept-alive connection is closed after this.
     keep_alive_seconds: int = Field(default=5, gt=0, le=300)
+    # Prometheus metrics at /metrics: answered to loopback clients and management keys, or to anyone
+    # with `metrics_public`.
+    metrics: bool = True
+    metrics_public: bool = False
 
 
 class EngineConfig(_Section):

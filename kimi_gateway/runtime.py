@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 from redis.asyncio import Redis
 
@@ -36,6 +38,7 @@ from kimi_gateway.providers.registry import build_upstream_providers
 from kimi_gateway.routing import Router
 from kimi_gateway.routing.features import TOKENS_PER_IMAGE, estimate_prompt_tokens
 from kimi_gateway.schema.chat import ChatCompletionRequest, ContentPart, FilePart, TextPart, UserMessage
+from kimi_gateway.stats.metrics import METRICS_DIR_ENV, Metrics
 from kimi_gateway.stats.uptime import UptimeStore
 from kimi_gateway.storage import Database, database_url
 from kimi_gateway.storage.responses import ResponseStore
@@ -57,8 +60,10 @@ class Gateway:
     files: FileStore
     responses: ResponseStore
     uptime: UptimeStore
+    metrics: Metrics
     changes: Changes
     redis: Redis | None = None
+    _metrics_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.db.migrate()
@@ -66,6 +71,8 @@ class Gateway:
         await store_tiers(self.db, self.accounts.tiers)
         await self.accounts.recorder.start()
         await self.uptime.start()
+        if self.metrics.folder is not None:
+            self._metrics_task = asyncio.create_task(self.metrics.keep_written())
         if not await self.keys.any_keys():
             log.warning(
                 "no API keys exist: serving WITHOUT authentication (loopback only). "
@@ -90,6 +97,9 @@ class Gateway:
         await self.http.close()
         await self.media.close()
         await self.uptime.stop()
+        if self._metrics_task is not None:
+            self._metrics_task.cancel()
+            self.metrics.write()
         await self.accounts.close()  # writes every waiting record before the database goes
         if self.redis is not None:
             await self.redis.aclose()
@@ -188,6 +198,10 @@ def build_gateway(config: GatewayConfig) -> Gateway:
     )
     journal = config.data_dir.expanduser() / "journal"
     recorder = Recorder(ledger, holds, journal, settings.flush_seconds)
+    # Under several workers (`serve --workers N` sets the folder), each writes its counters there.
+    metrics_folder = os.environ.get(METRICS_DIR_ENV)
+    metrics = Metrics(Path(metrics_folder) if metrics_folder else None)
+    recorder.metrics = metrics
     pool = MediaPool(
         config.media.workers,
         config.media.jobs_per_account,
@@ -211,6 +225,7 @@ def build_gateway(config: GatewayConfig) -> Gateway:
         files=files,
         responses=ResponseStore(db, timedelta(days=config.responses.retention_days)),
         uptime=UptimeStore(db, router.stats, interval=max(settings.flush_seconds, 1.0)),
+        metrics=metrics,
         changes=changes,
         redis=redis,
     )

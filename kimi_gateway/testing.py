@@ -25,7 +25,13 @@ def free_port() -> int:
 
 
 class GatewayProcess:
-    def __init__(self, workdir: Path, config: str = "", env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        config: str = "",
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -46,6 +52,7 @@ class GatewayProcess:
                 str(self.port),
                 "--config",
                 str(self.config_path),
+                *(args or []),
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,

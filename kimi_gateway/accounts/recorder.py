@@ -27,6 +27,7 @@ import orjson
 from kimi_gateway.accounts.holds import Holds
 from kimi_gateway.accounts.journal import Journal, read_folder
 from kimi_gateway.accounts.ledger import Ledger, charge_row, refused_rows
+from kimi_gateway.stats.metrics import Metrics
 from kimi_gateway.storage.models import Generation
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class Recorder:
         self._lock = asyncio.Lock()
         self.dead_letter = journal_root.parent / "dead-letter"
         self.dead_letters = 0  # rows set aside since start
+        self.metrics: Metrics | None = None
 
     async def start(self) -> None:
         self.journal = Journal(self.journal_root)
@@ -143,10 +145,14 @@ class Recorder:
             try:
                 await self.write(generations, charges)
             except BaseException:
+                if self.metrics is not None:
+                    self.metrics.batch(len(generations), written=False)
                 for generation in generations:
                     self._generations.setdefault(generation["id"], generation)
                 self._charges = charges + self._charges
                 raise
+            if self.metrics is not None:
+                self.metrics.batch(len(generations), written=True)
             for path in old:
                 path.unlink(missing_ok=True)
             self.holds.flushed([(c["account_id"], c["key_hash"], c["amount"]) for c in charges])

@@ -32,6 +32,7 @@ from kimi_gateway.http.routes import (
     health,
     keys,
     messages,
+    metrics,
     models,
     tokenizers,
 )
@@ -160,6 +161,7 @@ def create_api(config: GatewayConfig | None = None) -> FastAPI:
     app.include_router(endpoints.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(tokenizers.router)
     app.include_router(keys.router)
     app.include_router(credits.router)

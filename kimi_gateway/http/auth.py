@@ -20,7 +20,8 @@ from kimi_gateway.runtime import Gateway
 
 log = logging.getLogger(__name__)
 
-PUBLIC = frozenset({"/health", "/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+# /metrics checks its callers itself (loopback, or a management key).
+PUBLIC = frozenset({"/health", "/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/metrics"})
 PUBLIC_PREFIXES = ("/static/",)  # the pages' own assets: nothing secret
 MANAGEMENT_PATHS = ("/api/v1/keys", "/api/v1/credits/add")
 # Paths either kind of key may call: about the calling key itself.

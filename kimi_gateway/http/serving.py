@@ -31,13 +31,14 @@ from kimi_gateway.http.auth import authenticate
 from kimi_gateway.http.completions import ResponseMeta, collect_unless_disconnected
 from kimi_gateway.http.errors import internal_api_error
 from kimi_gateway.http.formats import WireFormat
-from kimi_gateway.http.middleware import NOSNIFF, begin, log_request, request_id_header
+from kimi_gateway.http.middleware import NOSNIFF, begin, log_request, request_id_header, route_path
 from kimi_gateway.http.responses import FastSSEResponse
 from kimi_gateway.http.streaming import sse_stream
 from kimi_gateway.logs import event, logger
 from kimi_gateway.media.intake import has_media
 from kimi_gateway.media.redact import redacted
 from kimi_gateway.providers.events import Event
+from kimi_gateway.routing.attempts import RoutedGeneration
 from kimi_gateway.routing.variants import apply_variant
 from kimi_gateway.runtime import Gateway
 from kimi_gateway.schema.checks import check_partial, check_tools
@@ -49,7 +50,20 @@ class Completion:
     """A generation request (POST /v1/chat/completions, /v1/messages, /v1/responses), one instance per
     request."""
 
-    __slots__ = ("format", "gateway", "info", "key", "meta", "receive", "scope", "send", "started", "ticket")
+    __slots__ = (
+        "format",
+        "gateway",
+        "info",
+        "key",
+        "meta",
+        "overhead",
+        "receive",
+        "routed",
+        "scope",
+        "send",
+        "started",
+        "ticket",
+    )
 
     def __init__(self, gateway: Gateway, fmt: WireFormat, scope: Scope, receive: Receive, send: Send) -> None:
         self.gateway = gateway
@@ -60,6 +74,8 @@ class Completion:
         self.key: KeyRecord | None = None
         self.ticket: Ticket | None = None  # once admitted: what it holds until settled
         self.meta: ResponseMeta | None = None  # once routed: the response, and what the generation did
+        self.routed: RoutedGeneration | None = None
+        self.overhead: float | None = None  # seconds of our own before the response started
 
     async def serve(self) -> None:
         response: Response | None = None
@@ -79,6 +95,32 @@ class Completion:
                 accounting.finish(self.gateway, self.ticket, self.meta, status)
             if logger.isEnabledFor(logging.INFO):
                 self._log(status)
+            if self.gateway.config.server.metrics:
+                self._measure(status)
+
+    def _measure(self, status: int) -> None:
+        meta, routed = self.meta, self.routed
+        usage = meta.usage if meta is not None else None
+        self.gateway.metrics.request(
+            route_path(self.scope),
+            meta.model if meta is not None else (self.info.model or ""),
+            (meta.served_by or meta.provider or "") if meta is not None else "",
+            status,
+            time.perf_counter() - self.started,
+            meta.ttft_ms / 1000 if meta is not None and meta.ttft_ms is not None else None,
+            self.overhead,
+            (usage.prompt_tokens, usage.cached_tokens, usage.reasoning_tokens, usage.completion_tokens)
+            if usage is not None
+            else (0, 0, 0, 0),
+            (meta.cost_nano or 0) / 1e9 if meta is not None else 0.0,
+            [(a["provider"], a.get("kind", "status")) for a in routed.attempts] if routed is not None else [],
+        )
+
+    def _overhead_header(self, routed: RoutedGeneration) -> tuple[bytes, bytes]:
+        """The gateway's own time so far: everything but the wait on providers (TensorZero's and LiteLLM's
+        measure), also given to the client as `X-Gateway-Overhead-Ms`."""
+        overhead = self.overhead = max(time.perf_counter() - self.started - routed.upstream_seconds, 0.0)
+        return (b"x-gateway-overhead-ms", b"%.3f" % (overhead * 1000))
 
     def _log(self, status: int) -> None:
         info, meta = self.info, self.meta
@@ -110,13 +152,15 @@ class Completion:
         card = gateway.catalog.get(body.model)
         apply_rules(body, card)
         media = has_media(body)
-        routed = gateway.router.route(body, account, media_pending=media)
+        routed = self.routed = gateway.router.route(body, account, media_pending=media)
         meta = self.meta = ResponseMeta(id=self.format.new_id(), created=int(time.time()), model=body.model)
         if key is not None:
             self.ticket = await accounting.admit(gateway, key, body, routed, meta.id, self.scope["headers"])
         if media:
             await gateway.media.prepare(body, card, account)
-            routed = gateway.router.route(body, account)  # images may be text now, videos frames
+            routed = self.routed = gateway.router.route(
+                body, account
+            )  # images may be text now, videos frames
             if self.ticket is not None:
                 await accounting.top_up(gateway, self.ticket, body, routed)
         if gateway.config.server.log_prompts:
@@ -126,7 +170,9 @@ class Completion:
             completion = await collect_unless_disconnected(self.receive, routed, meta)
             if completion is None:
                 return Response(status_code=499)
-            return await self.format.render(completion, meta)
+            response = await self.format.render(completion, meta)
+            response.raw_headers.append(self._overhead_header(routed))
+            return response
 
         # Wait briefly for the first events: an early failure still gets a proper status and JSON error.
         batches = routed.events()
@@ -137,7 +183,10 @@ class Completion:
             await batches.aclose()  # type: ignore[attr-defined]
             first.result()  # raises the APIError
         encoder = self.format.encoder(meta, routed)
-        return FastSSEResponse(sse_stream(routed, batches, first, meta, encoder, keepalive), _SSE_HEADERS)
+        response = FastSSEResponse(sse_stream(routed, batches, first, meta, encoder, keepalive), _SSE_HEADERS)
+        if first.done():  # else the wait on the provider is still going on: no figure yet
+            response.raw_headers.append(self._overhead_header(routed))
+        return response
 
 
 class Served(Response):

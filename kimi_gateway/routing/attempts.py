@@ -95,6 +95,9 @@ class RoutedGeneration:
         self.sticky: StickyState | None = None
         self.attempts: list[dict[str, Any]] = []
         self._errors: list[APIError] = []
+        # Seconds spent waiting on providers (every attempt's, to its first events; to its last, when
+        # buffered): the rest of a request's time is the gateway's own overhead.
+        self.upstream_seconds = 0.0
 
     def cancel(self) -> None:
         self._cancelled = True
@@ -153,14 +156,17 @@ class RoutedGeneration:
             if self._buffered:
                 held.extend([batch async for batch in stream])
         except StopAsyncIteration:
+            self.upstream_seconds += time.perf_counter() - started
             error = APIError(502, f"{candidate.endpoint.provider}: no output", type="upstream_error")
             self._fail(candidate, error, turn)
             return _NoOutput(error)
         except APIError as error:
+            self.upstream_seconds += time.perf_counter() - started
             if stream is not None:
                 await stream.aclose()  # type: ignore[attr-defined]
             self._fail(candidate, error, turn)
             return error
+        self.upstream_seconds += time.perf_counter() - started
         return _Started(stream, held, started, first_at)
 
     async def events(self) -> AsyncIterator[list[Event]]:

@@ -285,6 +285,34 @@ class TokenEstimate(_Body):
     data: TokenEstimateData
 
 
+class ActivityRow(_Body):
+    date: str
+    model: str
+    provider_name: str | None
+    usage: float
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    reasoning_tokens: int
+    cached_tokens: int
+
+
+class Activity(_Body):
+    data: list[ActivityRow]
+
+
+class ModelStatsData(_Body):
+    model: str
+    period: str
+    activity: list[dict[str, Any]]
+    apps: list[dict[str, Any]]
+    uptime: dict[str, list[dict[str, Any]]]
+
+
+class ModelStats(_Body):
+    data: ModelStatsData
+
+
 # ---- health --------------------------------------------------------------------------------------------
 
 

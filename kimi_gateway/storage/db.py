@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,19 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str) -> None:
-    """Blocking: bring the schema to the newest migration (run from a thread, or the CLI)."""
-    command.upgrade(alembic_config(url), "head")
+    """Blocking: bring the schema to the newest migration (run from a thread, or the CLI). Processes
+    starting at once on one SQLite file take turns through a lock file beside it (PostgreSQL: an advisory
+    lock in migrations/env.py)."""
+    database = url.split(":///", 1)[1] if url.startswith("sqlite") and ":///" in url else None
+    if database is None or database in ("", ":memory:"):
+        command.upgrade(alembic_config(url), "head")
+        return
+    with open(database + ".migrate-lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            command.upgrade(alembic_config(url), "head")
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class Database:

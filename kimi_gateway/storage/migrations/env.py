@@ -14,9 +14,16 @@ from kimi_gateway.storage.models import Base
 target_metadata = Base.metadata
 
 
+# Replicas (or `serve --workers N`) starting at once on one PostgreSQL database take turns: the second
+# finds the schema already at head. (SQLite's turn-taking is a file lock: storage/db.py.)
+_MIGRATION_LOCK = 0x6B67_6D69  # "kgmi"
+
+
 def _run(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
         context.run_migrations()
 
 

@@ -1,0 +1,124 @@
+"""Prometheus /metrics: request, token, cost and overhead figures that add up across `serve --workers 2`,
+parsed with prometheus_client's own parser; and the X-Gateway-Overhead-Ms header."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from kimi_gateway.testing import GatewayProcess
+from tests.fakes.upstream import Answer, FakeUpstream, Fault
+from tests.upstreams import KEY, KEY_ENV, MODEL, gateway_config
+
+MOON = {"provider": {"only": ["moon"]}}
+
+
+def _scrape(gw: GatewayProcess) -> dict[str, list[Any]]:
+    got = httpx.get(gw.base_url + "/metrics", timeout=30)
+    assert got.status_code == 200 and got.headers["content-type"].startswith("text/plain")
+    families: dict[str, list[Any]] = {}
+    for family in text_string_to_metric_families(got.text):
+        families[family.name] = family.samples
+    return families
+
+
+def _sum(samples: list[Any], name: str, **labels: str) -> float:
+    return sum(
+        s.value for s in samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+@pytest.fixture()
+def two_workers(fake_servers: dict[str, FakeUpstream], tmp_path: Path) -> Any:
+    gw = GatewayProcess(tmp_path, gateway_config(fake_servers), env={KEY_ENV: KEY}, args=["--workers", "2"])
+    yield gw
+    gw.stop()
+
+
+def test_metrics_add_up_across_two_workers(
+    two_workers: GatewayProcess, fakes: dict[str, FakeUpstream]
+) -> None:
+    gw = two_workers
+    fakes["moon"].default = Answer(prompt_tokens=40, completion_tokens=10, cached_tokens=5, first_delay=0.3)
+    fakes["moon"].script(Fault("status", status=500))  # one failed attempt, then the others answer
+
+    async def burst() -> list[httpx.Response]:
+        # At once, on fresh connections, with slow answers: both workers take some.
+        limits = httpx.Limits(max_connections=24, max_keepalive_connections=0)
+        async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+            return await asyncio.gather(
+                *(
+                    http.post(
+                        gw.api + "/chat/completions",
+                        json={
+                            "model": MODEL,
+                            "messages": [{"role": "user", "content": f"Hi {i}"}],
+                            "stream": i % 2 == 1,
+                            **MOON,
+                        },
+                    )
+                    for i in range(24)
+                )
+            )
+
+    replies = asyncio.run(burst())
+    assert sorted(r.status_code for r in replies) in ([200] * 24, [200] * 23 + [502])
+    deadline = time.monotonic() + 10
+    while True:
+        families = _scrape(gw)
+        requests = _sum(
+            families["kimi_gateway_requests"], "kimi_gateway_requests_total", route="/v1/chat/completions"
+        )
+        if requests == 24 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert requests == 24  # every worker's requests, in one scrape
+    ok = _sum(families["kimi_gateway_requests"], "kimi_gateway_requests_total", status="200")
+    assert ok == 23
+    tokens = families["kimi_gateway_tokens"]
+    assert _sum(tokens, "kimi_gateway_tokens_total", kind="prompt") == 23 * 40
+    assert _sum(tokens, "kimi_gateway_tokens_total", kind="cached") == 23 * 5
+    assert (
+        _sum(families["kimi_gateway_upstream_errors"], "kimi_gateway_upstream_errors_total", provider="moon")
+        == 1
+    )
+    duration = families["kimi_gateway_request_duration_seconds"]
+    assert _sum(duration, "kimi_gateway_request_duration_seconds_count") == 24
+    overhead = families["kimi_gateway_overhead_seconds"]
+    # Every non-streamed success has one; a stream, when its first events came before its status line.
+    assert _sum(overhead, "kimi_gateway_overhead_seconds_count") >= 11
+    assert (
+        _sum(families["kimi_gateway_accounting_batch_size"], "kimi_gateway_accounting_batch_size_count") == 0
+    )  # no keys: nothing accounted
+    # Both workers took requests: each wrote its counters, and one scrape added both files up.
+    snapshots = list((gw.workdir / "data" / "metrics").glob("*.json"))
+    assert len(snapshots) == 2, snapshots
+
+
+def test_overhead_header_and_metrics_off(
+    upstream_gateway: GatewayProcess, fakes: dict[str, FakeUpstream], start_gateway: Any
+) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], **MOON}
+    plain = httpx.post(upstream_gateway.api + "/chat/completions", json=body, timeout=30)
+    assert 0 <= float(plain.headers["x-gateway-overhead-ms"]) < 1000
+    with httpx.stream(
+        "POST", upstream_gateway.api + "/chat/completions", json={**body, "stream": True}, timeout=30
+    ) as streamed:
+        assert 0 <= float(streamed.headers["x-gateway-overhead-ms"]) < 1000
+        streamed.read()
+    families = _scrape(upstream_gateway)
+    assert (
+        _sum(
+            families["kimi_gateway_time_to_first_token_seconds"],
+            "kimi_gateway_time_to_first_token_seconds_count",
+        )
+        >= 1
+    )
+    off = start_gateway("[server]\nmetrics = false\n")
+    assert httpx.get(off.base_url + "/metrics").status_code == 404
