@@ -559,6 +559,9 @@ def test_models_in_anthropic_s_shape(gw: GatewayProcess, claude: anthropic.Anthr
     assert [m.id for m in page.data] == ids[:2] and page.has_more
     one = claude.models.retrieve(MODEL)
     assert one.id == MODEL and one.created_at.year >= 2024
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        claude.models.retrieve("no-such-model")
+    assert missing.value.body["type"] == "error"  # type: ignore[index]  # Anthropic's shape for its SDK
     # Without anthropic-version, the OpenAI shape stays.
     assert httpx.get(gw.api + "/models").json()["object"] == "list"
 

@@ -122,3 +122,45 @@ def test_overhead_header_and_metrics_off(
     )
     off = start_gateway("[server]\nmetrics = false\n")
     assert httpx.get(off.base_url + "/metrics").status_code == 404
+
+
+def _outside_address() -> str | None:
+    """This machine's address on a non-loopback interface, if it has one."""
+    import socket
+
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the outgoing interface
+        address: str = probe.getsockname()[0]
+    except OSError:
+        return None
+    finally:
+        probe.close()
+    return None if address.startswith("127.") else address
+
+
+def test_metrics_from_outside_loopback_need_a_management_key(
+    tmp_path: Path, fakes: dict[str, FakeUpstream]
+) -> None:
+    from tests.billing import Operator, config, start
+
+    address = _outside_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback interface to call from")
+    text = config(fakes["moon"])
+    gw = start(tmp_path / "gw", text)
+    ops = Operator(gw)
+    inference = ops.key_for("acct_metrics")
+    gw.stop()
+    # Keys exist now, so the gateway may listen beyond loopback.
+    gw = start(tmp_path / "gw", '[server]\nhost = "0.0.0.0"\n' + text)
+    try:
+        outside = f"http://{address}:{gw.port}/metrics"
+        assert httpx.get(outside, timeout=10).status_code == 401
+        refused = httpx.get(outside, headers={"Authorization": f"Bearer {inference}"}, timeout=10)
+        assert refused.status_code == 403
+        allowed = httpx.get(outside, headers=ops.headers, timeout=10)
+        assert allowed.status_code == 200 and "kimi_gateway_requests" in allowed.text
+        assert httpx.get(gw.base_url + "/metrics", timeout=10).status_code == 200  # loopback: no key needed
+    finally:
+        gw.stop()

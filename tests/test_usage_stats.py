@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -20,9 +21,9 @@ import openai
 import pytest
 
 from kimi_gateway.testing import GatewayProcess
-from tests.billing import K25, Operator, config, credits, start
+from tests.billing import K25, Operator, config, credits, start, tiers
 from tests.fakes.upstream import Answer, FakeUpstream, Fault
-from tests.services import drop_postgres_database, fresh_postgres_database
+from tests.services import clear_redis, drop_postgres_database, fresh_postgres_database, redis_url
 from tests.upstreams import KEY, KEY_ENV
 
 HI = [{"role": "user", "content": "Hi"}]
@@ -214,7 +215,9 @@ def postgres() -> Iterator[str]:
 def test_two_replicas_add_to_the_same_buckets_and_a_rebuild_agrees(
     tmp_path: Path, moon: FakeUpstream, postgres: str
 ) -> None:
-    text = config(moon, extra=f'database_url = "{postgres}"\n')
+    prefix = f"kgstats:{secrets.token_hex(4)}:"
+    extra = f'database_url = "{postgres}"\nredis_url = "{redis_url()}"\nredis_prefix = "{prefix}"\n'
+    text = config(moon, tiers((0, 0, 200, 10_000)), extra=extra)  # room for 80 at once, across both
     first = start(tmp_path / "a", text)
     second = start(tmp_path / "b", text)
     try:
@@ -224,9 +227,9 @@ def test_two_replicas_add_to_the_same_buckets_and_a_rebuild_agrees(
         moon.default = Answer(prompt_tokens=50, completion_tokens=10)
         _wait(lambda: httpx.get(second.api + "/models").status_code == 401)  # the second sees the keys
 
-        async def burst() -> None:
+        async def burst() -> list[httpx.Response]:
             async with httpx.AsyncClient(timeout=60) as client:
-                await asyncio.gather(
+                return await asyncio.gather(
                     *(
                         client.post(
                             gw.api + "/chat/completions",
@@ -238,7 +241,7 @@ def test_two_replicas_add_to_the_same_buckets_and_a_rebuild_agrees(
                     )
                 )
 
-        asyncio.run(burst())
+        assert [r.status_code for r in asyncio.run(burst())] == [200] * 80
         charged = _nano(
             _wait(lambda: (c := credits(first, key))["total_usage"] >= 80 * 0.00006 - 1e-9 and c)[
                 "total_usage"
@@ -253,6 +256,7 @@ def test_two_replicas_add_to_the_same_buckets_and_a_rebuild_agrees(
     finally:
         first.stop()
         second.stop()
+        clear_redis(prefix)
     env = {**os.environ, "KIMI_GATEWAY_CONFIG": str(tmp_path / "a" / "gateway.toml"), KEY_ENV: KEY}
     rebuilt = subprocess.run(
         [sys.executable, "-m", "kimi_gateway", "stats", "rebuild"],

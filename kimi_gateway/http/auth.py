@@ -26,7 +26,14 @@ PUBLIC_PREFIXES = ("/static/",)  # the pages' own assets: nothing secret
 MANAGEMENT_PATHS = ("/api/v1/keys", "/api/v1/credits/add")
 # Paths either kind of key may call: about the calling key itself.
 EITHER = frozenset(
-    {"/api/v1/key", "/api/v1/credits", "/api/v1/generation", "/api/v1/activity", "/v1/users/me/balance"}
+    {
+        "/api/v1/key",
+        "/api/v1/credits",
+        "/api/v1/generation",
+        "/api/v1/activity",
+        "/v1/users/me/balance",
+        "/metrics",  # the route itself then asks for a management key
+    }
 )
 
 
@@ -110,7 +117,7 @@ class AuthMiddleware:
         try:
             record = await authenticate(self.gateway, scope)
         except APIError as error:
-            await error_for(path, error)(scope, receive, send)
+            await error_for(path, error, scope)(scope, receive, send)
             return
         # For the routes behind the framework; the chat route's serving object keeps its own.
         state = scope.setdefault("state", {})

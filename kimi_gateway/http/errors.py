@@ -10,6 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match
+from starlette.types import Scope
 
 from kimi_gateway.errors import APIError
 from kimi_gateway.http.formats.anthropic_events import error_response as anthropic_error
@@ -20,21 +21,29 @@ from kimi_gateway.http.validation import errors_to_api_error
 log = logging.getLogger(__name__)
 
 
-def error_for(path: str, exc: APIError) -> Response:
-    """The error in the shape the route's clients read: Anthropic's on its paths, OpenAI's elsewhere."""
-    return anthropic_error(exc) if is_anthropic(path) else error_response(exc)
+def error_for(path: str, exc: APIError, scope: Scope | None = None) -> Response:
+    """The error in the shape the route's clients read: Anthropic's on its paths, and on the model list
+    when the Anthropic SDK calls it (it always sends `anthropic-version`); OpenAI's elsewhere."""
+    anthropic = is_anthropic(path) or (
+        scope is not None and path.startswith("/v1/models") and _has(scope, b"anthropic-version")
+    )
+    return anthropic_error(exc) if anthropic else error_response(exc)
+
+
+def _has(scope: Scope, header: bytes) -> bool:
+    return any(name == header for name, _ in scope["headers"])
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, APIError)
-    return error_for(request.url.path, exc)
+    return error_for(request.url.path, exc, request.scope)
 
 
 async def _request_validation(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     # FastAPI prefixes locations with where the value came from ('query', 'path', 'body').
     errors = [{**e, "loc": tuple(e["loc"])[1:]} for e in exc.errors()]
-    return error_for(request.url.path, errors_to_api_error(errors))
+    return error_for(request.url.path, errors_to_api_error(errors), request.scope)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -47,11 +56,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         code = "method_not_allowed"
         # Every method the path takes, not only those of the first route that matched it.
         allow = {"Allow": ", ".join(_allowed(request))}
-        return error_for(request.url.path, APIError(405, message, code=code, headers=allow))
+        return error_for(request.url.path, APIError(405, message, code=code, headers=allow), request.scope)
     else:
         message, code = str(exc.detail), None
     error = APIError(exc.status_code, message, code=code, headers=dict(exc.headers or {}))
-    return error_for(request.url.path, error)
+    return error_for(request.url.path, error, request.scope)
 
 
 def _allowed(request: Request) -> list[str]:

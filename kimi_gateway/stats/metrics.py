@@ -38,22 +38,30 @@ def _observe(histograms: dict[str, list[float]], key: str, bounds: tuple[float, 
     counts[-1] += value
 
 
+class _Figures:
+    """One (route, model, provider)'s figures: a request costs one dict look-up to find them."""
+
+    __slots__ = ("cost", "duration", "statuses", "tokens", "ttft")
+
+    def __init__(self) -> None:
+        self.statuses: dict[int, int] = {}
+        self.duration = [0.0] * (len(DURATION_BOUNDS) + 2)
+        self.ttft = [0.0] * (len(DURATION_BOUNDS) + 2)
+        self.tokens = [0, 0, 0, 0]  # prompt, cached, reasoning, completion
+        self.cost = 0.0
+
+
+_KINDS = ("prompt", "cached", "reasoning", "completion")
+
+
 class Metrics:
     def __init__(self, folder: Path | None = None) -> None:
         self.folder = folder
-        self.counters: dict[str, dict[str, float]] = {
-            "requests": {},  # route, model, provider, status
-            "tokens": {},  # model, provider, kind
-            "cost": {},  # model, provider (USD)
-            "upstream_errors": {},  # provider, kind
-            "flush_errors": {},  # (no labels): accounting batches the database did not take
-        }
-        self.histograms: dict[str, dict[str, list[float]]] = {
-            "duration": {},  # route, model, provider
-            "ttft": {},  # model, provider
-            "overhead": {},  # route
-            "batches": {},  # (no labels): accounting batch sizes
-        }
+        self._live: dict[tuple[str, str, str], _Figures] = {}
+        self._overhead: dict[str, list[float]] = {}  # route
+        self._failures: dict[tuple[str, str], int] = {}  # provider, kind
+        self._batches = [0.0] * (len(BATCH_BOUNDS) + 2)
+        self._flush_errors = 0
         self._dirty = False
 
     def request(
@@ -70,35 +78,82 @@ class Metrics:
         failures: list[tuple[str, str]],
     ) -> None:
         """One request's figures: what its serving object already knows at its end."""
-        counters, histograms = self.counters, self.histograms
-        requests = counters["requests"]
-        key = _SEP.join((route, model, provider, str(status)))
-        requests[key] = requests.get(key, 0) + 1
-        _observe(histograms["duration"], _SEP.join((route, model, provider)), DURATION_BOUNDS, seconds)
-        endpoint = model + _SEP + provider
+        key = (route, model, provider)
+        figures = self._live.get(key)
+        if figures is None:
+            figures = self._live[key] = _Figures()
+        figures.statuses[status] = figures.statuses.get(status, 0) + 1
+        duration = figures.duration
+        duration[bisect.bisect_left(DURATION_BOUNDS, seconds)] += 1
+        duration[-1] += seconds
         if ttft_seconds is not None:
-            _observe(histograms["ttft"], endpoint, DURATION_BOUNDS, ttft_seconds)
+            ttft = figures.ttft
+            ttft[bisect.bisect_left(DURATION_BOUNDS, ttft_seconds)] += 1
+            ttft[-1] += ttft_seconds
         if overhead_seconds is not None:
-            _observe(histograms["overhead"], route, OVERHEAD_BOUNDS, max(overhead_seconds, 0.0))
-        if any(tokens):
-            counted = counters["tokens"]
-            for kind, value in zip(("prompt", "cached", "reasoning", "completion"), tokens, strict=True):
-                if value:
-                    k = endpoint + _SEP + kind
-                    counted[k] = counted.get(k, 0) + value
-        if cost_usd:
-            counters["cost"][endpoint] = counters["cost"].get(endpoint, 0) + cost_usd
-        for failed_provider, kind in failures:
-            errors = counters["upstream_errors"]
-            k = failed_provider + _SEP + kind
-            errors[k] = errors.get(k, 0) + 1
+            _observe(self._overhead, route, OVERHEAD_BOUNDS, overhead_seconds)
+        counted = figures.tokens
+        counted[0] += tokens[0]
+        counted[1] += tokens[1]
+        counted[2] += tokens[2]
+        counted[3] += tokens[3]
+        figures.cost += cost_usd
+        for failure in failures:
+            self._failures[failure] = self._failures.get(failure, 0) + 1
         self._dirty = True
+
+    @property
+    def counters(self) -> dict[str, dict[str, float]]:
+        """This process's counters, keyed by their label values joined (the snapshot's form)."""
+        requests: dict[str, float] = {}
+        tokens: dict[str, float] = {}
+        cost: dict[str, float] = {}
+        for (route, model, provider), figures in self._live.items():
+            for status, count in figures.statuses.items():
+                requests[_SEP.join((route, model, provider, str(status)))] = count
+            for kind, value in zip(_KINDS, figures.tokens, strict=True):
+                if value:
+                    k = _SEP.join((model, provider, kind))
+                    tokens[k] = tokens.get(k, 0) + value
+            if figures.cost:
+                k = model + _SEP + provider
+                cost[k] = cost.get(k, 0) + figures.cost
+        return {
+            "requests": requests,
+            "tokens": tokens,
+            "cost": cost,
+            "upstream_errors": {_SEP.join(k): v for k, v in self._failures.items()},
+            "flush_errors": {"": self._flush_errors} if self._flush_errors else {},
+        }
+
+    @property
+    def histograms(self) -> dict[str, dict[str, list[float]]]:
+        duration: dict[str, list[float]] = {}
+        ttft: dict[str, list[float]] = {}
+        for (route, model, provider), figures in self._live.items():
+            duration[_SEP.join((route, model, provider))] = list(figures.duration)
+            if figures.ttft[-2] or any(figures.ttft[:-1]):
+                k = model + _SEP + provider
+                have = ttft.get(k)
+                ttft[k] = (
+                    list(figures.ttft)
+                    if have is None
+                    else [a + b for a, b in zip(have, figures.ttft, strict=True)]
+                )
+        return {
+            "duration": duration,
+            "ttft": ttft,
+            "overhead": {k: list(v) for k, v in self._overhead.items()},
+            "batches": {"": list(self._batches)} if self._batches[-1] or any(self._batches) else {},
+        }
 
     def batch(self, size: int, written: bool) -> None:
         """One accounting batch the recorder wrote (or failed to)."""
-        _observe(self.histograms["batches"], "", BATCH_BOUNDS, size)
+        self._batches[bisect.bisect_left(BATCH_BOUNDS, size)] += 1
+        self._batches[-1] += size
         if not written:
-            self.counters["flush_errors"][""] = self.counters["flush_errors"].get("", 0) + 1
+            self._flush_errors += 1
+        self._dirty = True
 
     # ---- several workers -----------------------------------------------------------------------------
 
