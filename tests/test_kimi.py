@@ -537,3 +537,36 @@ def test_selfhost_cli(tmp_path: Path) -> None:
         check=False,
     )
     assert bad.returncode == 2 and "no vllm preset" in bad.stderr
+
+
+def test_anthropic_cache_control_names_the_conversation_for_stickiness(
+    equal_fakes: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    """A Messages request whose system prompt carries `cache_control` sticks to one provider from its
+    first answer, as a named conversation does; without the marker it does not until a cache hit."""
+    import anthropic
+
+    for fake in equal_fakes.values():
+        fake.reset()
+        fake.prefix_cache = True
+    on = GatewayProcess(
+        tmp_path, _sticky_config(equal_fakes, 600), {"FAKE_UPSTREAM_KEY": "test-upstream-key"}
+    )
+    try:
+        claude = anthropic.Anthropic(base_url=on.base_url, api_key="x", max_retries=0)
+        for c in range(6):
+            system = [{"type": "text", "text": f"You are agent {c}.", "cache_control": {"type": "ephemeral"}}]
+            messages: list[dict[str, Any]] = [{"role": "user", "content": f"Task {c}."}]
+            for t in range(5):
+                claude.messages.create(model=MODEL, max_tokens=20, system=system, messages=messages)  # type: ignore[arg-type]
+                messages += [{"role": "assistant", "content": "ok"}, {"role": "user", "content": f"step {t}"}]
+        for c in range(6):
+            serving = {
+                name
+                for name, fake in equal_fakes.items()
+                for received in fake.requests
+                if received.body["messages"][0]["content"] == f"You are agent {c}."
+            }
+            assert len(serving) == 1, (c, serving)  # one provider for the whole conversation
+    finally:
+        on.stop()

@@ -9,10 +9,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
+from typing import Any
 
 from sqlalchemy import delete, select
 
@@ -62,6 +62,10 @@ class UptimeStore:
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
         self._purged = 0.0
+        # Outcomes being written right now, and how many writes have ended: a reader pairs what memory
+        # holds with what the database holds as of one write, never counting a bucket twice or not at all.
+        self._in_flight: dict[tuple[int, str, str], list[int]] = {}
+        self._writes = 0
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -91,6 +95,7 @@ class UptimeStore:
             return
         postgres = self.db.dialect == "postgresql"
         rows = [(_when(k[0], postgres), k[1], k[2], *taken[k]) for k in sorted(taken)]
+        self._in_flight = taken
         try:
             async with self.db.engine.begin() as connection:
                 await connection.exec_driver_sql(_upsert(postgres), rows)
@@ -100,6 +105,22 @@ class UptimeStore:
                 for i in range(3):
                     kept[i] += counts[i]
             raise
+        finally:
+            self._in_flight = {}
+            self._writes += 1
+
+    async def _read(
+        self, query: Any
+    ) -> tuple[list[UptimeBucket], list[tuple[tuple[int, str, str], list[int]]]]:
+        """The buckets the query finds, and the outcomes only memory holds, as of the same moment."""
+        for _ in range(5):
+            writes = self._writes
+            memory = [(k, list(v)) for k, v in (*self.stats.unsaved.items(), *self._in_flight.items())]
+            async with self.db.session() as session:
+                rows = list((await session.execute(query)).scalars())
+            if writes == self._writes:  # no write ended while the database was read
+                return rows, memory
+        return rows, memory  # writes kept ending meanwhile: figures off by one write at most
 
     async def purge(self) -> None:
         async with self.db.engine.begin() as connection:
@@ -116,26 +137,25 @@ class UptimeStore:
         query = select(UptimeBucket).where(
             UptimeBucket.model == model, UptimeBucket.start >= datetime.fromtimestamp(first, UTC)
         )
+        rows, memory = await self._read(query)
         totals: dict[str, list[int]] = {}
-        async with self.db.session() as session:
-            for row in (await session.execute(query)).scalars():
-                counts = totals.setdefault(row.provider, [0, 0, 0])
-                counts[0] += row.successes
-                counts[1] += row.errors
-                counts[2] += row.rate_limited
-        for (start, provider, unsaved_model), counts in self.stats.unsaved.items():
+        for row in rows:
+            counts = totals.setdefault(row.provider, [0, 0, 0])
+            counts[0] += row.successes
+            counts[1] += row.errors
+            counts[2] += row.rate_limited
+        for (start, provider, unsaved_model), unsaved in memory:
             if unsaved_model == model and start >= first:
                 kept = totals.setdefault(provider, [0, 0, 0])
                 for i in range(3):
-                    kept[i] += counts[i]
+                    kept[i] += unsaved[i]
         return {provider: Outcomes(*counts) for provider, counts in totals.items()}
 
     async def series(self, model: str, since: datetime, step: int) -> dict[str, list[tuple[int, Outcomes]]]:
-        """Per provider, outcomes per `step` seconds from `since` (for a model page's uptime chart)."""
+        """Per provider, outcomes per `step` seconds from `since` (for a model page's uptime chart), with
+        this process's not yet written."""
         query = select(UptimeBucket).where(UptimeBucket.model == model, UptimeBucket.start >= since)
-        points: dict[str, dict[int, list[int]]] = {}
-        async with self.db.session() as session:
-            rows: Sequence[UptimeBucket] = (await session.execute(query)).scalars().all()
+        rows, memory = await self._read(query)
         found = [
             (
                 row.start if row.start.tzinfo else row.start.replace(tzinfo=UTC),
@@ -144,12 +164,12 @@ class UptimeStore:
             )
             for row in rows
         ]
-        # With this process's outcomes not yet written, so a reader here sees its own requests at once.
         found += [
             (datetime.fromtimestamp(start, UTC), provider, (counts[0], counts[1], counts[2]))
-            for (start, provider, unsaved_model), counts in self.stats.unsaved.items()
+            for (start, provider, unsaved_model), counts in memory
             if unsaved_model == model and start >= since.timestamp()
         ]
+        points: dict[str, dict[int, list[int]]] = {}
         for start, provider, outcome in found:
             at = int(start.timestamp() // step * step)
             counts = points.setdefault(provider, {}).setdefault(at, [0, 0, 0])
