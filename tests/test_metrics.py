@@ -169,3 +169,13 @@ def test_metrics_from_outside_loopback_need_a_management_key(
         assert httpx.get(gw.base_url + "/metrics", timeout=10).status_code == 200  # loopback: no key needed
     finally:
         gw.stop()
+
+
+def test_unknown_models_do_not_become_labels(upstream_gateway: GatewayProcess) -> None:
+    for i in range(5):
+        body = {"model": f"made-up-model-{i}", "messages": [{"role": "user", "content": "Hi"}]}
+        assert httpx.post(upstream_gateway.api + "/chat/completions", json=body).status_code == 404
+    text = httpx.get(upstream_gateway.base_url + "/metrics").text
+    assert "made-up-model" not in text
+    requests = _scrape(upstream_gateway)["kimi_gateway_requests"]
+    assert _sum(requests, "kimi_gateway_requests_total", status="404", model="") >= 5

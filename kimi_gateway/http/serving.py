@@ -103,7 +103,9 @@ class Completion:
         usage = meta.usage if meta is not None else None
         self.gateway.metrics.request(
             route_path(self.scope),
-            meta.model if meta is not None else (self.info.model or ""),
+            # Only a routed request names a model: the catalog's ids. A refused one's `model` is whatever
+            # the client sent, and as a label it would grow the figures without bound.
+            meta.model if meta is not None else "",
             (meta.served_by or meta.provider or "") if meta is not None else "",
             status,
             time.perf_counter() - self.started,
