@@ -146,3 +146,41 @@ def test_journal_rows_written_twice_count_once_under_load(tmp_path: Path) -> Non
             await db.close()
 
     asyncio.run(scenario())
+
+
+def test_usage_buckets_count_a_replayed_batch_once(db_url: str) -> None:
+    """A batch written, then sent again (a replayed journal, a retry after a commit the writer never
+    heard of) adds to the usage buckets once; the rebuild from the records agrees."""
+
+    async def scenario() -> None:
+        from kimi_gateway.stats import rollups
+        from kimi_gateway.storage.models import UsageBucket
+
+        db = Database(db_url)
+        await db.migrate()
+        try:
+            ledger = Ledger(db)
+            batch = [
+                _generation(f"gen-r-{i}", cost=1000 * (i + 1), streamed=False, ttft=10.5) for i in range(3)
+            ]
+            await ledger.write(batch, [], new=True)
+            await ledger.write(batch, [])  # sent again: already written, not counted again
+            await ledger.write([_generation("gen-r-9", cost=5, streamed=True, ttft=None)], [])
+
+            async def buckets() -> list[tuple[Any, ...]]:
+                async with db.session() as session:
+                    rows = (
+                        await session.execute(select(UsageBucket).order_by(UsageBucket.granularity))
+                    ).scalars()
+                    return [
+                        (r.granularity, r.requests, r.cost_nano, r.prompt_tokens, r.ttft_count) for r in rows
+                    ]
+
+            incremental = await buckets()
+            assert incremental == [("d", 4, 6005, 4 * 1234, 3), ("h", 4, 6005, 4 * 1234, 3)]
+            await rollups.rebuild(db, datetime(2020, 1, 1, tzinfo=UTC))
+            assert await buckets() == incremental
+        finally:
+            await db.close()
+
+    asyncio.run(scenario())

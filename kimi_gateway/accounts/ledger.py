@@ -102,8 +102,12 @@ class Ledger:
             )
         return entry_id
 
-    async def write(self, generations: Sequence[dict[str, Any]], charges: Sequence[dict[str, Any]]) -> None:
-        """One transaction for a batch; rows already written (same ids) are skipped, not doubled.
+    async def write(
+        self, generations: Sequence[dict[str, Any]], charges: Sequence[dict[str, Any]], *, new: bool = False
+    ) -> None:
+        """One transaction for a batch; rows already written (same ids) are skipped, not doubled. `new`:
+        the caller knows no record of the batch was ever sent before (a first attempt), so none is
+        looked up to keep a replay from counting twice in the usage buckets.
 
         Rows come as the journal keeps them: amounts in nano-dollars, times in epoch seconds. They go
         straight to the driver's executemany as tuples: a Core insert's per-row parameter processing was
@@ -117,9 +121,11 @@ class Ledger:
         async with self.db.engine.begin() as connection:
             if generation_rows:
                 # Only records not yet written add to the usage buckets: a replayed journal counts once.
-                ids = [g["id"] for g in generations]
-                known = await connection.execute(select(Generation.id).where(Generation.id.in_(ids)))
-                written = {row[0] for row in known}
+                written: set[str] = set()
+                if not new:
+                    ids = [g["id"] for g in generations]
+                    known = await connection.execute(select(Generation.id).where(Generation.id.in_(ids)))
+                    written = {row[0] for row in known}
                 await connection.exec_driver_sql(_insert(Generation, postgres), generation_rows)
                 await rollups.add(connection, postgres, [g for g in generations if g["id"] not in written])
             if charge_rows:

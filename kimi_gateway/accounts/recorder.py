@@ -60,6 +60,7 @@ class Recorder:
         self.dead_letter = journal_root.parent / "dead-letter"
         self.dead_letters = 0  # rows set aside since start
         self.metrics: Metrics | None = None
+        self._attempted: set[str] = set()  # ids of records a failed write sent (it may have committed)
 
     async def start(self) -> None:
         self.journal = Journal(self.journal_root)
@@ -142,26 +143,33 @@ class Recorder:
                 self.journal.append({"op": "hold", "v": JOURNAL_VERSION, **hold})
             generations, charges = list(self._generations.values()), self._charges
             self._generations, self._charges = {}, []
+            # A batch none of whose records was ever sent cannot have been written in part already.
+            new = not self._attempted or not any(g["id"] in self._attempted for g in generations)
             try:
-                await self.write(generations, charges)
+                await self.write(generations, charges, new=new)
             except BaseException:
+                self._attempted.update(g["id"] for g in generations)
                 if self.metrics is not None:
                     self.metrics.batch(len(generations), written=False)
                 for generation in generations:
                     self._generations.setdefault(generation["id"], generation)
                 self._charges = charges + self._charges
                 raise
+            if self._attempted:
+                self._attempted.difference_update(g["id"] for g in generations)
             if self.metrics is not None:
                 self.metrics.batch(len(generations), written=True)
             for path in old:
                 path.unlink(missing_ok=True)
             self.holds.flushed([(c["account_id"], c["key_hash"], c["amount"]) for c in charges])
 
-    async def write(self, generations: list[dict[str, Any]], charges: list[dict[str, Any]]) -> None:
+    async def write(
+        self, generations: list[dict[str, Any]], charges: list[dict[str, Any]], new: bool = False
+    ) -> None:
         """The batch in one transaction; if the database refuses its rows, row by row, setting aside
         what it still refuses. Raises only when the database is away (the caller keeps the batch)."""
         try:
-            await self.ledger.write(generations, charges)
+            await self.ledger.write(generations, charges, new=new)
         except Exception as exc:
             if not refused_rows(exc):
                 raise
