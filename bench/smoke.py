@@ -18,6 +18,7 @@ RUNS = [
     ["bench.accounting_cpu", "--blocks", "2", "--requests", "50"],
     ["bench.accounting_cpu", "--blocks", "2", "--requests", "50", "--postgres"],
     ["bench.instructions", "--requests", "20"],
+    ["bench.workers", "--seconds", "1", "--rounds", "1"],
 ]
 
 

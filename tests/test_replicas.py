@@ -27,6 +27,7 @@ from tests.services import (
     fresh_postgres_database,
     redis_url,
 )
+from tests.upstreams import KEY, KEY_ENV
 
 HI = [{"role": "user", "content": "Hi"}]
 Replica = Callable[[str], GatewayProcess]
@@ -285,3 +286,40 @@ def test_a_hold_grows_in_redis_when_intake_finds_a_larger_request(
     cost = int(Decimal(str(served.json()["usage"]["cost"])) * 10**9)
     time.sleep(0.5)
     assert _live(prefix, "acct_topup") == (4_000_000 - cost, 0)
+
+
+def test_two_workers_keep_the_rpm_and_exact_charges(
+    tmp_path: Path, moon: FakeUpstream, shared: tuple[str, str, str]
+) -> None:
+    """`serve --workers 2` on one machine, with Redis: the limits and holds of both workers are one."""
+    database, redis_at, prefix = shared
+    text = config(
+        moon,
+        tiers((0, 0, 1000, 120)),
+        flush_seconds=0.1,
+        extra=f'database_url = "{database}"\nredis_url = "{redis_at}"\nredis_prefix = "{prefix}"\n',
+    )
+    setup = start(tmp_path / "gw", text)  # keys first, so no worker ever serves without them
+    ops = Operator(setup)
+    key = ops.key_for("acct_workers")
+    ops.recharge("acct_workers", "10")
+    setup.stop()
+    gw = GatewayProcess(tmp_path / "gw", text, env={KEY_ENV: KEY}, args=["--workers", "2"])
+    try:
+        deadline = time.monotonic() + 120
+        while gw.log_path.read_text().count("Application startup complete") < 2:
+            assert time.monotonic() < deadline, "the second worker never started"
+            time.sleep(0.2)
+        moon.default = Answer(first_delay=0.2)  # requests overlap, so both workers take some
+        responses = asyncio.run(_burst([(gw, key)], 200))
+        statuses = [r.status_code for r in responses]
+        assert statuses.count(200) == 120 and statuses.count(429) == 80, sorted(set(statuses))
+        assert len(list((tmp_path / "gw" / "data" / "metrics").glob("*.json"))) == 2  # both workers served
+        reported = sum(Decimal(str(r.json()["usage"]["cost"])) for r in responses if r.status_code == 200)
+        wait_for_usage(gw, key, float(reported))
+        charges = _charges(database, "acct_workers")
+        assert len(charges) == 120 and sum(charges) == reported  # to the nano-dollar
+        bal, held = _live(prefix, "acct_workers")
+        assert held == 0 and bal == 10 * 10**9 - int(reported * 10**9)
+    finally:
+        gw.stop()
