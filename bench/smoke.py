@@ -19,6 +19,7 @@ RUNS = [
     ["bench.accounting_cpu", "--blocks", "2", "--requests", "50", "--postgres"],
     ["bench.instructions", "--requests", "20"],
     ["bench.workers", "--seconds", "1", "--rounds", "1"],
+    ["bench.metrics", "--seconds", "1", "--rounds", "1"],
 ]
 
 
