@@ -97,6 +97,15 @@ class GatewayProcess:
             time.sleep(0.05)
         raise AssertionError(f"no log line for {request_id}")
 
+    def wait_for_workers(self, workers: int, timeout: float = 120.0) -> None:
+        """Under `--workers N`, ready means one worker answers: wait until every worker has logged its
+        start-up (at log level info, as tests run it)."""
+        deadline = time.monotonic() + timeout
+        while self.log_path.read_text().count("Application startup complete") < workers:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not every one of {workers} workers started")
+            time.sleep(0.2)
+
     def stop(self) -> None:
         self.proc.terminate()
         try:

@@ -37,11 +37,7 @@ def _sum(samples: list[Any], name: str, **labels: str) -> float:
 @pytest.fixture()
 def two_workers(fake_servers: dict[str, FakeUpstream], tmp_path: Path) -> Any:
     gw = GatewayProcess(tmp_path, gateway_config(fake_servers), env={KEY_ENV: KEY}, args=["--workers", "2"])
-    # Ready means one worker answers; the other may still be loading the embedded model.
-    deadline = time.monotonic() + 120
-    while gw.log_path.read_text().count("Application startup complete") < 2:
-        assert time.monotonic() < deadline, "the second worker never started"
-        time.sleep(0.2)
+    gw.wait_for_workers(2)  # the second may still be loading the embedded model
     yield gw
     gw.stop()
 

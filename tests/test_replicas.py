@@ -306,10 +306,7 @@ def test_two_workers_keep_the_rpm_and_exact_charges(
     setup.stop()
     gw = GatewayProcess(tmp_path / "gw", text, env={KEY_ENV: KEY}, args=["--workers", "2"])
     try:
-        deadline = time.monotonic() + 120
-        while gw.log_path.read_text().count("Application startup complete") < 2:
-            assert time.monotonic() < deadline, "the second worker never started"
-            time.sleep(0.2)
+        gw.wait_for_workers(2)
         moon.default = Answer(first_delay=0.2)  # requests overlap, so both workers take some
         responses = asyncio.run(_burst([(gw, key)], 200))
         statuses = [r.status_code for r in responses]

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from kimi_gateway.accounts.pricing import usd
 from kimi_gateway.stats.rollups import DAILY, HOURLY
 from kimi_gateway.stats.uptime import UptimeStore
-from kimi_gateway.storage.db import Database
+from kimi_gateway.storage.db import Database, utc
 from kimi_gateway.storage.models import UsageBucket as U
 
 ACTIVITY_DAYS = 30
@@ -24,10 +24,6 @@ PERIODS = {
     "month": (DAILY, timedelta(days=30), 86400),
 }
 TOP_APPS = 20
-
-
-def _start(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _today() -> datetime:
@@ -63,7 +59,7 @@ async def activity(
         rows = (await session.execute(query)).all()
     return [
         {
-            "date": _start(start).date().isoformat(),
+            "date": utc(start).date().isoformat(),
             "model": model,
             "model_permaslug": model,
             "provider_name": provider or None,
@@ -117,7 +113,7 @@ async def model_stats(db: Database, uptime: UptimeStore, model: str, period: str
         "since": since.isoformat(),
         "activity": [
             {
-                "start": _start(start).isoformat(),
+                "start": utc(start).isoformat(),
                 "requests": int(requests),
                 # Prompt tokens split into fresh and cached input; reasoning is part of completion.
                 "prompt_tokens": int(prompt) - int(cached),

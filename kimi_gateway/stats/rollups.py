@@ -19,7 +19,8 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from kimi_gateway.storage.db import Database
+from kimi_gateway.accounts.pricing import nano
+from kimi_gateway.storage.db import Database, utc
 from kimi_gateway.storage.models import Generation, UsageBucket
 
 HOUR, DAY = 3600, 86400
@@ -47,7 +48,7 @@ _ZERO = dict.fromkeys(SUMS, 0)
 
 def _epoch(value: Any) -> float:
     if isinstance(value, datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+        return utc(value).timestamp()
     return float(value)
 
 
@@ -143,13 +144,7 @@ async def rebuild(db: Database, since: datetime) -> int:
         await connection.execute(delete(UsageBucket).where(UsageBucket.start >= since))
         result = await connection.stream(select(*columns).where(Generation.created_at >= since))
         async for chunk in result.mappings().partitions(5000):
-            records = [{**row, "cost": _nano(row["cost"])} for row in chunk]
+            records = [{**row, "cost": nano(row["cost"] or 0)} for row in chunk]
             read += len(records)
             await add(connection, postgres, records)
     return read
-
-
-def _nano(cost: Any) -> int:
-    from decimal import Decimal
-
-    return int((Decimal(str(cost or 0)) * 1_000_000_000).to_integral_value())

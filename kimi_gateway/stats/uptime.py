@@ -18,7 +18,7 @@ from sqlalchemy import delete, select
 
 from kimi_gateway.stats import rollups
 from kimi_gateway.stats.endpoints import COARSE, EndpointStats
-from kimi_gateway.storage.db import Database
+from kimi_gateway.storage.db import Database, utc
 from kimi_gateway.storage.models import UptimeBucket
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ class UptimeStore:
         rows, memory = await self._read(query)
         found = [
             (
-                row.start if row.start.tzinfo else row.start.replace(tzinfo=UTC),
+                utc(row.start),
                 row.provider,
                 (row.successes, row.errors, row.rate_limited),
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,11 @@ def database_url(configured: str | None, data_dir: Path) -> str:
         if configured.startswith(plain):
             return driver + configured[len(plain) :]
     return configured
+
+
+def utc(moment: datetime) -> datetime:
+    """A datetime read back from the database, made aware: SQLite returns naive ones, written in UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def alembic_config(url: str) -> Config:

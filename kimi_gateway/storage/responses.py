@@ -16,7 +16,7 @@ import orjson
 from sqlalchemy import delete
 
 from kimi_gateway.errors import APIError
-from kimi_gateway.storage.db import Database
+from kimi_gateway.storage.db import Database, utc
 from kimi_gateway.storage.models import StoredResponse
 
 _PURGE_EVERY = 60.0
@@ -67,7 +67,7 @@ class ResponseStore:
     async def _row(self, account_id: str | None, response_id: str) -> StoredResponse:
         async with self.db.session() as session:
             row = await session.get(StoredResponse, response_id)
-        if row is None or row.account_id != account_id or _aware(row.expires_at) <= datetime.now(UTC):
+        if row is None or row.account_id != account_id or utc(row.expires_at) <= datetime.now(UTC):
             raise not_found(response_id)
         return row
 
@@ -79,8 +79,3 @@ class ResponseStore:
         await self._row(account_id, response_id)
         async with self.db.session() as session, session.begin():
             await session.execute(delete(StoredResponse).where(StoredResponse.id == response_id))
-
-
-def _aware(moment: datetime) -> datetime:
-    # SQLite gives naive datetimes back; they were written in UTC.
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
