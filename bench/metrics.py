@@ -18,7 +18,7 @@ import httpx
 
 from bench.instructions import NO_LOCAL_MODEL
 from bench.table import print_table
-from bench.wrk import MODEL, add_cpu_option, mock_config, pin, run_wrk
+from bench.wrk import MODEL, add_cpu_option, mock_config, pin, take_turns
 from kimi_gateway.testing import GatewayProcess, free_port
 
 
@@ -35,7 +35,9 @@ def main() -> None:
     mock = subprocess.Popen([sys.executable, "-m", "bench.mock_upstream", str(port)])
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
     gateways: dict[str, GatewayProcess] = {}
-    rows = [("mode", "c", "metrics off RPS", "metrics on RPS", "on/off", "off p50 ms", "on p50 ms")]
+    rows: list[tuple[str, ...]] = [
+        ("mode", "c", "metrics off RPS", "metrics on RPS", "on/off", "off p50 ms", "on p50 ms")
+    ]
     try:
         with tempfile.TemporaryDirectory() as tmp:
             workdir = Path(tmp)
@@ -45,28 +47,8 @@ def main() -> None:
                 folder.mkdir()
                 gateways[name] = GatewayProcess(folder, mock_config(port, NO_LOCAL_MODEL, server))
                 assert httpx.post(gateways[name].api + "/chat/completions", json=body).status_code == 200
-            for stream in (False, True):
-                for connections in (1, 32):
-                    request = {**body, "stream": stream}
-                    runs: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
-                    for turn in range(args.rounds):
-                        for name in ("off", "on") if turn % 2 == 0 else ("on", "off"):
-                            url = gateways[name].api + "/chat/completions"
-                            runs[name].append(run_wrk(url, request, connections, args.seconds, workdir))
-                    off, on = (
-                        sorted(runs[n], key=lambda r: r["rps"])[len(runs[n]) // 2] for n in ("off", "on")
-                    )
-                    rows.append(
-                        (
-                            "stream (20 chunks)" if stream else "non-stream",
-                            str(connections),
-                            f"{off['rps']:.0f}",
-                            f"{on['rps']:.0f}",
-                            f"{on['rps'] / off['rps']:.2f}",
-                            f"{off['p50']:.2f}",
-                            f"{on['p50']:.2f}",
-                        )
-                    )
+            urls = {name: gateway.api + "/chat/completions" for name, gateway in gateways.items()}
+            rows += take_turns(urls, body, args.seconds, args.rounds, workdir)
     finally:
         for gateway in gateways.values():
             gateway.stop()

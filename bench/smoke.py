@@ -20,6 +20,7 @@ RUNS = [
     ["bench.instructions", "--requests", "20"],
     ["bench.workers", "--seconds", "1", "--rounds", "1"],
     ["bench.metrics", "--seconds", "1", "--rounds", "1"],
+    ["bench.web", "--seconds", "1", "--rounds", "1"],
 ]
 
 

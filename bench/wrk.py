@@ -23,15 +23,16 @@ def _ms(value: str, unit: str) -> float:
 
 def run_wrk(
     url: str,
-    body: dict[str, object],
+    body: dict[str, object] | None,
     connections: int,
     seconds: int,
     workdir: Path,
     headers: dict[str, str] | None = None,
 ) -> dict[str, float]:
-    script = workdir / f"body-{connections}-{body.get('stream')}.lua"
+    """`body` None: GET the URL."""
+    script = workdir / f"body-{connections}-{body.get('stream') if body else 'get'}.lua"
     extra = "".join(f'wrk.headers["{name}"] = "{value}"\n' for name, value in (headers or {}).items())
-    script.write_text(LUA % json.dumps(body) + extra)
+    script.write_text((LUA % json.dumps(body) if body is not None else "") + extra)
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
         capture_output=True,
@@ -82,3 +83,35 @@ def pin(cpus: str) -> str:
     chosen = {int(c) for c in cpus.split(",")}
     os.sched_setaffinity(0, chosen)
     return f"wrk, mock upstream and gateway all pinned to CPU {cpus}"
+
+
+def take_turns(
+    urls: dict[str, str], body: dict[str, object], seconds: int, rounds: int, workdir: Path
+) -> list[tuple[str, ...]]:
+    """Two gateways that differ in one setting (`urls`: {"off": ..., "on": ...}), wrk taking turns between
+    them so that the machine's drift falls on both; each column is the median of `rounds` runs. Rows:
+    mode, connections, off RPS, on RPS, on/off, off p50 ms, on p50 ms."""
+    off_name, on_name = urls
+    rows: list[tuple[str, ...]] = []
+    for stream in (False, True):
+        for connections in (1, 32):
+            request = {**body, "stream": stream}
+            runs: dict[str, list[dict[str, float]]] = {off_name: [], on_name: []}
+            for turn in range(rounds):
+                for name in (off_name, on_name) if turn % 2 == 0 else (on_name, off_name):
+                    runs[name].append(run_wrk(urls[name], request, connections, seconds, workdir))
+            off, on = (
+                sorted(runs[n], key=lambda r: r["rps"])[len(runs[n]) // 2] for n in (off_name, on_name)
+            )
+            rows.append(
+                (
+                    "stream (20 chunks)" if stream else "non-stream",
+                    str(connections),
+                    f"{off['rps']:.0f}",
+                    f"{on['rps']:.0f}",
+                    f"{on['rps'] / off['rps']:.2f}",
+                    f"{off['p50']:.2f}",
+                    f"{on['p50']:.2f}",
+                )
+            )
+    return rows

@@ -42,6 +42,9 @@ class ServerConfig(_Section):
     # with `metrics_public`.
     metrics: bool = True
     metrics_public: bool = False
+    # The pages for people (/models, /chat, /console): static files that call the API with the key the
+    # user pastes. Off: those paths answer 404.
+    web: bool = True
 
 
 class EngineConfig(_Section):

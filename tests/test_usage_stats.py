@@ -268,3 +268,53 @@ def test_two_replicas_add_to_the_same_buckets_and_a_rebuild_agrees(
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert "from 80 generation record(s)" in rebuilt.stdout
     assert asyncio.run(_buckets(postgres)) == incremental
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_the_generation_log_pages_newest_first_per_account(
+    tmp_path: Path, moon: FakeUpstream, store: str
+) -> None:
+    """The console's log: an account's generations newest first, a page at a time, no one else's; and
+    the key's requests in the last minute."""
+    url = fresh_postgres_database() if store == "postgres" else None
+    extra = f'database_url = "{url}"\n' if url else ""
+    gw = start(tmp_path / "gw", config(moon, extra=extra))
+    try:
+        ops = Operator(gw)
+        key, other = ops.key_for("acct_log"), ops.key_for("acct_other")
+        ops.recharge("acct_log", "10")
+        oa = openai.OpenAI(base_url=gw.api, api_key=key, max_retries=0, default_headers=APP)
+        made = []
+        for _ in range(3):
+            made.append(oa.chat.completions.create(model=K25, messages=HI).id)  # type: ignore[arg-type]
+            time.sleep(0.02)  # distinct creation times, so the order is the order of the requests
+
+        def page(k: str, **params: Any) -> dict[str, Any]:
+            got = httpx.get(
+                gw.base_url + "/api/v1/generations", params=params, headers={"Authorization": f"Bearer {k}"}
+            )
+            assert got.status_code == 200, got.text
+            body: dict[str, Any] = got.json()
+            return body
+
+        _wait(lambda: len(page(key)["data"]) == 3)
+        first, second = page(key, limit=2), page(key, limit=2, offset=2)
+        assert [g["id"] for g in first["data"] + second["data"]] == made[::-1]
+        assert first["has_more"] is True and second["has_more"] is False
+        row = first["data"][0]
+        assert row["model"] == K25 and row["provider_name"] == "Moonshot AI" and row["total_cost"] > 0
+        assert row["app_title"] == "Cool App" and row["status"] == "success"
+        assert page(other)["data"] == []
+        # Bounded at the edge: a page of at most 100, an offset of at most 10,000.
+        bad = httpx.get(
+            gw.base_url + "/api/v1/generations",
+            params={"limit": 1000},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "limit"
+        assert _get(gw, "/api/v1/key", key)["requests_last_minute"] == 3
+        assert _get(gw, "/api/v1/key", other)["requests_last_minute"] == 0
+    finally:
+        gw.stop()
+        if url:
+            drop_postgres_database(url)

@@ -35,6 +35,7 @@ from kimi_gateway.http.routes import (
     metrics,
     models,
     tokenizers,
+    web,
 )
 from kimi_gateway.http.routes import responses as responses_routes
 from kimi_gateway.http.serving import Completion
@@ -168,6 +169,9 @@ def create_api(config: GatewayConfig | None = None) -> FastAPI:
     app.include_router(generations.router)
     app.include_router(files.router)
     app.include_router(docs.router)
-    app.mount(docs.STATIC_PATH, docs.static_files(), name="vendor")
+    app.mount(docs.STATIC_PATH, web.Secured(docs.static_files()), name="vendor")
+    if gateway.config.server.web:
+        app.include_router(web.router)
+        app.mount(web.STATIC_PATH, web.static_files(), name="web")
     app.openapi = lambda: openapi.build(app)  # type: ignore[method-assign]
     return app

@@ -16,13 +16,17 @@ from kimi_gateway.accounts.keys import MANAGEMENT, KeyRecord
 from kimi_gateway.errors import APIError
 from kimi_gateway.http.errors import error_for
 from kimi_gateway.http.middleware import route_path
+from kimi_gateway.http.routes import web
 from kimi_gateway.runtime import Gateway
 
 log = logging.getLogger(__name__)
 
 # /metrics checks its callers itself (loopback, or a management key).
-PUBLIC = frozenset({"/health", "/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/metrics"})
-PUBLIC_PREFIXES = ("/static/",)  # the pages' own assets: nothing secret
+# The pages are shells with no data: their scripts call the API with the key the user pastes.
+PUBLIC = frozenset(
+    {"/health", "/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/metrics", *web.PAGE_PATHS}
+)
+PUBLIC_PREFIXES = ("/static/", *web.PAGE_PREFIXES)  # the pages and their own assets: nothing secret
 MANAGEMENT_PATHS = ("/api/v1/keys", "/api/v1/credits/add")
 # Paths either kind of key may call: about the calling key itself.
 EITHER = frozenset(
@@ -30,6 +34,7 @@ EITHER = frozenset(
         "/api/v1/key",
         "/api/v1/credits",
         "/api/v1/generation",
+        "/api/v1/generations",
         "/api/v1/activity",
         "/v1/users/me/balance",
         "/metrics",  # the route itself then asks for a management key

@@ -73,6 +73,7 @@ _OPERATIONS: dict[
     ("post", "/api/v1/credits/add"): (d.CreditAdded, 200, (*_AUTHENTICATED, 404), AddCredits),
     ("get", "/v1/users/me/balance"): (d.Balance, 200, _AUTHENTICATED, None),
     ("get", "/api/v1/generation"): (d.Generation, 200, (*_AUTHENTICATED, 404), None),
+    ("get", "/api/v1/generations"): (d.GenerationList, 200, _AUTHENTICATED, None),
     ("get", "/api/v1/activity"): (d.Activity, 200, _AUTHENTICATED, None),
     ("get", "/api/v1/models/{model_id}/stats"): (d.ModelStats, 200, (*_AUTHENTICATED, 404), None),
     ("get", "/health"): (d.Health, 200, (), None),

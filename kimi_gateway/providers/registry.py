@@ -24,6 +24,18 @@ def presets() -> dict[str, dict[str, Any]]:
     return tomllib.loads(text)
 
 
+def unconfigured_offers(model_id: str, serving: dict[str, str]) -> list[dict[str, str]]:
+    """The built-in providers that offer `model_id` but do not serve it here (their key is not set, or
+    they are turned off): what a model page lists as "add a key to use". `serving`: the providers that do,
+    name to display name (one configured under another name but with the preset's display name counts)."""
+    names = set(serving.values())
+    return [
+        {"tag": name, "provider_name": preset.get("name", name), "api_key_env": preset.get("api_key_env", "")}
+        for name, preset in presets().items()
+        if name not in serving and preset.get("name") not in names and model_id in preset.get("models", {})
+    ]
+
+
 def _merged(name: str, user: ProviderConfig | None, preset: dict[str, Any] | None) -> ProviderConfig:
     base = ProviderConfig.model_validate({k: v for k, v in (preset or {}).items()})
     if user is None:

@@ -277,6 +277,11 @@ class Generation(_Body):
     data: GenerationData
 
 
+class GenerationList(_Body):
+    data: list[GenerationData]
+    has_more: bool
+
+
 class TokenEstimateData(_Body):
     total_tokens: int
 

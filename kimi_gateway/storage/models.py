@@ -94,6 +94,8 @@ class Generation(Base):
     app_title: Mapped[str | None] = mapped_column(String(200), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
+    __table_args__ = (Index("ix_generations_account_created", "account_id", "created_at"),)
+
 
 class Tier(Base):
     __tablename__ = "tiers"

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from starlette.requests import Request
 
+from kimi_gateway.providers.registry import unconfigured_offers
 from kimi_gateway.runtime import Gateway
 from kimi_gateway.schema.models import per_token
 
@@ -58,5 +59,8 @@ async def model_endpoints(model_id: str, request: Request) -> dict[str, Any]:
                 "output_modalities": card.output_modalities,
             },
             "endpoints": endpoints,
+            "unconfigured": unconfigured_offers(
+                card.id, {e.provider: e.provider_name for e in gateway.router.endpoints_for(card.id)}
+            ),
         }
     }

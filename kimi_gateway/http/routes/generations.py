@@ -1,13 +1,15 @@
-"""GET /api/v1/generation?id=: one request's record, as OpenRouter serves it."""
+"""GET /api/v1/generation?id=: one request's record, as OpenRouter serves it; GET /api/v1/generations: the
+calling account's, newest first, a page at a time."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from starlette.requests import Request
 
+from kimi_gateway.accounts import history
 from kimi_gateway.accounts.keys import KeyRecord
 from kimi_gateway.accounts.pricing import usd
 from kimi_gateway.errors import APIError
@@ -48,3 +50,18 @@ async def generation(id: str, request: Request) -> dict[str, Any]:
             "app_title": record["app_title"],
         }
     }
+
+
+@router.get("/api/v1/generations", summary="The calling account's generations, newest first")
+async def generations(
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=history.MAX_PAGE)] = 50,
+    offset: Annotated[int, Query(ge=0, le=history.MAX_OFFSET)] = 0,
+) -> dict[str, Any]:
+    gateway: Gateway = request.app.state.gateway
+    key: KeyRecord | None = request.state.key
+    if key is None:
+        return {"data": [], "has_more": False}  # bootstrap: no keys, so no accounts
+    # One more than asked tells whether another page follows.
+    rows = await history.page(gateway.db, key.account_id, limit + 1, offset)
+    return {"data": rows[:limit], "has_more": len(rows) > limit}

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
+from kimi_gateway.accounts import history
 from kimi_gateway.accounts.keys import KeyRecord
 from kimi_gateway.accounts.pricing import usd
 from kimi_gateway.errors import APIError
@@ -138,6 +139,8 @@ async def current_key(request: Request) -> dict[str, Any]:
             "tier": tier.tier,
             "rate_limit": {"requests": min(tier.rpm, caller.rpm or tier.rpm), "interval": "1m"},
             "concurrency": tier.concurrency,
+            # Requests this key made in the last minute, against `rate_limit` (the console's gauge).
+            "requests_last_minute": await history.last_minute(gateway.db, caller.account_id, caller.hash),
             "expires_at": caller.expires_at.isoformat() if caller.expires_at else None,
         }
     }
