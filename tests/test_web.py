@@ -272,6 +272,37 @@ def test_playground_attaches_a_document_and_a_video(site: Site, page: Any) -> No
     assert not page.problems, page.problems
 
 
+def test_stop_regenerate_and_export(site: Site, page: Any) -> None:
+    """Stop ends the stream (the gateway records the generation as cancelled); regenerate asks again;
+    the conversations download as JSON."""
+    slow = Answer(content=" ".join(f"word{i}" for i in range(200)), chunk_delay=0.05)
+    site.moon.script(slow, Answer(content="A second answer."))
+    _open(page, site, "/chat", site.key)
+    page.wait_for_selector("#main[data-ready=true]")
+    page.select_option("#model-0", K25)
+    page.fill("#composer-text", "Count.")
+    page.click("#send")
+    _until(page, "(document.querySelector('.answer .content') || {}).textContent?.includes('word3')")
+    page.click("#stop")
+    _until(page, "document.querySelector('.answer .error').textContent === 'Stopped.'")
+    assert "word199" not in page.inner_text(".answer .content")
+    assert page.is_enabled("#send") and not page.is_enabled("#stop")
+    key = {"Authorization": f"Bearer {site.key}"}
+    deadline, statuses = time.monotonic() + 10, []
+    while "cancelled" not in statuses and time.monotonic() < deadline:
+        time.sleep(0.1)  # records are written in batches
+        log = httpx.get(site.gw.base_url + "/api/v1/generations", headers=key).json()["data"]
+        statuses = [g["status"] for g in log]
+    assert "cancelled" in statuses, "the gateway did not record the stopped generation as cancelled"
+    page.click(".answer button.regenerate")
+    _watch_answer(page)
+    assert page.inner_text(".answer .content") == "A second answer."
+    with page.expect_download() as download:
+        page.click("#export")
+    exported = json.loads(Path(download.value.path()).read_text())
+    assert exported[0]["turns"][1]["answers"][0]["content"] == "A second answer."
+
+
 def test_untrusted_model_output_runs_and_loads_nothing(site: Site, page: Any) -> None:
     hostile = (
         "Look: <img src=x onerror=alert(1)> and <script>alert(2)</script>\n\n"
@@ -436,6 +467,18 @@ def test_console_shows_the_balance_fall_and_a_management_key_makes_keys(site: Si
     row = page.locator("#key-list tr", has_text="made in the console")
     row.locator("button.disable").click()
     page.locator("#key-list tr", has_text="made in the console").get_by_text("disabled").wait_for()
+    # Recharge another account from the console.
+    before_credits = httpx.get(
+        site.gw.base_url + "/api/v1/credits", headers={"Authorization": f"Bearer {site.key}"}
+    ).json()["data"]["total_credits"]
+    page.fill("#credit-amount", "2.5")
+    page.fill("#credit-account", "web")
+    page.click("#add-credits")
+    _until(page, "document.getElementById('credit-amount').value === ''")
+    after_credits = httpx.get(
+        site.gw.base_url + "/api/v1/credits", headers={"Authorization": f"Bearer {site.key}"}
+    ).json()["data"]["total_credits"]
+    assert after_credits == pytest.approx(before_credits + 2.5)
     _shot(page, "console-keys")
     # The plaintext was shown once: a reload shows the list without it.
     page.reload()
