@@ -55,6 +55,10 @@ class EngineConfig(_Section):
     retry_after_seconds: int = 1
     # Upper bound on the KV cache size; a model's own context length is used when it is smaller.
     max_context: int = 8192
+    # Each local model runs in its own process, started by the first request for it; `preload` starts
+    # it with the gateway instead. It stops after `idle_seconds` without requests (never when unset).
+    preload: bool = False
+    idle_seconds: float | None = Field(default=None, gt=0)
 
 
 WireStyle = Literal["moonshot", "openrouter", "openai", "vllm", "sglang"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -23,8 +24,9 @@ from kimi_gateway.accounts.recorder import Recorder
 from kimi_gateway.accounts.tiers import DEFAULT_TIERS, Tier, store_tiers
 from kimi_gateway.catalog import Catalog, load_catalog
 from kimi_gateway.config import GatewayConfig
-from kimi_gateway.engine import LocalModel
 from kimi_gateway.engine.locate import resolve_gguf
+from kimi_gateway.engine.supervisor import EngineProcess
+from kimi_gateway.errors import APIError
 from kimi_gateway.limits import MemoryLimiter
 from kimi_gateway.media import Media
 from kimi_gateway.media.files import FileStore
@@ -50,7 +52,7 @@ log = logging.getLogger(__name__)
 class Gateway:
     config: GatewayConfig
     catalog: Catalog
-    local_models: dict[str, LocalModel]
+    local_models: dict[str, EngineProcess]
     router: Router
     http: UpstreamClient
     db: Database
@@ -79,9 +81,11 @@ class Gateway:
                 "Create one with `kimi-gateway keys create --name NAME`."
             )
         await self.http.open()
-        for model in self.local_models.values():
-            await asyncio.to_thread(model.load)
-            log.info("local model loaded", extra={"fields": {"model": model.model_id, "n_ctx": model.n_ctx}})
+        if self.config.engine.preload:
+            for engine in self.local_models.values():
+                # A failure is logged; /ready says so, and the next request tries again.
+                with contextlib.suppress(APIError):
+                    await engine.ensure()
         # What start-up built (modules, the catalog, the model's wrappers) lives as long as the process.
         # Frozen, the collector's full passes stop walking it again and again under load.
         gc.freeze()
@@ -104,11 +108,8 @@ class Gateway:
         if self.redis is not None:
             await self.redis.aclose()
         await self.db.close()
-        for model in self.local_models.values():
-            try:
-                await asyncio.to_thread(model.close)
-            except RuntimeError:  # the loop's executor is already shut down (interpreter exit): close here
-                model.close()
+        for engine in self.local_models.values():
+            await engine.stop()
 
     async def count_prompt_tokens(self, request: ChatCompletionRequest) -> tuple[int, str]:
         """The prompt's size, and how it was counted: the model's own tokenizer where the gateway has it
@@ -116,8 +117,8 @@ class Gateway:
         card = self.catalog.get(request.model)
         local = self.router.providers.get(LocalProvider.name)
         text, media = without_media(request)
-        if isinstance(local, LocalProvider) and card.id in local.models:
-            counted = len(await local.prompt_tokens(text, card))
+        if isinstance(local, LocalProvider) and card.id in local.engines:
+            counted = await local.prompt_tokens(text, card)
             # Images, video and files are not read to count them: each is estimated (see routing/features.py).
             return counted + media, "tokenizer" if not media else "tokenizer+media-estimate"
         return estimate_prompt_tokens(text) + media, "estimate"
@@ -152,7 +153,7 @@ def without_media(request: ChatCompletionRequest) -> tuple[ChatCompletionRequest
 def build_gateway(config: GatewayConfig) -> Gateway:
     catalog = load_catalog(config.models)
     engine = config.engine
-    local_models: dict[str, LocalModel] = {}
+    local_models: dict[str, EngineProcess] = {}
     for card in catalog:
         if card.local is None:
             continue
@@ -161,7 +162,7 @@ def build_gateway(config: GatewayConfig) -> Gateway:
         except FileNotFoundError as exc:
             log.error("local model unavailable", extra={"fields": {"model": card.id, "reason": str(exc)}})
             continue
-        local_models[card.id] = LocalModel(
+        local_models[card.id] = EngineProcess(
             card.id,
             path,
             max_context=min(engine.max_context, card.context_length),
@@ -169,12 +170,14 @@ def build_gateway(config: GatewayConfig) -> Gateway:
             n_batch=engine.n_batch,
             max_queue=engine.max_queue,
             retry_after=engine.retry_after_seconds,
+            idle_seconds=engine.idle_seconds,
+            log_level=config.server.log_level,
         )
     # One pooled client for every upstream: connections are reused across requests and providers.
     http = UpstreamClient()
     providers: list[Provider] = []
     if local_models:
-        providers.append(LocalProvider(local_models, [catalog.get(m) for m in local_models]))
+        providers.append(LocalProvider(local_models, [catalog.get(m) for m in local_models], engine.preload))
     providers.extend(build_upstream_providers(config.providers, catalog, http))
     router = Router(catalog, providers, config.routing)
     db = Database(database_url(config.database_url, config.data_dir))

@@ -1,6 +1,7 @@
 """The gateway's own memory: after start-up, and after 1,000 proxied requests, its resident set stays
-under a ceiling and does not keep growing (a leak shows as growth). The embedded model is left out here:
-its weights and KV cache are the model's, not the gateway's (bench.gateway_overhead reports them)."""
+under a ceiling and does not keep growing (a leak shows as growth). The embedded model is configured, as by
+default: its weights and KV cache live in the engine's own process (engine/supervisor.py), started by the
+first local request, so the gateway's figure is the same before and after one."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ from pathlib import Path
 
 import httpx
 
-from kimi_gateway.testing import GatewayProcess
+from kimi_gateway.testing import LOCAL_MODEL, GatewayProcess
 from tests.fakes.upstream import FakeUpstream
 from tests.upstreams import KEY, KEY_ENV, MODEL, gateway_config
 
-NO_LOCAL_MODEL = '[models."smollm2-135m-instruct"]\nlocal = { gguf = "/nonexistent/left-out.gguf" }\n'
-CEILING_MB = 250  # generous: the process imports FastAPI, SQLAlchemy, pydantic, PIL, av, onnxruntime...
+# Generous (measured: 116 MB after start-up, 118 after 1,200 requests; the target is 120): the process
+# imports FastAPI, SQLAlchemy, Alembic, pydantic, PIL...
+CEILING_MB = 160
 GROWTH_MB = 40
 
 
@@ -47,10 +49,18 @@ async def _requests(gw: GatewayProcess, count: int) -> None:
 def test_rss_after_start_and_after_a_thousand_requests(
     tmp_path: Path, fake_servers: dict[str, FakeUpstream]
 ) -> None:
-    gw = GatewayProcess(tmp_path, NO_LOCAL_MODEL + gateway_config(fake_servers), env={KEY_ENV: KEY})
+    gw = GatewayProcess(tmp_path, gateway_config(fake_servers), env={KEY_ENV: KEY})
     try:
         started = _rss_mb(gw.proc.pid)
         assert started < CEILING_MB, started
+        # A local request: the model loads in its own process, not here.
+        local = httpx.post(
+            gw.api + "/chat/completions",
+            json={"model": LOCAL_MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4},
+            timeout=120,
+        )
+        assert local.status_code == 200
+        assert "libllama" not in Path(f"/proc/{gw.proc.pid}/maps").read_text()
         asyncio.run(_requests(gw, 200))  # caches, pools and buffers reach their working size
         warm = _rss_mb(gw.proc.pid)
         asyncio.run(_requests(gw, 1000))

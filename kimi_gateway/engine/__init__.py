@@ -1,6 +1,3 @@
-"""The embedded llama.cpp engine: local GGUF models served in-process, off the event loop."""
-
-from kimi_gateway.engine import toolcalls
-from kimi_gateway.engine.worker import Job, LocalModel, SamplingParams
-
-__all__ = ["Job", "LocalModel", "SamplingParams", "toolcalls"]
+"""The embedded llama.cpp engine. The gateway imports only what runs on its side (supervisor.py, protocol.py,
+toolcalls.py, locate.py); the model itself (worker.py, jobs.py, prompt.py, grammar.py) lives in the engine
+process (child.py), so the gateway never loads llama.cpp."""

@@ -1,19 +1,19 @@
-"""A local GGUF model and the thread that generates with it.
+"""A local GGUF model and the thread that generates with it, inside the engine process (engine/child.py).
 
-llama.cpp contexts are not thread-safe, so each model has one worker thread that runs one job at a time.
-Jobs wait in a bounded queue; past its bound the caller gets a 503 with Retry-After at once. Generated
-text goes back to the event loop with `call_soon_threadsafe`, so nothing here blocks the loop.
+llama.cpp contexts are not thread-safe, so each model has one worker thread that runs one job at a time;
+jobs wait in its queue (the gateway bounds how many it sends: engine/supervisor.py). What a job produces
+goes to its sink as it is made: the child writes it to the gateway.
 """
 
 from __future__ import annotations
 
-import asyncio
 import codecs
 import logging
 import queue
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,7 @@ from llama_cpp.llama_grammar import LlamaGrammar
 
 from kimi_gateway.engine.prompt import ChatTemplate
 from kimi_gateway.engine.stops import StopMatcher
-from kimi_gateway.errors import overloaded
-from kimi_gateway.logs import event, request_id
+from kimi_gateway.logs import event
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +42,13 @@ class SamplingParams:
     seed: int | None = None
 
 
-# Messages from the worker thread to the job's event loop.
+# What a job produces, in order (the names are engine/protocol.py's frame types):
 TEXT = "text"  # (TEXT, choice index, text)
 FINISH = "finish"  # (FINISH, choice index, reason, completion tokens, the stop string matched or None)
-DONE = "done"  # (DONE, prompt tokens, cached prompt tokens)
-ERROR = "error"  # (ERROR, message)
+DONE = "done"  # (DONE, prompt tokens, cached prompt tokens): the last message of every job
+ERROR = "error"  # (ERROR, message): the last message of a job that failed
+
+Sink = Callable[[tuple[Any, ...]], None]
 
 
 @dataclass(eq=False)
@@ -55,24 +56,20 @@ class Job:
     tokens: list[int]
     params: SamplingParams
     max_tokens: int
+    sink: Sink
     n: int = 1
     stop: list[str] = field(default_factory=list)
     grammar: LlamaGrammar | None = None
     logit_bias: dict[int, float] | None = None
     ignore_eos: bool = False
-    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
-    inbox: asyncio.Queue[tuple[Any, ...]] = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
-    request_id: str | None = field(default_factory=request_id.get)
+    request_id: str | None = None
 
     def cancel(self) -> None:
         self.cancelled.set()
 
     def emit(self, *message: Any) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.inbox.put_nowait, message)
-        except RuntimeError:  # the loop is gone (shutdown): nobody is listening any more
-            self.cancelled.set()
+        self.sink(message)
 
 
 class LocalModel:
@@ -84,19 +81,13 @@ class LocalModel:
         max_context: int,
         n_threads: int | None,
         n_batch: int,
-        max_queue: int,
-        retry_after: int,
     ) -> None:
         self.model_id = model_id
         self.path = path
         self.max_context = max_context
         self._n_threads = n_threads
         self._n_batch = n_batch
-        self._max_queue = max_queue
-        self._retry_after = retry_after
         self._jobs: queue.Queue[Job | None] = queue.Queue()
-        self._lock = threading.Lock()
-        self._inflight = 0  # the job being generated plus those waiting
         self._thread: threading.Thread | None = None
         self.llama: Llama | None = None
         self.template: ChatTemplate | None = None
@@ -150,7 +141,7 @@ class LocalModel:
     def ready(self) -> bool:
         return self.llama is not None
 
-    # ---- used from the event loop --------------------------------------------------------------------
+    # ---- used from the engine process's main thread ---------------------------------------------------
 
     def tokenize(self, text: str) -> list[int]:
         # Reading the vocabulary is safe beside a running generation.
@@ -163,18 +154,7 @@ class LocalModel:
         return int(self.llama.n_vocab())
 
     def submit(self, job: Job) -> None:
-        with self._lock:
-            if self._inflight > self._max_queue:
-                raise overloaded(
-                    f"The local model '{self.model_id}' is busy: {self._inflight - 1} requests are already "
-                    "waiting. Retry after the Retry-After interval.",
-                    self._retry_after,
-                )
-            self._inflight += 1
         self._jobs.put(job)
-
-    def stats(self) -> dict[str, int]:
-        return {"inflight": self._inflight, "max_queue": self._max_queue}
 
     # ---- the worker thread ---------------------------------------------------------------------------
 
@@ -184,14 +164,13 @@ class LocalModel:
             if job is None:
                 return
             try:
-                if not job.cancelled.is_set():
+                if job.cancelled.is_set():
+                    job.emit(DONE, len(job.tokens), 0)  # cancelled while waiting: it still ends
+                else:
                     self._generate(job)
             except Exception as exc:
                 log.exception("local generation failed")
                 job.emit(ERROR, f"local generation failed: {type(exc).__name__}")
-            finally:
-                with self._lock:
-                    self._inflight -= 1
 
     def _reusable_prefix(self, tokens: list[int]) -> int:
         """How many prompt tokens `Llama.generate` will take from the KV cache instead of evaluating."""

@@ -20,9 +20,8 @@ async def health() -> Response:
 @router.get("/ready", tags=["health"], summary="Readiness: every configured provider can serve")
 async def ready(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
-    models = {
-        model_id: {"ready": model.ready, **model.stats()} for model_id, model in gateway.local_models.items()
-    }
+    # The local models' engine processes start on demand: "stopped" is not "unready".
+    models = {model_id: engine.stats() for model_id, engine in gateway.local_models.items()}
     is_ready = gateway.is_ready()
     return ORJSONResponse(
         {"status": "ready" if is_ready else "starting", "local_models": models},

@@ -1,0 +1,344 @@
+"""The gateway's side of an engine process: started on the first request for its model (or at start-up
+with `[engine] preload`), stopped after `idle_seconds` without work, started again after it dies.
+
+The gateway never imports llama.cpp: a crash in it (a SIGSEGV, an abort) ends the engine process, not the
+gateway. Jobs in flight then end with an error their clients see (a 503 before the first byte, which lets
+the router try another provider; an error chunk after it), and the next request starts a new process.
+
+The queue bound lives here, so an overloaded model answers 503 + Retry-After without a round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from kimi_gateway.engine import protocol
+from kimi_gateway.errors import APIError, UpstreamError, overloaded
+
+log = logging.getLogger(__name__)
+
+STOPPED, STARTING, RUNNING, FAILED = "stopped", "starting", "running", "failed"
+# How long a model may take to load before the start counts as failed.
+LOAD_TIMEOUT = 300.0
+PROVIDER = "Local (llama.cpp)"
+
+
+@dataclass(eq=False)
+class RemoteJob:
+    """One job on the engine: what it sends arrives in `inbox` as worker.py's message tuples."""
+
+    id: int
+    accepted: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    inbox: asyncio.Queue[tuple[Any, ...]] = field(default_factory=asyncio.Queue)
+
+
+def engine_failed(message: str) -> UpstreamError:
+    # Retryable: before the first byte, the router moves the request on, as for any failing provider.
+    return UpstreamError(503, message, provider=PROVIDER, retryable=True)
+
+
+class EngineProcess:
+    def __init__(
+        self,
+        model_id: str,
+        path: Path,
+        *,
+        max_context: int,
+        n_threads: int | None,
+        n_batch: int,
+        max_queue: int,
+        retry_after: int,
+        idle_seconds: float | None,
+        log_level: str = "info",
+    ) -> None:
+        self.model_id = model_id
+        self.path = path
+        self.max_context = max_context
+        self.max_queue = max_queue
+        self.retry_after = retry_after
+        self.idle_seconds = idle_seconds
+        self._settings = orjson.dumps(
+            {
+                "model": model_id,
+                "path": str(path),
+                "max_context": max_context,
+                "n_threads": n_threads,
+                "n_batch": n_batch,
+                "log_level": log_level,
+            }
+        ).decode()
+        self.state = STOPPED
+        self.n_ctx = 0
+        self.pid: int | None = None
+        self.starts = 0
+        self._jobs: dict[int, RemoteJob] = {}
+        self._counts: dict[int, asyncio.Future[int]] = {}
+        self._ids = itertools.count(1)
+        self._lock: asyncio.Lock | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._idle: asyncio.TimerHandle | None = None
+        # Tasks held until they finish (a task only weakly referenced may be collected mid-way).
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # ---- lifecycle -----------------------------------------------------------------------------------
+
+    async def ensure(self) -> None:
+        """Start the process unless it runs; concurrent callers wait for the same start."""
+        if self.state == RUNNING:
+            return
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self.state == RUNNING:
+                return
+            self.state = STARTING
+            try:
+                await asyncio.wait_for(self._spawn(), LOAD_TIMEOUT)
+            except BaseException as exc:
+                self.state = FAILED
+                await self._kill()
+                if isinstance(exc, APIError):
+                    raise
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                log.exception("the engine process did not start", extra={"fields": {"model": self.model_id}})
+                raise engine_failed(f"The local model '{self.model_id}' could not be started.") from None
+            self.state = RUNNING
+            self.starts += 1
+
+    async def _spawn(self) -> None:
+        ours, theirs = socket.socketpair()
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "kimi_gateway.engine.child",
+                self._settings,
+                str(theirs.fileno()),
+                pass_fds=(theirs.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL,
+                # Its own session: a terminal's Ctrl-C reaches the gateway, which then closes the engine
+                # after the requests in flight; the engine never dies first.
+                start_new_session=True,
+            )
+        finally:
+            theirs.close()
+        self.pid = self._proc.pid
+        reader, self._writer = await asyncio.open_connection(sock=ours, limit=64 * 1024 * 1024)
+        first = await reader.readline()
+        if not first:
+            raise engine_failed(f"The engine process for '{self.model_id}' exited while loading.")
+        frame = protocol.decode(first)
+        if frame["t"] != protocol.READY:
+            raise engine_failed(f"The local model '{self.model_id}' failed to load: {frame.get('message')}")
+        self.n_ctx = frame["n_ctx"]
+        log.info(
+            "engine process started",
+            extra={"fields": {"model": self.model_id, "pid": self.pid, "n_ctx": self.n_ctx}},
+        )
+        self._reader_task = asyncio.create_task(self._read(reader))
+
+    async def stop(self) -> None:
+        """Close the channel (the process exits when it reads the end), then wait for it."""
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        if self._writer is not None:
+            self._writer.close()
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        if self._reader_task is not None:
+            await self._reader_task
+        self._reset(STOPPED)
+
+    async def _kill(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                await self._proc.wait()
+        self._writer = None
+        self._proc = None
+        self.pid = None
+
+    def _reset(self, state: str) -> None:
+        self.state = state
+        self._writer = None
+        self._proc = None
+        self._reader_task = None
+        self.pid = None
+
+    # ---- jobs ------------------------------------------------------------------------------------------
+
+    async def submit(
+        self, request: dict[str, Any], defaults: dict[str, Any], request_id: str | None
+    ) -> RemoteJob:
+        """Send a job; returns once the engine accepted it (raises the 4xx it refused it with)."""
+        if len(self._jobs) > self.max_queue:
+            raise overloaded(
+                f"The local model '{self.model_id}' is busy: {len(self._jobs) - 1} requests are already "
+                "waiting. Retry after the Retry-After interval.",
+                self.retry_after,
+            )
+        await self.ensure()
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        job = RemoteJob(next(self._ids))
+        frame = {"t": protocol.START, "id": job.id, "request": request, "defaults": defaults}
+        if request_id is not None:
+            frame["request_id"] = request_id
+        self._jobs[job.id] = job
+        try:
+            self._send(frame)
+            await job.accepted
+        except asyncio.CancelledError:
+            # The client left while the engine was reading the request: it may still be accepted, so it is
+            # cancelled there too; its last frame frees its place in the queue.
+            job.accepted.add_done_callback(lambda f: f.cancelled() or f.exception())
+            self.cancel(job)
+            raise
+        except BaseException:
+            self._release(job.id)
+            raise
+        return job
+
+    def cancel(self, job: RemoteJob) -> None:
+        if job.id in self._jobs and self._writer is not None and not self._writer.is_closing():
+            self._send({"t": protocol.CANCEL, "id": job.id})
+
+    async def count(self, request: dict[str, Any]) -> int:
+        await self.ensure()
+        ident = next(self._ids)
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._counts[ident] = future
+        self._send({"t": protocol.COUNT, "id": ident, "request": request})
+        try:
+            return await future
+        finally:
+            self._counts.pop(ident, None)
+
+    def _send(self, frame: dict[str, Any]) -> None:
+        if self._writer is None or self._writer.is_closing():
+            raise engine_failed(f"The engine process for '{self.model_id}' is not running.")
+        self._writer.write(protocol.encode(frame))
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "pid": self.pid,
+            "inflight": len(self._jobs),
+            "max_queue": self.max_queue,
+        }
+
+    # ---- what the engine sends -------------------------------------------------------------------------
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while line := await reader.readline():
+                self._dispatch(protocol.decode(line))
+        except (ConnectionError, OSError, ValueError):
+            pass
+        finally:
+            self._ended()
+
+    def _dispatch(self, frame: dict[str, Any]) -> None:
+        kind = frame["t"]
+        ident = frame["id"]
+        if kind == protocol.COUNTED or (kind == protocol.REJECTED and ident in self._counts):
+            future = self._counts.get(ident)
+            if future is not None and not future.done():
+                if kind == protocol.COUNTED:
+                    future.set_result(frame["n"])
+                else:
+                    future.set_exception(protocol.error_from(frame))
+            return
+        job = self._jobs.get(ident)
+        if job is None:
+            return  # a job whose client left and that was already forgotten
+        if kind == protocol.TEXT:
+            job.inbox.put_nowait((kind, frame["i"], frame["s"]))
+        elif kind == protocol.FINISH:
+            job.inbox.put_nowait((kind, frame["i"], frame["r"], frame["n"], frame["m"]))
+        elif kind == protocol.ACCEPTED:
+            if not job.accepted.done():
+                job.accepted.set_result(frame["prompt"])
+        elif kind == protocol.REJECTED:
+            if not job.accepted.done():
+                job.accepted.set_exception(protocol.error_from(frame))
+            self._release(ident)
+        elif kind == protocol.DONE:
+            job.inbox.put_nowait((kind, frame["prompt"], frame["cached"]))
+            self._release(ident)
+        elif kind == protocol.ERROR:
+            job.inbox.put_nowait((kind, frame["message"], False))
+            self._release(ident)
+
+    def _release(self, ident: int) -> None:
+        self._jobs.pop(ident, None)
+        self._maybe_idle()
+
+    def _maybe_idle(self) -> None:
+        if self._jobs or self.idle_seconds is None or self.state != RUNNING:
+            return
+        if self._idle is not None:
+            self._idle.cancel()
+        self._idle = asyncio.get_running_loop().call_later(self.idle_seconds, self._stop_if_idle)
+
+    def _stop_if_idle(self) -> None:
+        self._idle = None
+        if not self._jobs and not self._counts and self.state == RUNNING:
+            log.info("engine process stopped after idling", extra={"fields": {"model": self.model_id}})
+            self._hold(asyncio.get_running_loop().create_task(self.stop()))
+
+    def _hold(self, task: asyncio.Task[Any]) -> None:
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _ended(self) -> None:
+        """The channel closed: the process exited (asked to, or died). Everything in flight ends now."""
+        proc = self._proc
+        crashed = self.state == RUNNING and (self._writer is None or not self._writer.is_closing())
+        if crashed:
+            code = proc.returncode if proc is not None else None
+            log.error(
+                "engine process died",
+                extra={"fields": {"model": self.model_id, "pid": self.pid, "returncode": code}},
+            )
+        message = f"The engine process for '{self.model_id}' stopped while serving this request."
+        for job in self._jobs.values():
+            if not job.accepted.done():
+                job.accepted.set_exception(engine_failed(message))
+            else:
+                job.inbox.put_nowait((protocol.ERROR, message, True))
+        for future in self._counts.values():
+            if not future.done():
+                future.set_exception(engine_failed(message))
+        self._jobs.clear()
+        if self._writer is not None:
+            self._writer.close()
+        if proc is not None and crashed:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, 9)  # its socket closed but it lives on: it is of no use any more
+            self._hold(asyncio.get_running_loop().create_task(proc.wait()))  # reaped, not a zombie
+        self._reset(FAILED if crashed else STOPPED)
