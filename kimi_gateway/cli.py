@@ -23,16 +23,11 @@ from httpx_sse import connect_sse
 
 from kimi_gateway import __version__
 from kimi_gateway.config import CONFIG_ENV, GatewayConfig, load_config
-from kimi_gateway.logs import setup_logging
+from kimi_gateway.logs import LOG_LEVEL_ENV, setup_logging
 from kimi_gateway.stats.metrics import METRICS_DIR_ENV
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
-
-
-# Overrides the config's log level in worker processes: the CLI's in-process gateway logs errors only, so a
-# terminal user sees the answer and nothing else.
-LOG_LEVEL_ENV = "KIMI_GATEWAY_LOG_LEVEL"
 
 
 def app_factory() -> object:

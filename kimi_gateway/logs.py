@@ -35,6 +35,11 @@ class JSONFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
+# Overrides the config's log level in worker and engine processes: the CLI's in-process gateway logs errors
+# only, so a terminal user sees the answer and nothing else.
+LOG_LEVEL_ENV = "KIMI_GATEWAY_LOG_LEVEL"
+
+
 def setup_logging(level: str = "info") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter())

@@ -9,6 +9,7 @@ thread generates; both write frames, under one lock.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import sys
 import threading
@@ -21,7 +22,7 @@ import orjson
 from kimi_gateway.engine import jobs, protocol
 from kimi_gateway.engine.worker import Job, LocalModel, Sink
 from kimi_gateway.errors import APIError
-from kimi_gateway.logs import setup_logging
+from kimi_gateway.logs import LOG_LEVEL_ENV, setup_logging
 from kimi_gateway.schema.chat import ChatCompletionRequest
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,9 @@ def serve(model: LocalModel, channel: Channel, frames: Any) -> None:
 
 def main() -> None:
     settings = orjson.loads(sys.argv[1])
-    setup_logging(settings.get("log_level", "info"))
+    setup_logging(os.environ.get(LOG_LEVEL_ENV) or settings.get("log_level", "info"))
+    # llama.cpp's own messages (context sizes, loader notes) are for its developers: errors only.
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
     sock = socket.socket(fileno=int(sys.argv[2]))
     model = LocalModel(
         settings["model"],
