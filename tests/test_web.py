@@ -474,7 +474,7 @@ def test_console_shows_the_balance_fall_and_a_management_key_makes_keys(site: Si
     page.fill("#credit-amount", "2.5")
     page.fill("#credit-account", "web")
     page.click("#add-credits")
-    _until(page, "document.getElementById('credit-amount').value === ''")
+    page.locator("#notice", has_text="Added $2.50 to web").wait_for()
     after_credits = httpx.get(
         site.gw.base_url + "/api/v1/credits", headers={"Authorization": f"Bearer {site.key}"}
     ).json()["data"]["total_credits"]

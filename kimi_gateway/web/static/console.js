@@ -201,9 +201,8 @@ function recharge(key, notice, reload) {
     try {
       const json = { amount: amount.value };
       if (accountId.value.trim()) json.account_id = accountId.value.trim();
-      await api("/api/v1/credits/add", { json });
-      amount.value = "";
-      await reload();
+      const added = (await api("/api/v1/credits/add", { json })).data;
+      await reload(`Added $${Number(json.amount).toFixed(2)} to ${added.account_id}: its balance is ${usd(added.balance)}.`);
     } catch (error) {
       showError(notice, error);
     }
@@ -211,11 +210,11 @@ function recharge(key, notice, reload) {
   return panel("recharge", "Add credits", el("div", { class: "row" }, amount, accountId, el("button", { class: "primary", id: "add-credits", on: { click: add } }, "Add")));
 }
 
-async function load() {
-  const notice = el("div", { class: "notice", id: "notice" });
+async function load(message) {
+  const notice = el("div", { class: "notice", id: "notice" }, typeof message === "string" ? message : null);
   const refresh = el("button", { id: "refresh", on: { click: load } }, "Refresh");
   clear(main, el("div", { class: "row" }, el("h1", { class: "grow" }, "Console"), refresh), notice);
-  if (!getKey()) {
+  if (!getKey() && typeof message !== "string") {
     notice.append("Paste an API key at the top of the page to see its account. It stays in this tab only.");
   }
   try {
