@@ -1,9 +1,9 @@
 """The pages for people: /models, /models/{id}, /chat and /console, and their scripts and styles.
 
-Each page is a fixed HTML shell from `kimi_gateway/web/pages`; its script reads the API with the key the user
-pastes (held in the browser's sessionStorage), so the pages carry no data and need no authentication of
-their own. Model output is shown on these pages, so the policy below lets nothing run or load that the
-gateway did not ship: no inline script, no eval, no other origin.
+Each page is the one HTML shell (`kimi_gateway/web/pages/shell.html`) naming its script, which reads the
+API with the key the user pastes (held in the browser's sessionStorage): the pages carry no data and need
+no authentication of their own. Model output is shown on these pages, so the policy below lets nothing run
+or load that the gateway did not ship: no inline script, no eval, no other origin.
 """
 
 from __future__ import annotations
@@ -48,10 +48,25 @@ _RAW_HEADERS = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.it
 router = APIRouter(include_in_schema=False)
 
 
+# page: (title, its script, whether it renders Markdown: DOMPurify, a classic script, loads first)
+PAGES = {
+    "models": ("Models", "models.js", False),
+    "model": ("Model", "model.js", False),
+    "chat": ("Chat playground", "chat.js", True),
+    "console": ("Console", "console.js", False),
+}
+
+
 @cache
 def _page(name: str, root: str) -> bytes:
-    # The shells name their assets from the site's root; a gateway behind a path prefix serves them there.
-    return (WEB / "pages" / f"{name}.html").read_bytes().replace(b"{{root}}", root.encode())
+    title, script, sanitizer = PAGES[name]
+    scripts = [f'<script type="module" src="{root}{STATIC_PATH}/{script}"></script>']
+    if sanitizer:
+        scripts.insert(0, f'<script src="{root}/static/vendor/dompurify/purify.min.js"></script>')
+    # Assets are named from the site's root: a gateway behind a path prefix serves them there.
+    shell = (WEB / "pages" / "shell.html").read_text("utf-8")
+    html = shell.replace("{{title}}", title).replace("{{scripts}}", "\n".join(scripts))
+    return html.replace("{{root}}", root).encode()
 
 
 def _html(name: str, request: Request) -> Response:
