@@ -236,6 +236,7 @@ class EngineProcess:
             return await future
         finally:
             self._counts.pop(ident, None)
+            self._maybe_idle()
 
     def _send(self, frame: dict[str, Any]) -> None:
         if self._writer is None or self._writer.is_closing():
@@ -298,7 +299,7 @@ class EngineProcess:
         self._maybe_idle()
 
     def _maybe_idle(self) -> None:
-        if self._jobs or self.idle_seconds is None or self.state != RUNNING:
+        if self._jobs or self._counts or self.idle_seconds is None or self.state != RUNNING:
             return
         if self._idle is not None:
             self._idle.cancel()
