@@ -177,3 +177,16 @@ def test_preload_and_idle_stop(fake_servers: dict[str, FakeUpstream], tmp_path: 
         assert _engine(gw)["state"] == "running"
     finally:
         gw.stop()
+
+
+def test_the_engine_exits_when_the_gateway_is_killed(tmp_path: Path) -> None:
+    gw = GatewayProcess(tmp_path, "")
+    try:
+        _local(gw)
+        engine = _engine(gw)["pid"]
+        os.kill(gw.proc.pid, signal.SIGKILL)
+        gw.proc.wait()
+        # It reads the end of its socket and exits: no orphan keeps the model's memory.
+        assert _wait(lambda: not _alive(engine), 15), "the engine outlived its gateway"
+    finally:
+        gw.stop()
