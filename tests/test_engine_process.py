@@ -90,7 +90,8 @@ def test_lazy_start_on_the_first_local_request(gw: GatewayProcess) -> None:
     assert _engine(gw)["state"] == "stopped"
     assert _children(gw.proc.pid) == []
     models = {m["id"]: m for m in httpx.get(gw.api + "/models").json()["data"]}
-    assert models[LOCAL_MODEL]["available"] is True
+    assert models[LOCAL_MODEL]["available"] is True and models[LOCAL_MODEL]["engine"] == "stopped"
+    assert "engine" not in models[MODEL]  # upstream models have no engine process
     assert "libllama" not in _maps(gw.proc.pid)  # the gateway never loads llama.cpp
     upstream = httpx.post(gw.api + "/chat/completions", json={"model": MODEL, "messages": HELLO})
     assert upstream.status_code == 200 and _engine(gw)["state"] == "stopped"
@@ -98,6 +99,7 @@ def test_lazy_start_on_the_first_local_request(gw: GatewayProcess) -> None:
     engine = _engine(gw)
     assert engine["state"] == "running" and engine["pid"] in _children(gw.proc.pid)
     assert "libllama" in _maps(engine["pid"]) and "libllama" not in _maps(gw.proc.pid)
+    assert httpx.get(gw.api + f"/models/{LOCAL_MODEL}").json()["engine"] == "running"
 
 
 def test_kill_between_requests_restarts_on_the_next(gw: GatewayProcess) -> None:

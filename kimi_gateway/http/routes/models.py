@@ -8,14 +8,21 @@ from typing import Any
 from fastapi import APIRouter, Query
 from starlette.requests import Request
 
+from kimi_gateway.catalog import ModelCard
 from kimi_gateway.runtime import Gateway
 from kimi_gateway.schema.models import anthropic_model, anthropic_page, model_object
 
 router = APIRouter()
 
 
-def _providers(gateway: Gateway, model_id: str) -> list[str]:
-    return [e.provider for e in gateway.router.endpoints_for(model_id)]
+def _model(gateway: Gateway, card: ModelCard) -> dict[str, Any]:
+    body = model_object(card, [e.provider for e in gateway.router.endpoints_for(card.id)])
+    engine = gateway.local_models.get(card.id)
+    if engine is not None:
+        # A local model is available whether or not its engine process runs (the next request starts
+        # it); this says which, and whether the last start failed.
+        body["engine"] = engine.state
+    return body
 
 
 def _anthropic(request: Request) -> bool:
@@ -34,7 +41,7 @@ async def list_models(
     if _anthropic(request):
         models = [anthropic_model(card) for card in gateway.catalog]
         return anthropic_page(models, after_id, before_id, limit)
-    data = [model_object(card, _providers(gateway, card.id)) for card in gateway.catalog]
+    data = [_model(gateway, card) for card in gateway.catalog]
     return {"object": "list", "data": data}
 
 
@@ -45,4 +52,4 @@ async def get_model(model_id: str, request: Request) -> dict[str, Any]:
     card = gateway.catalog.get(model_id)
     if _anthropic(request):
         return anthropic_model(card)
-    return model_object(card, _providers(gateway, card.id))
+    return _model(gateway, card)
