@@ -192,3 +192,30 @@ def test_the_engine_exits_when_the_gateway_is_killed(tmp_path: Path) -> None:
         assert _wait(lambda: not _alive(engine), 15), "the engine outlived its gateway"
     finally:
         gw.stop()
+
+
+def test_a_model_that_cannot_load_is_refused_at_once_until_the_next_try(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\0" * 64)  # a header and nothing llama.cpp can load
+    config = f'[models."broken"]\nname = "Broken"\ncontext_length = 2048\nlocal = {{ gguf = "{broken}" }}\n'
+    gw = GatewayProcess(tmp_path, config)
+    try:
+        body = {"model": "broken", "messages": HELLO}
+        first = httpx.post(gw.api + "/chat/completions", json=body, timeout=120)
+        assert first.status_code == 503 and "broken" in first.json()["error"]["message"], first.text
+        assert str(tmp_path) not in first.text  # where the file is stays in the operator's log
+        # Refused at once now, with when to come back, rather than each request starting a process.
+        started = time.monotonic()
+        second = httpx.post(gw.api + "/chat/completions", json=body, timeout=120)
+        assert second.status_code == 503 and 1 <= int(second.headers["retry-after"]) <= 5
+        assert time.monotonic() - started < 1.0
+        attempts = [r for r in gw.log_records() if r.get("msg") == "engine process started"]
+        assert attempts == [] and _children(gw.proc.pid) == []
+        # The gateway itself serves on, and says which engine failed.
+        ready = httpx.get(gw.base_url + "/ready").json()
+        assert ready["local_models"]["broken"]["state"] == "failed"
+        other = {"model": LOCAL_MODEL, "messages": HELLO, "max_tokens": 4}
+        served = httpx.post(gw.api + "/chat/completions", json=other, timeout=120)
+        assert served.status_code == 200, served.text
+    finally:
+        gw.stop()

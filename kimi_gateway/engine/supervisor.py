@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,10 @@ from kimi_gateway.errors import APIError, UpstreamError, overloaded
 log = logging.getLogger(__name__)
 
 STOPPED, STARTING, RUNNING, FAILED = "stopped", "starting", "running", "failed"
-# How long a model may take to load before the start counts as failed.
+# How long a model may take to load before the start counts as failed, and how long requests are then
+# refused at once before the next try.
 LOAD_TIMEOUT = 300.0
+START_BACKOFF = 5.0
 PROVIDER = "Local (llama.cpp)"
 
 
@@ -44,8 +47,16 @@ class RemoteJob:
 
 
 def engine_failed(message: str) -> UpstreamError:
-    # Retryable: before the first byte, the router moves the request on, as for any failing provider.
+    """The engine died serving: retryable, so before the first byte the router moves the request on, as
+    for any failing provider."""
     return UpstreamError(503, message, provider=PROVIDER, retryable=True)
+
+
+def start_failed(message: str, retry_after: int | None = None) -> APIError:
+    """The model could not be loaded. Not counted against the local provider's health: that is one model's
+    file or settings, and the provider's other models serve on."""
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return APIError(503, message, type="server_error", code="engine_unavailable", headers=headers)
 
 
 class EngineProcess:
@@ -85,7 +96,8 @@ class EngineProcess:
         self._jobs: dict[int, RemoteJob] = {}
         self._counts: dict[int, asyncio.Future[int]] = {}
         self._ids = itertools.count(1)
-        self._lock: asyncio.Lock | None = None
+        self._starting: asyncio.Task[None] | None = None
+        self._failed_at: float | None = None  # when the last start failed (a crash later is no failed start)
         self._proc: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
@@ -96,28 +108,39 @@ class EngineProcess:
     # ---- lifecycle -----------------------------------------------------------------------------------
 
     async def ensure(self) -> None:
-        """Start the process unless it runs; concurrent callers wait for the same start."""
+        """Start the process unless it runs. Concurrent callers wait for the same start, and a caller that
+        leaves does not stop it. After a start that failed, callers are refused for START_BACKOFF seconds
+        rather than each trying (and waiting for) another."""
         if self.state == RUNNING:
             return
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            if self.state == RUNNING:
-                return
-            self.state = STARTING
-            try:
-                await asyncio.wait_for(self._spawn(), LOAD_TIMEOUT)
-            except BaseException as exc:
-                self.state = FAILED
-                await self._kill()
-                if isinstance(exc, APIError):
-                    raise
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                log.exception("the engine process did not start", extra={"fields": {"model": self.model_id}})
-                raise engine_failed(f"The local model '{self.model_id}' could not be started.") from None
-            self.state = RUNNING
-            self.starts += 1
+        if self._starting is None or self._starting.done():
+            if self._failed_at is not None:
+                wait = START_BACKOFF - (time.monotonic() - self._failed_at)
+                if wait > 0:
+                    raise start_failed(
+                        f"The local model '{self.model_id}' failed to start; next try in {wait:.0f} s.",
+                        retry_after=max(1, round(wait)),
+                    )
+            self._starting = asyncio.get_running_loop().create_task(self._start())
+            # Retrieved here, so a failed start whose callers all left is not reported as unretrieved.
+            self._starting.add_done_callback(lambda task: task.cancelled() or task.exception())
+        await asyncio.shield(self._starting)
+
+    async def _start(self) -> None:
+        self.state = STARTING
+        try:
+            await asyncio.wait_for(self._spawn(), LOAD_TIMEOUT)
+        except BaseException as exc:
+            self.state = FAILED
+            self._failed_at = time.monotonic()
+            await self._kill()
+            if isinstance(exc, APIError | asyncio.CancelledError):
+                raise
+            log.exception("the engine process did not start", extra={"fields": {"model": self.model_id}})
+            raise start_failed(f"The local model '{self.model_id}' could not be started.") from None
+        self.state = RUNNING
+        self._failed_at = None
+        self.starts += 1
 
     async def _spawn(self) -> None:
         ours, theirs = socket.socketpair()
@@ -140,10 +163,15 @@ class EngineProcess:
         reader, self._writer = await asyncio.open_connection(sock=ours, limit=64 * 1024 * 1024)
         first = await reader.readline()
         if not first:
-            raise engine_failed(f"The engine process for '{self.model_id}' exited while loading.")
+            raise start_failed(f"The engine process for '{self.model_id}' exited while loading.")
         frame = protocol.decode(first)
         if frame["t"] != protocol.READY:
-            raise engine_failed(f"The local model '{self.model_id}' failed to load: {frame.get('message')}")
+            # The reason (a path, a library's words) is for the operator's log, not for clients.
+            log.error(
+                "the local model failed to load",
+                extra={"fields": {"model": self.model_id, "reason": frame.get("message")}},
+            )
+            raise start_failed(f"The local model '{self.model_id}' failed to load.")
         self.n_ctx = frame["n_ctx"]
         log.info(
             "engine process started",
