@@ -219,3 +219,26 @@ def test_a_model_that_cannot_load_is_refused_at_once_until_the_next_try(tmp_path
         assert served.status_code == 200, served.text
     finally:
         gw.stop()
+
+
+def test_requests_at_the_idle_boundary_are_all_served(tmp_path: Path) -> None:
+    """A request arriving while an idle engine is being stopped waits for it to go, then starts a new one:
+    never two processes at once, never a request lost to the switch."""
+    gw = GatewayProcess(tmp_path, "[engine]\nidle_seconds = 0.3\n")
+    try:
+        statuses, peak = [], 0
+        for i in range(12):
+            reply = httpx.post(
+                gw.api + "/chat/completions",
+                json={"model": LOCAL_MODEL, "messages": HELLO, "max_tokens": 2},
+                timeout=120,
+            )
+            statuses.append(reply.status_code)
+            peak = max(peak, len(_children(gw.proc.pid)))
+            time.sleep(0.25 + 0.01 * i)  # walks across the moment the engine is stopped
+        assert statuses == [200] * 12, statuses
+        assert peak <= 1
+        stops = [r for r in gw.log_records() if r.get("msg") == "engine process stopped after idling"]
+        assert stops, "the engine never idled out: the test did not cross the boundary"
+    finally:
+        gw.stop()

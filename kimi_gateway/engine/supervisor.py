@@ -29,7 +29,7 @@ from kimi_gateway.errors import APIError, UpstreamError, overloaded
 
 log = logging.getLogger(__name__)
 
-STOPPED, STARTING, RUNNING, FAILED = "stopped", "starting", "running", "failed"
+STOPPED, STARTING, RUNNING, STOPPING, FAILED = "stopped", "starting", "running", "stopping", "failed"
 # How long a model may take to load before the start counts as failed, and how long requests are then
 # refused at once before the next try.
 LOAD_TIMEOUT = 300.0
@@ -97,6 +97,7 @@ class EngineProcess:
         self._counts: dict[int, asyncio.Future[int]] = {}
         self._ids = itertools.count(1)
         self._starting: asyncio.Task[None] | None = None
+        self._stopping: asyncio.Task[None] | None = None
         self._failed_at: float | None = None  # when the last start failed (a crash later is no failed start)
         self._proc: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -111,6 +112,11 @@ class EngineProcess:
         """Start the process unless it runs. Concurrent callers wait for the same start, and a caller that
         leaves does not stop it. After a start that failed, callers are refused for START_BACKOFF seconds
         rather than each trying (and waiting for) another."""
+        if self.state == RUNNING:
+            return
+        if self._stopping is not None and not self._stopping.done():
+            # Stopping after idling: a new process starts once the old one is gone, never beside it.
+            await asyncio.shield(self._stopping)
         if self.state == RUNNING:
             return
         if self._starting is None or self._starting.done():
@@ -181,6 +187,8 @@ class EngineProcess:
 
     async def stop(self) -> None:
         """Close the channel (the process exits when it reads the end), then wait for it."""
+        if self.state == RUNNING:
+            self.state = STOPPING
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
@@ -337,7 +345,8 @@ class EngineProcess:
         self._idle = None
         if not self._jobs and not self._counts and self.state == RUNNING:
             log.info("engine process stopped after idling", extra={"fields": {"model": self.model_id}})
-            self._hold(asyncio.get_running_loop().create_task(self.stop()))
+            self._stopping = asyncio.get_running_loop().create_task(self.stop())
+            self._hold(self._stopping)
 
     def _hold(self, task: asyncio.Task[Any]) -> None:
         self._background.add(task)
