@@ -85,6 +85,11 @@ def pin(cpus: str) -> str:
     return f"wrk, mock upstream and gateway all pinned to CPU {cpus}"
 
 
+def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
+    """The run with the median RPS, whole (its latencies stay its own)."""
+    return sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
+
+
 def take_turns(
     urls: dict[str, str], body: dict[str, object], seconds: int, rounds: int, workdir: Path
 ) -> list[tuple[str, ...]]:

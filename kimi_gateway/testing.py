@@ -18,6 +18,16 @@ import httpx
 LOCAL_MODEL = "smollm2-135m-instruct"
 
 
+def wait_until(check: Any, timeout: float = 15.0, interval: float = 0.1) -> Any:
+    """Calls `check` until it returns something true or `timeout` passes; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from kimi_gateway.testing import LOCAL_MODEL, GatewayProcess
+from kimi_gateway.testing import LOCAL_MODEL, GatewayProcess, wait_until
 from tests.fakes.upstream import FakeUpstream
 from tests.upstreams import KEY, KEY_ENV, MODEL, gateway_config
 
@@ -61,12 +61,7 @@ def _maps(pid: int) -> str:
 
 
 def _wait(check: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
+    return wait_until(check, timeout, 0.05)
 
 
 def _local(gw: GatewayProcess) -> str:

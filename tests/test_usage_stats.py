@@ -20,7 +20,7 @@ import httpx
 import openai
 import pytest
 
-from kimi_gateway.testing import GatewayProcess
+from kimi_gateway.testing import GatewayProcess, wait_until
 from tests.billing import K25, Operator, config, credits, start, tiers
 from tests.fakes.upstream import Answer, FakeUpstream, Fault
 from tests.services import clear_redis, drop_postgres_database, fresh_postgres_database, redis_url
@@ -41,12 +41,7 @@ def _get(gw: GatewayProcess, path: str, key: str, **params: Any) -> Any:
 
 
 def _wait(check: Any, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.1)
+    return wait_until(check, timeout, 0.1)
 
 
 def _traffic(gw: GatewayProcess, key: str, moon: FakeUpstream) -> int:
