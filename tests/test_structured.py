@@ -37,6 +37,12 @@ SCHEMAS = {
         "required": ["items", "currency", "paid"],
         "additionalProperties": False,
     },
+    "place": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+        "required": ["city", "country"],
+        "additionalProperties": False,
+    },
 }
 
 
@@ -75,3 +81,23 @@ def test_json_object_output_parses(client: openai.OpenAI) -> None:
     )
     assert response.choices[0].finish_reason == "stop"
     assert isinstance(json.loads(response.choices[0].message.content or ""), dict)
+
+
+def test_strings_hold_no_raw_control_characters(client: openai.OpenAI) -> None:
+    # The model is pushed hard towards newlines and tabs (SmolLM2's ids for "\n", "\n\n", "\t"). JSON
+    # forbids them raw inside a string, so the grammar must steer it elsewhere: llama-cpp-python's schema
+    # converter allowed them, and the Node SDK check once got `{"city": "...\n` that no parser accepts.
+    response = client.chat.completions.create(
+        model=LOCAL_MODEL,
+        messages=[{"role": "user", "content": "Where is the Eiffel tower? Answer on several lines."}],
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "place", "strict": True, "schema": SCHEMAS["place"]},
+        },
+        logit_bias={"198": 100, "1116": 100, "197": 100},
+        temperature=0,
+        max_tokens=60,
+    )
+    content = response.choices[0].message.content or ""
+    assert response.choices[0].finish_reason == "stop", content
+    jsonschema.validate(json.loads(content), SCHEMAS["place"])

@@ -9,6 +9,12 @@ from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar, json_schema_to_gbnf
 
 from kimi_gateway.errors import invalid_request
 
+# llama-cpp-python's schema converter lets a string hold raw control characters (its `char` rule is
+# `[^"\\]`), which JSON forbids: a model that writes a newline inside a string makes text no parser
+# accepts. llama.cpp's own converter and the JSON_GBNF it ships exclude them; so does this.
+_LOOSE_CHAR = r'char ::= [^"\\] |'
+_STRICT_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'
+
 
 def json_object_grammar() -> LlamaGrammar:
     return LlamaGrammar.from_string(JSON_GBNF)
@@ -21,4 +27,4 @@ def json_schema_grammar(schema: dict[str, Any], *, param: str) -> LlamaGrammar:
         raise invalid_request(
             f"The JSON schema cannot be enforced: {exc}", param=param, code="invalid_json_schema"
         ) from None
-    return LlamaGrammar.from_string(gbnf)
+    return LlamaGrammar.from_string(gbnf.replace(_LOOSE_CHAR, _STRICT_CHAR))

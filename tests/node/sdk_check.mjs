@@ -85,8 +85,11 @@ await check("json_schema", async () => {
         },
       },
     },
-    max_tokens: 60,
+    // Greedy, so a long string cannot run into the token limit on an unlucky draw.
+    temperature: 0,
+    max_tokens: 120,
   });
+  assert.equal(reply.choices[0].finish_reason, "stop");
   const parsed = JSON.parse(reply.choices[0].message.content);
   assert.deepEqual(Object.keys(parsed).sort(), ["city", "country"]);
   return parsed;
