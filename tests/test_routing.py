@@ -73,9 +73,20 @@ def test_request_reaches_upstream_in_its_form(client: openai.OpenAI, fakes: dict
         Fault("reset"),
         Fault("empty"),
         Fault("malformed"),
+        Fault("processing"),
         Answer(cut_after=0),
     ],
-    ids=["500", "503", "429", "hang", "reset", "empty", "malformed", "cut-before-first-event"],
+    ids=[
+        "500",
+        "503",
+        "429",
+        "hang",
+        "reset",
+        "empty",
+        "malformed",
+        "comments-only",
+        "cut-before-first-event",
+    ],
 )
 def test_failover_before_first_byte(
     client: openai.OpenAI, fakes: dict[str, FakeUpstream], fault: Any, stream: bool
@@ -118,6 +129,20 @@ def test_allow_fallbacks_false_returns_the_upstream_error(
     assert "model crashed" in error["message"]
     assert error["metadata"]["provider_name"] == "Moonshot AI"
     assert fakes["orouter"].requests == []
+
+
+def test_comments_do_not_hold_off_the_first_byte_timeout(
+    gw: GatewayProcess, fakes: dict[str, FakeUpstream]
+) -> None:
+    # Keep-alive comments every 0.2 s keep the idle limit (1.5 s) from tripping; the first event is due
+    # 1.5 s after sending all the same.
+    fakes["moon"].script(Fault("processing"))
+    body = {"model": MODEL, "messages": HI, "provider": {"order": ["moon"], "allow_fallbacks": False}}
+    started = time.monotonic()
+    response = httpx.post(gw.api + "/chat/completions", json=body, timeout=30)
+    assert response.status_code == 504, response.text
+    assert "no response within 1.5s" in response.json()["error"]["message"]
+    assert 1.4 < time.monotonic() - started < 5
 
 
 def test_only_and_ignore(client: openai.OpenAI, fakes: dict[str, FakeUpstream]) -> None:

@@ -227,6 +227,50 @@ def test_status_headers_and_error_body() -> None:
     asyncio.run(scenario())
 
 
+def test_the_first_event_deadline_counts_from_sending_and_comments_do_not_stop_it() -> None:
+    async def scenario() -> None:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+            await server.read_request(reader)
+            if n == 1:
+                await asyncio.sleep(5)  # no headers at all
+                return
+            writer.write(SSE_HEAD)
+            for _ in range(12):  # comments every 0.1 s: the idle limit never trips, nothing is an event
+                writer.write(b"%x\r\n: PROCESSING\n\n\r\n" % 14)
+                await writer.drain()
+                await asyncio.sleep(0.1)
+            writer.write(b'%x\r\ndata: {"a":1}\n\n\r\n0\r\n\r\n' % 15)
+            await writer.drain()
+
+        async with Server(handler) as server:
+            client = UpstreamClient()
+            await client.open()
+            target = Target.post(server.url(), HEADERS)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(TimeoutError):  # waiting for the headers
+                await client.post(target, b"{}", 2, idle_timeout=2, first_event_timeout=0.4)
+            assert 0.35 < loop.time() - started < 1.5
+
+            # Headers at once, then only comments: the deadline still falls 0.4 s after sending.
+            started = loop.time()
+            response = await client.post(target, b"{}", 2, idle_timeout=2, first_event_timeout=0.4)
+            with pytest.raises(TimeoutError):
+                async for _ in response.reads():
+                    pass
+            assert 0.35 < loop.time() - started < 1.5
+            response.close()
+
+            # Once the caller says the first event came, only the idle limit applies.
+            response = await client.post(target, b"{}", 2, idle_timeout=2, first_event_timeout=0.4)
+            response.started()
+            body = b"".join([piece async for piece in response.reads()])
+            assert body.endswith(b'data: {"a":1}\n\n') and body.count(b": PROCESSING") == 12
+            await client.close()
+
+    asyncio.run(scenario())
+
+
 def test_idle_timeout_and_reset_mid_body() -> None:
     async def scenario() -> None:
         async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:

@@ -11,6 +11,7 @@ events therefore costs one wake-up of the reader.
 from __future__ import annotations
 
 import asyncio
+import math
 import zlib
 from collections.abc import AsyncIterator
 from typing import cast
@@ -51,6 +52,7 @@ class Response:
         self._waiter: asyncio.Future[None] | None = None
         self._last_data = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._deadline = math.inf  # when the first event is due, until `started()`
         self._released = False
 
     # ---- parser callbacks (httptools calls these by name) ----------------------------------------------
@@ -112,9 +114,16 @@ class Response:
         finally:
             self._waiter = None
 
+    def _arm_deadline(self, seconds: float) -> None:
+        self._deadline = self._loop.time() + seconds
+        self._idle_timer = self._loop.call_at(self._deadline, self._check_idle)
+
     def _check_idle(self) -> None:
-        # One timer per idle period, not one per read: it re-arms itself while data keeps coming.
-        due = self._last_data + self._idle_timeout
+        # One timer for both limits, and one per idle period rather than one per read: it re-arms itself
+        # while data keeps coming. Before the headers only the first-event deadline counts.
+        due = self._last_data + self._idle_timeout if self._headers_done else math.inf
+        if self._deadline < due:
+            due = self._deadline
         if self._loop.time() < due:
             self._idle_timer = self._loop.call_at(due, self._check_idle)
             return
@@ -132,7 +141,12 @@ class Response:
                 raise self._error
             await self._wait()
         self._last_data = self._loop.time()
-        self._idle_timer = self._loop.call_later(self._idle_timeout, self._check_idle)
+        if self._idle_timer is None:  # else the deadline's timer is running, and it watches idling too
+            self._idle_timer = self._loop.call_later(self._idle_timeout, self._check_idle)
+
+    def started(self) -> None:
+        """The first event has arrived: from now on only the idle timeout applies."""
+        self._deadline = math.inf
 
     async def reads(self) -> AsyncIterator[bytes]:
         """The body, one piece per network read (all of what arrived since the last piece)."""
@@ -197,11 +211,13 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
-    def send(self, data: bytes, idle_timeout: float) -> Response:
+    def send(self, data: bytes, idle_timeout: float, first_event_timeout: float | None = None) -> Response:
         response = self._response = Response(self, idle_timeout)
         self.parser = httptools.HttpResponseParser(response)
         assert self.transport is not None
         self.transport.write(data)
+        if first_event_timeout is not None:
+            response._arm_deadline(first_event_timeout)
         return response
 
     def data_received(self, data: bytes) -> None:

@@ -6,7 +6,6 @@ provider that fails before its first event can be left for the next endpoint.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -97,14 +96,18 @@ class UpstreamGeneration:
         feed = self._normalizer.feed_data
         try:
             try:
-                async with asyncio.timeout(timeouts.first_byte):
-                    response = self._response = await provider.client.post(
-                        provider.target, orjson.dumps(self._body), timeouts.connect, timeouts.idle
-                    )
-                    if response.status >= 400:
-                        raise status_error(name, response, await response.read())
-                    batches = sse_data(response.reads())
-                    first = await anext(batches, None)
+                response = self._response = await provider.client.post(
+                    provider.target,
+                    orjson.dumps(self._body),
+                    timeouts.connect,
+                    timeouts.idle,
+                    timeouts.first_byte,
+                )
+                if response.status >= 400:
+                    raise status_error(name, response, await response.read())
+                batches = sse_data(response.reads())
+                first = await anext(batches, None)
+                response.started()
             except ConnectTimeout:
                 # Said apart from a slow answer: the attempts a client sees should tell the two apart.
                 raise _failure(name, 504, f"could not connect within {timeouts.connect:g}s") from None

@@ -41,7 +41,7 @@ class Answer:
 
 @dataclass
 class Fault:
-    kind: str  # "status", "hang", "reset", "empty", "malformed"
+    kind: str  # "status", "hang", "reset", "empty", "malformed", "processing"
     status: int = 500
     message: str = "Internal server error"
     retry_after: float | None = None
@@ -207,6 +207,15 @@ class FakeUpstream:
         if fault.kind == "empty":  # headers, then the connection drops with no event at all
             await self._start_stream(writer)
             writer.transport.abort()
+            return False
+        if fault.kind == "processing":  # headers, then keep-alive comments and never an event
+            await self._start_stream(writer)
+            try:
+                while not await self._client_left(reader, 0.2):
+                    await self._send(writer, b": PROCESSING\n\n")
+            except ConnectionError:
+                pass
+            self.disconnects += 1
             return False
         # hang: never answer; notice when the client gives up
         if await self._client_left(reader, 300):
