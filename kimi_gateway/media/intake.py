@@ -119,7 +119,7 @@ class Media:
             content = slot.message.content
             assert isinstance(content, list)
             content[slot.index] = (
-                await self._forwarded(slot.part, picture, source, request, account_id)
+                await self._forwarded(slot.part, picture, source, account_id)
                 if native
                 else await self._ocr_text(number, slot.where, picture, account_id)
             )
@@ -249,7 +249,6 @@ class Media:
         part: ImagePart,
         picture: Picture,
         source: str | None,
-        request: ChatCompletionRequest,
         account_id: str | None,
     ) -> ContentPart:
         # The checked, re-encoded bytes: every provider takes base64. A fetched image also keeps the
@@ -257,10 +256,9 @@ class Media:
         # providers that fetch for themselves send instead (providers/wire/base.py).
         data, mime = await self.pool.run(account_id, picture.encode)
         detail = None if isinstance(part.image_url, str) else part.image_url.detail
-        url = f"data:{mime};base64,{base64.b64encode(data).decode()}"
-        if source is not None:
-            request.image_sources[url] = source
-        return ImagePart(type="image_url", image_url=ImageURL(url=url, detail=detail))
+        image = ImageURL(url=f"data:{mime};base64,{base64.b64encode(data).decode()}", detail=detail)
+        image._fetched_from = source
+        return ImagePart(type="image_url", image_url=image)
 
     async def _ocr_text(
         self, number: int, where: str, picture: Picture, account_id: str | None

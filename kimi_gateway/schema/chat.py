@@ -27,6 +27,14 @@ class TextPart(_Inner):
 class ImageURL(_Inner):
     url: str
     detail: Literal["auto", "low", "high", "original"] | None = None
+    # Set by the gateway, never read from the wire: the http(s) URL a checked image (now a data URL) was
+    # fetched from, so adapters of providers that fetch URLs themselves can send that instead. Here rather
+    # than on the request: a private attribute costs every model instance a lookup chain when validated.
+    _fetched_from: str | None = PrivateAttr(default=None)
+
+    @property
+    def fetched_from(self) -> str | None:
+        return self._fetched_from
 
 
 class ImagePart(_Inner):
@@ -226,9 +234,6 @@ class ChatCompletionRequest(BaseModel):
     model: str = Field(min_length=1)
     messages: list[Message] = Field(min_length=1)
     stream: bool = False
-    # Set by the gateway, never read from the wire: each checked image's data URL -> the http(s) URL it was
-    # fetched from, so adapters of providers that fetch URLs themselves can send the URL instead.
-    _image_sources: dict[str, str] = PrivateAttr(default_factory=dict)
     stream_options: StreamOptions | None = None
 
     max_tokens: int | None = Field(default=None, ge=1)
@@ -282,10 +287,6 @@ class ChatCompletionRequest(BaseModel):
     def stop_list(self) -> list[str]:
         # The validator normalises `stop` to a list; this keeps mypy informed.
         return list(self.stop) if isinstance(self.stop, list) else []
-
-    @property
-    def image_sources(self) -> dict[str, str]:
-        return self._image_sources
 
     @property
     def partial_prefix(self) -> str | None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from kimi_gateway.catalog import ModelCard
 from kimi_gateway.providers.base import Endpoint
-from kimi_gateway.schema.chat import ChatCompletionRequest
+from kimi_gateway.schema.chat import ChatCompletionRequest, ContentPart, ImagePart, ImageURL, TextPart
 
 # Fields only the gateway reads; a style re-adds, in its own form, what its provider understands.
 GATEWAY_FIELDS = frozenset(
@@ -34,6 +34,15 @@ def history_reasoning(message: dict[str, Any]) -> str | None:
         if texts:
             return "".join(texts)
     return None
+
+
+def _send_fetched_urls(parts: list[dict[str, Any]], originals: list[ContentPart] | list[TextPart]) -> None:
+    """Each checked image that was fetched from a URL goes as that URL, not as its data."""
+    for part, original in zip(parts, originals, strict=True):
+        if isinstance(original, ImagePart) and isinstance(original.image_url, ImageURL):
+            source = original.image_url.fetched_from
+            if source is not None:
+                part["image_url"]["url"] = source
 
 
 class WireStyle:
@@ -78,15 +87,11 @@ class WireStyle:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
         fetches = self.fetches_image_urls
-        for message in body["messages"]:
+        for message, original in zip(body["messages"], request.messages, strict=True):
             if message.get("role") == "assistant":
                 self.replay_reasoning(message)
-            # Looked up only for list contents: a pydantic private attribute costs a lookup chain.
-            elif fetches and isinstance(message.get("content"), list) and (sources := request.image_sources):
-                for part in message["content"]:
-                    image = part.get("image_url")
-                    if isinstance(image, dict) and image.get("url") in sources:
-                        image["url"] = sources[image["url"]]
+            elif fetches and isinstance(original.content, list):
+                _send_fetched_urls(message["content"], original.content)
         temperature = body.get("temperature")
         if temperature is not None:
             low, high = self.temperature_range
