@@ -256,9 +256,8 @@ class Media:
         # providers that fetch for themselves send instead (providers/wire/base.py).
         data, mime = await self.pool.run(account_id, picture.encode)
         detail = None if isinstance(part.image_url, str) else part.image_url.detail
-        image = ImageURL(url=f"data:{mime};base64,{base64.b64encode(data).decode()}", detail=detail)
-        image._fetched_from = source
-        return ImagePart(type="image_url", image_url=image)
+        url = f"data:{mime};base64,{base64.b64encode(data).decode()}"
+        return ImagePart(type="image_url", image_url=ImageURL.checked(url, detail, source))
 
     async def _ocr_text(
         self, number: int, where: str, picture: Picture, account_id: str | None

@@ -24,13 +24,23 @@ class TextPart(_Inner):
     text: str
 
 
+ImageDetail = Literal["auto", "low", "high", "original"]
+
+
 class ImageURL(_Inner):
     url: str
-    detail: Literal["auto", "low", "high", "original"] | None = None
+    detail: ImageDetail | None = None
     # Set by the gateway, never read from the wire: the http(s) URL a checked image (now a data URL) was
     # fetched from, so adapters of providers that fetch URLs themselves can send that instead. Here rather
     # than on the request: a private attribute costs every model instance a lookup chain when validated.
     _fetched_from: str | None = PrivateAttr(default=None)
+
+    @classmethod
+    def checked(cls, url: str, detail: ImageDetail | None, fetched_from: str | None) -> ImageURL:
+        """A checked image's URL (a data URL), remembering where it was fetched from."""
+        image = cls(url=url, detail=detail)
+        image._fetched_from = fetched_from
+        return image
 
     @property
     def fetched_from(self) -> str | None:
