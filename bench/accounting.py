@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import httpx
 
+from bench import mock_upstream
 from bench.table import print_table
 from bench.wrk import MODEL, add_cpu_option, mock_config, pin, run_wrk
 from kimi_gateway.testing import GatewayProcess, create_postgres_database, drop_postgres_database, free_port
@@ -132,7 +132,7 @@ def main() -> None:
     args = parser.parse_args()
     print(pin(args.cpus))
     port = free_port()
-    mock = subprocess.Popen([sys.executable, "-m", "bench.mock_upstream", str(port)])
+    mock = mock_upstream.spawn(port)
     try:
         time.sleep(0.5)
         with tempfile.TemporaryDirectory() as tmp:

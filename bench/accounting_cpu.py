@@ -17,8 +17,6 @@ import argparse
 import asyncio
 import secrets
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +25,7 @@ from typing import Any
 import orjson
 import uvloop
 
+from bench import mock_upstream
 from bench.accounting import POSTGRES, REDIS, ROOMY
 from bench.table import print_table
 from bench.wrk import MODEL, mock_config
@@ -129,7 +128,7 @@ def main() -> None:
     parser.add_argument("--postgres", action="store_true", help="accounting on PostgreSQL and Redis")
     args = parser.parse_args()
     port = free_port()
-    mock = subprocess.Popen([sys.executable, "-m", "bench.mock_upstream", str(port)])
+    mock = mock_upstream.spawn(port)
     database = None
     try:
         time.sleep(0.5)

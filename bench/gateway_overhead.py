@@ -15,7 +15,6 @@ Run: .venv/bin/python -m bench.gateway_overhead [--seconds 5] [--rounds 3] [--cp
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,9 +23,9 @@ from pathlib import Path
 
 import httpx
 
-from bench import accounting
+from bench import accounting, mock_upstream
 from bench.table import print_table
-from bench.wrk import MODEL, add_cpu_option, median_run, mock_config, pin, run_wrk
+from bench.wrk import MODEL, add_cpu_option, median_run, mock_config, pin, require_wrk, run_wrk
 from kimi_gateway.testing import GatewayProcess, free_port
 
 
@@ -44,12 +43,11 @@ def main() -> None:
     parser.add_argument("--no-accounting", action="store_true", help="skip the accounting on/off table")
     add_cpu_option(parser)
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is needed: apt-get install wrk")
+    require_wrk()
     placement = pin(args.cpus)
 
     port = free_port()
-    mock = subprocess.Popen([sys.executable, "-m", "bench.mock_upstream", str(port)])
+    mock = mock_upstream.spawn(port)
     floor_port = free_port()
     floor = subprocess.Popen([sys.executable, "-m", "bench.floor", str(port), str(floor_port)])
     with tempfile.TemporaryDirectory() as tmp:

@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from bench import mock_upstream
 from bench.accounting_cpu import CHAT, call, start
 from bench.table import print_table
 from bench.wrk import mock_config
@@ -129,7 +130,7 @@ def main() -> None:
         sys.exit("valgrind is needed: apt-get install valgrind")
 
     port = free_port()
-    mock = subprocess.Popen([sys.executable, "-m", "bench.mock_upstream", str(port)])
+    mock = mock_upstream.spawn(port)
     rows = [
         (
             "mode",

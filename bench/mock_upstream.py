@@ -7,12 +7,18 @@ chunk and [DONE]. Run: python -m bench.mock_upstream PORT
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import sys
 
 import orjson
 import uvloop
 
 CHUNKS = 20
+
+
+def spawn(port: int) -> subprocess.Popen[bytes]:
+    """The mock in a process of its own, listening on `port` (give it half a second to start)."""
+    return subprocess.Popen([sys.executable, "-m", "bench.mock_upstream", str(port)])
 
 
 def _chunk(payload: dict[str, object]) -> bytes:

@@ -4,9 +4,6 @@ the chat route (bench.wrk.take_turns). bench.metrics and bench.web are this with
 from __future__ import annotations
 
 import argparse
-import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -14,9 +11,10 @@ from pathlib import Path
 
 import httpx
 
+from bench import mock_upstream
 from bench.instructions import NO_LOCAL_MODEL
 from bench.table import print_table
-from bench.wrk import MODEL, add_cpu_option, mock_config, pin, take_turns
+from bench.wrk import MODEL, add_cpu_option, mock_config, pin, require_wrk, take_turns
 from kimi_gateway.testing import GatewayProcess, free_port
 
 # What a bench may add after the chat rows: given the two gateways ("off", "on"), its workdir, the seconds
@@ -30,11 +28,10 @@ def compare(name: str, off: str, on: str, extra: Extra | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     add_cpu_option(parser)
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is needed: apt-get install wrk")
+    require_wrk()
     placement = pin(args.cpus)
     port = free_port()
-    mock = subprocess.Popen([sys.executable, "-m", "bench.mock_upstream", str(port)])
+    mock = mock_upstream.spawn(port)
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
     gateways: dict[str, GatewayProcess] = {}
     rows: list[tuple[str, ...]] = [

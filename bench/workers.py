@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
+from bench import mock_upstream
 from bench.instructions import NO_LOCAL_MODEL
 from bench.table import print_table
-from bench.wrk import MODEL, mock_config, run_wrk
+from bench.wrk import MODEL, mock_config, require_wrk, run_wrk
 from kimi_gateway.testing import GatewayProcess, free_port
 
 CONNECTIONS = 64
@@ -57,10 +55,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is needed: apt-get install wrk")
+    require_wrk()
     port = free_port()
-    mock = subprocess.Popen([sys.executable, "-m", "bench.mock_upstream", str(port)])
+    mock = mock_upstream.spawn(port)
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
     runs: dict[int, list[dict[str, float]]] = {1: [], 2: []}
     gateways: dict[int, GatewayProcess] = {}

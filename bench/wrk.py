@@ -6,7 +6,9 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 MODEL = "kimi-k2-thinking"
@@ -15,6 +17,11 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = [[%s]]
 """
+
+
+def require_wrk() -> None:
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed: apt-get install wrk")
 
 
 def _ms(value: str, unit: str) -> float:
