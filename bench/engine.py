@@ -3,6 +3,13 @@
 (a) decode tokens/s, gateway streaming vs raw `Llama.generate`          target ratio >= 0.95
 (b) time to first token with a 2,000-token shared prefix, cold vs cached target ratio >= 100x
 (c) the server's own overhead on a tiny request (max_tokens 1), p50/p99
+(d) prompt reading tokens/s, 2,000 new tokens, gateway vs raw `Llama.eval` target ratio >= 0.85
+(e) time to first token of a short request while a 4,000-token prompt is read   target <= 2 s
+    (before the engine served several requests at once: the long prompt's whole reading time)
+(f) decode tokens/s of 2 users at once against 1 alone (the same total)         target ratio > 1
+
+The raw reference uses the settings the engine uses by default: every core for both generating and reading
+prompts, flash attention (the fastest measured here).
 
 Run: .venv/bin/python -m bench.engine
 """
@@ -10,9 +17,11 @@ Run: .venv/bin/python -m bench.engine
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -89,6 +98,58 @@ def ttft(client: httpx.Client, url: str, system: str, question: str) -> float:
     return elapsed
 
 
+def raw_prompt_rate(llama: Llama, text: str) -> float:
+    tokens = llama.tokenize(text.encode(), add_bos=False, special=True)
+    llama.reset()  # type: ignore[no-untyped-call]
+    llama._ctx.kv_cache_clear()  # type: ignore[no-untyped-call]  # cold: nothing of the last prompt stays
+    start = time.perf_counter()
+    llama.eval(tokens)
+    return len(tokens) / (time.perf_counter() - start)
+
+
+def gateway_prompt_rate(client: httpx.Client, url: str, text: str) -> float:
+    """Prompt tokens over the time to the first token (one token asked for)."""
+    body = {
+        "model": LOCAL_MODEL,
+        "messages": [{"role": "user", "content": text}],
+        "max_tokens": 1,
+        "temperature": 0,
+    }
+    start = time.perf_counter()
+    reply = client.post(url, json=body).json()
+    return int(reply["usage"]["prompt_tokens"]) / (time.perf_counter() - start)
+
+
+def short_during_long(client: httpx.Client, url: str, long_text: str) -> float:
+    """TTFT of a short streamed request sent once a long prompt has been reading for a second."""
+    long_body = {"model": LOCAL_MODEL, "messages": [{"role": "user", "content": long_text}], "max_tokens": 1}
+    reader = threading.Thread(target=lambda: httpx.post(url, json=long_body, timeout=600))
+    reader.start()
+    time.sleep(1.5)
+    elapsed = ttft(client, url, "Answer briefly.", "Say hi.")
+    reader.join()
+    return elapsed
+
+
+def concurrent_decode_rate(url: str, question: str, users: int) -> float:
+    """Total completion tokens per second of `users` streams started together."""
+    rates: list[float] = []
+    start = time.perf_counter()
+    done: list[float] = []
+
+    def one() -> None:
+        with httpx.Client(timeout=300) as own:
+            rates.append(gateway_decode_rate(own, url, question))
+            done.append(time.perf_counter())
+
+    threads = [threading.Thread(target=one) for _ in range(users)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return users * DECODE_TOKENS / (max(done) - start)
+
+
 def document(rng: random.Random, llama: Llama, target_tokens: int = 2000) -> str:
     words: list[str] = []
     while len(llama.tokenize(" ".join(words).encode(), add_bos=False)) < target_tokens:
@@ -101,7 +162,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=ROUNDS, help="timed runs per measurement; medians")
     rounds = parser.parse_args().rounds
     question = "Count upwards from one."
-    llama = Llama(model_path=str(resolve_gguf(GGUF)), n_ctx=8192, verbose=False)
+    cores = len(os.sched_getaffinity(0))
+    llama = Llama(
+        model_path=str(resolve_gguf(GGUF)),
+        n_ctx=8192,
+        n_threads=cores,
+        n_threads_batch=cores,
+        flash_attn=True,
+        verbose=False,
+    )
     # The same prompt text the gateway renders from the model's chat template.
     prompt = (
         "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
@@ -149,6 +218,24 @@ def main() -> None:
                 }
                 pairs = zip(latencies, ids, strict=True)
                 overhead = [lat - engine_ms[rid] for lat, rid in pairs if rid in engine_ms]
+
+                # (d) prompt reading, new text each time, alternating
+                raw_reads, gw_reads = [], []
+                for _ in range(rounds):
+                    raw_reads.append(raw_prompt_rate(llama, document(rng, llama)))
+                    gw_reads.append(gateway_prompt_rate(client, url, document(rng, llama)))
+                raw_read, gw_read = statistics.median(raw_reads), statistics.median(gw_reads)
+
+                # (e) a short request behind a long prompt
+                during = [
+                    short_during_long(client, url, document(rng, llama, 4000))
+                    for _ in range(max(1, rounds // 2))
+                ]
+                during_s = statistics.median(during)
+
+                # (f) one user, then two at once
+                alone = statistics.median(concurrent_decode_rate(url, question, 1) for _ in range(rounds))
+                pair = statistics.median(concurrent_decode_rate(url, question, 2) for _ in range(rounds))
         finally:
             gateway.stop()
 
@@ -180,6 +267,21 @@ def main() -> None:
             f"p99 {_percentile(overhead, 0.99):.2f} ms",
             "",
             "",
+        ),
+        (
+            "(d) prompt reading tok/s, 2k new",
+            f"{raw_read:.1f} raw",
+            f"{gw_read:.1f} gateway",
+            f"{gw_read / raw_read:.3f}",
+            ">= 0.85",
+        ),
+        ("(e) short TTFT during a 4k prompt", "", f"{during_s:.2f} s", "", "<= 2 s"),
+        (
+            "(f) decode tok/s, 2 users vs 1",
+            f"{alone:.1f} alone",
+            f"{pair:.1f} together",
+            f"{pair / alone:.2f}",
+            "> 1",
         ),
     ]
     header = ("benchmark", "reference", "measured", "ratio", "target")

@@ -48,13 +48,27 @@ class ServerConfig(_Section):
 
 
 class EngineConfig(_Section):
-    n_threads: int | None = None
-    n_batch: int = 512
-    # Requests waiting behind the one being generated, per local model. Past this: 503 with Retry-After.
-    max_queue: int = 16
+    # llama.cpp threads for generating and for reading prompts; all cores when unset. Measured here
+    # (SmolLM2-135M, 2 cores): both cores with flash attention read prompts fastest.
+    n_threads: int | None = Field(default=None, ge=1)
+    n_threads_batch: int | None = Field(default=None, ge=1)
+    flash_attn: bool = True
+    # Most tokens one step of the model evaluates (a prompt is read in chunks of at most this).
+    n_batch: int = Field(default=512, ge=16, le=8192)
+    # Requests served at once per local model (sequences in one llama.cpp context), and how many more may
+    # wait for a free one. Past both: 503 with Retry-After at once.
+    parallel: int = Field(default=4, ge=1, le=64)
+    max_queue: int = Field(default=16, ge=0)
     retry_after_seconds: int = 1
-    # Upper bound on the KV cache size; a model's own context length is used when it is smaller.
+    # A request that has not started within this many seconds gets 503 + Retry-After (Anthropic: 529).
+    queue_timeout_seconds: float | None = Field(default=30.0, gt=0)
+    # How long one step should take while others wait on it: bounds the chunk of a long prompt read per
+    # step, so a short request is answered while it is read, and a cancel is seen within a step.
+    step_seconds: float = Field(default=0.5, gt=0, le=10)
+    # Upper bound on one request's context; a model's own context length is used when it is smaller.
     max_context: int = 8192
+    # The KV cache's size in tokens, shared by the sequences; twice max_context when unset.
+    kv_cells: int | None = Field(default=None, ge=256)
     # Each local model runs in its own process, started by the first request for it; `preload` starts
     # it with the gateway instead. It stops after `idle_seconds` without requests (never when unset).
     preload: bool = False

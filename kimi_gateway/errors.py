@@ -83,6 +83,17 @@ def overloaded(message: str, retry_after: int) -> APIError:
     )
 
 
+def shutting_down() -> APIError:
+    """The server stopped a request it could not finish within its graceful shutdown: retry elsewhere."""
+    return APIError(
+        503,
+        "The server is shutting down; retry the request.",
+        type="server_error",
+        code="server_shutting_down",
+        headers={"Retry-After": "1"},
+    )
+
+
 def provider_unavailable(message: str) -> APIError:
     return APIError(503, message, type="server_error", code="provider_unavailable")
 

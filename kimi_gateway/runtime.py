@@ -25,6 +25,7 @@ from kimi_gateway.accounts.tiers import DEFAULT_TIERS, Tier, store_tiers
 from kimi_gateway.catalog import Catalog, load_catalog
 from kimi_gateway.config import GatewayConfig
 from kimi_gateway.engine.locate import resolve_gguf
+from kimi_gateway.engine.protocol import EngineSettings
 from kimi_gateway.engine.supervisor import EngineProcess
 from kimi_gateway.errors import APIError
 from kimi_gateway.limits import MemoryLimiter
@@ -165,9 +166,17 @@ def build_gateway(config: GatewayConfig) -> Gateway:
         local_models[card.id] = EngineProcess(
             card.id,
             path,
-            max_context=min(engine.max_context, card.context_length),
-            n_threads=engine.n_threads,
-            n_batch=engine.n_batch,
+            EngineSettings(
+                max_context=min(engine.max_context, card.context_length),
+                n_threads=engine.n_threads,
+                n_threads_batch=engine.n_threads_batch,
+                n_batch=engine.n_batch,
+                flash_attn=engine.flash_attn,
+                parallel=engine.parallel,
+                kv_cells=engine.kv_cells,
+                step_seconds=engine.step_seconds,
+                queue_timeout=engine.queue_timeout_seconds,
+            ),
             max_queue=engine.max_queue,
             retry_after=engine.retry_after_seconds,
             idle_seconds=engine.idle_seconds,

@@ -69,7 +69,7 @@ class Changes:
                 first = False
             finally:
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
             await asyncio.sleep(self.RETRY_SECONDS)
 
     async def close(self) -> None:

@@ -28,8 +28,13 @@ class Pricing(_Card):
 
 
 class SamplingDefaults(_Card):
+    """Used where a request sets nothing: the values the model's authors recommend."""
+
     temperature: float | None = None
     top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None  # the embedded engine's (llama.cpp's repeat penalty)
     max_tokens: int | None = None
 
 

@@ -14,6 +14,7 @@ import socket
 import sys
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,9 @@ class Channel:
             elif kind == protocol.DONE:
                 ended(job)
                 send({"t": kind, "id": job, "prompt": message[1], "cached": message[2]})
+            elif kind == protocol.EXPIRED:
+                ended(job)
+                send({"t": kind, "id": job, "message": message[1]})
             else:
                 ended(job)
                 send({"t": protocol.ERROR, "id": job, "message": message[1]})
@@ -58,9 +62,21 @@ class Channel:
         return emit
 
 
+def count(model: LocalModel, channel: Channel, job_id: int, request: ChatCompletionRequest) -> None:
+    try:
+        channel.send({"t": protocol.COUNTED, "id": job_id, "n": len(jobs.prompt_tokens(model, request))})
+    except APIError as error:
+        channel.send(protocol.error_frame(job_id, error))
+    except Exception as exc:
+        log.exception("the engine could not count a prompt")
+        channel.send(protocol.error_frame(job_id, APIError(500, f"engine error: {type(exc).__name__}")))
+
+
 def serve(model: LocalModel, channel: Channel, frames: Any) -> None:
     # The jobs the gateway may still cancel: from acceptance to their last message.
     running: dict[int, Job] = {}
+    # Token counts run on a thread of their own: a large one never holds up the next request's start.
+    counter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-count")
 
     def ended(job_id: int) -> object:
         return running.pop(job_id, None)
@@ -76,9 +92,7 @@ def serve(model: LocalModel, channel: Channel, frames: Any) -> None:
         try:
             request = ChatCompletionRequest.model_validate(frame["request"])
             if kind == protocol.COUNT:
-                channel.send(
-                    {"t": protocol.COUNTED, "id": job_id, "n": len(jobs.prompt_tokens(model, request))}
-                )
+                counter.submit(count, model, channel, job_id, request)
                 continue
             job = jobs.build(model, request, frame["defaults"], channel.sink(job_id, ended))
         except APIError as error:
@@ -101,11 +115,7 @@ def main() -> None:
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
     sock = socket.socket(fileno=int(sys.argv[2]))
     model = LocalModel(
-        settings["model"],
-        Path(settings["path"]),
-        max_context=settings["max_context"],
-        n_threads=settings.get("n_threads"),
-        n_batch=settings["n_batch"],
+        settings["model"], Path(settings["path"]), protocol.EngineSettings.decode(settings["engine"])
     )
     channel = Channel(sock)
     try:

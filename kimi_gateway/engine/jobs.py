@@ -24,6 +24,14 @@ from kimi_gateway.schema.chat import (
 def build(model: LocalModel, request: ChatCompletionRequest, defaults: dict[str, Any], sink: Sink) -> Job:
     mode = toolcalls.tool_mode(request.tools, request.tool_choice)
     grammar, tool_prompt = constraints(request, mode)
+    if grammar is not None and request.ignore_eos:
+        # A grammar ends where its output is complete; with end-of-sequence banned there is then no
+        # token left to sample, and llama.cpp aborts the process.
+        raise invalid_request(
+            "ignore_eos cannot be combined with tools or response_format: constrained output ends when "
+            "it is complete.",
+            param="ignore_eos",
+        )
     tokens = prompt_tokens(model, request, tool_prompt, mode)
 
     available = model.n_ctx - len(tokens)
@@ -34,14 +42,16 @@ def build(model: LocalModel, request: ChatCompletionRequest, defaults: dict[str,
         raise context_length_exceeded(model.n_ctx, len(tokens), 1)
     max_tokens = requested or min(defaults.get("max_tokens") or available, available)
 
+    # What the request leaves unset comes from the model card's defaults (a tiny model needs the ones
+    # its authors recommend, or it repeats itself), then from the neutral value.
     params = SamplingParams(
-        temperature=_first(request.temperature, defaults.get("temperature")),
-        top_p=_first(request.top_p, defaults.get("top_p")),
-        top_k=request.top_k or 0,
-        min_p=request.min_p or 0.0,
+        temperature=_first(request.temperature, defaults.get("temperature"), 1.0),
+        top_p=_first(request.top_p, defaults.get("top_p"), 1.0),
+        top_k=int(_first(request.top_k, defaults.get("top_k"), 0)),
+        min_p=_first(request.min_p, defaults.get("min_p"), 0.0),
         presence_penalty=request.presence_penalty or 0.0,
         frequency_penalty=request.frequency_penalty or 0.0,
-        repeat_penalty=request.repetition_penalty or 1.0,
+        repeat_penalty=_first(request.repetition_penalty, defaults.get("repetition_penalty"), 1.0),
         seed=request.seed,
     )
     return Job(
@@ -112,4 +122,4 @@ def _first(*values: float | None) -> float:
     for value in values:
         if value is not None:
             return value
-    return 1.0
+    raise AssertionError("the last value is never None")

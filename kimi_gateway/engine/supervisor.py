@@ -5,7 +5,8 @@ The gateway never imports llama.cpp: a crash in it (a SIGSEGV, an abort) ends th
 gateway. Jobs in flight then end with an error their clients see (a 503 before the first byte, which lets
 the router try another provider; an error chunk after it), and the next request starts a new process.
 
-The queue bound lives here, so an overloaded model answers 503 + Retry-After without a round trip.
+The bound on jobs in flight (served at once, plus waiting) lives here, so an overloaded model answers 503 +
+Retry-After without a round trip.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,10 +65,8 @@ class EngineProcess:
         self,
         model_id: str,
         path: Path,
+        settings: protocol.EngineSettings,
         *,
-        max_context: int,
-        n_threads: int | None,
-        n_batch: int,
         max_queue: int,
         retry_after: int,
         idle_seconds: float | None,
@@ -75,19 +74,13 @@ class EngineProcess:
     ) -> None:
         self.model_id = model_id
         self.path = path
-        self.max_context = max_context
+        self.max_context = settings.max_context
+        self.parallel = settings.parallel
         self.max_queue = max_queue
         self.retry_after = retry_after
         self.idle_seconds = idle_seconds
         self._settings = orjson.dumps(
-            {
-                "model": model_id,
-                "path": str(path),
-                "max_context": max_context,
-                "n_threads": n_threads,
-                "n_batch": n_batch,
-                "log_level": log_level,
-            }
+            {"model": model_id, "path": str(path), "log_level": log_level, "engine": asdict(settings)}
         ).decode()
         self.state = STOPPED
         self.n_ctx = 0
@@ -229,10 +222,10 @@ class EngineProcess:
         self, request: dict[str, Any], defaults: dict[str, Any], request_id: str | None
     ) -> RemoteJob:
         """Send a job; returns once the engine accepted it (raises the 4xx it refused it with)."""
-        if len(self._jobs) > self.max_queue:
+        if len(self._jobs) >= self.parallel + self.max_queue:
             raise overloaded(
-                f"The local model '{self.model_id}' is busy: {len(self._jobs) - 1} requests are already "
-                "waiting. Retry after the Retry-After interval.",
+                f"The local model '{self.model_id}' is busy: {len(self._jobs) - self.parallel} requests "
+                "are already waiting. Retry after the Retry-After interval.",
                 self.retry_after,
             )
         await self.ensure()
@@ -284,6 +277,7 @@ class EngineProcess:
             "state": self.state,
             "pid": self.pid,
             "inflight": len(self._jobs),
+            "parallel": self.parallel,
             "max_queue": self.max_queue,
         }
 
@@ -328,6 +322,9 @@ class EngineProcess:
             self._release(ident)
         elif kind == protocol.ERROR:
             job.inbox.put_nowait((kind, frame["message"], False))
+            self._release(ident)
+        elif kind == protocol.EXPIRED:
+            job.inbox.put_nowait((kind, frame["message"]))
             self._release(ident)
 
     def _release(self, ident: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,6 +118,34 @@ def record(done: Done, meta: ResponseMeta, routed: RoutedGeneration) -> None:
         )
 
 
+def delivered_tokens(event: Delta) -> int:
+    """An estimate of the tokens in one delta, for a stream cut before its usage came: UTF-8 bytes / 4
+    (English runs about 4 characters a token; an emoji is 4 bytes and at least a token), and at least 1,
+    since providers send about a token a delta."""
+    size = 0
+    if event.content:
+        size += len(event.content.encode())
+    if event.reasoning:
+        size += len(event.reasoning.encode())
+    for call in event.tool_calls or ():
+        size += len(call.arguments) + len(call.name or "")
+    return max(1, -(-size // 4))
+
+
+def record_cut(meta: ResponseMeta, routed: RoutedGeneration, completion_tokens: int) -> None:
+    """A stream that ended before its usage (the client left, a timeout, a failure after the first
+    byte) is charged for what passed through: the prompt as routing estimated it, the completion as
+    delivered."""
+    if meta.usage is not None:
+        return
+    meta.serve(routed)
+    record(
+        Done(usage=Usage(prompt_tokens=routed.prompt_tokens, completion_tokens=completion_tokens)),
+        meta,
+        routed,
+    )
+
+
 class ChatStream:
     """OpenAI's chunk sequence: role chunk, deltas, finish chunk, optional usage chunk, [DONE]."""
 
@@ -226,33 +255,35 @@ class _Choice:
 async def collect(routed: RoutedGeneration, meta: ResponseMeta) -> CompletionBody:
     choices: dict[int, _Choice] = {}
     usage = Usage()
-    async for batch in routed.events():
-        for event in batch:
-            if isinstance(event, Delta):
-                # Not setdefault: it would build a throwaway _Choice for every delta.
-                choice = choices.get(event.index) or choices.setdefault(event.index, _Choice())
-                if event.content:
-                    choice.content.append(event.content)
-                if event.reasoning:
-                    choice.reasoning.append(event.reasoning)
-                for call in event.tool_calls or ():
-                    slot = choice.calls.setdefault(
-                        call.index,
-                        {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
-                    )
-                    if call.id:
-                        slot["id"] = call.id
-                    if call.name:
-                        slot["function"]["name"] += call.name
-                    slot["function"]["arguments"] += call.arguments
-            elif isinstance(event, Finish):
-                choice = choices.setdefault(event.index, _Choice())
-                choice.finish, choice.native = event.reason, event.native_reason
-                if event.index == 0:
-                    meta.stop_sequence = event.stop_sequence
-            elif isinstance(event, Done):
-                usage = event.usage
-                record(event, meta, routed)
+    # Closed here however collecting ends (a disconnect, a shutdown), so the generation stops at once.
+    async with aclosing(routed.events()) as events:
+        async for batch in events:
+            for event in batch:
+                if isinstance(event, Delta):
+                    # Not setdefault: it would build a throwaway _Choice for every delta.
+                    choice = choices.get(event.index) or choices.setdefault(event.index, _Choice())
+                    if event.content:
+                        choice.content.append(event.content)
+                    if event.reasoning:
+                        choice.reasoning.append(event.reasoning)
+                    for call in event.tool_calls or ():
+                        slot = choice.calls.setdefault(
+                            call.index,
+                            {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
+                        )
+                        if call.id:
+                            slot["id"] = call.id
+                        if call.name:
+                            slot["function"]["name"] += call.name
+                        slot["function"]["arguments"] += call.arguments
+                elif isinstance(event, Finish):
+                    choice = choices.setdefault(event.index, _Choice())
+                    choice.finish, choice.native = event.reason, event.native_reason
+                    if event.index == 0:
+                        meta.stop_sequence = event.stop_sequence
+                elif isinstance(event, Done):
+                    usage = event.usage
+                    record(event, meta, routed)
     bodies: list[ChoiceBody] = []
     for index in sorted(choices):
         choice = choices[index]
@@ -304,9 +335,9 @@ async def collect_unless_disconnected(
         try:
             return await collect(routed, meta)
         except asyncio.CancelledError:
+            routed.cancel()  # whoever cancelled (the client leaving, a shutdown), the generation stops
             if not watch.fired:
                 raise  # cancelled for another reason (shutdown)
             watch.absorb()
-            routed.cancel()
             meta.client_closed = True
             return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -64,23 +64,38 @@ class FastSSEResponse(Response):
     client leaving cancels the iterator, whose own clean-up stops the generation.
     """
 
-    def __init__(self, pieces: AsyncIterator[bytes], headers: dict[str, str]) -> None:
+    def __init__(
+        self,
+        pieces: AsyncIterator[bytes],
+        headers: dict[str, str],
+        interrupted: Callable[[], bytes] | None = None,
+    ) -> None:
         self._pieces = pieces
+        # Makes the last frame of a stream the server had to stop (only then: a format's frames count).
+        self._interrupted = interrupted
         self.status_code = 200
         self.raw_headers = [(b"content-type", b"text/event-stream; charset=utf-8")] + [
             (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()
         ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         with DisconnectWatch(receive) as watch:
             try:
+                await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
                 async for piece in self._pieces:
                     await send({"type": "http.response.body", "body": piece, "more_body": True})
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             except asyncio.CancelledError:
                 if not watch.fired:
-                    raise
+                    # Not the client: the server, past its graceful shutdown. The stream ends with an
+                    # error the client can read, rather than cut off.
+                    task = asyncio.current_task()
+                    assert task is not None
+                    task.uncancel()
+                    await self._pieces.aclose()  # type: ignore[attr-defined]
+                    last = self._interrupted() if self._interrupted is not None else b""
+                    await send({"type": "http.response.body", "body": last, "more_body": False})
+                    return
                 watch.absorb()  # the client left: nothing more to send, nothing to report
             finally:
                 await self._pieces.aclose()  # type: ignore[attr-defined]

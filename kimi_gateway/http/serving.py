@@ -25,7 +25,7 @@ from starlette.types import Receive, Scope, Send
 from kimi_gateway.accounts.billing import Ticket
 from kimi_gateway.accounts.keys import KeyRecord
 from kimi_gateway.catalog.rules import apply_rules
-from kimi_gateway.errors import APIError
+from kimi_gateway.errors import APIError, shutting_down
 from kimi_gateway.http import accounting
 from kimi_gateway.http.auth import authenticate
 from kimi_gateway.http.completions import ResponseMeta, collect_unless_disconnected
@@ -33,7 +33,7 @@ from kimi_gateway.http.errors import internal_api_error
 from kimi_gateway.http.formats import WireFormat
 from kimi_gateway.http.middleware import NOSNIFF, begin, log_request, request_id_header, route_path
 from kimi_gateway.http.responses import FastSSEResponse
-from kimi_gateway.http.streaming import sse_stream
+from kimi_gateway.http.streaming import GenerationStop, sse_stream
 from kimi_gateway.logs import event, logger
 from kimi_gateway.media.intake import has_media
 from kimi_gateway.media.redact import redacted
@@ -62,6 +62,7 @@ class Completion:
         "scope",
         "send",
         "started",
+        "stop",
         "ticket",
     )
 
@@ -76,6 +77,7 @@ class Completion:
         self.meta: ResponseMeta | None = None  # once routed: the response, and what the generation did
         self.routed: RoutedGeneration | None = None
         self.overhead: float | None = None  # seconds of our own before the response started
+        self.stop: GenerationStop | None = None  # a streamed generation's stop, once it has begun
 
     async def serve(self) -> None:
         response: Response | None = None
@@ -84,11 +86,22 @@ class Completion:
                 response = await self._respond()
             except APIError as exc:
                 response = self.format.error(exc)
+            except asyncio.CancelledError:
+                # A client leaving is absorbed where it is watched: this is the server stopping a request
+                # past its graceful shutdown. The client hears so, in its format, and may retry elsewhere.
+                task = asyncio.current_task()
+                assert task is not None
+                task.uncancel()
+                if self.stop is not None:
+                    await self.stop()
+                response = self.format.error(shutting_down())
             except Exception as exc:
                 response = self.format.error(internal_api_error(self.scope["path"], exc))
             response.raw_headers += (request_id_header(self.info), NOSNIFF)
             await response(self.scope, self.receive, self.send)
         finally:
+            if self.stop is not None:
+                await self.stop()  # a no-op when the stream ran: it stopped its generation itself
             status = response.status_code if response is not None else 500
             if self.ticket is not None:
                 # Synchronous, so a shutdown cancelling this task cannot interrupt it.
@@ -179,13 +192,15 @@ class Completion:
         # Wait briefly for the first events: an early failure still gets a proper status and JSON error.
         batches = routed.events()
         first: asyncio.Future[list[Event]] = asyncio.ensure_future(anext(batches))
+        stop = self.stop = GenerationStop(routed, batches, first)
         keepalive = gateway.config.routing.keepalive_seconds
         await asyncio.wait((first,), timeout=keepalive)
         if first.done() and first.exception() is not None:
-            await batches.aclose()  # type: ignore[attr-defined]
+            await stop()
             first.result()  # raises the APIError
         encoder = self.format.encoder(meta, routed)
-        response = FastSSEResponse(sse_stream(routed, batches, first, meta, encoder, keepalive), _SSE_HEADERS)
+        stream = sse_stream(stop, routed, batches, first, meta, encoder, keepalive)
+        response = FastSSEResponse(stream, _SSE_HEADERS, lambda: encoder.failure(shutting_down()))
         if first.done():  # else the wait on the provider is still going on: no figure yet
             response.raw_headers.append(self._overhead_header(routed))
         return response

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from kimi_gateway.errors import APIError
-from kimi_gateway.http.completions import ResponseMeta
+from kimi_gateway.http.completions import ResponseMeta, delivered_tokens, record_cut
 from kimi_gateway.providers.events import Delta, Event
 from kimi_gateway.routing.attempts import RoutedGeneration
 
@@ -33,7 +33,38 @@ class StreamEncoder(Protocol):
     async def closing(self, failed: bool) -> bytes: ...
 
 
+class GenerationStop:
+    """Stops the generation behind a stream, once, however the stream ends: from the stream's `finally`,
+    or from the request's owner when the stream never began (the client left or the server shut down
+    before the response started: a generator that never ran has no `finally` to run)."""
+
+    __slots__ = ("_batches", "_first", "_routed", "done")
+
+    def __init__(
+        self,
+        routed: RoutedGeneration,
+        batches: AsyncIterator[list[Event]],
+        first: asyncio.Future[list[Event]],
+    ) -> None:
+        self._routed, self._batches, self._first = routed, batches, first
+        self.done = False
+
+    async def __call__(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self._routed.cancel()
+        first = self._first
+        if not first.done():
+            # The task waiting for the first events is still inside `batches`: it must have left before
+            # the generator can be closed (closing a running generator raises, and the close is lost).
+            first.cancel()
+            await asyncio.wait((first,))
+        await self._batches.aclose()  # type: ignore[attr-defined]
+
+
 async def sse_stream(
+    stop: GenerationStop,
     routed: RoutedGeneration,
     batches: AsyncIterator[list[Event]],
     first: asyncio.Future[list[Event]],
@@ -44,6 +75,7 @@ async def sse_stream(
     """If the client disconnects, Starlette cancels this generator; `finally` then stops the generation,
     which reaches the upstream as a closed connection, and nothing after it runs."""
     finished = failed = False
+    delivered = 0  # tokens that reached the client, estimated: what a stream cut before its usage costs
     try:
         try:
             while not first.done():
@@ -55,8 +87,11 @@ async def sse_stream(
             out = encoder.opening()
             encode = encoder.encode
             while batch is not None:
-                if meta.ttft_ms is None and any(type(event) is Delta for event in batch):
-                    meta.ttft_ms = round((time.perf_counter() - meta.started) * 1000, 2)
+                for event in batch:
+                    if type(event) is Delta:
+                        if meta.ttft_ms is None:
+                            meta.ttft_ms = round((time.perf_counter() - meta.started) * 1000, 2)
+                        delivered += delivered_tokens(event)
                 encode(batch, out)
                 if out:
                     yield b"".join(out)
@@ -70,12 +105,11 @@ async def sse_stream(
             meta.serve(routed)
             yield encoder.failure(exc)
     finally:
-        routed.cancel()
-        if not first.done():
-            first.cancel()
-        await batches.aclose()  # type: ignore[attr-defined]
+        await stop()
         if not finished:
             meta.client_closed = True
+        if routed.served is not None:
+            record_cut(meta, routed, delivered)  # nothing when the usage came
     tail = await encoder.closing(failed)
     if tail:
         yield tail

@@ -11,9 +11,9 @@ import orjson
 
 from kimi_gateway.catalog import ModelCard
 from kimi_gateway.engine import toolcalls
-from kimi_gateway.engine.protocol import DONE, ERROR, FINISH, TEXT
+from kimi_gateway.engine.protocol import DONE, ERROR, EXPIRED, FINISH, TEXT
 from kimi_gateway.engine.supervisor import PROVIDER, EngineProcess, RemoteJob, engine_failed
-from kimi_gateway.errors import APIError, unsupported_value
+from kimi_gateway.errors import APIError, overloaded, unsupported_value
 from kimi_gateway.logs import request_id
 from kimi_gateway.providers.base import Endpoint
 from kimi_gateway.providers.events import Delta, Done, Event, Finish, ToolCallDelta, Usage
@@ -28,6 +28,7 @@ def job_request(request: ChatCompletionRequest) -> dict[str, Any]:
 class LocalGeneration:
     def __init__(self, engine: EngineProcess, job: RemoteJob, tool_mode: str, n: int, model_id: str) -> None:
         self._engine = engine
+        self._retry_after = engine.retry_after
         self._job = job
         self._tool_mode = tool_mode
         self._n = n
@@ -37,6 +38,9 @@ class LocalGeneration:
         self._engine.cancel(self._job)
 
     async def events(self) -> AsyncIterator[list[Event]]:
+        """The job's messages as events. However this ends (its last message, the client leaving, a
+        timeout, a shutdown closing the stream), the job ends on the engine: a cancel for a job that has
+        already ended is not sent."""
         inbox = self._job.inbox
         parsers = (
             [toolcalls.EnvelopeParser() for _ in range(self._n)]
@@ -45,64 +49,75 @@ class LocalGeneration:
         )
         completion_tokens = 0
         pending: tuple[Any, ...] | None = None
-        while True:
-            if pending is not None:
-                message, pending = pending, None
-            else:
-                message = await inbox.get()
-            kind = message[0]
-            if kind == TEXT:
-                _, index, text = message
-                # When the loop falls behind the engine, send what has piled up as one chunk, not many.
-                while not inbox.empty():
-                    following = inbox.get_nowait()
-                    if following[0] == TEXT and following[1] == index:
-                        text += following[2]
-                    else:
-                        pending = following
-                        break
-                if parsers is not None:
-                    text = parsers[index].feed(text)
-                    if not text:
-                        continue
-                yield [Delta(index=index, content=text)]
-            elif kind == FINISH:
-                _, index, reason, produced, matched = message
-                completion_tokens += produced
-                native = reason
-                batch: list[Event] = []
-                if parsers is not None and (calls := parsers[index].tool_calls()) is not None:
-                    batch.append(
-                        Delta(
-                            index=index,
-                            tool_calls=[
-                                ToolCallDelta(
-                                    index=k,
-                                    id=toolcalls.new_call_id(),
-                                    name=call["name"],
-                                    arguments=orjson.dumps(call.get("arguments", {})).decode(),
-                                )
-                                for k, call in enumerate(calls)
-                            ],
+        try:
+            while True:
+                if pending is not None:
+                    message, pending = pending, None
+                else:
+                    message = await inbox.get()
+                kind = message[0]
+                if kind == TEXT:
+                    _, index, text = message
+                    # When the loop falls behind the engine, send what has piled up as one chunk, not many.
+                    while not inbox.empty():
+                        following = inbox.get_nowait()
+                        if following[0] == TEXT and following[1] == index:
+                            text += following[2]
+                        else:
+                            pending = following
+                            break
+                    if parsers is not None:
+                        text = parsers[index].feed(text)
+                        if not text:
+                            continue
+                    yield [Delta(index=index, content=text)]
+                elif kind == FINISH:
+                    _, index, reason, produced, matched = message
+                    completion_tokens += produced
+                    native = reason
+                    batch: list[Event] = []
+                    if parsers is not None and (calls := parsers[index].tool_calls()) is not None:
+                        batch.append(
+                            Delta(
+                                index=index,
+                                tool_calls=[
+                                    ToolCallDelta(
+                                        index=k,
+                                        id=toolcalls.new_call_id(),
+                                        name=call["name"],
+                                        arguments=orjson.dumps(call.get("arguments", {})).decode(),
+                                    )
+                                    for k, call in enumerate(calls)
+                                ],
+                            )
                         )
+                        reason = "tool_calls"
+                    batch.append(
+                        Finish(index=index, reason=reason, native_reason=native, stop_sequence=matched)
                     )
-                    reason = "tool_calls"
-                batch.append(Finish(index=index, reason=reason, native_reason=native, stop_sequence=matched))
-                yield batch
-            elif kind == DONE:
-                _, prompt_tokens, cached_tokens = message
-                usage = Usage(
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens,
-                    cached_tokens=cached_tokens,
-                )
-                yield [Done(usage=usage, provider=PROVIDER, model=self._model_id)]
-                return
-            elif kind == ERROR:
-                _, text, crashed = message
-                if crashed:  # the process died: as any provider failing, mid-stream or before its first byte
-                    raise engine_failed(text)
-                raise APIError(500, text, type="server_error", code="engine_error")
+                    yield batch
+                elif kind == DONE:
+                    _, prompt_tokens, cached_tokens = message
+                    usage = Usage(
+                        prompt_tokens=prompt_tokens,
+                        completion_tokens=completion_tokens,
+                        cached_tokens=cached_tokens,
+                    )
+                    yield [Done(usage=usage, provider=PROVIDER, model=self._model_id)]
+                    return
+                elif kind == EXPIRED:
+                    raise overloaded(
+                        f"The local model '{self._model_id}' is busy: {message[1]}.", self._retry_after
+                    )
+                elif kind == ERROR:
+                    _, text, crashed = message
+                    if (
+                        crashed
+                    ):  # the process died: as any provider failing, mid-stream or before its first byte
+                        raise engine_failed(text)
+                    raise APIError(500, text, type="server_error", code="engine_error")
+        finally:
+            self._engine.cancel(self._job)
 
 
 class LocalProvider:
