@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kimi_gateway.routing.features import estimate_prompt_tokens
+from kimi_gateway.routing.features import prompt_token_bound
 from kimi_gateway.schema.chat import ChatCompletionRequest
-from kimi_gateway.testing import GatewayProcess
+from kimi_gateway.testing import GatewayProcess, wait_until
 from tests.billing import (
     K25,
     NANO_IN,
@@ -103,7 +103,7 @@ def test_cost_with_and_without_cached_tokens(
 def test_402_at_the_worst_case_boundary(billed: tuple[GatewayProcess, Operator]) -> None:
     gw, ops = billed
     key = ops.key_for("acct_edge")
-    prompt = estimate_prompt_tokens(ChatCompletionRequest.model_validate({"model": THINKING, "messages": HI}))
+    prompt = prompt_token_bound(ChatCompletionRequest.model_validate({"model": THINKING, "messages": HI}))
     # Exactly enough for the prompt and 100 output tokens at the dearest price.
     ops.recharge("acct_edge", str(Decimal(prompt * NANO_IN + 100 * NANO_OUT) / 10**9))
 
@@ -126,7 +126,7 @@ def test_key_credit_limit(billed: tuple[GatewayProcess, Operator]) -> None:
     gw, ops = billed
     key = ops.key_for("acct_limit", limit=0.0001)  # 100,000 nano-dollars
     ops.recharge("acct_limit", "10")
-    prompt = estimate_prompt_tokens(ChatCompletionRequest.model_validate({"model": THINKING, "messages": HI}))
+    prompt = prompt_token_bound(ChatCompletionRequest.model_validate({"model": THINKING, "messages": HI}))
     affordable = (100_000 - prompt * NANO_IN) // NANO_OUT
     refused = chat(gw, key, model=THINKING, max_tokens=affordable + 1)
     assert refused.status_code == 402
@@ -293,3 +293,89 @@ def test_kill_9_mid_stream_then_reconcile(tmp_path: Path, moon: FakeUpstream) ->
         gw.stop()
     db = workdir / "data" / "gateway.db"
     assert _rows(db, "SELECT count(*) FROM ledger_entries WHERE kind = 'charge'") == [(2,)]
+
+
+CUT_ROUTES = {
+    "chat": ("/v1/chat/completions", {"stream": True}, '"content":"'),
+    "messages": ("/v1/messages", {"stream": True, "max_tokens": 100}, '"text_delta"'),
+    "responses": ("/v1/responses", {"stream": True}, "response.output_text.delta"),
+}
+
+
+@pytest.mark.parametrize("route", sorted(CUT_ROUTES))
+def test_a_stream_cut_before_its_usage_is_charged_for_what_was_sent(
+    billed: tuple[GatewayProcess, Operator], moon: FakeUpstream, route: str
+) -> None:
+    """A client that reads most of an answer and leaves before the usage pays for what it got (on the
+    previous code: $0, completion tokens 0)."""
+    gw, ops = billed
+    account = f"acct_cut_{route}"
+    key = ops.key_for(account)
+    ops.recharge(account, "5")
+    text = " ".join(f"word{i}" for i in range(60))  # 419 characters, about 105 tokens
+    moon.script(Answer(content=text, completion_tokens=120, prompt_tokens=400, chunk_delay=0.01))
+    path, extra, marker = CUT_ROUTES[route]
+    headers = {"Authorization": f"Bearer {key}"}
+    body: dict[str, object] = {"model": K25, **extra}
+    body["input" if route == "responses" else "messages"] = HI
+    received = 0
+    with httpx.stream("POST", gw.base_url + path, json=body, headers=headers, timeout=30) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if marker in line:
+                received += 1
+                if received == 30:
+                    break  # well into the answer, before its usage
+
+    def listed() -> list[dict[str, object]]:
+        got = httpx.get(gw.base_url + "/api/v1/generations", headers=headers, timeout=10)
+        data: list[dict[str, object]] = got.json()["data"]
+        return data
+
+    rows = wait_until(listed)
+    assert len(rows) == 1, rows
+    record = generation(gw, key, str(rows[0]["id"]))
+    assert record["status"] == "cancelled", record
+    assert record["native_tokens_completion"] >= 30, record
+    assert record["native_tokens_prompt"] > 0, record
+    assert record["total_cost"] > 0, record
+    balance = wait_for_usage(gw, key, record["total_cost"])
+    assert balance["total_usage"] == pytest.approx(record["total_cost"])
+
+
+def test_the_hold_covers_prompts_the_estimate_undercounts(tmp_path: Path, moon: FakeUpstream) -> None:
+    """Emoji are a token or more each where four characters a token guessed a quarter: the hold is the
+    prompt's byte bound, so concurrent and sequential requests never take the balance below zero (on the
+    previous code: -$0.13 with 6 at once)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kimi_gateway.testing import LOCAL_MODEL
+
+    priced = f'[models."{LOCAL_MODEL}"]\npricing = {{ input = 100.0, output = 100.0 }}\n'
+    gw = start(tmp_path / "gw", config(moon, extra=priced))
+    try:
+        ops = Operator(gw)
+        key = ops.key_for("acct_emoji")
+        ops.recharge("acct_emoji", "0.30")
+        body = {"model": LOCAL_MODEL, "messages": [{"role": "user", "content": "🙂🐱🚀" * 100}]}
+
+        def ask(_: int) -> int:
+            return chat(gw, key, **body, max_tokens=8).status_code
+
+        with ThreadPoolExecutor(6) as pool:
+            statuses = list(pool.map(ask, range(6)))
+        assert 200 in statuses and 402 in statuses, statuses
+        for _ in range(6):
+            if ask(0) == 402:
+                break
+        else:
+            raise AssertionError("never refused")
+        # Charges are written in batches: read until two readings a second apart agree.
+        balance, previous = credits(gw, key), None
+        while balance != previous:
+            time.sleep(1)
+            previous, balance = balance, credits(gw, key)
+        assert balance["total_usage"] > 0
+        assert balance["total_credits"] - balance["total_usage"] >= 0, balance
+    finally:
+        gw.stop()

@@ -120,3 +120,43 @@ def test_token_counts_accept_what_chat_accepts(gateway: GatewayProcess) -> None:
     assert both.status_code == 200, both.text
     assert both.headers["x-token-count-method"] == "tokenizer+media-estimate"
     assert both.json()["data"]["total_tokens"] == plain.json()["data"]["total_tokens"] + 1024
+
+
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    [("/v1/chat/completions", "application/json"), ("/v1/files", "multipart/form-data; boundary=b0")],
+)
+def test_a_body_sent_a_byte_a_second_gets_408(gateway: GatewayProcess, path: str, kind: str) -> None:
+    """A client trickling its body held the connection for as long as it liked (40 s and more); now it
+    must keep up 16 KB/s after a 10 s grace, or gets 408 and the connection back."""
+    import socket
+    import time
+
+    body = json.dumps({"model": LOCAL_MODEL, "messages": [{"role": "user", "content": "x" * 200}]}).encode()
+    if path == "/v1/files":
+        body = b'--b0\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nuser_data\r\n' + body
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=40) as sock:
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {kind}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + body[:10])
+        started = time.monotonic()
+        answer = b""
+        for byte in body[10:]:
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                break
+            sock.settimeout(1.0)
+            try:
+                answer += sock.recv(65536)
+            except TimeoutError:
+                continue
+            if answer:
+                break
+        elapsed = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert elapsed < 30, elapsed
+    assert b"request_timeout" in answer
+    assert httpx.get(gateway.base_url + "/health").status_code == 200

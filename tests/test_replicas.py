@@ -254,7 +254,8 @@ def test_a_hold_grows_in_redis_when_intake_finds_a_larger_request(
     assert _live(prefix, "acct_topup") == (4_000_000, 0)  # nothing held, nothing charged
 
     moon.default = Answer(first_delay=1.0)
-    small = base64.b64encode(("the figures rose. " * 600).encode()).decode()
+    # 5,400 bytes: its hold (the byte bound at $0.60 per million, $0.0032) fits the $0.004.
+    small = base64.b64encode(("the figures rose. " * 300).encode()).decode()
     part = {"type": "file", "file": {"filename": "n.txt", "file_data": f"data:text/plain;base64,{small}"}}
 
     async def during() -> tuple[httpx.Response, int]:
@@ -272,7 +273,7 @@ def test_a_hold_grows_in_redis_when_intake_finds_a_larger_request(
 
     served, held = asyncio.run(during())
     assert served.status_code == 200, served.text
-    # The hold covers the document's text (about 2,700 tokens at $0.60 per million), not just the ~10
+    # The hold covers the document's text (at most 5,400 tokens at $0.60 per million), not just the ~10
     # tokens admission saw before reading it.
     assert held > 1_000_000, held
     cost = int(Decimal(str(served.json()["usage"]["cost"])) * 10**9)

@@ -118,6 +118,21 @@ def test_429_retry_after_cools_the_provider_down(
     assert ask(client, **order("moon", "orouter"))[1] == "Moonshot AI"
 
 
+def test_a_cooling_provider_is_still_tried_when_every_other_one_failed(
+    client: openai.OpenAI, fakes: dict[str, FakeUpstream]
+) -> None:
+    """The cool-down keeps the crowd off a provider that said 429; a request whose every other provider
+    then fails still gets its chance there (before: 502, with the cooling provider never asked)."""
+    fakes["moon"].script(Fault("status", 429, retry_after=30))
+    assert ask(client, **order("moon", "orouter"))[1] == "OpenRouter"  # Moonshot cools down for 30 s
+    assert ask(client, **order("moon", "orouter"))[1] == "OpenRouter"
+    assert len(fakes["moon"].requests) == 1  # passed over while the other serves
+    fakes["orouter"].script(Fault("status", 500, "down"))
+    only_these = order("moon", "orouter", allow_fallbacks=False)
+    assert ask(client, **only_these)[1] == "Moonshot AI"  # the last resort served it
+    assert len(fakes["moon"].requests) == 2
+
+
 def test_allow_fallbacks_false_returns_the_upstream_error(
     gw: GatewayProcess, fakes: dict[str, FakeUpstream]
 ) -> None:

@@ -11,6 +11,7 @@ from kimi_gateway.accounts.billing import Outcome, Ticket
 from kimi_gateway.accounts.keys import KeyRecord
 from kimi_gateway.http.completions import ResponseMeta
 from kimi_gateway.routing.attempts import RoutedGeneration
+from kimi_gateway.routing.features import prompt_token_bound
 from kimi_gateway.runtime import Gateway
 from kimi_gateway.schema.chat import ChatCompletionRequest
 
@@ -21,10 +22,22 @@ MAX_REFERER, MAX_TITLE = 500, 200
 
 
 def _max_tokens(body: ChatCompletionRequest, routed: RoutedGeneration) -> int:
-    return body.requested_max_tokens or max(
-        (c.card.defaults.max_tokens or DEFAULT_MAX_TOKENS for c in routed.candidates),
+    """The most the answer can be: what the request asked for, else what the model's card sends upstream,
+    else the whole context (the embedded engine, asked for nothing, generates to the context's end);
+    once for each of the `n` choices."""
+    each = body.requested_max_tokens or max(
+        (c.card.defaults.max_tokens or c.endpoint.context_length for c in routed.candidates),
         default=DEFAULT_MAX_TOKENS,
     )
+    return each * body.n
+
+
+def _prompt_tokens(body: ChatCompletionRequest, routed: RoutedGeneration) -> int:
+    """The most the prompt can be: its byte bound, but never over the largest context that could take it
+    (a longer prompt is refused, not served)."""
+    context = max((c.endpoint.context_length for c in routed.candidates), default=0)
+    bound = prompt_token_bound(body)
+    return min(bound, context) if context else bound
 
 
 def app_headers(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
@@ -65,7 +78,7 @@ async def admit(
         key,
         body.model,
         [c.endpoint.pricing for c in routed.candidates],
-        routed.prompt_tokens,
+        _prompt_tokens(body, routed),
         _max_tokens(body, routed),
         body.stream,
         app_referer=referer,
@@ -80,7 +93,7 @@ async def top_up(
     await gateway.accounts.top_up(
         ticket,
         [c.endpoint.pricing for c in routed.candidates],
-        routed.prompt_tokens,
+        _prompt_tokens(body, routed),
         _max_tokens(body, routed),
     )
 

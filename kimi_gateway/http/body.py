@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 import zlib
 from collections.abc import Callable
 from typing import TypeVar
@@ -17,6 +19,68 @@ from kimi_gateway.http.validation import validation_error
 
 M = TypeVar("M", bound=BaseModel)
 _SURROGATE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+# A body must keep coming: BODY_GRACE seconds, plus one for every MIN_BODY_RATE bytes received. A client
+# sending a byte a second would otherwise hold a connection (and its slot) for as long as it liked.
+BODY_GRACE = 10.0
+MIN_BODY_RATE = 16 * 1024
+
+
+def too_slow() -> APIError:
+    return APIError(
+        408,
+        f"The request body arrived too slowly (under {MIN_BODY_RATE // 1024} KB/s after {BODY_GRACE:g} s).",
+        code="request_timeout",
+    )
+
+
+class BodyDeadline:
+    """Ends a body read that falls behind the minimum rate. Armed only once a body takes more than one
+    message (most arrive whole in the first): a timer that cancels the reading task while it waits for
+    more, not a timeout block around every request's read."""
+
+    __slots__ = ("_handle", "_started", "_task", "_waiting", "expired", "fired")
+
+    def __init__(self) -> None:
+        self._task = asyncio.current_task()
+        self._started = time.monotonic()
+        self._handle: asyncio.TimerHandle | None = None
+        self._waiting = False
+        self.expired = False  # behind the rate: the next read fails
+        self.fired = False  # the timer cancelled a read in progress
+
+    def received(self, size: int) -> None:
+        """`size` bytes so far: the next message is due by the grace plus the time they earn."""
+        if self._handle is not None:
+            self._handle.cancel()
+        delay = self._started + BODY_GRACE + size / MIN_BODY_RATE - time.monotonic()
+        self._handle = asyncio.get_running_loop().call_later(max(0.0, delay), self._fire)
+
+    def _fire(self) -> None:
+        self.expired = True
+        if self._waiting and self._task is not None:
+            self.fired = True
+            self._task.cancel()
+
+    async def receive(self, receive: Receive) -> Message:
+        if self.expired:
+            raise too_slow()
+        self._waiting = True
+        try:
+            return await receive()
+        except asyncio.CancelledError:
+            if not self.fired or self._task is None:
+                raise  # the client left, or a shutdown
+            self._task.uncancel()
+            raise too_slow() from None
+        finally:
+            self._waiting = False
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 def too_large(limit: int) -> APIError:
@@ -94,11 +158,18 @@ class BodyLimitMiddleware:
             plain = [(n, v) for n, v in headers if n not in (b"content-encoding", b"content-length")]
             scope = {**scope, "headers": plain}
         size = 0
+        deadline: BodyDeadline | None = None
 
         async def counted() -> Message:
-            nonlocal size
-            message = await receive()
+            nonlocal size, deadline
+            message = await (receive() if deadline is None else deadline.receive(receive))
             if message["type"] == "http.request":
+                if message.get("more_body", False):
+                    if deadline is None:
+                        deadline = BodyDeadline()
+                    deadline.received(size)
+                elif deadline is not None:
+                    deadline.close()
                 body = message.get("body", b"")
                 if inflater is not None:
                     body = inflater.feed(body)
@@ -108,7 +179,11 @@ class BodyLimitMiddleware:
                     raise error
             return message
 
-        await self.app(scope, counted, send)
+        try:
+            await self.app(scope, counted, send)
+        finally:
+            if deadline is not None:
+                deadline.close()
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -127,19 +202,31 @@ async def read_body(request: Request, limit: int) -> bytes:
     # ASGI messages read directly: Starlette's `stream()` is an async generator, a cost on every request.
     chunks: list[bytes] = []
     size = 0
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-        chunk = message.get("body", b"")
-        if inflater is not None:
-            chunk = inflater.feed(chunk)
-        size += len(chunk)
-        if size > limit:
-            raise too_large(limit)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    deadline: BodyDeadline | None = None
+    try:
+        while True:
+            receive = request.receive
+            message = await (receive() if deadline is None else deadline.receive(receive))
+            chunk = _chunk(message, inflater)
+            size += len(chunk)
+            if size > limit:
+                raise too_large(limit)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if deadline is None:
+                deadline = BodyDeadline()
+            deadline.received(size)
+    finally:
+        if deadline is not None:
+            deadline.close()
+
+
+def _chunk(message: Message, inflater: Inflater | None) -> bytes:
+    if message["type"] == "http.disconnect":
+        raise ClientDisconnect()
+    chunk: bytes = message.get("body", b"")
+    return inflater.feed(chunk) if inflater is not None else chunk
 
 
 async def parse_body(request: Request, model: type[M], limit: int) -> M:

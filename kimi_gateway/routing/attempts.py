@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -169,19 +169,34 @@ class RoutedGeneration:
         self.upstream_seconds += time.perf_counter() - started
         return _Started(stream, held, started, first_at)
 
-    async def events(self) -> AsyncIterator[list[Event]]:
+    async def events(self) -> AsyncGenerator[list[Event], None]:
         """Candidates in order until one starts; then its stream, relayed. Each candidate's turn ends
         with a verdict for the breaker or a release, however the request ends."""
         health = self._router.health
         skip_model: str | None = None
         last_model = self._candidates[-1].card.id if self._candidates else None
-        for candidate in self._candidates:
+        order = list(self._candidates)
+        # Candidates passed over for their provider's health (a 429's cool-down, an open circuit). If every
+        # other one then fails, they are tried after all: the policy protects providers from the crowd,
+        # but one request with nowhere else to go still gets its chance.
+        passed: list[Candidate] = []
+        last_resort = len(order)  # candidates from this index on are the ones passed over
+        index = 0
+        while True:
+            if index == len(order):
+                if not passed or not self._errors or index > last_resort:
+                    break
+                last_resort = index
+                order.extend(passed)
+                passed = []
+            candidate = order[index]
+            index += 1
             provider = candidate.endpoint.provider
             if self._cancelled:
                 return
             if candidate.card.id == skip_model:
                 continue
-            if not health.acquire(provider):
+            if index <= last_resort and not health.acquire(provider):
                 state = "cooling down after a 429" if health.cooling_down(provider) else "circuit open"
                 self.attempts.append(
                     {
@@ -192,6 +207,7 @@ class RoutedGeneration:
                         "kind": "circuit_open",
                     }
                 )
+                passed.append(candidate)
                 continue
             with Turn(health, provider) as turn:
                 outcome = await self._start(candidate, turn)

@@ -103,3 +103,33 @@ def estimate_prompt_tokens(request: ChatCompletionRequest) -> int:
             + len(str(tool.function.parameters))
         )
     return chars // 4 + 4 * len(request.messages) + TOKENS_PER_IMAGE * images
+
+
+def prompt_token_bound(request: ChatCompletionRequest) -> int:
+    """At most how many tokens the prompt can be, whatever the tokenizer: a byte-level BPE never makes more
+    tokens than UTF-8 bytes. The estimate above is for routing; a credit hold needs this bound, or a prompt
+    of emoji or digits (a token a byte) costs several times what was held."""
+    size = 0
+    images = 0
+
+    def text(value: str) -> int:
+        return len(value) if value.isascii() else len(value.encode())
+
+    for message in request.messages:
+        content = message.content
+        if isinstance(content, str):
+            size += text(content)
+        elif content is not None:
+            for part in content:
+                if isinstance(part, ImagePart | VideoPart):
+                    images += 1
+                else:
+                    size += text(getattr(part, "text", ""))
+        if type(message) is AssistantMessage:
+            for call in message.tool_calls or ():
+                size += text(call.function.name) + text(call.function.arguments)
+            size += text(message.reasoning_content or message.reasoning or "")
+    for tool in request.tools or ():
+        described = str(tool.function.parameters) + (tool.function.description or "")
+        size += text(tool.function.name) + text(described)
+    return size + 8 * len(request.messages) + TOKENS_PER_IMAGE * images
