@@ -210,3 +210,32 @@ def test_shutdown_while_a_prompt_is_read(start_gateway: Any, tmp_path: Path) -> 
     assert not Path(f"/proc/{engine_pid}").exists() or "Z" in Path(f"/proc/{engine_pid}/stat").read_text()
     assert "Traceback" not in gw.log_path.read_text()
     print(f"shut down {stopped:.1f} s into a long prompt")
+
+
+def test_the_readme_examples_end_as_the_readme_says(gw: GatewayProcess) -> None:
+    """The README's first two examples, as written there: the capital of France, and a streamed answer about
+    cats that ends by itself (with SmolLM2's sampling defaults; before them it repeated a sentence until
+    the context was full, 50 s)."""
+    client = openai.OpenAI(base_url=gw.api, api_key="local", max_retries=0, timeout=120)
+    reply = client.chat.completions.create(
+        model=LOCAL_MODEL,
+        messages=[
+            {"role": "system", "content": "Answer the question briefly."},
+            {"role": "user", "content": "What is the capital of France?"},
+        ],
+        temperature=0,
+    )
+    assert "Paris" in (reply.choices[0].message.content or "")
+    finish, text, usage = None, "", None
+    for chunk in client.chat.completions.create(
+        model=LOCAL_MODEL,
+        messages=[{"role": "user", "content": "Tell me about cats."}],
+        stream=True,
+        stream_options={"include_usage": True},
+    ):
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+            finish = chunk.choices[0].finish_reason or finish
+        usage = chunk.usage or usage
+    assert finish == "stop" and "cat" in text.lower()
+    assert usage is not None and usage.completion_tokens < 2000, usage

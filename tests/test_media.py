@@ -227,6 +227,18 @@ def trusting_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatew
     gw.stop()
 
 
+def test_an_allowed_host_with_a_port_is_fetched(start_gateway: Any, image_server: str) -> None:
+    """`allow_hosts = ["127.0.0.1:PORT"]` passed the URL check and was refused when connecting."""
+    authority = image_server.removeprefix("http://")
+    gw: GatewayProcess = start_gateway(f'[media]\nallow_hosts = ["{authority}"]\n')
+    ask = {"type": "text", "text": ASK}
+    fetched = _chat(gw, [ask, images.image_part(image_server + "/receipt.png")])
+    assert fetched.status_code == 200, fetched.text
+    other_port = "http://127.0.0.1:9/receipt.png"  # the same host on another port is not allowed
+    refused = _chat(gw, [ask, images.image_part(other_port)])
+    assert refused.status_code == 400 and "public" in refused.text, refused.text
+
+
 def test_fetch_follows_checked_redirects_and_caps_downloads(
     trusting_gateway: GatewayProcess, image_server: str
 ) -> None:

@@ -176,6 +176,33 @@ def test_metrics_from_outside_loopback_need_a_management_key(
         gw.stop()
 
 
+def test_requests_through_a_proxy_are_not_trusted_as_local(
+    tmp_path: Path, fakes: dict[str, FakeUpstream]
+) -> None:
+    """Behind a reverse proxy on the same machine every client looks like loopback: /metrics was public
+    and a keyless gateway served anyone. A forwarded request is not local."""
+    from tests.billing import Operator, config, start
+
+    relayed = {"X-Forwarded-For": "203.0.113.9"}
+    gw = start(tmp_path / "gw", config(fakes["moon"]))
+    try:
+        hi = {"model": "kimi-k2.5", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5}
+        keyless = httpx.post(gw.api + "/chat/completions", json=hi, headers=relayed, timeout=30)
+        assert keyless.status_code == 401 and "keys create" in keyless.json()["error"]["message"]
+        ops = Operator(gw)
+        assert httpx.get(gw.base_url + "/metrics", timeout=10).status_code == 200  # on this machine
+        for header in (
+            {"X-Forwarded-For": "203.0.113.9"},
+            {"X-Real-IP": "203.0.113.9"},
+            {"Forwarded": "for=x"},
+        ):
+            assert httpx.get(gw.base_url + "/metrics", headers=header, timeout=10).status_code == 401
+        allowed = httpx.get(gw.base_url + "/metrics", headers={**relayed, **ops.headers}, timeout=10)
+        assert allowed.status_code == 200
+    finally:
+        gw.stop()
+
+
 def test_unknown_models_do_not_become_labels(upstream_gateway: GatewayProcess) -> None:
     for i in range(5):
         body = {"model": f"made-up-model-{i}", "messages": [{"role": "user", "content": "Hi"}]}

@@ -57,6 +57,15 @@ def _bearer(scope: Scope) -> str | None:
     return api_key
 
 
+_FORWARDING = (b"forwarded", b"x-forwarded-for", b"x-real-ip")
+
+
+def forwarded(scope: Scope) -> bool:
+    """A reverse proxy relayed this request: its loopback address is the proxy's, not the client's, so
+    nothing that trusts loopback (the keyless bootstrap, /metrics) trusts it."""
+    return any(name in _FORWARDING for name, _ in scope["headers"])
+
+
 def _unauthorized(message: str) -> APIError:
     return APIError(401, message, code="invalid_api_key")
 
@@ -66,6 +75,11 @@ async def authenticate(gateway: Gateway, scope: Scope) -> KeyRecord | None:
     Raises the 401, 403 or 503 that says why not."""
     try:
         if not await gateway.keys.any_keys():
+            if forwarded(scope):
+                raise _unauthorized(
+                    "This gateway has no API key yet, and a request through a proxy needs one: create "
+                    "one with `kimi-gateway keys create`."
+                )
             return None  # bootstrap: no keys yet, loopback only
         record, error = await _check(gateway, _bearer(scope), route_path(scope))
     except (SQLAlchemyError, OSError):

@@ -73,6 +73,14 @@ def literal_address(host: str) -> IPAddress | None:
     return None
 
 
+def _host_part(entry: str) -> str:
+    """`host`, `host:port`, `[v6]` or `[v6]:port` -> the host, as URLs spell it (v6 without brackets)."""
+    if entry.startswith("["):
+        return entry[1 : entry.index("]")] if "]" in entry else entry
+    host, sep, port = entry.rpartition(":")
+    return host if sep and port.isdigit() and ":" not in host else entry
+
+
 class PublicOnlyResolver(AbstractResolver):
     def __init__(self, allow_hosts: frozenset[str], allowed_addresses: set[IPAddress]) -> None:
         self.allow_hosts = allow_hosts
@@ -140,14 +148,18 @@ class Fetcher:
     def __init__(self, limits: FetchLimits) -> None:
         self.limits = limits
         self._session: aiohttp.ClientSession | None = None
+        # An entry may name a port ("10.0.0.5:8080"): the URL check matches it whole; resolving and
+        # connecting know only the host, so they are given the host part (before, such an entry passed the
+        # first check and was refused when connecting).
+        self._hosts = frozenset(_host_part(entry) for entry in limits.allow_hosts)
         self._allowed_addresses: set[IPAddress] = {
-            a for h in limits.allow_hosts if (a := literal_address(h)) is not None
+            a for h in self._hosts if (a := literal_address(h)) is not None
         }
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
-                resolver=PublicOnlyResolver(self.limits.allow_hosts, self._allowed_addresses),
+                resolver=PublicOnlyResolver(self._hosts, self._allowed_addresses),
                 limit=32,
                 use_dns_cache=False,
                 socket_factory=self._socket,

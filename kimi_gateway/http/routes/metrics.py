@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from kimi_gateway.accounts.keys import MANAGEMENT
 from kimi_gateway.errors import APIError
-from kimi_gateway.http.auth import authenticate
+from kimi_gateway.http.auth import authenticate, forwarded
 from kimi_gateway.routing.health import HALF_OPEN, OPEN
 from kimi_gateway.routing.plan import LOCAL
 from kimi_gateway.runtime import Gateway
@@ -23,8 +23,9 @@ _CIRCUIT = {OPEN: 2.0, HALF_OPEN: 1.0}
 
 
 def _loopback(request: Request) -> bool:
+    """A caller on this machine, and not a proxy relaying someone else's request."""
     host = request.client.host if request.client else ""
-    return host.startswith("127.") or host == "::1"
+    return (host.startswith("127.") or host == "::1") and not forwarded(request.scope)
 
 
 @router.get("/metrics", include_in_schema=False)
