@@ -391,3 +391,18 @@ def test_video_resolution_and_download_caps(trusting_gateway: GatewayProcess, im
     )
     oversized = _chat(trusting_gateway, [{"type": "video_url", "video_url": {"url": image_server + "/big"}}])
     assert oversized.status_code == 400 and "larger than" in oversized.json()["error"]["message"]
+
+
+def test_a_stream_description_is_not_opened_as_a_video(trusting_gateway: GatewayProcess) -> None:
+    """An SDP description probed as a video made FFmpeg open RTP/UDP sockets and block ~20 s a part; only
+    file containers are demuxed, named from their magic numbers."""
+    sdp = (
+        b"v=0\no=- 0 0 IN IP4 127.0.0.1\ns=x\nc=IN IP4 127.0.0.1\nt=0 0\n"
+        b"m=video 5004 RTP/AVP 96\na=rtpmap:96 H264/90000\n"
+    )
+    url = "data:video/mp4;base64," + base64.b64encode(sdp).decode()
+    started = time.monotonic()
+    refused = _chat(trusting_gateway, [{"type": "video_url", "video_url": {"url": url}}] * 2)
+    assert refused.status_code == 400, refused.text
+    assert "not a video container that is accepted" in refused.json()["error"]["message"]
+    assert time.monotonic() - started < 5  # it took ~20 s a part
