@@ -406,3 +406,23 @@ def test_a_stream_description_is_not_opened_as_a_video(trusting_gateway: Gateway
     assert refused.status_code == 400, refused.text
     assert "not a video container that is accepted" in refused.json()["error"]["message"]
     assert time.monotonic() - started < 5  # it took ~20 s a part
+
+
+def test_video_frames_count_against_the_image_cap(start_gateway: Any) -> None:
+    """Four 2-second videos to a model that takes 4 images: one frame each (they were 8 frames each, 32
+    decoded and OCR'd); five videos: refused before any is decoded."""
+    gw: GatewayProcess = start_gateway("[server]\nlog_prompts = true\n[media]\nmax_images = 4\n")
+    clip = images.video(["red", "blue"])
+    url = "data:video/mp4;base64," + base64.b64encode(clip).decode()
+    part = {"type": "video_url", "video_url": {"url": url}}
+    refused = _chat(gw, [part] * 5)
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "too_many_images", refused.text
+    served = _chat(gw, [part] * 4)
+    assert served.status_code == 200, served.text
+    prompt = next(
+        r
+        for r in gw.log_records()
+        if r.get("msg") == "prompt" and r.get("request_id") == served.headers["x-request-id"]
+    )
+    given = json.dumps(prompt["messages"])
+    assert given.count("1 frames in order") == 4, given[:500]

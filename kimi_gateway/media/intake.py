@@ -10,7 +10,7 @@ import asyncio
 import base64
 import binascii
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kimi_gateway.catalog import ModelCard
 from kimi_gateway.config import MediaConfig
@@ -97,6 +97,22 @@ class Media:
         await self._files(request, account_id)
         given = len(self._slots(request))
         limit = card.max_images or self.config.max_images
+        videos = _count_videos(request)
+        native_video = "video" in card.input_modalities
+        # A model that sees video as frames gets them as images: they count against its cap too (four
+        # videos once became 32 decoded and OCR'd frames for a model that takes 8 images). The frames left
+        # after the images are shared between the videos; each gets at least one.
+        frames_each = self.video_limits.max_frames
+        if videos and not native_video:
+            frames_each = min(frames_each, (limit - given) // videos)
+            if frames_each < 1:
+                raise APIError(
+                    400,
+                    f"Too many images: {given} images and {videos} videos (a frame at least each) in this "
+                    f"request, and {card.id} takes at most {limit} images.",
+                    param="messages",
+                    code="too_many_images",
+                )
         if given > limit:
             raise APIError(
                 400,
@@ -110,7 +126,7 @@ class Media:
         max_pixels = card.max_image_pixels or self.config.max_image_pixels
         if not native:
             max_pixels = min(max_pixels, self.config.ocr_max_pixels)
-        await self._videos(request, card, account_id, max_pixels)
+        await self._videos(request, card, account_id, max_pixels, frames_each)
         slots = self._slots(request)  # video frames, if any, are images now
         if not slots:
             return
@@ -135,7 +151,12 @@ class Media:
         ]
 
     async def _videos(
-        self, request: ChatCompletionRequest, card: ModelCard, account_id: str | None, max_pixels: int
+        self,
+        request: ChatCompletionRequest,
+        card: ModelCard,
+        account_id: str | None,
+        max_pixels: int,
+        frames_each: int,
     ) -> None:
         """Video parts: checked and passed on to models that watch video, else turned into ordered frames."""
         for i, message in enumerate(request.messages):
@@ -159,9 +180,8 @@ class Media:
                             )
                         )
                         continue
-                    frames = await self.pool.run(
-                        account_id, sample_frames, raw, self.video_limits, max_pixels
-                    )
+                    limits = replace(self.video_limits, max_frames=frames_each)
+                    frames = await self.pool.run(account_id, sample_frames, raw, limits, max_pixels)
                 except BadVideo as why:
                     raise _bad(where, str(why), "invalid_video") from None
                 parts.extend(await self.pool.run(account_id, _frame_parts, where, frames))
@@ -275,6 +295,15 @@ def _decoded(raw: bytes, max_pixels: int, max_decode_pixels: int) -> Picture:
     if picture.original_size[0] * picture.original_size[1] > LARGE_DECODE:
         trim_memory()
     return picture
+
+
+def _count_videos(request: ChatCompletionRequest) -> int:
+    return sum(
+        isinstance(part, VideoPart)
+        for message in request.messages
+        if isinstance(message, UserMessage) and isinstance(message.content, list)
+        for part in message.content
+    )
 
 
 def _frame_parts(where: str, frames: list[Frame]) -> list[ContentPart]:
