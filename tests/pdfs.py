@@ -75,6 +75,25 @@ def slow_pdf(operators: int, pages: int = 1) -> bytes:
     return _assemble(objects)
 
 
+def form_pdf(draws: int = 120, operators: int = 20_000) -> bytes:
+    """About 1 KB: one page drawing one Form XObject `draws` times, the form showing text `operators` times.
+    Its cost is in the form, where pypdf catches (and logs) whatever is raised while drawing it."""
+    form = _stream(
+        b"BT /F1 12 Tf\n" + b"(a) Tj\n" * operators + b"ET",
+        " /Type /XObject /Subtype /Form /BBox [0 0 612 792] /Resources << /Font << /F1 4 0 R >> >>",
+    )
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 6 0 R "
+        b"/Resources << /Font << /F1 4 0 R >> /XObject << /Fm1 5 0 R >> >> >>",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        form,
+        _stream(b"/Fm1 Do\n" * draws),
+    ]
+    return _assemble(objects)
+
+
 def flate_bomb_pdf(megabytes: int = 300) -> bytes:
     """One page whose content stream inflates to hundreds of MB."""
     bomb = zlib.compressobj(9)

@@ -25,6 +25,15 @@ MAX_PAGE_CONTENT = 1024 * 1024
 _CHECK_EVERY = 2000  # operators between budget checks
 
 
+class _Halt(BaseException):
+    """Raised from inside pypdf's text extraction when the budget runs out. Not an `Exception`: pypdf
+    catches and logs every Exception raised while it draws a Form XObject, so an OverBudget raised there
+    was swallowed and a 1 KB PDF drawing one form 120 times ran for a minute."""
+
+    def __init__(self, why: OverBudget) -> None:
+        self.why = why
+
+
 class BadDocument(Exception):
     """Why no text could be taken from the file; safe to show."""
 
@@ -80,7 +89,10 @@ def _pdf(raw: bytes, ocr: OCR, max_pages: int, max_decode_pixels: int, budget: B
             nonlocal operators
             operators += 1
             if operators % _CHECK_EVERY == 0:
-                budget.check()
+                try:
+                    budget.check()
+                except OverBudget as why:
+                    raise _Halt(why) from None
 
         texts = []
         for number, page in enumerate(pages, start=1):
@@ -96,6 +108,8 @@ def _pdf(raw: bytes, ocr: OCR, max_pages: int, max_decode_pixels: int, budget: B
                 text = _scanned(page, ocr, max_decode_pixels, budget)
             texts.append(f"--- Page {number} ---\n{text}")
         return "\n\n".join(texts)
+    except _Halt as halt:
+        raise halt.why from None
     except LimitReachedError:
         # pypdf's own caps (a flate bomb, an image declaring absurd dimensions): refused, not a crash.
         raise TooCostly("the PDF exceeds the decoder's limits (a decompression bomb?)") from None
