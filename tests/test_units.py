@@ -437,3 +437,26 @@ def test_sse_reader_fast_path_agrees_with_the_spec_on_any_split() -> None:
             return [data async for batch in sse_data(source()) for data in batch]
 
         assert asyncio.run(read()) == _reference_sse(body), pieces
+
+
+def test_a_huge_palette_image_with_transparency_is_shrunk_in_strips() -> None:
+    """7999 x 7999, palette with a transparent colour (63 KB of PNG): converted whole to RGBA it held 256 MB
+    more (577 MB peak over the process, measured); shrunk a strip at a time, about the decoded palette."""
+    import subprocess
+    import sys
+
+    script = (
+        "import io, resource\n"
+        "from PIL import Image\n"
+        "from kimi_gateway.media.images import load_image\n"
+        "im = Image.new('P', (7999, 7999), 0); im.putpalette([0, 0, 0, 255, 0, 0] * 128)\n"
+        "buf = io.BytesIO(); im.save(buf, 'PNG', transparency=0); raw = buf.getvalue(); del im\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "picture = load_image(raw, 4_000_000, 64_000_000)\n"
+        "grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024\n"
+        "print(picture.image.mode, picture.image.size[0], picture.image.size[1], int(grown))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    mode, width, height, grown = out.split()
+    assert mode == "RGBA" and int(width) * int(height) <= 4_000_000
+    assert int(grown) < 300, out

@@ -81,8 +81,9 @@ def load_image(raw: bytes, max_pixels: int, max_decode_pixels: int) -> Picture:
             # mode: converting a huge 1-bit or palette image to RGB first would hold 3-4 bytes a pixel.
             factor = math.isqrt(image.width * image.height // max_pixels)
             if image.mode in ("1", "P"):
-                image = image.convert("RGBA" if _has_alpha(image) else "L")
-            image = image.reduce(factor)
+                image = _reduce_in_strips(image, factor, "RGBA" if _has_alpha(image) else "L")
+            else:
+                image = image.reduce(factor)
         if image.getexif().get(_ORIENTATION, 1) != 1:
             image = ImageOps.exif_transpose(image)
         mode = "RGBA" if _has_alpha(image) else "RGB"
@@ -97,6 +98,23 @@ def load_image(raw: bytes, max_pixels: int, max_decode_pixels: int) -> Picture:
         # Bicubic: near Lanczos for a downscale, in half the time on a 12 MP photo.
         image = image.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
     return Picture(image, (width, height), hashlib.sha256(raw).hexdigest())
+
+
+# Rows converted at a time when a palette or 1-bit image is shrunk: about this many pixels a strip.
+_STRIP_PIXELS = 4_000_000
+
+
+def _reduce_in_strips(image: Image.Image, factor: int, mode: str) -> Image.Image:
+    """`image.convert(mode).reduce(factor)`, a strip of rows at a time: a 64 MP palette PNG with
+    transparency converted whole held 256 MB of RGBA (and the gateway peaked 800 MB over it); strips hold
+    a few MB. The edges past a whole number of `factor` pixels are dropped (under `factor` pixels)."""
+    width, height = (image.width // factor) * factor, (image.height // factor) * factor
+    out = Image.new(mode, (width // factor, height // factor))
+    rows = max(1, _STRIP_PIXELS // (width * factor)) * factor
+    for top in range(0, height, rows):
+        strip = image.crop((0, top, width, min(top + rows, height))).convert(mode).reduce(factor)
+        out.paste(strip, (0, top // factor))
+    return out
 
 
 def _has_alpha(image: Image.Image) -> bool:
