@@ -65,6 +65,9 @@ class EngineConfig(_Section):
     # How long one step should take while others wait on it: bounds the chunk of a long prompt read per
     # step, so a short request is answered while it is read, and a cancel is seen within a step.
     step_seconds: float = Field(default=0.5, gt=0, le=10)
+    # A step running longer than this is stuck inside llama.cpp: the engine process is ended (its requests
+    # get 503, as for a crash) and the next request starts a new one.
+    step_timeout_seconds: float = Field(default=120.0, gt=0)
     # Upper bound on one request's context; a model's own context length is used when it is smaller.
     max_context: int = 8192
     # The KV cache's size in tokens, shared by the sequences; twice max_context when unset.

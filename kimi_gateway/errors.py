@@ -110,6 +110,7 @@ class UpstreamError(APIError):
         retryable: bool,
         retry_after: float | None = None,
         upstream_status: int | None = None,
+        counts_against_provider: bool = True,
     ) -> None:
         super().__init__(
             status,
@@ -122,3 +123,6 @@ class UpstreamError(APIError):
         self.retryable = retryable
         self.retry_after = retry_after
         self.upstream_status = upstream_status
+        # False for a failure one request caused (it crashed the embedded engine): the provider's breaker,
+        # shared by every tenant, does not hear of it.
+        self.counts_against_provider = counts_against_provider

@@ -176,6 +176,7 @@ def build_gateway(config: GatewayConfig) -> Gateway:
                 kv_cells=engine.kv_cells,
                 step_seconds=engine.step_seconds,
                 queue_timeout=engine.queue_timeout_seconds,
+                step_timeout=engine.step_timeout_seconds,
             ),
             max_queue=engine.max_queue,
             retry_after=engine.retry_after_seconds,

@@ -49,8 +49,10 @@ class RemoteJob:
 
 def engine_failed(message: str) -> UpstreamError:
     """The engine died serving: retryable, so before the first byte the router moves the request on, as
-    for any failing provider."""
-    return UpstreamError(503, message, provider=PROVIDER, retryable=True)
+    for any failing provider. Not counted against the local provider's health: a crash is most likely one
+    request's doing (or a kill), and a new engine serves the next request; counted, three such requests
+    opened the circuit and every tenant's local requests got 503 for 30 s."""
+    return UpstreamError(503, message, provider=PROVIDER, retryable=True, counts_against_provider=False)
 
 
 def start_failed(message: str, retry_after: int | None = None) -> APIError:

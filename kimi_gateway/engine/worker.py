@@ -144,6 +144,7 @@ class LocalModel:
         self._waiting: deque[Job] = deque()
         self._admitted = 0
         self._seconds_per_token = 0.0  # measured on prompt-reading steps; 0 until one has run
+        self._step_started: float | None = None  # while a step runs: for the watchdog
 
     # ---- lifecycle -----------------------------------------------------------------------------------
 
@@ -199,6 +200,7 @@ class LocalModel:
         self.kv_cells = cells
         self._thread = threading.Thread(target=self._loop, name=f"engine-{self.model_id}", daemon=True)
         self._thread.start()
+        threading.Thread(target=self._watch, name="engine-watchdog", daemon=True).start()
 
     def close(self) -> None:
         if self._thread is not None:
@@ -233,6 +235,20 @@ class LocalModel:
         self._jobs.put(job)
 
     # ---- the worker thread: admit, step, repeat ------------------------------------------------------
+
+    def _watch(self) -> None:
+        """The net under the checks on requests: a step that runs far past any step's length (inside
+        llama.cpp: a grammar the checks did not foresee, a kernel that never returns) cannot be interrupted
+        in its thread. The process ends; the gateway answers the requests in flight as for any crash and
+        starts a new engine for the next one."""
+        limit = self.settings.step_timeout
+        while self._thread is not None:
+            time.sleep(1.0)
+            started = self._step_started
+            if started is not None and time.monotonic() - started > limit:
+                log.error("a step of the model ran past %s s: the engine process ends", limit)
+                logging.shutdown()
+                os._exit(70)
 
     def _loop(self) -> None:
         try:
@@ -351,6 +367,13 @@ class LocalModel:
     # ---- one step ------------------------------------------------------------------------------------
 
     def _step(self) -> None:
+        self._step_started = time.monotonic()
+        try:
+            self._run_step()
+        finally:
+            self._step_started = None
+
+    def _run_step(self) -> None:
         plan = self._plan()
         if not plan:
             return

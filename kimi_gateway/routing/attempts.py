@@ -114,7 +114,11 @@ class RoutedGeneration:
             self._router.sticky.forget(self.sticky.key)  # a failing provider no longer holds the conversation
         # Only the provider's own failures count against it: not the local engine's full queue
         # (back-pressure), nor an upstream's verdict on the client's request (400, 404, 413, 422).
-        if isinstance(error, UpstreamError) and counts_against(error.upstream_status):
+        if (
+            isinstance(error, UpstreamError)
+            and error.counts_against_provider
+            and counts_against(error.upstream_status)
+        ):
             turn.failed(retry_after)
             rate_limited = error.upstream_status == 429
             self._router.stats.record(provider, candidate.card.id, False, rate_limited=rate_limited)
