@@ -70,10 +70,22 @@ def _serve(args: argparse.Namespace) -> int:
     host = args.host or config.server.host
     port = args.port or config.server.port
     setup_logging(config.server.log_level)
-    if not host.startswith(LOOPBACK) and asyncio.run(_key_count(config)) == 0:
+    keyed = (not host.startswith(LOOPBACK) or (args.workers > 1 and not config.redis_url)) and asyncio.run(
+        _key_count(config)
+    ) > 0
+    if not host.startswith(LOOPBACK) and not keyed:
         print(
             f"refusing to serve on {host} without API keys: anyone could use it. Create one with "
             "`kimi-gateway keys create --name NAME`, or bind to 127.0.0.1.",
+            file=sys.stderr,
+        )
+        return 2
+    if args.workers > 1 and not config.redis_url and keyed:
+        # Each worker would hold credit on its own: two could each admit the last dollar's worth.
+        print(
+            f"refusing to serve {args.workers} workers without Redis: credit holds and rate limits would be "
+            "kept per worker, and an account could spend past its balance. Set `redis_url`, or serve one "
+            "worker.",
             file=sys.stderr,
         )
         return 2

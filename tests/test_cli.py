@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from kimi_gateway.testing import LOCAL_MODEL, GatewayProcess
 
@@ -55,3 +56,19 @@ def test_chat_command_reports_errors() -> None:
     result = _cli("chat", "hi", "--model", "kimi-k2.5", "--base-url", "")
     assert result.returncode == 1
     assert "503" in result.stderr
+
+
+def test_several_workers_without_redis_are_refused_once_keys_exist(tmp_path: Path) -> None:
+    """Each worker would hold credit and count limits on its own (a $0.01 account spent $0.012 on two)."""
+    config = tmp_path / "gateway.toml"
+    config.write_text('data_dir = "data"\n')
+    serve = [sys.executable, "-m", "kimi_gateway", "serve", "--config", str(config), "--workers", "2"]
+    made = subprocess.run(
+        [sys.executable, "-m", "kimi_gateway", "keys", "create", "--name", "one", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    refused = subprocess.run([*serve, "--port", "1"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "without Redis" in refused.stderr, refused.stderr
