@@ -257,3 +257,32 @@ def test_a_stuck_step_ends_the_engine_and_crashes_do_not_open_the_circuit(start_
         assert httpx.post(gw.api + "/chat/completions", json=SHORT, timeout=60).status_code == 200
     assert len(set(pids)) == 3  # a new engine each time
     assert "ran past" in gw.log_path.read_text()
+
+
+def test_requests_that_outgrow_the_cache_are_preempted_and_finish(start_gateway: Any) -> None:
+    """A cache of 1,024 tokens, two requests that need about 620 each: the younger gives its cells back and
+    reads its tokens again once the older is done (not turn by turn: they would evict each other at every
+    token); both finish, whole. (On the first version of the scheduler this never ended.)"""
+    gw: GatewayProcess = start_gateway("[engine]\nmax_context = 1024\nkv_cells = 1024\n")
+    results: dict[int, dict[str, Any]] = {}
+
+    def one(k: int) -> None:
+        body = {
+            "model": LOCAL_MODEL,
+            "messages": [{"role": "user", "content": long_prompt(250)}],
+            "max_tokens": 320,
+            "ignore_eos": True,
+            "temperature": 0,
+        }
+        results[k] = httpx.post(gw.api + "/chat/completions", json=body, timeout=300).json()
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    for reply in results.values():
+        assert reply["usage"]["completion_tokens"] == 320, reply
+        assert reply["choices"][0]["finish_reason"] == "length"
+    assert any(r.get("msg") == "preempted" for r in gw.log_records())
+    assert_settles(gw)

@@ -51,7 +51,13 @@ def build(model: LocalModel, request: ChatCompletionRequest, defaults: dict[str,
         min_p=_first(request.min_p, defaults.get("min_p"), 0.0),
         presence_penalty=request.presence_penalty or 0.0,
         frequency_penalty=request.frequency_penalty or 0.0,
-        repeat_penalty=_first(request.repetition_penalty, defaults.get("repetition_penalty"), 1.0),
+        # Not under a grammar: JSON repeats its braces, quotes and keys by nature, and a penalty on them
+        # bends tool calls and structured output.
+        repeat_penalty=_first(
+            request.repetition_penalty,
+            defaults.get("repetition_penalty") if grammar is None else None,
+            1.0,
+        ),
         seed=request.seed,
     )
     return Job(

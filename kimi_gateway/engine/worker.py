@@ -112,6 +112,7 @@ class _Run:
     produced: int = 0  # this choice
     total: int = 0  # every choice
     reasons: list[str] = field(default_factory=list)
+    preempted: bool = False  # gave its cells back: waits to be the oldest running request
 
 
 @dataclass(eq=False)
@@ -259,11 +260,13 @@ class LocalModel:
                 if any(slot.run is not None for slot in self._slots):
                     self._step()
         except Exception:
-            # A failure of the loop itself (not of one job): every job ends with an error, none hangs.
+            # A failure of the scheduler itself (not of one job): every job ends with an error, and the
+            # process ends with them, so the gateway starts a new engine rather than queue behind a dead one.
             log.exception("the engine's scheduler failed")
             for job in [*(s.run.job for s in self._slots if s.run is not None), *self._waiting]:
                 job.emit(ERROR, "local generation failed")
-            raise
+            logging.shutdown()
+            os._exit(70)
 
     def _take_jobs(self) -> bool:
         """Move submitted jobs to the waiting line; block only when there is nothing else to do.
@@ -400,7 +403,12 @@ class LocalModel:
         started = time.perf_counter()
         code = llama_cpp.llama_decode(self._ctx.ctx, b)
         if code == 1:
-            self._free_cells(n, protect=None)  # the cache found no room after all: make some, try again
+            # The cache found no room after all: make some (idle caches, else the youngest request's),
+            # and plan again.
+            if not self._free_idle(n):
+                youngest = max((s for s in self._slots if s.run is not None and s.kv), key=_age, default=None)
+                if youngest is not None:
+                    self._preempt(youngest)
             return
         if code != 0:
             raise RuntimeError(f"llama_decode returned {code}")
@@ -430,7 +438,7 @@ class LocalModel:
         reading = [s for s in runs if len(s.run.pending) > 1]  # type: ignore[union-attr]
         plan: list[tuple[_Slot, list[int]]] = []
         for slot in decoding:
-            if not self._room(1, protect=slot):
+            if not self._room(1, protect=slot, planned=plan):
                 break
             plan.append((slot, slot.run.pending[:1]))  # type: ignore[union-attr]
         budget = n_batch - len(plan)
@@ -443,53 +451,73 @@ class LocalModel:
         else:
             # Alone: longer steps read a little faster; a cancel is still seen within two step lengths.
             budget = min(budget, max(MIN_CHUNK, int(2 * step / self._seconds_per_token)))
+        oldest = runs[0] if runs else None
         for slot in sorted(reading, key=lambda s: len(s.run.pending)):  # type: ignore[union-attr]
             if budget <= 0:
                 break
             run = slot.run
             assert run is not None
+            if run.preempted:
+                if slot is not oldest:
+                    continue  # read again once the older ones are done: else the two take turns evicting
+                run.preempted = False
             take = min(budget, len(run.pending), self.n_ctx - len(slot.kv))
-            if take <= 0 or not self._room(take, protect=slot):
+            if take <= 0 or not self._room(take, protect=slot, planned=plan):
                 continue
             plan.append((slot, run.pending[:take]))
             budget -= take
         if not plan and runs:
-            # Every running job waits for cells the others hold: the youngest gives its cells back.
-            self._preempt(runs[-1])
+            # Every running job waits for cells the others hold: the youngest holding some gives them back.
+            holding = [s for s in runs[1:] if s.kv]
+            if holding:
+                self._preempt(holding[-1])
         return plan
 
     def _used(self) -> int:
         return sum(len(slot.kv) for slot in self._slots)
 
-    def _room(self, needed: int, protect: _Slot) -> bool:
-        if self.kv_cells - self._used() >= needed:
+    def _room(self, needed: int, protect: _Slot, planned: list[tuple[_Slot, list[int]]]) -> bool:
+        """Whether `needed` more cells fit beside what the cache holds and this step already claims,
+        after freeing what may be freed for `protect`."""
+        claimed = sum(len(tokens) for _, tokens in planned)
+        if self.kv_cells - self._used() - claimed >= needed:
             return True
-        self._free_cells(needed, protect)
-        return self.kv_cells - self._used() >= needed
+        self._free_cells(needed + claimed, protect, {id(slot) for slot, _ in planned})
+        return self.kv_cells - self._used() - claimed >= needed
 
-    def _free_cells(self, needed: int, protect: _Slot | None) -> None:
+    def _free_cells(self, needed: int, protect: _Slot | None, planned: set[int] | None = None) -> None:
         """Idle slots' caches first (least recently used first), then running jobs younger than the one
-        that needs the room."""
-        for slot in sorted((s for s in self._slots if s.run is None and s.kv), key=lambda s: s.used):
-            if self.kv_cells - self._used() >= needed:
-                return
-            self._truncate(slot, 0)
-        if protect is None or protect.run is None:
+        that needs the room and not already in this step's batch (`planned`, by id)."""
+        if self._free_idle(needed) or protect is None or protect.run is None:
             return
         order = protect.run.order
         for slot in sorted(
-            (s for s in self._slots if s.run is not None and s.kv and s.run.order > order),
+            (
+                s
+                for s in self._slots
+                if s.run is not None and s.kv and s.run.order > order and id(s) not in (planned or ())
+            ),
             key=lambda s: -s.run.order,  # type: ignore[union-attr]
         ):
             if self.kv_cells - self._used() >= needed:
                 return
             self._preempt(slot)
 
+    def _free_idle(self, needed: int) -> bool:
+        """Drop idle slots' caches, least recently used first, until `needed` cells are free."""
+        for slot in sorted((s for s in self._slots if s.run is None and s.kv), key=lambda s: s.used):
+            if self.kv_cells - self._used() >= needed:
+                return True
+            self._truncate(slot, 0)
+        return self.kv_cells - self._used() >= needed
+
     def _preempt(self, slot: _Slot) -> None:
         run = slot.run
         assert run is not None
         # Its tokens so far (prompt, then this choice's output) are read again once there is room.
         run.pending = [*run.job.tokens, *run.generated][: len(slot.kv) + len(run.pending)]
+        event("preempted", request_id=run.job.request_id, model=self.model_id, tokens=len(run.pending))
+        run.preempted = True
         self._truncate(slot, 0)
 
     # ---- what a sampled token does -------------------------------------------------------------------
@@ -554,6 +582,11 @@ class LocalModel:
             ms=round((time.perf_counter() - run.started) * 1000, 2),
             queued_ms=round((run.admitted - job.queued_at) * 1000, 2),
         )
+
+
+def _age(slot: _Slot) -> int:
+    assert slot.run is not None
+    return slot.run.order
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
