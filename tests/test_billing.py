@@ -356,11 +356,22 @@ def test_the_hold_covers_prompts_the_estimate_undercounts(tmp_path: Path, moon: 
     try:
         ops = Operator(gw)
         key = ops.key_for("acct_emoji")
-        ops.recharge("acct_emoji", "0.30")
-        body = {"model": LOCAL_MODEL, "messages": [{"role": "user", "content": "🙂🐱🚀" * 100}]}
+        ops.recharge("acct_emoji", "0.10")
+        # 90 emoji: the old estimate said 22 tokens ($0.003 held); SmolLM2 reads about 300 ($0.03 charged).
+        body = {
+            "model": LOCAL_MODEL,
+            "messages": [{"role": "user", "content": "🙂🐱🚀" * 30}],
+            "max_tokens": 8,
+        }
 
         def ask(_: int) -> int:
-            return chat(gw, key, **body, max_tokens=8).status_code
+            reply = httpx.post(
+                gw.api + "/chat/completions",
+                json=body,
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=300,
+            )
+            return reply.status_code
 
         with ThreadPoolExecutor(6) as pool:
             statuses = list(pool.map(ask, range(6)))
