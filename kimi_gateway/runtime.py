@@ -174,7 +174,7 @@ def build_gateway(config: GatewayConfig) -> Gateway:
                 flash_attn=engine.flash_attn,
                 parallel=engine.parallel,
                 kv_cells=engine.kv_cells,
-                step_seconds=engine.step_seconds,
+                prefill_chunk=engine.prefill_chunk,
                 queue_timeout=engine.queue_timeout_seconds,
                 step_timeout=engine.step_timeout_seconds,
             ),

@@ -51,13 +51,7 @@ def build(model: LocalModel, request: ChatCompletionRequest, defaults: dict[str,
         min_p=_first(request.min_p, defaults.get("min_p"), 0.0),
         presence_penalty=request.presence_penalty or 0.0,
         frequency_penalty=request.frequency_penalty or 0.0,
-        # Not under a grammar: JSON repeats its braces, quotes and keys by nature, and a penalty on them
-        # bends tool calls and structured output.
-        repeat_penalty=_first(
-            request.repetition_penalty,
-            defaults.get("repetition_penalty") if grammar is None else None,
-            1.0,
-        ),
+        repeat_penalty=_first(request.repetition_penalty, _default_penalty(defaults, grammar), 1.0),
         seed=request.seed,
     )
     return Job(
@@ -122,6 +116,16 @@ def logit_bias(request: ChatCompletionRequest, model: LocalModel) -> dict[int, f
             )
         bias[int(key)] = value
     return bias
+
+
+def _default_penalty(defaults: dict[str, Any], grammar: LlamaGrammar | None) -> float | None:
+    """The card's repeat penalty; half as strong under a grammar. JSON repeats its braces, quotes and keys by
+    nature, and the full penalty bends tool calls; none at all, and greedy SmolLM2 fills a JSON array with
+    the same string until max_tokens ("loyalty", "loyalty", ...; 1.05 ends it)."""
+    penalty = defaults.get("repetition_penalty")
+    if penalty is None or grammar is None:
+        return None if penalty is None else float(penalty)
+    return 1.0 + (float(penalty) - 1.0) / 2
 
 
 def _first(*values: float | None) -> float:

@@ -28,7 +28,7 @@ class EngineSettings:
     flash_attn: bool = True
     parallel: int = 4  # sequences served at once
     kv_cells: int | None = None  # the KV cache's size in tokens across sequences; None: 2 x max_context
-    step_seconds: float = 0.5  # how long a step should take: bounds prompt chunks while others wait
+    prefill_chunk: int = 64  # prompt tokens read a step while others wait (twice that alone)
     queue_timeout: float | None = 30.0  # a job not started within this many seconds is refused
     # No step takes this long (the longest, n_batch tokens deep in the context, takes seconds): one that
     # does is stuck inside llama.cpp, and the watchdog ends the process.

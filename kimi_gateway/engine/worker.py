@@ -7,7 +7,8 @@ chunks of the prompts still being read. So:
 
 - a short request is read and answered while a long prompt is still being read (its chunks share the
   steps), and two users decoding share each forward pass;
-- a step is kept short (`step_seconds`, from the measured speed of the steps before), and cancellation is
+- a step is kept short (prompts are read `prefill_chunk` tokens a step while others wait, twice that
+  alone), and cancellation is
   checked between steps, so a cancelled job leaves the engine within a step whatever its prompt's length;
 - a slot keeps its sequence's KV after its job ends: a later job whose prompt starts the same way (the same
   system prompt, the same document, the conversation so far) is given that slot and reads only the rest.
@@ -66,10 +67,6 @@ ERROR = "error"  # (ERROR, message): the last message of a job that failed
 EXPIRED = "expired"  # (EXPIRED, message): the last message of a job that could not start in time
 
 Sink = Callable[[tuple[Any, ...]], None]
-
-# Prompt chunks never shrink below this: tiny batches waste the forward pass.
-MIN_CHUNK = 16
-FIRST_CHUNK = 64
 
 
 @dataclass(eq=False)
@@ -144,7 +141,6 @@ class LocalModel:
         self._slots: list[_Slot] = []
         self._waiting: deque[Job] = deque()
         self._admitted = 0
-        self._seconds_per_token = 0.0  # measured on prompt-reading steps; 0 until one has run
         self._step_started: float | None = None  # while a step runs: for the watchdog
 
     # ---- lifecycle -----------------------------------------------------------------------------------
@@ -399,8 +395,6 @@ class LocalModel:
                 b.logits[n - 1] = True
                 sample_at.append((slot, n - 1))
         b.n_tokens = n
-        prompt_tokens = n - sum(1 for slot, tokens in plan if len(tokens) == 1)
-        started = time.perf_counter()
         code = llama_cpp.llama_decode(self._ctx.ctx, b)
         if code == 1:
             # The cache found no room after all: make some (idle caches, else the youngest request's),
@@ -412,12 +406,6 @@ class LocalModel:
             return
         if code != 0:
             raise RuntimeError(f"llama_decode returned {code}")
-        elapsed = time.perf_counter() - started
-        if prompt_tokens >= MIN_CHUNK:
-            rate = elapsed / n
-            self._seconds_per_token = (
-                rate if not self._seconds_per_token else 0.5 * self._seconds_per_token + 0.5 * rate
-            )
         for slot, tokens in plan:
             slot.kv.extend(tokens)
             run = slot.run
@@ -442,15 +430,12 @@ class LocalModel:
                 break
             plan.append((slot, slot.run.pending[:1]))  # type: ignore[union-attr]
         budget = n_batch - len(plan)
-        step = self.settings.step_seconds
-        if not self._seconds_per_token:
-            budget = min(budget, FIRST_CHUNK)  # the first chunk measures the speed the next ones follow
-        elif len(runs) > 1 or self._waiting or not self._jobs.empty():
-            # Others are waiting on this step: keep it short.
-            budget = min(budget, max(MIN_CHUNK, int(step / self._seconds_per_token)))
-        else:
-            # Alone: longer steps read a little faster; a cancel is still seen within two step lengths.
-            budget = min(budget, max(MIN_CHUNK, int(2 * step / self._seconds_per_token)))
+        # Chunks of a fixed size, not timed: a request's prompt is then cut the same way each time it is
+        # read alone, so greedy decoding gives the same answer run after run (chunk sizes change the
+        # arithmetic's order, and timed chunks changed answers between runs).
+        chunk = self.settings.prefill_chunk
+        contended = len(runs) > 1 or bool(self._waiting) or not self._jobs.empty()
+        budget = min(budget, chunk if contended else 2 * chunk)
         oldest = runs[0] if runs else None
         for slot in sorted(reading, key=lambda s: len(s.run.pending)):  # type: ignore[union-attr]
             if budget <= 0:
