@@ -33,6 +33,9 @@ class ServerConfig(_Section):
     header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     max_header_bytes: int = Field(default=64 * 1024, ge=4096, le=16 * 1024 * 1024)
     max_connections: int = Field(default=1000, ge=1)
+    # Request bodies still arriving (sent in pieces) from one client address at once; more get 429. Behind
+    # a proxy that buffers bodies (nginx does by default) they arrive whole and are not counted.
+    slow_bodies_per_client: int = Field(default=32, ge=1)
     # Browser apps on these origins may call the API directly (CORS); off by default. "*" allows any
     # origin (never with credentials: keys travel in the Authorization header, not cookies).
     cors_origins: list[str] = Field(default_factory=list)
@@ -187,6 +190,9 @@ class MediaConfig(_Section):
     decoding_megapixels: int = Field(default=64, ge=1)
     # CPU seconds one document's text extraction may take (a PDF built to be slow is refused with 400).
     document_budget_seconds: float = Field(default=5.0, gt=0)
+    # CPU seconds all of one request's media work may take together (fetched images decoded, OCR, video
+    # frames, documents): past it, 400 `media_too_costly`. Its wall time is three times this.
+    request_budget_seconds: float = Field(default=30.0, gt=0)
     # Images read by OCR (for text-only models) are scaled down to this first: OCR gains little beyond.
     ocr_max_pixels: int = Field(default=4_000_000, ge=100_000)
     # Files API quotas, per account (Moonshot's: 100 MB a file, 1,000 files, 10 GB in all).

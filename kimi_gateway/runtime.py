@@ -219,6 +219,7 @@ def build_gateway(config: GatewayConfig) -> Gateway:
         config.media.workers,
         config.media.jobs_per_account,
         config.media.document_budget_seconds,
+        config.media.request_budget_seconds,
         config.media.decoding_megapixels,
     )
     files = FileStore(db, config.data_dir.expanduser() / "files", config.media, OCR(), pool)
@@ -236,7 +237,9 @@ def build_gateway(config: GatewayConfig) -> Gateway:
         accounts=Accountant(ledger, holds, admission, recorder, tiers, changes, **cache),
         media=media,
         files=files,
-        responses=ResponseStore(db, timedelta(days=config.responses.retention_days)),
+        responses=ResponseStore(
+            db, timedelta(days=config.responses.retention_days), config.media.max_total_bytes
+        ),
         uptime=UptimeStore(db, router.stats, interval=max(settings.flush_seconds, 1.0)),
         metrics=metrics,
         changes=changes,

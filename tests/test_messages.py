@@ -658,3 +658,42 @@ def test_stop_sequence_on_the_embedded_engine(gateway: GatewayProcess) -> None:
     )
     assert message.stop_reason == "stop_sequence" and message.stop_sequence == "3"
     assert "3" not in message.content[0].text  # type: ignore[union-attr]
+
+
+def test_claude_code_s_system_messages_are_taken_in_place(
+    gw: GatewayProcess, claude: anthropic.Anthropic, fakes: dict[str, FakeUpstream]
+) -> None:
+    # Claude Code 2.1 sends a system message inside `messages`, and opens its system prompt with a
+    # billing line that changes every request. Before: 400 `Invalid value for 'messages[1].role'`, a
+    # wording Claude Code does not know, so it stopped at its first request.
+    fakes["moon"].script(Answer(content="Done."))
+    billing = "x-anthropic-billing-header: cc_version=2.1.3.a1b; cc_entrypoint=sdk-cli; cch=9f2e1;"
+    answer = claude.messages.create(
+        model=MODEL,
+        max_tokens=64,
+        system=[
+            {"type": "text", "text": billing},
+            {"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}},
+        ],
+        messages=[
+            {"role": "user", "content": "List the files."},
+            {"role": "system", "content": "The user's working directory is /tmp."},  # type: ignore[typeddict-item]
+            {"role": "user", "content": [{"type": "text", "text": "Go on."}]},
+        ],
+        extra_body=MOON,
+    )
+    assert answer.content[0].text == "Done."  # type: ignore[union-attr]
+    sent = fakes["moon"].requests[-1].body["messages"]
+    assert sent == [
+        {"role": "system", "content": "You are Claude Code."},
+        {"role": "user", "content": "List the files."},
+        {"role": "system", "content": "The user's working directory is /tmp."},
+        {"role": "user", "content": [{"type": "text", "text": "Go on."}]},
+    ]
+    # What is still refused is said in Anthropic's own wording: a dotted path, then the reason.
+    refused = httpx.post(
+        gw.base_url + "/v1/messages",
+        json={"model": MODEL, "max_tokens": 8, "messages": [*ASK, {"role": "tool", "content": "x"}]},
+    )
+    assert refused.status_code == 400
+    assert refused.json()["error"]["message"].startswith("messages.1.role: Input should be"), refused.text

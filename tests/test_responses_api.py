@@ -283,7 +283,7 @@ def test_input_image(client: openai.OpenAI, fakes: dict[str, FakeUpstream]) -> N
 
 def test_unsupported_parts_are_refused_clearly(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError, match="function tools"):
-        client.responses.create(model=MODEL, input="Search", tools=[{"type": "web_search"}])  # type: ignore[list-item]
+        client.responses.create(model=MODEL, input="Search", tools=[{"type": "file_search"}])  # type: ignore[list-item]
     with pytest.raises(openai.BadRequestError, match="background"):
         client.responses.create(model=MODEL, input="Hi", background=True)
 
@@ -367,3 +367,89 @@ def test_stored_responses_are_owned_by_their_account(
             other.stop()
         if url:
             services.drop_postgres_database(url)
+
+
+CODEX_TOOLS = [
+    {"type": "function", "name": "shell", "parameters": {"type": "object", "properties": {}}},
+    {
+        "type": "namespace",
+        "name": "mcp__demo__",
+        "description": "Tools in the mcp__demo__ namespace.",
+        "tools": [
+            {
+                "type": "function",
+                "name": "lookup_order",
+                "description": "Look up an order",
+                "strict": False,
+                "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}},
+            }
+        ],
+    },
+    {"type": "web_search", "external_web_access": False},
+]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_codex_s_namespaced_tools_and_web_search(
+    gw: GatewayProcess, fakes: dict[str, FakeUpstream], stream: bool
+) -> None:
+    # Codex CLI sends MCP tools grouped in a `namespace` tool, and a `web_search` tool. Before: 400
+    # `unsupported_tool` on its first request.
+    fakes["moon"].script(
+        Answer(
+            reasoning="Look it up.",
+            content="",
+            tool_calls=[("mcp__demo__lookup_order", '{"order_id": "7"}')],
+            finish="tool_calls",
+        )
+    )
+    body = {"model": MODEL, "input": "Where is order 7?", "tools": CODEX_TOOLS, "stream": stream, **MOON}
+    answer = httpx.post(gw.api + "/responses", json=body, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-gateway-adapted"] == "dropped_tool:web_search"
+    sent = fakes["moon"].requests[-1].body["tools"]
+    assert [t["function"]["name"] for t in sent] == ["shell", "mcp__demo__lookup_order"]
+    if stream:
+        events = [json.loads(line[6:]) for line in answer.text.splitlines() if line.startswith("data: ")]
+        added = [e["item"] for e in events if e["type"] == "response.output_item.added"]
+        response = next(e["response"] for e in events if e["type"] == "response.completed")
+        assert added[-1]["name"] == "lookup_order" and added[-1]["namespace"] == "mcp__demo__"
+    else:
+        response = answer.json()
+    call = response["output"][-1]
+    assert call["type"] == "function_call"
+    assert (call["name"], call["namespace"]) == ("lookup_order", "mcp__demo__")
+    # Codex sends the call back with its namespace, and the output: the model sees its flat name.
+    fakes["moon"].script(Answer(content="Order 7 ships today."))
+    followup = {
+        "model": MODEL,
+        "input": [
+            {"type": "message", "role": "user", "content": "Where is order 7?"},
+            response["output"][0],  # the reasoning (Kimi wants it back with its call)
+            {k: call[k] for k in ("type", "call_id", "name", "namespace", "arguments")},
+            {"type": "function_call_output", "call_id": call["call_id"], "output": "ships today"},
+        ],
+        "tools": CODEX_TOOLS,
+        "store": False,
+        **MOON,
+    }
+    assert httpx.post(gw.api + "/responses", json=followup, timeout=30).status_code == 200
+    history = fakes["moon"].requests[-1].body["messages"]
+    assert history[1]["tool_calls"][0]["function"]["name"] == "mcp__demo__lookup_order"
+    # Continued by id, the stored call keeps its flat name for the model too.
+    fakes["moon"].script(Answer(content="Done."))
+    chained = {"model": MODEL, "previous_response_id": response["id"], "input": "Thanks", **MOON}
+    assert httpx.post(gw.api + "/responses", json=chained, timeout=30).status_code == 200
+    history = fakes["moon"].requests[-1].body["messages"]
+    assert history[1]["tool_calls"][0]["function"]["name"] == "mcp__demo__lookup_order"
+
+
+def test_strict_requests_still_refuse_tools_not_served(gw: GatewayProcess) -> None:
+    body = {
+        "model": MODEL,
+        "input": "Search.",
+        "tools": [{"type": "web_search"}],
+        "provider": {"only": ["moon"], "require_parameters": True},
+    }
+    refused = httpx.post(gw.api + "/responses", json=body, timeout=30)
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "unsupported_tool"

@@ -8,6 +8,7 @@ import base64
 import http.server
 import io
 import json
+import os
 import select
 import socket
 import threading
@@ -139,6 +140,7 @@ def test_the_connect_time_check_stands_alone(internal: images.ImageHost) -> None
 
 SMALL = (
     "[server]\nheader_timeout_seconds = 2\nmax_header_bytes = 16384\nmax_connections = 40\n"
+    "slow_bodies_per_client = 4\n"
     "[media]\nmax_file_bytes = 1048576\nmax_files = 3\nmax_total_bytes = 2500000\n"
     "document_budget_seconds = 2\n"
 )
@@ -376,6 +378,48 @@ def test_connections_past_the_cap_are_turned_away_and_service_resumes(
             s.close()
 
 
+def _slow_body(port: int, source: str, path: str, key: str) -> socket.socket:
+    """A request whose body has begun (10 of 1,000 bytes) and goes no further."""
+    sock = socket.create_connection(("127.0.0.1", port), source_address=(source, 0))
+    kind, start = ("application/json", b'{"model": ')
+    if path == "/v1/files":
+        kind, start = ("multipart/form-data; boundary=kg", b"--kg\r\nContent-")
+    sock.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {kind}\r\n"
+        f"Authorization: Bearer {key}\r\nContent-Length: 1000\r\n\r\n".encode()
+        + start
+    )
+    return sock
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/files"])
+def test_one_address_cannot_hold_every_connection_with_slow_bodies(
+    hardened: tuple[GatewayProcess, Operator], path: str
+) -> None:
+    # Before, 100 bodies sent a byte a second from one tenant took all 100 connections for 95 s. Each
+    # is cut at the minimum rate now (test_http), and one address may have 4 of them arriving at once.
+    gw, ops = hardened
+    key = ops.key_for("acct_slow_bodies")
+    held = [_slow_body(gw.port, "127.0.0.1", path, key) for _ in range(4)]
+    try:
+        time.sleep(0.5)
+        extra = _slow_body(gw.port, "127.0.0.1", path, key)
+        with extra:
+            assert _raw_status(extra, 3).startswith(b"HTTP/1.1 429"), "the fifth slow body was not refused"
+        # Another address is not counted with them.
+        with _slow_body(gw.port, "127.0.0.2", path, key) as other:
+            assert _raw_status(other, 1) == b"", "another address's body was refused"
+        for sock in held:
+            assert _raw_status(sock, 0.05) == b""  # the first four are still being read
+    finally:
+        for sock in held:
+            sock.close()
+    # Once they go, the address may send bodies in pieces again.
+    time.sleep(0.5)
+    with _slow_body(gw.port, "127.0.0.1", path, key) as again:
+        assert _raw_status(again, 1) == b""
+
+
 def test_concurrent_uploads_respect_the_file_quota(hardened: tuple[GatewayProcess, Operator]) -> None:
     gw, ops = hardened
     key = ops.key_for("acct_race")
@@ -425,5 +469,85 @@ def test_uploads_and_token_counts_are_rate_limited(tmp_path: Path) -> None:
         other = ops.key_for("acct_rpm_files")
         statuses = [_upload(gw, other, b"hello %d" % i, "h.txt").status_code for i in range(3)]
         assert statuses == [200, 200, 429]
+    finally:
+        gw.stop()
+
+
+@pytest.fixture(scope="module")
+def patient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """Budgets long enough that only the client leaving can stop a costly document."""
+    gw = GatewayProcess(
+        tmp_path_factory.mktemp("patient"),
+        "[media]\ndocument_budget_seconds = 120\nrequest_budget_seconds = 120\n",
+    )
+    yield gw
+    gw.stop()
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _send_and_leave(gw: GatewayProcess, request: httpx.Request, stay: float) -> None:
+    """Send `request` whole on a raw socket, wait `stay` seconds, and close the connection unanswered."""
+    body = request.read()
+    head = f"{request.method} {request.url.raw_path.decode()} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in request.headers.items() if name != "host")
+    with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+        sock.sendall(head.encode() + b"\r\n" + body)
+        time.sleep(stay)
+
+
+@pytest.mark.parametrize("route", ["chat", "upload"])
+def test_document_extraction_stops_when_the_client_leaves(patient: GatewayProcess, route: str) -> None:
+    # One form drawn 400 times: more than a minute of extraction for 1 KB. The client leaves after 2 s;
+    # before the fix the gateway went on for the whole extraction (118 s busy after one such upload).
+    pdf = pdfs.form_pdf(draws=400)
+    if route == "chat":
+        data = base64.b64encode(pdf).decode()
+        part = {
+            "type": "file",
+            "file": {"filename": "x.pdf", "file_data": f"data:application/pdf;base64,{data}"},
+        }
+        body = {"model": LOCAL_MODEL, "messages": [{"role": "user", "content": [part]}], "max_tokens": 4}
+        request = httpx.Request("POST", patient.api + "/chat/completions", json=body)
+    else:
+        request = httpx.Request(
+            "POST", patient.api + "/files", files={"file": ("x.pdf", pdf)}, data={"purpose": "file-extract"}
+        )
+    pid = patient.proc.pid
+    before = _cpu_seconds(pid)
+    _send_and_leave(patient, request, 2.0)
+    busy = _cpu_seconds(pid) - before
+    assert busy > 1.0, busy  # it was extracting
+    time.sleep(1.5)  # the disconnect is noticed and the job's next budget check stops it
+    idle_from = _cpu_seconds(pid)
+    time.sleep(3.0)
+    after = _cpu_seconds(pid) - idle_from
+    assert after < 0.6, f"{after:.1f} s of CPU in the 3 s after the client left"
+    if route == "upload":
+        listed = httpx.get(patient.api + "/files", timeout=10).json()["data"]
+        assert listed == []  # the abandoned upload was not stored
+    assert [r for r in patient.log_records() if "Traceback" in json.dumps(r)] == []
+
+
+def test_a_requests_media_share_one_budget(tmp_path: Path) -> None:
+    # Each document is within its own budget (5 s), not the request's (1 s): refused as a whole, in the
+    # error shape of a costly file, naming the part.
+    gw = GatewayProcess(tmp_path, "[media]\ndocument_budget_seconds = 5\nrequest_budget_seconds = 1\n")
+    try:
+        data = base64.b64encode(pdfs.form_pdf(draws=400)).decode()
+        part = {
+            "type": "file",
+            "file": {"filename": "x.pdf", "file_data": f"data:application/pdf;base64,{data}"},
+        }
+        body = {"model": LOCAL_MODEL, "messages": [{"role": "user", "content": [part]}], "max_tokens": 4}
+        started = time.monotonic()
+        answer = httpx.post(gw.api + "/chat/completions", json=body, timeout=60)
+        assert answer.status_code == 400, answer.text
+        error = answer.json()["error"]
+        assert error["code"] == "file_too_costly" and "more than 1 s" in error["message"], error
+        assert time.monotonic() - started < 4.0  # the request's budget, not the document's 5 s
     finally:
         gw.stop()

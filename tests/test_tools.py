@@ -149,3 +149,36 @@ def test_unknown_named_tool_is_a_400(client: openai.OpenAI) -> None:
         assert exc.body["param"] == "tool_choice"  # type: ignore[index]
     else:
         raise AssertionError("expected a 400")
+
+
+def test_unconstrained_parts_of_a_tool_schema_take_any_value(client: openai.OpenAI) -> None:
+    # Claude Code's tool list has a property given only as {"description": ...}; before, the embedded
+    # model refused the whole request with 400 "Unrecognized schema", so Claude Code could not use it.
+    note = {
+        "type": "function",
+        "function": {
+            "name": "save_note",
+            "description": "Save a note",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "title": {"type": "string"},
+                    "extra": {"description": "Anything else to keep with the note"},
+                    "tags": {"type": "array", "items": {}},
+                },
+                "required": ["title", "extra"],
+            },
+        },
+    }
+    response = client.chat.completions.create(
+        model=LOCAL_MODEL,
+        messages=[{"role": "user", "content": "Save a note titled groceries."}],
+        tools=[note],
+        tool_choice="required",
+        temperature=0,
+        max_tokens=200,
+    )
+    calls = response.choices[0].message.tool_calls or []
+    assert [c.function.name for c in calls] == ["save_note"]
+    arguments = json.loads(calls[0].function.arguments)
+    jsonschema.validate(arguments, note["function"]["parameters"])  # type: ignore[index]

@@ -132,10 +132,43 @@ def json_object_grammar() -> LlamaGrammar:
     return LlamaGrammar.from_string(JSON_GBNF)
 
 
+# Keywords that constrain a value in the converter's eyes. A schema with none of them (`{}`, `true`, or only
+# a `description`, as one of Claude Code's tools has) allows any JSON value: the converter would refuse it
+# ("Unrecognized schema") or, for `{}`, allow objects only.
+_CONSTRAINING = frozenset(
+    {"type", "$ref", "oneOf", "anyOf", "allOf", "const", "enum", "properties", "items", "prefixItems"}
+    | {"pattern"}
+)
+_ANY_VALUE: dict[str, Any] = {"type": ["string", "number", "boolean", "null", "object", "array"]}
+_SCHEMA_MAPS = ("properties", "$defs", "definitions")
+_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+
+
+def _loosened(node: Any) -> Any:
+    """The schema with every unconstrained part made "any JSON value", as JSON Schema means it."""
+    if node is True:
+        return _ANY_VALUE
+    if not isinstance(node, dict):
+        return node
+    if not node.keys() & _CONSTRAINING:
+        return _ANY_VALUE
+    out = dict(node)
+    for key in _SCHEMA_MAPS:
+        if isinstance(out.get(key), dict):
+            out[key] = {name: _loosened(value) for name, value in out[key].items()}
+    for key in _SCHEMA_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [_loosened(value) for value in out[key]]
+    for key in ("items", "additionalProperties"):
+        if isinstance(out.get(key), dict):
+            out[key] = _loosened(out[key])
+    return out
+
+
 def json_schema_grammar(schema: dict[str, Any], *, param: str) -> LlamaGrammar:
     check_schema(schema, param)
     try:
-        gbnf = json_schema_to_gbnf(orjson.dumps(schema).decode())
+        gbnf = json_schema_to_gbnf(orjson.dumps(_loosened(schema)).decode())
     except Exception as exc:  # the converter raises bare exceptions for schemas it cannot express
         raise invalid_request(
             f"The JSON schema cannot be enforced: {exc}", param=param, code="invalid_json_schema"

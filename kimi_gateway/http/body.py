@@ -7,7 +7,7 @@ import re
 import time
 import zlib
 from collections.abc import Callable
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect, Request
@@ -35,14 +35,36 @@ def too_slow() -> APIError:
     )
 
 
+def too_many_slow(limit: int) -> APIError:
+    return APIError(
+        429,
+        f"Too many request bodies are still arriving from your address ({limit} at most at once): send "
+        "each body whole, or fewer at a time.",
+        code="rate_limit_exceeded",
+    )
+
+
 class BodyDeadline:
     """Ends a body read that falls behind the minimum rate. Armed only once a body takes more than one
     message (most arrive whole in the first): a timer that cancels the reading task while it waits for
-    more, not a timeout block around every request's read."""
+    more, not a timeout block around every request's read.
 
-    __slots__ = ("_handle", "_started", "_task", "_waiting", "expired", "fired")
+    Such bodies are also counted per client address, at most `per_client` at once: each is cut when it
+    falls behind, but a client could open new ones as fast as they are cut and hold every connection."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_client", "_handle", "_started", "_task", "_waiting", "expired", "fired")
+
+    per_client = 32  # [server] slow_bodies_per_client
+    _arriving: ClassVar[dict[str, int]] = {}
+
+    def __init__(self, scope: Scope) -> None:
+        client = scope.get("client")
+        address = client[0] if client else ""
+        arriving = self._arriving.get(address, 0)
+        if arriving >= self.per_client:
+            raise too_many_slow(self.per_client)
+        self._arriving[address] = arriving + 1
+        self._client: str | None = address
         self._task = asyncio.current_task()
         self._started = time.monotonic()
         self._handle: asyncio.TimerHandle | None = None
@@ -78,9 +100,18 @@ class BodyDeadline:
             self._waiting = False
 
     def close(self) -> None:
+        """Once the body is whole, or its request over (either may come first; the second does nothing)."""
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+        address = self._client
+        if address is not None:
+            self._client = None
+            left = self._arriving[address] - 1
+            if left:
+                self._arriving[address] = left
+            else:
+                del self._arriving[address]
 
 
 def too_large(limit: int) -> APIError:
@@ -166,7 +197,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 if message.get("more_body", False):
                     if deadline is None:
-                        deadline = BodyDeadline()
+                        deadline = BodyDeadline(scope)
                     deadline.received(size)
                 elif deadline is not None:
                     deadline.close()
@@ -215,7 +246,7 @@ async def read_body(request: Request, limit: int) -> bytes:
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
             if deadline is None:
-                deadline = BodyDeadline()
+                deadline = BodyDeadline(request.scope)
             deadline.received(size)
     finally:
         if deadline is not None:
@@ -229,7 +260,12 @@ def _chunk(message: Message, inflater: Inflater | None) -> bytes:
     return inflater.feed(chunk) if inflater is not None else chunk
 
 
-async def parse_body(request: Request, model: type[M], limit: int) -> M:
+async def parse_body(
+    request: Request,
+    model: type[M],
+    limit: int,
+    invalid: Callable[[ValidationError], APIError] = validation_error,
+) -> M:
     body = await read_body(request, limit)
     if not body:
         raise APIError(400, "The request body is empty; a JSON object is expected.", code="invalid_json")
@@ -237,7 +273,7 @@ async def parse_body(request: Request, model: type[M], limit: int) -> M:
         # One pass: pydantic parses the JSON and validates it together.
         return model.model_validate_json(body)
     except ValidationError as exc:
-        error = validation_error(exc)
+        error = invalid(exc)
         if error.code == "invalid_json" and _SURROGATE.search(body):
             error = APIError(
                 400,

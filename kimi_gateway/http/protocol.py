@@ -19,6 +19,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from kimi_gateway.config import ServerConfig
+from kimi_gateway.http.body import BodyDeadline
 
 PATH = "kimi_gateway.http.protocol:GatewayProtocol"
 
@@ -27,6 +28,7 @@ def configure(config: ServerConfig) -> None:
     GatewayProtocol.header_timeout = config.header_timeout_seconds
     GatewayProtocol.max_header_bytes = config.max_header_bytes
     GatewayProtocol.max_connections = config.max_connections
+    BodyDeadline.per_client = config.slow_bodies_per_client
 
 
 class GatewayProtocol(HttpToolsProtocol):

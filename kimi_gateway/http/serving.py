@@ -24,11 +24,13 @@ from starlette.types import Receive, Scope, Send
 
 from kimi_gateway.accounts.billing import Ticket
 from kimi_gateway.accounts.keys import KeyRecord
+from kimi_gateway.catalog import ModelCard
 from kimi_gateway.catalog.rules import apply_rules
 from kimi_gateway.errors import APIError, shutting_down
 from kimi_gateway.http import accounting
 from kimi_gateway.http.auth import authenticate
 from kimi_gateway.http.completions import ResponseMeta, collect_unless_disconnected
+from kimi_gateway.http.disconnects import DisconnectWatch
 from kimi_gateway.http.errors import internal_api_error
 from kimi_gateway.http.formats import WireFormat
 from kimi_gateway.http.middleware import NOSNIFF, begin, log_request, request_id_header, route_path
@@ -41,6 +43,7 @@ from kimi_gateway.providers.events import Event
 from kimi_gateway.routing.attempts import RoutedGeneration
 from kimi_gateway.routing.variants import apply_variant
 from kimi_gateway.runtime import Gateway
+from kimi_gateway.schema.chat import ChatCompletionRequest
 from kimi_gateway.schema.checks import check_partial, check_tools
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -172,7 +175,8 @@ class Completion:
         if key is not None:
             self.ticket = await accounting.admit(gateway, key, body, routed, meta.id, self.scope["headers"])
         if media:
-            await gateway.media.prepare(body, card, account)
+            if not await self._prepare_media(body, card):
+                return Response(status_code=499)
             routed = self.routed = gateway.router.route(
                 body, account
             )  # images may be text now, videos frames
@@ -187,6 +191,7 @@ class Completion:
                 return Response(status_code=499)
             response = await self.format.render(completion, meta)
             response.raw_headers.append(self._overhead_header(routed))
+            self._adapted(response)
             return response
 
         # Wait briefly for the first events: an early failure still gets a proper status and JSON error.
@@ -203,7 +208,28 @@ class Completion:
         response = FastSSEResponse(stream, _SSE_HEADERS, lambda: encoder.failure(shutting_down()))
         if first.done():  # else the wait on the provider is still going on: no figure yet
             response.raw_headers.append(self._overhead_header(routed))
+        self._adapted(response)
         return response
+
+    def _adapted(self, response: Response) -> None:
+        """What the format changed rather than refuse, named for the client."""
+        if self.format.adaptations:
+            response.raw_headers.append((b"x-gateway-adapted", ", ".join(self.format.adaptations).encode()))
+
+    async def _prepare_media(self, body: ChatCompletionRequest, card: ModelCard) -> bool:
+        """The media intake, stopped if the client goes away meanwhile (a PDF or a video can take many
+        seconds: nobody would read the answer). False if it did."""
+        with DisconnectWatch(self.receive) as watch:
+            try:
+                await self.gateway.media.prepare(body, card, self.info.account_id)
+            except asyncio.CancelledError:
+                if not watch.fired:
+                    raise  # a shutdown
+                watch.absorb()
+                if self.meta is not None:
+                    self.meta.client_closed = True
+                return False
+        return True
 
 
 class Served(Response):

@@ -56,6 +56,21 @@ def validation_error(exc: ValidationError) -> APIError:
     return errors_to_api_error(list(exc.errors(include_url=False, include_input=False)))
 
 
+def anthropic_validation_error(exc: ValidationError) -> APIError:
+    """The same error in Anthropic's wording, which its clients recognize: `messages.1.role: Input should
+    be 'user' or 'assistant'` (a dotted path, then the reason)."""
+    error = validation_error(exc)
+    if error.code == "invalid_json":
+        return error
+    errors = exc.errors(include_url=False, include_input=False)
+    first = max(errors, key=lambda e: len(e["loc"]))
+    param = param_path(tuple(first["loc"]))
+    dotted = param.replace("[", ".").replace("]", "")
+    return APIError(
+        400, f"{dotted}: {first['msg']}" if dotted else first["msg"], param=param, code=error.code
+    )
+
+
 def errors_to_api_error(errors: Sequence[Mapping[str, Any]]) -> APIError:
     # Prefer the most specific error: union members each report one, and the deepest is the useful one.
     first: Mapping[str, Any] = (

@@ -21,6 +21,7 @@ from kimi_gateway.media.ocr import OCR
 from kimi_gateway.media.workers import MediaPool
 from kimi_gateway.storage import Database
 from kimi_gateway.storage.models import Account, StoredFile
+from kimi_gateway.storage.quota import stored_bytes
 
 PURPOSES = ("file-extract", "image", "video")
 
@@ -110,8 +111,8 @@ class FileStore:
             status, details, text = "ok", "", ""
             if purpose == "file-extract":
                 try:
-                    text = await self.pool.budgeted(
-                        account_id, lambda budget: extract_text(data, self.ocr, budget=budget)
+                    text = await self.pool.document(
+                        account_id, lambda own: extract_text(data, self.ocr, budget=own), None
                     )
                 except TooCostly as why:
                     raise APIError(400, f"file: {why}.", param="file", code="file_too_costly") from None
@@ -140,7 +141,8 @@ class FileStore:
         async with lock, self.db.session() as session, session.begin():
             if account_id is not None and self.db.dialect == "postgresql":
                 await session.execute(select(Account.id).where(Account.id == account_id).with_for_update())
-            count, total = await self._usage(account_id, session)
+            count, _ = await self._usage(account_id, session)
+            total = await stored_bytes(session, account_id)  # its stored responses count too
             if count >= self.config.max_files:
                 raise APIError(
                     400,
@@ -151,7 +153,8 @@ class FileStore:
             if total + size > self.config.max_total_bytes:
                 raise APIError(
                     400,
-                    "Your files exceed the total storage quota; please delete previous uploaded files",
+                    "Your files and stored responses exceed the total storage quota; please delete "
+                    "previous uploaded files or stored responses",
                     code="storage_quota_exceeded",
                 )
             session.add(

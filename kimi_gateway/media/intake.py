@@ -11,6 +11,7 @@ import base64
 import binascii
 import io
 from dataclasses import dataclass, replace
+from functools import partial
 
 from kimi_gateway.catalog import ModelCard
 from kimi_gateway.config import MediaConfig
@@ -20,7 +21,7 @@ from kimi_gateway.media.fetch import Fetcher, FetchLimits, Refused, refused
 from kimi_gateway.media.files import FileStore
 from kimi_gateway.media.images import BadImage, Picture, declared_pixels, load_image
 from kimi_gateway.media.video import BadVideo, Frame, VideoLimits, probe, sample_frames
-from kimi_gateway.media.workers import trim_memory
+from kimi_gateway.media.workers import Budget, OverBudget, trim_memory
 from kimi_gateway.schema.chat import (
     ChatCompletionRequest,
     ContentPart,
@@ -91,10 +92,28 @@ class Media:
         self.pool.close()
 
     async def prepare(self, request: ChatCompletionRequest, card: ModelCard, account_id: str | None) -> None:
-        """Rewrite the request's media parts in place; raise a 400 for anything unacceptable."""
+        """Rewrite the request's media parts in place; raise a 400 for anything unacceptable.
+
+        All of the request's media work shares one budget (`[media] request_budget_seconds` of CPU): a
+        small request cannot buy minutes of decoding and OCR. If the caller is cancelled (the client went
+        away), the budget trips and the work stops at its next check."""
         if not has_media(request):
             return  # plain text: the common case, and nothing to look at
-        await self._files(request, account_id)
+        budget = self.pool.budget()
+        try:
+            await self._prepare(request, card, account_id, budget)
+        except OverBudget as why:
+            raise APIError(
+                400,
+                f"The media in this request are too costly to process: {why}.",
+                param="messages",
+                code="media_too_costly",
+            ) from None
+
+    async def _prepare(
+        self, request: ChatCompletionRequest, card: ModelCard, account_id: str | None, budget: Budget
+    ) -> None:
+        await self._files(request, account_id, budget)
         given = len(self._slots(request))
         limit = card.max_images or self.config.max_images
         videos = _count_videos(request)
@@ -126,18 +145,20 @@ class Media:
         max_pixels = card.max_image_pixels or self.config.max_image_pixels
         if not native:
             max_pixels = min(max_pixels, self.config.ocr_max_pixels)
-        await self._videos(request, card, account_id, max_pixels, frames_each)
+        await self._videos(request, card, account_id, max_pixels, frames_each, budget)
         slots = self._slots(request)  # video frames, if any, are images now
         if not slots:
             return
-        pictures = await asyncio.gather(*(self._picture(slot, max_pixels, account_id) for slot in slots))
+        pictures = await asyncio.gather(
+            *(self._picture(slot, max_pixels, account_id, budget) for slot in slots)
+        )
         for number, (slot, (picture, source)) in enumerate(zip(slots, pictures, strict=True), start=1):
             content = slot.message.content
             assert isinstance(content, list)
             content[slot.index] = (
-                await self._forwarded(slot.part, picture, source, account_id)
+                await self._forwarded(slot.part, picture, source, account_id, budget)
                 if native
-                else await self._ocr_text(number, slot.where, picture, account_id)
+                else await self._ocr_text(number, slot.where, picture, account_id, budget)
             )
 
     @staticmethod
@@ -157,6 +178,7 @@ class Media:
         account_id: str | None,
         max_pixels: int,
         frames_each: int,
+        budget: Budget,
     ) -> None:
         """Video parts: checked and passed on to models that watch video, else turned into ordered frames."""
         for i, message in enumerate(request.messages):
@@ -172,7 +194,8 @@ class Media:
                 raw, _ = await self._bytes(url, where, account_id)
                 try:
                     if "video" in card.input_modalities:
-                        await self.pool.run(account_id, probe, raw, self.video_limits)
+                        limits = self.video_limits
+                        await self.pool.run(account_id, partial(probe, raw, limits), budget)
                         data = base64.b64encode(raw).decode()
                         parts.append(
                             VideoPart(
@@ -181,10 +204,12 @@ class Media:
                         )
                         continue
                     limits = replace(self.video_limits, max_frames=frames_each)
-                    frames = await self.pool.run(account_id, sample_frames, raw, limits, max_pixels)
+                    frames = await self.pool.run(
+                        account_id, partial(sample_frames, raw, limits, max_pixels, budget), budget
+                    )
                 except BadVideo as why:
                     raise _bad(where, str(why), "invalid_video") from None
-                parts.extend(await self.pool.run(account_id, _frame_parts, where, frames))
+                parts.extend(await self.pool.run(account_id, partial(_frame_parts, where, frames), budget))
             message.content = parts
 
     async def _bytes(self, url: str, where: str, account_id: str | None) -> tuple[bytes, str | None]:
@@ -200,7 +225,7 @@ class Media:
         return fetched.body, fetched.url
 
     async def _picture(
-        self, slot: _Slot, max_pixels: int, account_id: str | None
+        self, slot: _Slot, max_pixels: int, account_id: str | None, budget: Budget
     ) -> tuple[Picture, str | None]:
         part = slot.part
         url = part.image_url if isinstance(part.image_url, str) else part.image_url.url
@@ -208,8 +233,12 @@ class Media:
         decode_limit = self.config.max_decode_pixels
         try:
             # Admitted by its size before decoding: huge images decode a few at a time, not all at once.
-            async with self.pool.pixels(declared_pixels(raw)):
-                picture = await self.pool.run(account_id, _decoded, raw, max_pixels, decode_limit)
+            picture = await self.pool.run(
+                account_id,
+                lambda: _decoded(raw, max_pixels, decode_limit),
+                budget,
+                pixels=declared_pixels(raw),
+            )
         except BadImage as why:
             raise _bad(slot.where, str(why)) from None
         return picture, source
@@ -224,7 +253,7 @@ class Media:
                 where, f"no file '{file_id}' in this account (upload it with POST /v1/files)"
             ) from None
 
-    async def _files(self, request: ChatCompletionRequest, account_id: str | None) -> None:
+    async def _files(self, request: ChatCompletionRequest, account_id: str | None, budget: Budget) -> None:
         """File parts become their extracted text: none of the served models reads files natively."""
         for i, message in enumerate(request.messages):
             if not isinstance(message, UserMessage) or not isinstance(message.content, list):
@@ -232,10 +261,12 @@ class Media:
             for j, part in enumerate(message.content):
                 if isinstance(part, FilePart):
                     message.content[j] = await self._file_text(
-                        part, f"messages[{i}].content[{j}]", account_id
+                        part, f"messages[{i}].content[{j}]", account_id, budget
                     )
 
-    async def _file_text(self, part: FilePart, where: str, account_id: str | None) -> ContentPart:
+    async def _file_text(
+        self, part: FilePart, where: str, account_id: str | None, budget: Budget
+    ) -> ContentPart:
         spec = part.file
         name = spec.filename or spec.file_id or "file"
         if spec.file_id:
@@ -251,8 +282,8 @@ class Media:
             if len(raw) > self.config.max_file_bytes:
                 raise _bad(where, "the file is larger than the files API's limit", "invalid_file")
             try:
-                text = await self.pool.budgeted(
-                    account_id, lambda budget: extract_text(raw, self.ocr, budget=budget)
+                text = await self.pool.document(
+                    account_id, lambda own: extract_text(raw, self.ocr, budget=own), budget
                 )
             except TooCostly as why:
                 raise _bad(where, f"cannot read the file: {why}", "file_too_costly") from None
@@ -270,19 +301,21 @@ class Media:
         picture: Picture,
         source: str | None,
         account_id: str | None,
+        budget: Budget,
     ) -> ContentPart:
         # The checked, re-encoded bytes: every provider takes base64. A fetched image also keeps the
         # normalized URL it was fetched from (never the client's spelling of it), which adapters of
         # providers that fetch for themselves send instead (providers/wire/base.py).
-        data, mime = await self.pool.run(account_id, picture.encode)
+        data, mime = await self.pool.run(account_id, picture.encode, budget)
         detail = None if isinstance(part.image_url, str) else part.image_url.detail
         url = f"data:{mime};base64,{base64.b64encode(data).decode()}"
         return ImagePart(type="image_url", image_url=ImageURL.checked(url, detail, source))
 
     async def _ocr_text(
-        self, number: int, where: str, picture: Picture, account_id: str | None
+        self, number: int, where: str, picture: Picture, account_id: str | None, budget: Budget
     ) -> ContentPart:
-        text = (await self.pool.run(account_id, self.ocr.read, picture.image)).strip()
+        image = picture.image
+        text = (await self.pool.run(account_id, lambda: self.ocr.read(image), budget)).strip()
         label = f"[Image {number} ({where}), text read from it by OCR]"
         return TextPart(
             type="text", text=f"{label}\n{text or '(no text found in the image)'}\n[End of image {number}]"

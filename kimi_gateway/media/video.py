@@ -14,6 +14,8 @@ from typing import Any
 
 from PIL import Image
 
+from kimi_gateway.media.workers import UNLIMITED, Budget
+
 
 class BadVideo(Exception):
     """Why the bytes are not an acceptable video; safe to show."""
@@ -95,8 +97,11 @@ def _duration(container: object, video: object) -> float:
     return 0.0
 
 
-def sample_frames(raw: bytes, limits: VideoLimits, max_image_pixels: int) -> list[Frame]:
-    """Frames at `fps`, in order, at most `max_frames`, each within `max_image_pixels`. Blocking."""
+def sample_frames(
+    raw: bytes, limits: VideoLimits, max_image_pixels: int, budget: Budget = UNLIMITED
+) -> list[Frame]:
+    """Frames at `fps`, in order, at most `max_frames`, each within `max_image_pixels`. Blocking: the
+    request's media budget is checked at every decoded frame (it stops when the client goes away)."""
     import av
 
     deadline = time.monotonic() + limits.budget_seconds
@@ -105,13 +110,17 @@ def sample_frames(raw: bytes, limits: VideoLimits, max_image_pixels: int) -> lis
         with _open(raw) as container:
             duration, _, _ = _checked(container, limits)
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
+            # One decoding thread: FFmpeg's own threads would take every core at once (four video parts
+            # once kept both cores busy for minutes), and their CPU would escape the budget, which counts
+            # this thread's time.
+            stream.thread_count = 1
             step = 1.0 / limits.fps
             # Spread the frames over the whole video when fps would want more than the cap allows.
             if duration > 0 and duration * limits.fps > limits.max_frames:
                 step = duration / limits.max_frames
             due = 0.0
             for frame in container.decode(stream):
+                budget.check()
                 if time.monotonic() > deadline:
                     raise BadVideo(f"decoding took longer than {limits.budget_seconds:g} s")
                 at = float(frame.time or 0.0)

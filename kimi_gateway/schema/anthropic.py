@@ -116,7 +116,8 @@ ContentBlock = Annotated[
 
 
 class Message(_Inner):
-    role: Literal["user", "assistant"]
+    # "system" inside `messages`: Claude Code 2.x sends one mid-conversation. It stays where it is.
+    role: Literal["user", "assistant", "system"]
     content: str | list[ContentBlock]
 
 

@@ -57,6 +57,7 @@ class FunctionCallItem(_Inner):
     call_id: str
     name: str
     arguments: str
+    namespace: str | None = None  # Codex's tools grouped by MCP server (http/formats/tool_names.py)
     id: str | None = None
     status: str | None = None
 

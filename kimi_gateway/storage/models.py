@@ -16,6 +16,7 @@ from sqlalchemy import (
     Numeric,
     String,
     Text,
+    false,
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -131,7 +132,13 @@ class StoredResponse(Base):
     account_id: Mapped[str | None] = mapped_column(String(40), index=True, nullable=True)
     response: Mapped[str] = mapped_column(Text)  # the response object, as JSON
     input_items: Mapped[str] = mapped_column(Text)  # this request's input items, as JSON
-    context: Mapped[str] = mapped_column(Text)  # the conversation so far in chat form, its answer included
+    # Rows from before chains (migration 0006): the whole conversation in chat form, its answer included.
+    # Empty in newer rows, which hold their `turn` and the id of the response they continue.
+    context: Mapped[str] = mapped_column(Text)
+    turn: Mapped[str | None] = mapped_column(Text, nullable=True)  # the messages it added, and its answer
+    parent_id: Mapped[str | None] = mapped_column(String(80), index=True, nullable=True)
+    size: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # bytes, for the quota
+    hidden: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # deleted, continued
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 

@@ -28,7 +28,7 @@ from kimi_gateway.http.completions import ResponseMeta
 from kimi_gateway.http.formats.anthropic_events import MessageStream, error_response, message_body
 from kimi_gateway.http.formats.base import WireFormat
 from kimi_gateway.http.responses import ORJSONResponse
-from kimi_gateway.http.validation import validation_error
+from kimi_gateway.http.validation import anthropic_validation_error, validation_error
 from kimi_gateway.ids import new_id
 from kimi_gateway.routing.attempts import RoutedGeneration
 from kimi_gateway.runtime import Gateway
@@ -47,7 +47,9 @@ class MessagesFormat(WireFormat):
     request: a.MessagesRequest
 
     async def parse(self, request: Request, gateway: Gateway, account: str | None) -> ChatCompletionRequest:
-        self.request = await parse_body(request, a.MessagesRequest, gateway.config.server.max_body_bytes)
+        self.request = await parse_body(
+            request, a.MessagesRequest, gateway.config.server.max_body_bytes, anthropic_validation_error
+        )
         return to_chat(self.request, _session(request))
 
     def new_id(self) -> str:
@@ -119,16 +121,27 @@ def _cached_prefix_key(request: a.Prompt) -> str | None:
     if not marked:
         return None
     digest = hashlib.blake2b(digest_size=12)
-    digest.update(orjson.dumps(system if isinstance(system, str) else [b.text for b in system or ()]))
+    digest.update(orjson.dumps(_system_text(system)))
     digest.update(orjson.dumps([t.name for t in request.tools or ()]))
     return "cc-" + digest.hexdigest()
 
 
+# Claude Code opens its system prompt with a line naming its version and a value that changes with every
+# request: sent on, it would make every prompt's first bytes new and defeat the providers' prefix caches.
+_BILLING_LINE = "x-anthropic-billing-header:"
+
+
+def _system_text(system: str | list[a.TextBlock] | None) -> str:
+    if system is None:
+        return ""
+    if isinstance(system, str):
+        return system
+    return "\n\n".join(block.text for block in system if not block.text.startswith(_BILLING_LINE))
+
+
 def _messages(request: a.Prompt) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    system = request.system
-    if isinstance(system, list):
-        system = "\n\n".join(block.text for block in system)
+    system = _system_text(request.system)
     if system:
         out.append({"role": "system", "content": system})
     last = len(request.messages) - 1
@@ -136,6 +149,10 @@ def _messages(request: a.Prompt) -> list[dict[str, Any]]:
         where = f"messages[{i}]"
         if message.role == "user":
             out.extend(_user_turn(message.content, where))
+            continue
+        if message.role == "system":
+            # A system message in the conversation (Claude Code sends them): one in chat too, in place.
+            out.append({"role": "system", "content": _system_content(message.content, where)})
             continue
         turn = _assistant_turn(message.content, where, prefill=i == last)
         if out and out[-1]["role"] == "assistant":
@@ -145,6 +162,20 @@ def _messages(request: a.Prompt) -> list[dict[str, Any]]:
         else:
             out.append(turn)
     return out
+
+
+def _system_content(content: str | list[a.ContentBlock], where: str) -> str:
+    if isinstance(content, str):
+        return content
+    texts = []
+    for j, block in enumerate(content):
+        if not isinstance(block, a.TextBlock):
+            raise invalid_request(
+                f"{where}.content.{j}: a system message holds text blocks only, not '{block.type}'",
+                param=f"{where}.content[{j}]",
+            )
+        texts.append(block.text)
+    return "\n\n".join(texts)
 
 
 def _merge(into: dict[str, Any], turn: dict[str, Any]) -> None:

@@ -21,6 +21,10 @@ class WireFormat(ABC):
     """One request's format: a new instance per request, so it may keep what it needs between `parse` and
     the response (the original request, for echoes and storage)."""
 
+    # What the translation changed rather than refuse (a tool left out, ...): the response's
+    # `X-Gateway-Adapted` header names them.
+    adaptations: tuple[str, ...] = ()
+
     @abstractmethod
     async def parse(self, request: Request, gateway: Gateway, account: str | None) -> ChatCompletionRequest:
         """The body, validated and translated; raises APIError for what the format refuses."""

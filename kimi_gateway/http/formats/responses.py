@@ -24,6 +24,7 @@ from kimi_gateway.http.body import parse_body
 from kimi_gateway.http.completions import ResponseMeta
 from kimi_gateway.http.formats.base import WireFormat
 from kimi_gateway.http.formats.responses_events import Conversation, ResponseStream, response_object
+from kimi_gateway.http.formats.tool_names import ChatTools, flat_name
 from kimi_gateway.http.responses import ORJSONResponse
 from kimi_gateway.http.validation import validation_error
 from kimi_gateway.ids import new_id
@@ -50,13 +51,17 @@ class ResponsesFormat(WireFormat):
                 code="unsupported_value",
             )
         history: list[dict[str, Any]] = []
+        previous = None
         if body.previous_response_id is not None:
-            history = (await gateway.responses.get(account, body.previous_response_id)).context
+            previous = await gateway.responses.get(account, body.previous_response_id)
+            history = previous.context
+        if body.store:
+            await gateway.responses.check_quota(account)
         items = _input_items(body.input)
         messages = _messages(items)
         limit = gateway.config.server.max_body_bytes
         if history and len(orjson.dumps(history)) + len(orjson.dumps(messages)) > limit:
-            # What one request may carry bounds a chain too: each stored row holds the whole conversation.
+            # What one request may carry bounds a chain too, as the whole conversation is sent each time.
             raise APIError(
                 413,
                 f"The conversation of previous_response_id is over {limit} bytes with this input: start a "
@@ -64,15 +69,19 @@ class ResponsesFormat(WireFormat):
                 param="previous_response_id",
                 code="conversation_too_long",
             )
-        chat = to_chat(body, history + messages)
-        self.conversation = Conversation(body, items, history + messages, gateway.responses, account)
+        strict = bool((body.provider or {}).get("require_parameters"))
+        tools = ChatTools.of(body.tools, strict)
+        chat = to_chat(body, history + messages, tools.functions)
+        self.conversation = Conversation(body, items, messages, previous, gateway.responses, account, tools)
+        self.adaptations = tools.adaptations
         return chat
 
     def new_id(self) -> str:
         return new_id("resp_")
 
     async def render(self, completion: CompletionBody, meta: ResponseMeta) -> Response:
-        body = response_object(self.conversation.request, meta, completion_output(completion))
+        output = completion_output(completion, self.conversation.tools)
+        body = response_object(self.conversation.request, meta, output)
         await self.conversation.keep(body)
         return ORJSONResponse(body)
 
@@ -80,7 +89,7 @@ class ResponsesFormat(WireFormat):
         return ResponseStream(meta, routed, self.conversation)
 
 
-def completion_output(completion: CompletionBody) -> list[dict[str, Any]]:
+def completion_output(completion: CompletionBody, tools: ChatTools) -> list[dict[str, Any]]:
     """The output items of a whole completion: reasoning, then the message, then function calls."""
     if not completion["choices"]:
         return []
@@ -112,7 +121,7 @@ def completion_output(completion: CompletionBody) -> list[dict[str, Any]]:
                 "type": "function_call",
                 "id": new_id("fc_"),
                 "call_id": call["id"],
-                "name": call["function"]["name"],
+                **tools.call_fields(call["function"]["name"]),
                 "arguments": call["function"]["arguments"],
                 "status": "completed",
             }
@@ -222,7 +231,10 @@ def _messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
             call = {
                 "id": item["call_id"],
                 "type": "function",
-                "function": {"name": item["name"], "arguments": item["arguments"]},
+                "function": {
+                    "name": flat_name(item.get("namespace"), item["name"]),
+                    "arguments": item["arguments"],
+                },
             }
             assistant().setdefault("tool_calls", []).append(call)
         elif kind == "function_call_output":
@@ -243,12 +255,14 @@ def _messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def to_chat(request: r.ResponsesRequest, messages: list[dict[str, Any]]) -> ChatCompletionRequest:
+def to_chat(
+    request: r.ResponsesRequest, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+) -> ChatCompletionRequest:
     if request.instructions:
         messages = [{"role": "system", "content": request.instructions}, *messages]
     body: dict[str, Any] = {"model": request.model, "messages": messages, "stream": request.stream}
-    if request.tools:
-        body["tools"] = [_tool(tool, i) for i, tool in enumerate(request.tools)]
+    if tools:
+        body["tools"] = tools
     if request.tool_choice is not None:
         choice = request.tool_choice
         body["tool_choice"] = (
@@ -284,17 +298,3 @@ def to_chat(request: r.ResponsesRequest, messages: list[dict[str, Any]]) -> Chat
         return ChatCompletionRequest.model_validate(body)
     except ValidationError as exc:
         raise validation_error(exc) from None
-
-
-def _tool(tool: dict[str, Any], i: int) -> dict[str, Any]:
-    if tool.get("type") != "function" or not isinstance(tool.get("name"), str):
-        raise invalid_request(
-            f"only function tools are supported, not '{tool.get('type')}': Kimi models have no built-in "
-            "tools here",
-            param=f"tools[{i}]",
-            code="unsupported_tool",
-        )
-    function = {
-        k: tool[k] for k in ("name", "description", "parameters", "strict") if tool.get(k) is not None
-    }
-    return {"type": "function", "function": function}

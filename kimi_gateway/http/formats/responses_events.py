@@ -17,11 +17,12 @@ import orjson
 from kimi_gateway.accounts.pricing import usd
 from kimi_gateway.errors import APIError
 from kimi_gateway.http.completions import ResponseMeta, record
+from kimi_gateway.http.formats.tool_names import ChatTools, flat_name
 from kimi_gateway.ids import new_id
 from kimi_gateway.providers.events import Delta, Done, Event
 from kimi_gateway.routing.attempts import RoutedGeneration
 from kimi_gateway.schema import responses_api as r
-from kimi_gateway.storage.responses import ResponseStore
+from kimi_gateway.storage.responses import Kept, NewResponse, ResponseStore
 
 log = logging.getLogger(__name__)
 
@@ -29,29 +30,32 @@ _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"
 
 
 class Conversation:
-    """One request's conversation: what it was given, and where its answer is kept (with `store`)."""
+    """One request's conversation: what it was given, what it continues, and where its answer is kept
+    (with `store`): as the next link of the chain it continues (storage/responses.py)."""
 
-    __slots__ = ("account", "items", "messages", "request", "store")
+    __slots__ = ("account", "items", "messages", "previous", "request", "store", "tools")
 
     def __init__(
         self,
         request: r.ResponsesRequest,
         items: list[dict[str, Any]],
         messages: list[dict[str, Any]],
+        previous: Kept | None,
         store: ResponseStore,
         account: str | None,
+        tools: ChatTools,
     ) -> None:
-        self.request, self.items, self.messages = request, items, messages
-        self.store, self.account = store, account
+        self.request, self.items, self.messages, self.previous = request, items, messages, previous
+        self.store, self.account, self.tools = store, account, tools
 
     async def keep(self, response: dict[str, Any]) -> None:
         """Store the response (with `store`). A failure to store is logged, not the client's: the answer
         was made and charged, so it is still sent; only a later `previous_response_id` will miss it."""
         if not self.request.store or response["status"] == "failed":
             return
-        context = [*self.messages, assistant_turn(response["output"])]
+        turn = [*self.messages, assistant_turn(response["output"])]
         try:
-            await self.store.save(self.account, response, self.items, context)
+            await self.store.save(self.account, NewResponse(response, self.items, turn, self.previous))
         except Exception:
             log.warning(
                 "a response could not be stored", exc_info=True, extra={"fields": {"id": response["id"]}}
@@ -70,7 +74,7 @@ def assistant_turn(output: list[dict[str, Any]]) -> dict[str, Any]:
         elif item["type"] == "message":
             texts.extend(part["text"] for part in item["content"])
         elif item["type"] == "function_call":
-            call = {"name": item["name"], "arguments": item["arguments"]}
+            call = {"name": flat_name(item.get("namespace"), item["name"]), "arguments": item["arguments"]}
             turn.setdefault("tool_calls", []).append(
                 {"id": item["call_id"], "type": "function", "function": call}
             )
@@ -294,7 +298,7 @@ class ResponseStream:
                             "type": "function_call",
                             "id": new_id("fc_"),
                             "call_id": call.id or new_id("call_"),
-                            "name": call.name or "",
+                            **self.conversation.tools.call_fields(call.name or ""),
                             "arguments": "",
                             "status": "in_progress",
                         }

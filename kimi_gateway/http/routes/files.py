@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import nullcontext
 from typing import Any
 
 from fastapi import APIRouter
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
+from starlette.responses import Response
 
 from kimi_gateway.accounts.keys import KeyRecord
 from kimi_gateway.errors import APIError
+from kimi_gateway.http.disconnects import DisconnectWatch
 from kimi_gateway.runtime import Gateway
 
 router = APIRouter(tags=["files"])
@@ -34,6 +37,7 @@ def _file_type(head: bytes) -> str:
 @router.post(
     "/v1/files",
     summary="Upload a file; its text is extracted at once (purpose=file-extract)",
+    response_model=None,
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -52,7 +56,7 @@ def _file_type(head: bytes) -> str:
         }
     },
 )
-async def upload(request: Request) -> dict[str, Any]:
+async def upload(request: Request) -> dict[str, Any] | Response:
     gateway, account = _context(request)
     key: KeyRecord | None = request.state.key
     # Admitted by the account's rate limits before the body is even read.
@@ -68,7 +72,16 @@ async def upload(request: Request) -> dict[str, Any]:
                     code="missing_required_parameter",
                 )
             data = await file.read()
-            info = await gateway.files.add(account, file.filename or "upload", purpose, data)
+            # Extraction stops if the client goes away (a PDF can take its whole budget): the file is
+            # then not stored.
+            with DisconnectWatch(request.receive) as watch:
+                try:
+                    info = await gateway.files.add(account, file.filename or "upload", purpose, data)
+                except asyncio.CancelledError:
+                    if not watch.fired:
+                        raise
+                    watch.absorb()
+                    return Response(status_code=499)
         finally:
             await form.close()
     return info.public()

@@ -20,6 +20,7 @@ from kimi_gateway.http.responses import ORJSONResponse
 from kimi_gateway.http.routes.bodies import json_body
 from kimi_gateway.http.routes.tokenizers import METHOD_HEADER
 from kimi_gateway.http.serving import Served
+from kimi_gateway.http.validation import anthropic_validation_error
 from kimi_gateway.routing.variants import apply_variant
 from kimi_gateway.runtime import Gateway
 from kimi_gateway.schema.anthropic import CountTokensRequest
@@ -46,7 +47,9 @@ async def count_tokens(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     key: KeyRecord | None = request.state.key
     async with gateway.accounts.limited(key) if key is not None else nullcontext():
-        body = await parse_body(request, CountTokensRequest, gateway.config.server.max_body_bytes)
+        body = await parse_body(
+            request, CountTokensRequest, gateway.config.server.max_body_bytes, anthropic_validation_error
+        )
         chat = to_chat(body)
         apply_variant(chat)
         total, method = await gateway.count_prompt_tokens(chat)
