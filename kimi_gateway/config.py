@@ -139,6 +139,9 @@ class RoutingConfig(_Section):
     max_cooldown_seconds: float = 300.0
     # How long a conversation stays with the provider holding its cached prefix; 0 turns stickiness off.
     sticky_seconds: float = 600.0
+    # Moonshot's rules refused as Moonshot does (400) rather than adapted (catalog/rules.py); a request
+    # asks for this itself with `provider.require_parameters`.
+    strict_rules: bool = False
 
 
 class TierConfig(_Section):

@@ -7,7 +7,7 @@ import contextlib
 import gc
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from kimi_gateway.accounts.recorder import Recorder
 from kimi_gateway.accounts.tiers import DEFAULT_TIERS, Tier, store_tiers
 from kimi_gateway.catalog import Catalog, load_catalog
 from kimi_gateway.config import GatewayConfig
+from kimi_gateway.core.replay import ReasoningMemory
 from kimi_gateway.engine.locate import resolve_gguf
 from kimi_gateway.engine.protocol import EngineSettings
 from kimi_gateway.engine.supervisor import EngineProcess
@@ -66,6 +67,7 @@ class Gateway:
     metrics: Metrics
     changes: Changes
     redis: Redis | None = None
+    reasoning: ReasoningMemory = field(default_factory=ReasoningMemory)
     _metrics_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

@@ -39,6 +39,8 @@ def client(gw: GatewayProcess) -> openai.OpenAI:
 
 
 MOON = {"provider": {"only": ["moon"]}}
+# Moonshot's own 400s: what the gateway otherwise adapts (catalog/rules.py), a strict request refuses.
+STRICT = {"provider": {"only": ["moon"], "require_parameters": True}}
 
 
 def _error(gw: GatewayProcess, body: dict[str, Any], status: int = 400) -> dict[str, Any]:
@@ -141,7 +143,7 @@ def test_usage_carries_both_cached_token_fields(
 
 
 def test_tool_choice_with_thinking(gw: GatewayProcess) -> None:
-    body = {"model": MODEL, "messages": ASK, "tools": [WEATHER], "tool_choice": "required"}
+    body = {"model": MODEL, "messages": ASK, "tools": [WEATHER], "tool_choice": "required", **STRICT}
     assert _error(gw, body)["message"] == "tool_choice 'required' is incompatible with thinking enabled"
     body["tool_choice"] = {"type": "function", "function": {"name": "get_weather"}}
     assert _error(gw, body)["message"] == "tool_choice 'specified' is incompatible with thinking enabled"
@@ -170,7 +172,7 @@ def _tool_history(**reasoning: Any) -> list[dict[str, Any]]:
 
 
 def test_reasoning_missing_from_tool_call_history(gw: GatewayProcess, fakes: dict[str, FakeUpstream]) -> None:
-    body = {"model": MODEL, "messages": _tool_history(), **MOON}
+    body = {"model": MODEL, "messages": _tool_history(), **STRICT}
     assert _error(gw, body)["message"] == (
         "thinking is enabled but reasoning_content is missing in assistant tool call message at index 1"
     )
@@ -224,8 +226,94 @@ def test_reasoning_missing_from_tool_call_history(gw: GatewayProcess, fakes: dic
 def test_family_sampling_rules(
     gw: GatewayProcess, model: str, extra: dict[str, Any], message: str, param: str
 ) -> None:
-    error = _error(gw, {"model": model, "messages": ASK, **extra, **MOON})
+    error = _error(gw, {"model": model, "messages": ASK, **extra, **STRICT})
     assert (error["message"], error["param"]) == (message, param)
+
+
+def _post(gw: GatewayProcess, body: dict[str, Any]) -> httpx.Response:
+    response = httpx.post(gw.api + "/chat/completions", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    return response
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_reasoning_a_client_dropped_is_restored(
+    gw: GatewayProcess, fakes: dict[str, FakeUpstream], stream: bool
+) -> None:
+    # The AI SDK's openai chat provider, openai-agents' chat models, LlamaIndex: each replays the tool-call
+    # turn without its reasoning, and Kimi with thinking on refuses that. The gateway served the turn.
+    fakes["moon"].script(
+        Answer(
+            reasoning=f"I should look it up ({stream}).",
+            content="",
+            tool_calls=[("get_weather", '{"city": "Lyon", "days": 1}')],
+            finish="tool_calls",
+        ),
+        Answer(content="Sunny."),
+    )
+    first = {"model": "kimi-k2.5", "messages": ASK, "tools": [WEATHER], "stream": stream, **MOON}
+    answer = _post(gw, first)
+    if stream:
+        chunks = [json.loads(line[6:]) for line in answer.text.splitlines() if line.startswith("data: {")]
+        call_id = next(
+            c["choices"][0]["delta"]["tool_calls"][0]["id"]
+            for c in chunks
+            if c["choices"] and c["choices"][0]["delta"].get("tool_calls")
+        )
+    else:
+        call_id = answer.json()["choices"][0]["message"]["tool_calls"][0]["id"]
+    replay = [
+        *ASK,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": call_id,
+                    "type": "function",
+                    # As a client re-encodes them: other spacing, other key order.
+                    "function": {"name": "get_weather", "arguments": '{"days":1,"city":"Lyon"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": call_id, "content": "sunny"},
+    ]
+    second = _post(gw, {"model": "kimi-k2.5", "messages": replay, "tools": [WEATHER], **MOON})
+    assert second.headers["x-gateway-adapted"] == "reasoning_restored"
+    sent = fakes["moon"].requests[-1].body
+    assert sent["messages"][1]["reasoning_content"] == f"I should look it up ({stream})."
+    assert sent.get("thinking") != {"type": "disabled"}
+
+
+def test_kimi_rules_are_adapted_and_named(gw: GatewayProcess, fakes: dict[str, FakeUpstream]) -> None:
+    # A turn the gateway never served: thinking off where the model allows it, else empty reasoning.
+    history = _tool_history()
+    history[1]["tool_calls"][0]["function"]["arguments"] = '{"city": "Atlantis"}'
+    unknown = {"model": "kimi-k2.5", "messages": history, "tools": [WEATHER], **MOON}
+    assert _post(gw, unknown).headers["x-gateway-adapted"] == "thinking_off:reasoning_missing"
+    sent = fakes["moon"].requests[-1].body
+    assert sent["thinking"] == {"type": "disabled"} and sent["temperature"] == 0.6
+    always = {**unknown, "model": MODEL}
+    assert _post(gw, always).headers["x-gateway-adapted"] == "reasoning_empty"
+    assert fakes["moon"].requests[-1].body["messages"][1]["reasoning_content"] == ""
+    # A forced tool (instructor TOOLS, structured output by tool): thinking off.
+    forced = {"model": "kimi-k2.5", "messages": ASK, "tools": [WEATHER], "tool_choice": "required", **MOON}
+    assert _post(gw, forced).headers["x-gateway-adapted"] == "thinking_off:tool_choice"
+    assert fakes["moon"].requests[-1].body["thinking"] == {"type": "disabled"}
+    # A temperature the model does not take (LlamaIndex OpenAILike sends 0.1): the model's.
+    cold = {"model": "kimi-k2.5", "messages": ASK, "temperature": 0.1, **MOON}
+    served = _post(gw, cold)
+    assert served.headers["x-gateway-adapted"] == "temperature:1"
+    assert fakes["moon"].requests[-1].body["temperature"] == 1
+    # The request's log line names the adaptation; a refused one's says why it was refused.
+    assert gw.request_record(served.headers["x-request-id"])["adapted"] == "temperature:1"
+    refused = httpx.post(gw.api + "/chat/completions", json={**cold, **STRICT}, timeout=30)
+    record = gw.request_record(refused.headers["x-request-id"])
+    assert record["status"] == 400 and record["model"] == "kimi-k2.5"
+    assert record["error"] == "invalid temperature: only 1 is allowed for this model"
+    assert record["error_code"] == refused.json()["error"]["code"] == "invalid_value"
+    # Nothing adapted, no header.
+    assert "x-gateway-adapted" not in _post(gw, {"model": "kimi-k2.5", "messages": ASK, **MOON}).headers
 
 
 def test_rules_within_bounds_pass(client: openai.OpenAI, fakes: dict[str, FakeUpstream]) -> None:

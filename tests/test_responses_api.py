@@ -453,3 +453,22 @@ def test_strict_requests_still_refuse_tools_not_served(gw: GatewayProcess) -> No
     }
     refused = httpx.post(gw.api + "/responses", json=body, timeout=30)
     assert refused.status_code == 400 and refused.json()["error"]["code"] == "unsupported_tool"
+
+
+def test_errors_name_the_responses_fields(gw: GatewayProcess) -> None:
+    # A rule checked on the chat form named `messages[1].reasoning_content`, a field this client never
+    # sent: the Responses error names `input`.
+    body = {
+        "model": MODEL,
+        "input": [
+            {"type": "message", "role": "user", "content": "Weather?"},
+            {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+        ],
+        "tools": [WEATHER],
+        "store": False,
+        "provider": {"only": ["moon"], "require_parameters": True},
+    }
+    refused = httpx.post(gw.api + "/responses", json=body, timeout=30)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "input", refused.text

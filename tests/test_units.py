@@ -460,3 +460,19 @@ def test_a_huge_palette_image_with_transparency_is_shrunk_in_strips() -> None:
     mode, width, height, grown = out.split()
     assert mode == "RGBA" and int(width) * int(height) <= 4_000_000
     assert int(grown) < 300, out
+
+
+def test_reasoning_memory_is_per_account_and_bounded() -> None:
+    from kimi_gateway.core.replay import ReasoningMemory
+
+    memory = ReasoningMemory(max_bytes=1600)
+    memory.keep("alice", ["call_1", "call_2"], "r" * 90)
+    assert memory.find("alice", "call_2") == "r" * 90
+    assert memory.find("bob", "call_1") is None  # never across accounts
+    for i in range(20):
+        memory.keep("alice", [f"later_{i}"], "x" * 90)
+    assert memory.find("alice", "call_1") is None  # the oldest went first
+    assert memory.find("alice", "later_19") == "x" * 90
+    expired = ReasoningMemory(seconds=-1.0)
+    expired.keep("alice", ["call_1"], "r")
+    assert expired.find("alice", "call_1") is None

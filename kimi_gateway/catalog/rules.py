@@ -2,41 +2,70 @@
 
 The numbers live in the catalog (`rules` of each model); this module only applies them. Messages follow
 Moonshot's, so clients that match on them keep working.
+
+Strict, a request breaking a rule gets Moonshot's 400. Otherwise (the default for client requests, as
+OpenRouter adapts unless `provider.require_parameters`), what can be adapted is, and named:
+- an earlier tool-call turn without its reasoning gets it back from the gateway's memory of the turns it
+  served (`reasoning_restored`, core/replay.py); not found, thinking is off for the request
+  (`thinking_off:reasoning_missing`), or on a model that always thinks the turn's reasoning is empty
+  (`reasoning_empty`);
+- a forced tool choice turns thinking off (`thinking_off:tool_choice`) where the model allows it;
+- a temperature or top_p the model does not take becomes the model's (`temperature:1`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from kimi_gateway.catalog.cards import ModelCard
 from kimi_gateway.errors import invalid_request
-from kimi_gateway.schema.chat import AssistantMessage, ChatCompletionRequest, NamedToolChoice
+from kimi_gateway.schema.chat import (
+    AssistantMessage,
+    ChatCompletionRequest,
+    NamedToolChoice,
+    Thinking,
+    ToolCall,
+)
 
 
 def _number(value: float) -> str:
     return f"{value:g}"
 
 
-def check_sampling(request: ChatCompletionRequest, card: ModelCard, thinking: bool) -> None:
+def check_sampling(
+    request: ChatCompletionRequest, card: ModelCard, thinking: bool, adapted: list[str] | None = None
+) -> None:
+    """`adapted` given: values the model does not take become the model's, and are named there."""
     rules = card.rules
     fixed = rules.fixed_temperature_thinking if thinking else rules.fixed_temperature_instant
     if fixed is not None:
         if request.temperature is not None and abs(request.temperature - fixed) > 1e-9:
-            raise invalid_request(
-                f"invalid temperature: only {_number(fixed)} is allowed for this model", param="temperature"
-            )
+            if adapted is None:
+                raise invalid_request(
+                    f"invalid temperature: only {_number(fixed)} is allowed for this model",
+                    param="temperature",
+                )
+            adapted.append(f"temperature:{_number(fixed)}")
         request.temperature = fixed
     elif rules.temperature_range is not None and request.temperature is not None:
         low, high = rules.temperature_range
         if not low <= request.temperature <= high:
-            raise invalid_request(
-                f"invalid temperature: {_number(request.temperature)}, must be within "
-                f"[{_number(low)}, {_number(high)}]",
-                param="temperature",
-            )
+            if adapted is None:
+                raise invalid_request(
+                    f"invalid temperature: {_number(request.temperature)}, must be within "
+                    f"[{_number(low)}, {_number(high)}]",
+                    param="temperature",
+                )
+            request.temperature = min(max(request.temperature, low), high)
+            adapted.append(f"temperature:{_number(request.temperature)}")
     if rules.fixed_top_p is not None:
         if request.top_p is not None and abs(request.top_p - rules.fixed_top_p) > 1e-9:
-            raise invalid_request(
-                f"invalid top_p: only {_number(rules.fixed_top_p)} is allowed for this model", param="top_p"
-            )
+            if adapted is None:
+                raise invalid_request(
+                    f"invalid top_p: only {_number(rules.fixed_top_p)} is allowed for this model",
+                    param="top_p",
+                )
+            adapted.append(f"top_p:{_number(rules.fixed_top_p)}")
         request.top_p = rules.fixed_top_p
     if rules.max_n is not None and request.n > rules.max_n:
         raise invalid_request(f"invalid n: {request.n}, must be between 1 and {rules.max_n}", param="n")
@@ -72,23 +101,63 @@ def check_thinking(request: ChatCompletionRequest, thinking: bool) -> None:
         raise invalid_request(
             f"tool_choice '{kind}' is incompatible with thinking enabled", param="tool_choice"
         )
+    for index, _ in _bare_turns(request):
+        raise invalid_request(
+            "thinking is enabled but reasoning_content is missing in assistant tool call message "
+            f"at index {index}",
+            param=f"messages[{index}].reasoning_content",
+        )
+
+
+def _bare_turns(request: ChatCompletionRequest) -> list[tuple[int, AssistantMessage]]:
+    """Assistant tool-call turns without their reasoning. Clients written for OpenRouter replay it under
+    its names: it is carried over first."""
+    bare = []
     for index, message in enumerate(request.messages):
         if not isinstance(message, AssistantMessage) or not message.tool_calls:
             continue
         if message.reasoning_content is not None:
             continue
-        # Clients written for OpenRouter replay reasoning under its names: carry it over.
         text = message.reasoning
         if text is None and message.reasoning_details:
             parts = [d.get("text") for d in message.reasoning_details if isinstance(d.get("text"), str)]
             text = "".join(str(p) for p in parts) if parts else None
         if text is None:
-            raise invalid_request(
-                "thinking is enabled but reasoning_content is missing in assistant tool call message "
-                f"at index {index}",
-                param=f"messages[{index}].reasoning_content",
-            )
-        message.reasoning_content = text
+            bare.append((index, message))
+        else:
+            message.reasoning_content = text
+    return bare
+
+
+def _adapt_thinking(
+    request: ChatCompletionRequest,
+    card: ModelCard,
+    restore: Callable[[ToolCall], str | None],
+    adapted: list[str],
+) -> bool:
+    """Whether the request still thinks, once adapted to what thinking requires."""
+    bare = []
+    for index, message in _bare_turns(request):
+        found = next(filter(None, (restore(call) for call in message.tool_calls or ())), None)
+        if found is None:
+            bare.append((index, message))
+        else:
+            message.reasoning_content = found
+            if "reasoning_restored" not in adapted:
+                adapted.append("reasoning_restored")
+    choice = request.tool_choice
+    forced = choice == "required" or isinstance(choice, NamedToolChoice)
+    if (forced or bare) and card.thinking == "optional":
+        request.thinking = Thinking(type="disabled")
+        request.reasoning = None
+        request.reasoning_effort = None
+        adapted.append("thinking_off:" + ("tool_choice" if forced else "reasoning_missing"))
+        return False
+    for _, message in bare:
+        message.reasoning_content = ""
+    if bare:
+        adapted.append("reasoning_empty")
+    return True
 
 
 def check_tool_names(request: ChatCompletionRequest, card: ModelCard) -> None:
@@ -103,10 +172,20 @@ def check_tool_names(request: ChatCompletionRequest, card: ModelCard) -> None:
             )
 
 
-def apply_rules(request: ChatCompletionRequest, card: ModelCard) -> None:
-    """Refuse what the model's family refuses, and pin the values it fixes."""
+def apply_rules(
+    request: ChatCompletionRequest,
+    card: ModelCard,
+    strict: bool = True,
+    restore: Callable[[ToolCall], str | None] | None = None,
+) -> list[str]:
+    """Refuse what the model's family refuses (strict) or adapt it, and pin the values it fixes. The
+    adaptations made, by name (`restore` finds a served turn's reasoning by one of its calls)."""
+    adapted: list[str] = []
     if request.tools:
         check_tool_names(request, card)
     thinking = card.thinking_on(request.reasoning_wanted)
+    if thinking and not strict:
+        thinking = _adapt_thinking(request, card, restore or (lambda _: None), adapted)
     check_thinking(request, thinking)
-    check_sampling(request, card, thinking)
+    check_sampling(request, card, thinking, None if strict else adapted)
+    return adapted

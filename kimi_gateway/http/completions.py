@@ -13,6 +13,7 @@ from starlette.types import Receive
 
 from kimi_gateway.accounts.pricing import cost_nano, usd
 from kimi_gateway.catalog import Pricing
+from kimi_gateway.core.replay import TurnNote
 from kimi_gateway.errors import APIError
 from kimi_gateway.http.disconnects import DisconnectWatch
 from kimi_gateway.ids import new_id
@@ -50,6 +51,7 @@ class ResponseMeta:
     stop_sequence: str | None = None  # the stop string that ended the answer, where the provider says
     ttft_ms: float | None = None
     client_closed: bool = False
+    turn: TurnNote | None = None  # a tool-call turn's reasoning, kept for clients that drop it
     _frame: tuple[tuple[str, str | None], bytes, bytes] | None = None
 
     def serve(self, routed: RoutedGeneration) -> None:

@@ -35,6 +35,9 @@ class RequestInfo:
     cost_nano: int | None = None
     finish_reason: str | None = None
     ttft_ms: float | None = None
+    adapted: str | None = None  # what was changed rather than refused (X-Gateway-Adapted)
+    error_code: str | None = None  # a refused request: why, as the client was told
+    error: str | None = None
     client_closed: bool = False
 
 

@@ -26,6 +26,7 @@ from kimi_gateway.accounts.billing import Ticket
 from kimi_gateway.accounts.keys import KeyRecord
 from kimi_gateway.catalog import ModelCard
 from kimi_gateway.catalog.rules import apply_rules
+from kimi_gateway.core.replay import TurnNote, served_call
 from kimi_gateway.errors import APIError, shutting_down
 from kimi_gateway.http import accounting
 from kimi_gateway.http.auth import authenticate
@@ -54,6 +55,7 @@ class Completion:
     request."""
 
     __slots__ = (
+        "adapted",
         "format",
         "gateway",
         "info",
@@ -81,6 +83,7 @@ class Completion:
         self.routed: RoutedGeneration | None = None
         self.overhead: float | None = None  # seconds of our own before the response started
         self.stop: GenerationStop | None = None  # a streamed generation's stop, once it has begun
+        self.adapted: list[str] = []  # what was changed rather than refused (X-Gateway-Adapted)
 
     async def serve(self) -> None:
         response: Response | None = None
@@ -89,6 +92,7 @@ class Completion:
                 response = await self._respond()
             except APIError as exc:
                 response = self.format.error(exc)
+                self.info.error_code, self.info.error = exc.code or exc.type, exc.message[:500]
             except asyncio.CancelledError:
                 # A client leaving is absorbed where it is watched: this is the server stopping a request
                 # past its graceful shutdown. The client hears so, in its format, and may retry elsewhere.
@@ -142,6 +146,8 @@ class Completion:
 
     def _log(self, status: int) -> None:
         info, meta = self.info, self.meta
+        if self.adapted:
+            info.adapted = ", ".join(self.adapted)
         if meta is not None:
             info.model = meta.model
             info.provider = meta.served_by or meta.provider
@@ -168,10 +174,19 @@ class Completion:
         check_tools(body)
         check_partial(body)
         card = gateway.catalog.get(body.model)
-        apply_rules(body, card)
+        strict = gateway.config.routing.strict_rules or (
+            body.provider is not None and body.provider.require_parameters
+        )
+        memory = gateway.reasoning
+        self.adapted = [
+            *self.format.adaptations,
+            *apply_rules(body, card, strict, lambda call: memory.find(account, served_call(call))),
+        ]
         media = has_media(body)
         routed = self.routed = gateway.router.route(body, account, media_pending=media)
         meta = self.meta = ResponseMeta(id=self.format.new_id(), created=int(time.time()), model=body.model)
+        if body.tools and card.thinking != "never":
+            meta.turn = TurnNote(memory, account)  # its reasoning is kept, should a client drop it
         if key is not None:
             self.ticket = await accounting.admit(gateway, key, body, routed, meta.id, self.scope["headers"])
         if media:
@@ -189,6 +204,8 @@ class Completion:
             completion = await collect_unless_disconnected(self.receive, routed, meta)
             if completion is None:
                 return Response(status_code=499)
+            if meta.turn is not None:
+                meta.turn.keep_message(completion)
             response = await self.format.render(completion, meta)
             response.raw_headers.append(self._overhead_header(routed))
             self._adapted(response)
@@ -213,8 +230,8 @@ class Completion:
 
     def _adapted(self, response: Response) -> None:
         """What the format changed rather than refuse, named for the client."""
-        if self.format.adaptations:
-            response.raw_headers.append((b"x-gateway-adapted", ", ".join(self.format.adaptations).encode()))
+        if self.adapted:
+            response.raw_headers.append((b"x-gateway-adapted", ", ".join(self.adapted).encode()))
 
     async def _prepare_media(self, body: ChatCompletionRequest, card: ModelCard) -> bool:
         """The media intake, stopped if the client goes away meanwhile (a PDF or a video can take many

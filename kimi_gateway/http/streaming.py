@@ -86,18 +86,23 @@ async def sse_stream(
             meta.serve(routed)
             out = encoder.opening()
             encode = encoder.encode
+            turn = meta.turn
             while batch is not None:
                 for event in batch:
                     if type(event) is Delta:
                         if meta.ttft_ms is None:
                             meta.ttft_ms = round((time.perf_counter() - meta.started) * 1000, 2)
                         delivered += delivered_tokens(event)
+                        if turn is not None:
+                            turn.add(event)
                 encode(batch, out)
                 if out:
                     yield b"".join(out)
                     out = []
                 batch = await anext(batches, None)
             finished = True
+            if turn is not None:
+                turn.keep()
         except APIError as exc:
             # The status line has gone out: the error travels in the stream, in the format's own way.
             finished = failed = True

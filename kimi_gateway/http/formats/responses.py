@@ -88,6 +88,13 @@ class ResponsesFormat(WireFormat):
     def encoder(self, meta: ResponseMeta, routed: RoutedGeneration) -> ResponseStream:
         return ResponseStream(meta, routed, self.conversation)
 
+    def error(self, exc: APIError) -> Response:
+        # Checks made on the request in chat form name chat's fields (`messages[2].reasoning_content`):
+        # the client sent `input` (and `instructions`), whose items do not map one to one.
+        if exc.param is not None and exc.param.startswith("messages"):
+            exc.param = "input"
+        return super().error(exc)
+
 
 def completion_output(completion: CompletionBody, tools: ChatTools) -> list[dict[str, Any]]:
     """The output items of a whole completion: reasoning, then the message, then function calls."""

@@ -1,0 +1,1 @@
+"""The request core: what a request does between its wire format and its providers, apart from HTTP."""
