@@ -13,6 +13,7 @@ import random
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +72,9 @@ class FakeUpstream:
         self.api_key = api_key
         self.display = display
         self.default: Behaviour = Answer()
+        # Plays a model: answers each request from what it holds (tests/fakes/agent.py), once the script
+        # is spent. Off (None), the default answers.
+        self.agent: Callable[[dict[str, Any]], Behaviour] | None = None
         self._script: list[Behaviour] = []
         self.requests: list[Received] = []
         self.disconnects = 0
@@ -103,6 +107,7 @@ class FakeUpstream:
             self.disconnects = 0
             self._seen_prefixes.clear()
             self.default = Answer()
+            self.agent = None
 
     def stop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -130,9 +135,12 @@ class FakeUpstream:
         ready.set()
         self._loop.run_forever()
 
-    def _next(self) -> Behaviour:
+    def _next(self, body: dict[str, Any]) -> Behaviour:
         with self._lock:
-            return self._script.pop(0) if self._script else self.default
+            if self._script:
+                return self._script.pop(0)
+            agent = self.agent
+        return agent(body) if agent is not None else self.default
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -170,7 +178,7 @@ class FakeUpstream:
         body = json.loads(raw)
         with self._lock:
             self.requests.append(Received(headers, body, time.monotonic()))
-        behaviour = self._next()
+        behaviour = self._next(body)
         if isinstance(behaviour, Fault):
             return await self._fault(behaviour, reader, writer)
         if behaviour.first_delay and await self._client_left(reader, behaviour.first_delay):
