@@ -144,6 +144,17 @@ class ThinkingConfig(_Inner):
     budget_tokens: int | None = Field(default=None, ge=0)
 
 
+class OutputFormat(_Inner):
+    """Structured output: the answer's text is JSON matching `schema`."""
+
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(_Inner):
+    format: OutputFormat | None = None
+
+
 class Metadata(_Inner):
     user_id: str | None = Field(default=None, max_length=256)
 
@@ -172,6 +183,9 @@ class MessagesRequest(Prompt):
     top_k: int | None = Field(default=None, ge=0)
     stop_sequences: list[str] | None = Field(default=None, max_length=16)
     metadata: Metadata | None = None
+    # Structured output: `output_config.format` now, `output_format` in the beta before it.
+    output_config: OutputConfig | None = None
+    output_format: OutputFormat | None = None
 
 
 class CountTokensRequest(Prompt):

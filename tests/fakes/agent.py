@@ -69,3 +69,67 @@ def _role_of_last(messages: list[dict[str, Any]]) -> str:
         if message.get("role") != "system":
             return str(message.get("role"))
     return ""
+
+
+@dataclass
+class ToolCaller:
+    """Plays an agent model for frameworks: each offered tool not yet called in the conversation is called
+    once (in the order offered), with arguments made from its schema; then the answer. Asked for JSON
+    (`response_format` json_schema), the answer is a value of the schema."""
+
+    answer: str = "It is sunny in Paris."
+
+    def __call__(self, body: dict[str, Any]) -> Answer:
+        called = {
+            call["function"]["name"]
+            for message in body["messages"]
+            if message.get("role") == "assistant"
+            for call in message.get("tool_calls") or ()
+        }
+        for tool in body.get("tools") or ():
+            function = tool["function"]
+            if function["name"] not in called:
+                arguments = example(function.get("parameters") or {"type": "object"})
+                return Answer(
+                    reasoning=f"I will call {function['name']}.",
+                    content="",
+                    tool_calls=[(function["name"], json.dumps(arguments))],
+                    finish="tool_calls",
+                )
+        fmt = body.get("response_format") or {}
+        if fmt.get("type") == "json_schema":
+            schema = fmt["json_schema"].get("schema") or {"type": "object"}
+            return Answer(reasoning="Now the JSON.", content=json.dumps(example(schema, schema)))
+        return Answer(reasoning="I have what I need.", content=self.answer)
+
+
+def example(schema: dict[str, Any], root: dict[str, Any] | None = None) -> Any:
+    """A value of `schema`, plausible enough for the frameworks' validation."""
+    root = root if root is not None else schema
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        return example((root.get("$defs") or root.get("definitions") or {})[name], root)
+    for key in ("anyOf", "oneOf", "allOf"):
+        if schema.get(key):
+            return example(schema[key][0], root)
+    if "enum" in schema:
+        return schema["enum"][0]
+    if "const" in schema:
+        return schema["const"]
+    kind = schema.get("type", "object")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        properties = schema.get("properties") or {}
+        return {name: example(sub, root) for name, sub in properties.items()}
+    if kind == "array":
+        return [example(schema.get("items") or {"type": "string"}, root)]
+    if kind == "integer":
+        return 21
+    if kind == "number":
+        return 21.5
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    return "Paris"

@@ -101,6 +101,12 @@ def to_chat(request: a.Prompt, session: str | None = None) -> ChatCompletionRequ
             body["stop"] = request.stop_sequences
         if request.metadata is not None and request.metadata.user_id:
             body["user"] = request.metadata.user_id
+        fmt = request.output_config.format if request.output_config is not None else None
+        fmt = fmt or request.output_format
+        if fmt is not None:
+            # The answer's text block holds the JSON, as Anthropic's does.
+            spec = {"name": "output", "schema": fmt.schema_, "strict": True}
+            body["response_format"] = {"type": "json_schema", "json_schema": spec}
     if session:
         body["session_id"] = session
     else:
