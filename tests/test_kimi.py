@@ -444,6 +444,38 @@ def test_estimate_token_count_uses_the_local_tokenizer(gw: GatewayProcess, clien
     assert usage is not None and total == usage.prompt_tokens  # exactly what the model is fed
 
 
+def test_token_counts_include_the_tools_the_model_reads(gw: GatewayProcess, client: openai.OpenAI) -> None:
+    # The tools' schemas go into the local model's prompt: before, a count with 64 KB of tools equalled
+    # the count without them (3,087 both), while the header said the count was exact.
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+    def count(**extra: Any) -> int:
+        body = {"model": LOCAL_MODEL, "messages": messages, **extra}
+        response = httpx.post(gw.api + "/tokenizers/estimate-token-count", json=body)
+        assert response.status_code == 200 and response.headers["x-token-count-method"] == "tokenizer"
+        return int(response.json()["data"]["total_tokens"])
+
+    bare, with_tools = count(), count(tools=[WEATHER])
+    assert with_tools > bare + 20
+    served = client.chat.completions.create(
+        model=LOCAL_MODEL,
+        messages=messages,  # type: ignore[arg-type]
+        tools=[WEATHER],  # type: ignore[list-item]
+        max_tokens=1,
+    ).usage
+    assert served is not None
+    assert with_tools == served.prompt_tokens  # exactly what the model was fed
+    anthropic_count = httpx.post(
+        gw.base_url + "/v1/messages/count_tokens",
+        json={
+            "model": LOCAL_MODEL,
+            "messages": messages,
+            "tools": [{"name": "get_weather", "input_schema": WEATHER["function"]["parameters"]}],  # type: ignore[index]
+        },
+    )
+    assert anthropic_count.json()["input_tokens"] > bare + 20
+
+
 def test_estimate_token_count_elsewhere_is_an_estimate(gw: GatewayProcess) -> None:
     def count(content: Any) -> int:
         body = {"model": "kimi-k2.5", "messages": [{"role": "user", "content": content}]}

@@ -64,7 +64,7 @@ class Channel:
 
 def count(model: LocalModel, channel: Channel, job_id: int, request: ChatCompletionRequest) -> None:
     try:
-        channel.send({"t": protocol.COUNTED, "id": job_id, "n": len(jobs.prompt_tokens(model, request))})
+        channel.send({"t": protocol.COUNTED, "id": job_id, "n": jobs.counted_tokens(model, request)})
     except APIError as error:
         channel.send(protocol.error_frame(job_id, error))
     except Exception as exc:

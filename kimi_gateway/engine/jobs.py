@@ -83,6 +83,18 @@ def prompt_tokens(
     return model.tokenize(template.render(messages) + (prefix or ""))
 
 
+def counted_tokens(model: LocalModel, request: ChatCompletionRequest) -> int:
+    """The prompt's length as `build` would make it: tools included, as the system prompt that describes
+    them (without building their grammar, which counting does not need)."""
+    mode = toolcalls.tool_mode(request.tools, request.tool_choice)
+    tool_prompt = None
+    if mode != toolcalls.MODE_NONE:
+        assert request.tools is not None
+        tools = toolcalls.selected_tools(request.tools, request.tool_choice)
+        tool_prompt = toolcalls.system_prompt(tools, mode)
+    return len(prompt_tokens(model, request, tool_prompt, mode))
+
+
 def constraints(request: ChatCompletionRequest, mode: str) -> tuple[LlamaGrammar | None, str | None]:
     if mode != toolcalls.MODE_NONE:
         assert request.tools is not None
