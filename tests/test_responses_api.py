@@ -357,6 +357,10 @@ def test_stored_responses_are_owned_by_their_account(
             theirs.responses.delete(response.id)
         with pytest.raises(openai.NotFoundError):
             theirs.responses.input_items.list(response.id)
+        with pytest.raises(openai.NotFoundError):  # nor can its items be referenced
+            theirs.responses.create(
+                model=billing.K25, input=[{"type": "item_reference", "id": response.output[0].id}]
+            )
         assert mine.responses.retrieve(response.id).metadata == {"k": "v"}
         # Charged as any request: the response id is the generation's id.
         record = billing.generation(gw, alice, response.id)
@@ -472,3 +476,32 @@ def test_errors_name_the_responses_fields(gw: GatewayProcess) -> None:
     refused = httpx.post(gw.api + "/responses", json=body, timeout=30)
     assert refused.status_code == 400
     assert refused.json()["error"]["param"] == "input", refused.text
+
+
+def test_item_references_name_stored_items(gw: GatewayProcess, fakes: dict[str, FakeUpstream]) -> None:
+    # The AI SDK's Responses tool loop sends the reasoning (and messages) it was given back by reference
+    # when responses are stored. Before: 400 "'item_reference' input items are not supported".
+    fakes["moon"].script(Answer(reasoning="Paris is the capital.", content="Paris."), Answer(content="Rome."))
+    first = httpx.post(
+        gw.api + "/responses", json={"model": MODEL, "input": "Capital of France?", **MOON}, timeout=30
+    ).json()
+    reasoning, message = first["output"]
+    assert reasoning["type"] == "reasoning" and message["type"] == "message"
+    follow = {
+        "model": MODEL,
+        "input": [
+            {"role": "user", "content": "Capital of France?"},
+            {"type": "item_reference", "id": reasoning["id"]},
+            {"type": "item_reference", "id": message["id"]},
+            {"role": "user", "content": "And of Italy?"},
+        ],
+        **MOON,
+    }
+    answer = httpx.post(gw.api + "/responses", json=follow, timeout=30)
+    assert answer.status_code == 200, answer.text
+    sent = fakes["moon"].requests[-1].body["messages"]
+    assert sent[1] == {"role": "assistant", "content": "Paris.", "reasoning_content": "Paris is the capital."}
+    for unknown in ("rs_" + "0" * 32, "msg_not_ours"):
+        follow["input"] = [{"type": "item_reference", "id": unknown}]
+        missing = httpx.post(gw.api + "/responses", json=follow, timeout=30)
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "item_not_found"

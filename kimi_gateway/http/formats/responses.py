@@ -6,8 +6,10 @@ The request becomes the gateway's chat request here (with the stored conversatio
   a later response through `previous_response_id`;
 - `reasoning` items given back become the reasoning of the assistant turn that follows them (Kimi refuses
   a thinking tool-call turn without it); their `encrypted_content` has no counterpart and is dropped;
-- built-in tools (web search, file search, computer use, MCP), `background` mode and `item_reference`
-  inputs are refused with a 400 that says so.
+- `item_reference` inputs name items of the account's stored responses (http/formats/item_ids.py) and
+  are replaced by them; Codex's `namespace` tools are flattened (http/formats/tool_names.py);
+- built-in tools (file search, computer use, MCP) and `background` mode are refused with a 400 that says
+  so; `web_search` is left out, and the response says so.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from kimi_gateway.errors import APIError, invalid_request
 from kimi_gateway.http.body import parse_body
 from kimi_gateway.http.completions import ResponseMeta
 from kimi_gateway.http.formats.base import WireFormat
+from kimi_gateway.http.formats.item_ids import ItemIds, response_of
 from kimi_gateway.http.formats.responses_events import Conversation, ResponseStream, response_object
 from kimi_gateway.http.formats.tool_names import ChatTools, flat_name
 from kimi_gateway.http.responses import ORJSONResponse
@@ -38,7 +41,7 @@ PATH = "/v1/responses"
 
 
 class ResponsesFormat(WireFormat):
-    __slots__ = ("conversation",)
+    __slots__ = ("conversation", "response_id")
 
     conversation: Conversation
 
@@ -57,7 +60,9 @@ class ResponsesFormat(WireFormat):
             history = previous.context
         if body.store:
             await gateway.responses.check_quota(account)
-        items = _input_items(body.input)
+        self.response_id = new_id("resp_")
+        ids = ItemIds(self.response_id)
+        items = await _referenced(_input_items(body.input, ids), gateway, account)
         messages = _messages(items)
         limit = gateway.config.server.max_body_bytes
         if history and len(orjson.dumps(history)) + len(orjson.dumps(messages)) > limit:
@@ -72,15 +77,17 @@ class ResponsesFormat(WireFormat):
         strict = bool((body.provider or {}).get("require_parameters"))
         tools = ChatTools.of(body.tools, strict)
         chat = to_chat(body, history + messages, tools.functions)
-        self.conversation = Conversation(body, items, messages, previous, gateway.responses, account, tools)
+        self.conversation = Conversation(
+            body, items, messages, previous, gateway.responses, account, tools, ids
+        )
         self.adaptations = tools.adaptations
         return chat
 
     def new_id(self) -> str:
-        return new_id("resp_")
+        return self.response_id  # made in `parse`: the ids of the items it made there name it
 
     async def render(self, completion: CompletionBody, meta: ResponseMeta) -> Response:
-        output = completion_output(completion, self.conversation.tools)
+        output = completion_output(completion, self.conversation.tools, self.conversation.ids)
         body = response_object(self.conversation.request, meta, output)
         await self.conversation.keep(body)
         return ORJSONResponse(body)
@@ -96,7 +103,7 @@ class ResponsesFormat(WireFormat):
         return super().error(exc)
 
 
-def completion_output(completion: CompletionBody, tools: ChatTools) -> list[dict[str, Any]]:
+def completion_output(completion: CompletionBody, tools: ChatTools, ids: ItemIds) -> list[dict[str, Any]]:
     """The output items of a whole completion: reasoning, then the message, then function calls."""
     if not completion["choices"]:
         return []
@@ -107,7 +114,7 @@ def completion_output(completion: CompletionBody, tools: ChatTools) -> list[dict
         output.append(
             {
                 "type": "reasoning",
-                "id": new_id("rs_"),
+                "id": ids.next("rs_"),
                 "summary": [{"type": "summary_text", "text": reasoning}],
             }
         )
@@ -116,7 +123,7 @@ def completion_output(completion: CompletionBody, tools: ChatTools) -> list[dict
         output.append(
             {
                 "type": "message",
-                "id": new_id("msg_"),
+                "id": ids.next("msg_"),
                 "role": "assistant",
                 "status": "completed",
                 "content": [part],
@@ -126,7 +133,7 @@ def completion_output(completion: CompletionBody, tools: ChatTools) -> list[dict
         output.append(
             {
                 "type": "function_call",
-                "id": new_id("fc_"),
+                "id": ids.next("fc_"),
                 "call_id": call["id"],
                 **tools.call_fields(call["function"]["name"]),
                 "arguments": call["function"]["arguments"],
@@ -139,7 +146,42 @@ def completion_output(completion: CompletionBody, tools: ChatTools) -> list[dict
 # ---- the request, in chat form -------------------------------------------------------------------------
 
 
-def _input_items(given: str | list[r.InputItem]) -> list[dict[str, Any]]:
+async def _referenced(
+    items: list[dict[str, Any]], gateway: Gateway, account: str | None
+) -> list[dict[str, Any]]:
+    """Item references replaced by the items they name, from the account's own stored responses (another
+    account's, or one not kept, is not found: 404)."""
+    if not any(item["type"] == "item_reference" for item in items):
+        return items
+    kept: dict[str, list[dict[str, Any]]] = {}
+    out = []
+    for i, item in enumerate(items):
+        if item["type"] != "item_reference":
+            out.append(item)
+            continue
+        response_id = response_of(item["id"])
+        found = None
+        if response_id is not None:
+            if response_id not in kept:
+                try:
+                    stored = await gateway.responses.get(account, response_id)
+                except APIError:
+                    stored = None
+                kept[response_id] = [*stored.response["output"], *stored.input_items] if stored else []
+            found = next((one for one in kept[response_id] if one.get("id") == item["id"]), None)
+        if found is None:
+            raise APIError(
+                404,
+                f"Item with id '{item['id']}' not found (only items of this account's stored responses "
+                "can be referenced).",
+                param=f"input[{i}]",
+                code="item_not_found",
+            )
+        out.append(dict(found))
+    return out
+
+
+def _input_items(given: str | list[r.InputItem], ids: ItemIds) -> list[dict[str, Any]]:
     """This request's input as items (what GET /v1/responses/{id}/input_items lists), each with an id."""
     if isinstance(given, str):
         given = [r.MessageItem(role="user", content=given)]
@@ -147,7 +189,7 @@ def _input_items(given: str | list[r.InputItem]) -> list[dict[str, Any]]:
     for item in given:
         data = item.model_dump(mode="json", exclude_none=True, by_alias=True)
         if "id" not in data:
-            data["id"] = new_id("msg_" if item.type == "message" else "item_")
+            data["id"] = ids.next("msg_" if item.type == "message" else "item_")
         if item.type == "message":
             # As OpenAI lists them: content as parts, and a status.
             if isinstance(data["content"], str):

@@ -17,6 +17,7 @@ import orjson
 from kimi_gateway.accounts.pricing import usd
 from kimi_gateway.errors import APIError
 from kimi_gateway.http.completions import ResponseMeta, record
+from kimi_gateway.http.formats.item_ids import ItemIds
 from kimi_gateway.http.formats.tool_names import ChatTools, flat_name
 from kimi_gateway.ids import new_id
 from kimi_gateway.providers.events import Delta, Done, Event
@@ -33,7 +34,7 @@ class Conversation:
     """One request's conversation: what it was given, what it continues, and where its answer is kept
     (with `store`): as the next link of the chain it continues (storage/responses.py)."""
 
-    __slots__ = ("account", "items", "messages", "previous", "request", "store", "tools")
+    __slots__ = ("account", "ids", "items", "messages", "previous", "request", "store", "tools")
 
     def __init__(
         self,
@@ -44,9 +45,10 @@ class Conversation:
         store: ResponseStore,
         account: str | None,
         tools: ChatTools,
+        ids: ItemIds,
     ) -> None:
         self.request, self.items, self.messages, self.previous = request, items, messages, previous
-        self.store, self.account, self.tools = store, account, tools
+        self.store, self.account, self.tools, self.ids = store, account, tools, ids
 
     async def keep(self, response: dict[str, Any]) -> None:
         """Store the response (with `store`). A failure to store is logged, not the client's: the answer
@@ -235,7 +237,7 @@ class ResponseStream:
                 if event.reasoning:
                     item = self.open
                     if item is None or item["type"] != "reasoning":
-                        item = {"type": "reasoning", "id": new_id("rs_"), "summary": []}
+                        item = {"type": "reasoning", "id": self.conversation.ids.next("rs_"), "summary": []}
                         index = self._add(item, out)
                         part: dict[str, Any] = {"type": "summary_text", "text": ""}
                         item["summary"].append(part)
@@ -263,7 +265,7 @@ class ResponseStream:
                     if item is None or item["type"] != "message":
                         item = {
                             "type": "message",
-                            "id": new_id("msg_"),
+                            "id": self.conversation.ids.next("msg_"),
                             "role": "assistant",
                             "status": "in_progress",
                             "content": [],
@@ -296,7 +298,7 @@ class ResponseStream:
                     if index < 0:
                         item = {
                             "type": "function_call",
-                            "id": new_id("fc_"),
+                            "id": self.conversation.ids.next("fc_"),
                             "call_id": call.id or new_id("call_"),
                             **self.conversation.tools.call_fields(call.name or ""),
                             "arguments": "",
