@@ -74,6 +74,8 @@ def prompt_tokens(
     mode: str = toolcalls.MODE_NONE,
 ) -> list[int]:
     """The prompt exactly as the model will see it, tokenized by the model's own tokenizer."""
+    if request.raw_prompt is not None:
+        return model.tokenize(request.raw_prompt)  # the legacy completions API: no template
     template = model.template
     assert template is not None
     messages = template.messages(request.messages, model.model_id, tool_prompt, mode)

@@ -16,10 +16,11 @@ from kimi_gateway.errors import APIError
 from kimi_gateway.http import errors, openapi
 from kimi_gateway.http.auth import AuthMiddleware
 from kimi_gateway.http.body import BodyLimitMiddleware, too_large
-from kimi_gateway.http.formats import WireFormat, anthropic, responses
+from kimi_gateway.http.formats import WireFormat, anthropic, responses, text
 from kimi_gateway.http.formats.anthropic import MessagesFormat
 from kimi_gateway.http.formats.chat import ChatFormat
 from kimi_gateway.http.formats.responses import ResponsesFormat
+from kimi_gateway.http.formats.text import TextFormat
 from kimi_gateway.http.middleware import HeadMiddleware, RequestLogMiddleware, route_path
 from kimi_gateway.http.routes import (
     activity,
@@ -38,6 +39,7 @@ from kimi_gateway.http.routes import (
     web,
 )
 from kimi_gateway.http.routes import responses as responses_routes
+from kimi_gateway.http.routes import text as text_routes
 from kimi_gateway.http.serving import Completion
 from kimi_gateway.media.files import file_too_large
 from kimi_gateway.runtime import Gateway, build_gateway
@@ -47,6 +49,7 @@ GENERATIONS: dict[str, type[WireFormat]] = {
     chat.PATH: ChatFormat,
     **dict.fromkeys(anthropic.PATHS, MessagesFormat),
     responses.PATH: ResponsesFormat,
+    text.PATH: TextFormat,
 }
 
 
@@ -156,6 +159,7 @@ def create_api(config: GatewayConfig | None = None) -> FastAPI:
     app.state.gateway = gateway
     errors.install(app)
     app.include_router(chat.router)
+    app.include_router(text_routes.router)
     app.include_router(messages.router)
     app.include_router(responses_routes.router)
     app.include_router(activity.router)

@@ -86,7 +86,8 @@ def _sse(payload: Any) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
-def _usage(usage: Usage, meta: ResponseMeta) -> UsageBody:
+def priced_usage(usage: Usage, meta: ResponseMeta) -> UsageBody:
+    """The usage object of a response, with its cost."""
     body = usage_body(
         usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.reasoning_tokens
     )
@@ -198,7 +199,7 @@ def _closing_chunks(
 ) -> list[bytes]:
     """The finish chunks, the last one carrying usage, and the usage-only chunk if the client asked."""
     record(done, meta, routed)
-    usage = _usage(done.usage, meta)
+    usage = priced_usage(done.usage, meta)
     out = []
     for i, finish in enumerate(finishes):
         choice = {
@@ -321,7 +322,7 @@ async def collect(routed: RoutedGeneration, meta: ResponseMeta) -> CompletionBod
         "created": meta.created,
         "model": meta.model,
         "choices": bodies,
-        "usage": _usage(usage, meta),
+        "usage": priced_usage(usage, meta),
         "system_fingerprint": None,
     }
     if meta.provider:

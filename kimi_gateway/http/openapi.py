@@ -19,6 +19,7 @@ from kimi_gateway.http.routes.keys import CreateKey, PatchKey
 from kimi_gateway.schema import documented as d
 from kimi_gateway.schema.anthropic import CountTokensRequest, MessagesRequest
 from kimi_gateway.schema.chat import ChatCompletionRequest
+from kimi_gateway.schema.completions import CompletionRequest
 from kimi_gateway.schema.responses_api import ResponsesRequest
 
 _REF = "#/components/schemas/"
@@ -36,6 +37,7 @@ _OPERATIONS: dict[
     tuple[str, str], tuple[type[BaseModel] | None, int, tuple[int, ...], type[BaseModel] | None]
 ] = {
     ("post", "/v1/chat/completions"): (d.ChatCompletion, 200, _GENERATION, ChatCompletionRequest),
+    ("post", "/v1/completions"): (d.TextCompletion, 200, _GENERATION, CompletionRequest),
     ("post", "/v1/messages"): (d.AnthropicMessage, 200, (*_GENERATION, 529), MessagesRequest),
     ("post", "/v1/messages/count_tokens"): (
         d.TokenCount,
@@ -114,7 +116,7 @@ def build(app: FastAPI) -> dict[str, Any]:
     schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     # Each format's inner models are named apart (Anthropic's and OpenAI's both have a `Tool`).
-    _schemas([ChatCompletionRequest, CreateKey, PatchKey, AddCredits], components)
+    _schemas([ChatCompletionRequest, CompletionRequest, CreateKey, PatchKey, AddCredits], components)
     _schemas([MessagesRequest, CountTokensRequest], components, "Anthropic")
     _schemas([ResponsesRequest], components, "Responses")
     bodies = {body for body, *_ in _OPERATIONS.values() if body is not None}

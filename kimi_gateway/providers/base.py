@@ -24,6 +24,7 @@ class Endpoint:
     supported_parameters: frozenset[str]
     input_modalities: frozenset[str]
     quantization: str | None = None
+    completions: bool = False  # serves the legacy completions API (a raw prompt, no chat template)
 
     @property
     def caches_cheaper(self) -> bool:

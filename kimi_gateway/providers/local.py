@@ -22,7 +22,10 @@ from kimi_gateway.schema.chat import ChatCompletionRequest
 
 def job_request(request: ChatCompletionRequest) -> dict[str, Any]:
     """The request as the engine process reads it back: only what was set, under the wire's names."""
-    return request.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    data = request.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    if request.raw_prompt is not None:
+        data["raw_prompt"] = request.raw_prompt  # excluded from dumps: only the engine reads it
+    return data
 
 
 class LocalGeneration:
@@ -135,6 +138,7 @@ class LocalProvider:
                 upstream_model=card.id,
                 pricing=card.pricing,
                 context_length=engines[card.id].max_context,
+                completions=True,
                 supported_parameters=frozenset(card.supported_parameters),
                 input_modalities=frozenset(card.input_modalities),
                 quantization=None,

@@ -148,6 +148,8 @@ class ChunkNormalizer:
                 index = int(index)
             state = self._choices.get(index) or self._state(index)
             delta = choice.get("delta") or choice.get("message")
+            if delta is None and "text" in choice:
+                delta = {"content": choice["text"]}  # the legacy completions API's chunks
             if delta:
                 self._delta(index, state, delta, events)
             if choice.get("usage"):  # Moonshot puts usage inside the final choice

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import tomllib
+from dataclasses import replace
 from importlib import resources
 from typing import Any
 
@@ -102,14 +103,14 @@ def build_upstream_providers(
             )
             continue
         display = config.name or name
-        endpoints = [
-            e
-            for model_id, entry in config.models.items()
-            if (e := _endpoint(name, display, model_id, entry, catalog))
-        ]
         style = STYLES[config.style](
             server_parsers=config.server_parsers, forward_image_urls=config.forward_image_urls
         )
+        endpoints = [
+            replace(e, completions=style.completions)
+            for model_id, entry in config.models.items()
+            if (e := _endpoint(name, display, model_id, entry, catalog))
+        ]
         providers.append(
             UpstreamProvider(
                 name, display, config.base_url, style, api_key, config.timeouts, endpoints, client

@@ -77,8 +77,10 @@ class UpstreamGeneration:
         body: dict[str, Any],
         endpoint: Endpoint,
         normalizer: ChunkNormalizer,
+        target: Target,
     ) -> None:
         self._provider = provider
+        self._target = target
         self._body = body
         self._endpoint = endpoint
         self._normalizer = normalizer
@@ -97,7 +99,7 @@ class UpstreamGeneration:
         try:
             try:
                 response = self._response = await provider.client.post(
-                    provider.target,
+                    self._target,
                     orjson.dumps(self._body),
                     timeouts.connect,
                     timeouts.idle,
@@ -168,6 +170,7 @@ class UpstreamProvider:
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
         self.target = Target.post(self.url, headers)
+        self.completions_target = Target.post(base_url.rstrip("/") + "/completions", headers)
 
     def endpoints(self) -> list[Endpoint]:
         return self._endpoints
@@ -184,11 +187,17 @@ class UpstreamProvider:
     ) -> UpstreamGeneration:
         if request.n > 1 and "n" not in endpoint.supported_parameters:
             raise invalid_request(f"{self.name} does not support n > 1.", param="n")
-        body = self.style.build_body(request, endpoint, card, drop)
+        if request.raw_prompt is not None:
+            body = self.style.build_completion_body(request, endpoint, card, drop)
+            target = self.completions_target
+        else:
+            body = self.style.build_body(request, endpoint, card, drop)
+            target = self.target
+        chat = request.raw_prompt is None  # a raw prompt's continuation is text as it comes, markers and all
         normalizer = ChunkNormalizer(
             self.display_name,
-            raw_output=self.style.raw_output,
-            start_in_reasoning=self.style.starts_in_reasoning(request, card),
+            raw_output=chat and self.style.raw_output,
+            start_in_reasoning=chat and self.style.starts_in_reasoning(request, card),
             exclude_reasoning=request.reasoning_excluded,
         )
-        return UpstreamGeneration(self, body, endpoint, normalizer)
+        return UpstreamGeneration(self, body, endpoint, normalizer, target)

@@ -76,6 +76,16 @@ def filter_endpoints(
         if not eps:
             raise Filtered(_no_endpoints(f"No endpoints found for '{card.id}' within max_price."))
 
+    if request.raw_prompt is not None:
+        eps = [e for e in eps if e.completions]
+        if not eps:
+            raise Filtered(
+                _no_endpoints(
+                    f"No endpoints found for '{card.id}' that serve the completions API (a raw prompt): "
+                    "use /v1/chat/completions."
+                )
+            )
+
     for modality in sorted(features.input_modalities(request)):
         if media_pending and card.image_via_ocr:
             continue  # intake turns images (and video frames) into text for this model

@@ -285,6 +285,11 @@ class ChatCompletionRequest(BaseModel):
     # vLLM's extension: keep generating past end-of-sequence until max_tokens.
     ignore_eos: bool = False
 
+    # Set by the legacy completions format (http/formats/text.py), never read from a chat request (its
+    # format refuses it): the prompt as the model reads it, without the chat template. Not in the body
+    # sent upstream; adapters of providers with a completions endpoint send it as `prompt` there.
+    raw_prompt: str | None = Field(default=None, exclude=True)
+
     @field_validator("stop")
     @classmethod
     def _stop_strings(cls, value: str | list[str] | None) -> list[str] | None:

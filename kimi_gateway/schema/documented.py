@@ -84,6 +84,24 @@ class ChatCompletion(_Body):
     usage: Usage
 
 
+class TextChoice(_Body):
+    text: str
+    index: int
+    logprobs: None = None
+    finish_reason: str | None
+
+
+class TextCompletion(_Body):
+    """POST /v1/completions: the prompt's continuation (the prompt first, with `echo`)."""
+
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[TextChoice]
+    usage: Usage
+
+
 class ChatCompletionChunk(_Body):
     """One `data:` line of a streamed completion (`stream: true`); the stream ends with `data: [DONE]`."""
 

@@ -56,6 +56,7 @@ class Received:
     headers: dict[str, str]
     body: dict[str, Any]
     at: float
+    path: str = "/v1/chat/completions"
 
 
 class FakeUpstream:
@@ -169,7 +170,10 @@ class FakeUpstream:
         writer: asyncio.StreamWriter,
     ) -> bool:
         method, path, _ = request_line.split(" ", 2)
-        if method != "POST" or not path.endswith("/chat/completions"):
+        # The legacy completions API: every style but Moonshot's, which documents none.
+        text = path.endswith("/completions") and not path.endswith("/chat/completions")
+        served = path.endswith("/chat/completions") or (text and self.style != "moonshot")
+        if method != "POST" or not served:
             await self._json(writer, 404, {"error": {"message": f"no route {path}"}})
             return True
         if headers.get("authorization") != f"Bearer {self.api_key}":
@@ -177,14 +181,14 @@ class FakeUpstream:
             return True
         body = json.loads(raw)
         with self._lock:
-            self.requests.append(Received(headers, body, time.monotonic()))
+            self.requests.append(Received(headers, body, time.monotonic(), path))
         behaviour = self._next(body)
         if isinstance(behaviour, Fault):
             return await self._fault(behaviour, reader, writer)
         if behaviour.first_delay and await self._client_left(reader, behaviour.first_delay):
             self.disconnects += 1
             return False
-        return await self._stream(behaviour, body, reader, writer)
+        return await self._stream(behaviour, body, reader, writer, text)
 
     # ---- faults ------------------------------------------------------------------------------------------
 
@@ -261,10 +265,15 @@ class FakeUpstream:
         await writer.drain()
 
     async def _stream(
-        self, answer: Answer, body: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        answer: Answer,
+        body: dict[str, Any],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        text: bool = False,
     ) -> bool:
         await self._start_stream(writer)
-        events = self.render(answer, body)
+        events = self.render_text(answer, body) if text else self.render(answer, body)
         sent = 0
         try:
             if self.style == "openrouter":
@@ -403,6 +412,35 @@ class FakeUpstream:
         include_usage = (body.get("stream_options") or {}).get("include_usage")
         if include_usage or self.style == "openrouter":
             out.append(chunk([], usage=usage))
+        out.append(b"data: [DONE]\n\n")
+        return out
+
+    def render_text(self, answer: Answer, body: dict[str, Any]) -> list[bytes]:
+        """The legacy completions API's stream: `text` pieces, the finish, usage if asked, [DONE]."""
+
+        def chunk(text: str, finish: str | None = None, **extra: Any) -> bytes:
+            choice: dict[str, Any] = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+            if finish and self.style in {"vllm", "vllm-parsed", "sglang"}:
+                choice["stop_reason"] = answer.stop_sequence
+            data = {
+                "id": "cmpl-fake",
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": body.get("model", ""),
+                "choices": [choice] if finish is not None or text else [],
+                **extra,
+            }
+            return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+        out = [chunk(p) for p in _pieces(answer.content)]
+        out.append(chunk("", answer.finish))
+        usage = {
+            "prompt_tokens": answer.prompt_tokens,
+            "completion_tokens": answer.completion_tokens,
+            "total_tokens": answer.prompt_tokens + answer.completion_tokens,
+        }
+        if (body.get("stream_options") or {}).get("include_usage") or self.style == "openrouter":
+            out.append(chunk("", usage=usage))
         out.append(b"data: [DONE]\n\n")
         return out
 

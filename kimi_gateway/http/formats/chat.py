@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from kimi_gateway.errors import APIError
 from kimi_gateway.http.body import parse_body
 from kimi_gateway.http.completions import ChatStream, ResponseMeta
 from kimi_gateway.http.formats.base import WireFormat
@@ -23,6 +24,10 @@ class ChatFormat(WireFormat):
 
     async def parse(self, request: Request, gateway: Gateway, account: str | None) -> ChatCompletionRequest:
         body = await parse_body(request, ChatCompletionRequest, gateway.config.server.max_body_bytes)
+        if body.raw_prompt is not None:
+            raise APIError(
+                400, "Unrecognized request argument supplied: raw_prompt", code="unknown_parameter"
+            )
         self.include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return body
 

@@ -21,6 +21,18 @@ GATEWAY_FIELDS = frozenset(
     }
 )
 _HISTORY_REASONING = ("reasoning", "reasoning_content", "reasoning_details")
+_CHAT_ONLY = (
+    "messages",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "thinking",
+    "reasoning",
+    "chat_template_kwargs",
+    "session_id",
+    "prompt_cache_key",
+)
 
 
 def history_reasoning(message: dict[str, Any]) -> str | None:
@@ -55,6 +67,9 @@ class WireStyle:
     temperature_range = (0.0, 2.0)
     # Parameters this provider family never accepts, whatever an endpoint's config says.
     never: frozenset[str] = frozenset({"ignore_eos"})
+    # Whether the provider serves the legacy completions API (POST {base_url}/completions, a raw prompt):
+    # vLLM, SGLang, OpenRouter and OpenAI-style hosts such as Together do; Moonshot documents none.
+    completions = True
 
     # Whether the provider fetches image URLs itself; if so, images the gateway fetched (and checked) go as
     # their URL rather than as base64. A provider's config may say otherwise (`forward_image_urls`).
@@ -100,6 +115,17 @@ class WireStyle:
             self.map_reasoning(body, request, card)
         if request.partial_prefix is not None:
             self.map_partial(body)
+        return body
+
+    def build_completion_body(
+        self, request: ChatCompletionRequest, endpoint: Endpoint, card: ModelCard, drop: frozenset[str]
+    ) -> dict[str, Any]:
+        """The legacy completions request: the chat body's sampling and limits, the raw prompt instead of
+        messages, and nothing that belongs to chat (tools, response format, reasoning switches)."""
+        body = self.build_body(request, endpoint, card, drop)
+        for name in _CHAT_ONLY:
+            body.pop(name, None)
+        body["prompt"] = request.raw_prompt
         return body
 
     def map_partial(self, body: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ from kimi_gateway.schema.chat import ChatCompletionRequest
 class MoonshotStyle(WireStyle):
     name = "moonshot"
     history_field = "reasoning_content"
+    completions = False
     # Moonshot documents temperature in [0, 1], not OpenAI's [0, 2].
     temperature_range = (0.0, 1.0)
 
