@@ -100,7 +100,32 @@ class ToolCaller:
         if fmt.get("type") == "json_schema":
             schema = fmt["json_schema"].get("schema") or {"type": "object"}
             return Answer(reasoning="Now the JSON.", content=json.dumps(example(schema, schema)))
+        if fmt.get("type") == "json_object":
+            # The schema, if any, is in the prompt (as the AI SDK's openai-compatible provider puts it).
+            # With no schema given, what a model asked for "the weather as JSON" writes.
+            schema = _schema_in(body["messages"])
+            value = example(schema, schema) if schema else {"city": "Paris", "celsius": 21}
+            return Answer(reasoning="Now the JSON.", content=json.dumps(value))
         return Answer(reasoning="I have what I need.", content=self.answer)
+
+
+def _schema_in(messages: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The first JSON schema written into a message's text."""
+    decoder = json.JSONDecoder()
+    for message in messages:
+        content = message.get("content")
+        texts = [content] if isinstance(content, str) else [p.get("text", "") for p in content or ()]
+        for text in texts:
+            start = text.find("{")
+            while start >= 0:
+                try:
+                    found, _ = decoder.raw_decode(text, start)
+                except ValueError:
+                    found = None
+                if isinstance(found, dict) and "properties" in found:
+                    return found
+                start = text.find("{", start + 1)
+    return None
 
 
 def example(schema: dict[str, Any], root: dict[str, Any] | None = None) -> Any:
