@@ -128,3 +128,42 @@ def test_langchain_chat_anthropic_tools_and_structured_output(
     sent = agent.requests[-1].body
     assert sent["response_format"]["type"] == "json_schema"
     assert sent["response_format"]["json_schema"]["schema"]["properties"].keys() == {"city", "celsius"}
+
+
+@pytest.mark.parametrize("route", ["openai", "anthropic"])
+def test_litellm_as_a_client(
+    upstream_gateway: GatewayProcess, agent: FakeUpstream, route: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # LiteLLM's own price map would be fetched from the network at import: the copy it ships instead.
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    litellm.telemetry = False
+    base = upstream_gateway.api if route == "openai" else upstream_gateway.base_url
+    kwargs: dict[str, Any] = {"model": f"{route}/{K25}", "api_base": base, "api_key": "unused"}
+    weather = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+    question = [{"role": "user", "content": "What is the weather in Paris?"}]
+    first = litellm.completion(messages=question, tools=[weather], **kwargs)
+    call = first.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather"
+    assert call.function.arguments.replace(" ", "") == '{"city":"Paris"}'
+    # The loop goes on as LiteLLM users write it: the assistant turn back as LiteLLM returned it, then the
+    # tool's result; Kimi gets the turn's reasoning either way.
+    turn = first.choices[0].message.model_dump(exclude_none=True)
+    result = {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"}
+    second = litellm.completion(messages=[*question, turn, result], tools=[weather], **kwargs)
+    assert second.choices[0].message.content == "It is sunny in Paris."
+    assert all(turn.get("reasoning_content") is not None for turn in _thinking_turns(agent))
+    shaped = litellm.completion(messages=question, response_format=Weather, **kwargs)
+    assert Weather.model_validate_json(shaped.choices[0].message.content) == Weather(city="Paris", celsius=21)
