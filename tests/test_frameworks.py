@@ -1,9 +1,9 @@
 """Agent frameworks with their default settings, on Kimi K2.5 with thinking on, through a scripted upstream
 that calls the tools it is offered (tests/fakes/agent.py): the OpenAI Agents SDK (Responses and chat
 completions, a tool and a handoff), pydantic-ai (a tool and structured output), LangChain's ChatAnthropic
-(tools, and structured output by JSON schema) and LiteLLM as a client. Each once failed on a Kimi rule (reasoning dropped from
-replayed turns, a forced tool choice) or on a field the gateway ignored; now the rule is adapted
-(catalog/rules.py) and the run completes."""
+(tools, and structured output by JSON schema) and LiteLLM as a client. Kimi's rules (reasoning on replayed
+tool-call turns, no forced tool choice while thinking) are adapted for them (catalog/rules.py), and
+Anthropic's structured output reaches the model."""
 
 from __future__ import annotations
 
