@@ -33,8 +33,8 @@ class ServerConfig(_Section):
     header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     max_header_bytes: int = Field(default=64 * 1024, ge=4096, le=16 * 1024 * 1024)
     max_connections: int = Field(default=1000, ge=1)
-    # Request bodies still arriving (sent in pieces) from one client address at once; more get 429. Behind
-    # a proxy that buffers bodies (nginx does by default) they arrive whole and are not counted.
+    # Request bodies still arriving a second after they began, from one client address at once; more get
+    # 429. Bodies sent at network speed are never counted (behind a proxy, clients share its address).
     slow_bodies_per_client: int = Field(default=32, ge=1)
     # Browser apps on these origins may call the API directly (CORS); off by default. "*" allows any
     # origin (never with credentials: keys travel in the Authorization header, not cookies).

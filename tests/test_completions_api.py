@@ -81,6 +81,15 @@ def test_upstream_completions_go_to_providers_that_serve_them(
     sent = fakes["vllm"].requests[-1]
     assert sent.path == "/v1/completions"
     assert sent.body["prompt"] == PROMPT and "messages" not in sent.body and sent.body["max_tokens"] == 5
+    # Moonshot's chat rules (temperature within [0, 1] for K2) are not the completions API's.
+    fakes["vllm"].script(Answer(content=" Paris."))
+    hot = httpx.post(
+        upstream_gateway.api + "/completions",
+        json={"model": MODEL, "prompt": PROMPT, "temperature": 1.5, "provider": {"only": ["vllm"]}},
+        timeout=30,
+    )
+    assert hot.status_code == 200 and "x-gateway-adapted" not in hot.headers
+    assert fakes["vllm"].requests[-1].body["temperature"] == 1.5
     # Streamed, through OpenRouter's completions endpoint.
     fakes["orouter"].script(Answer(content=" Paris, of course."))
     stream = client.completions.create(

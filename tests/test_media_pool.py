@@ -108,3 +108,28 @@ def test_an_accounts_queued_images_hold_none_of_the_decoding_allowance() -> None
         pool.close()
 
     asyncio.run(main())
+
+
+def test_a_cancelled_job_keeps_its_accounts_turn_until_its_thread_is_done() -> None:
+    # A decode does not check the budget: cancelled, it runs to its end. Before, the account's turn was
+    # given back at once, so a client leaving and coming back ran two decodes at a time.
+    async def main() -> None:
+        pool = MediaPool(workers=2, per_account=1, document_seconds=5, request_seconds=60, megapixels=64)
+        events: list[str] = []
+
+        def decode() -> None:
+            events.append("decode started")
+            time.sleep(0.4)
+            events.append("decode ended")
+
+        first = asyncio.create_task(pool.run("a", decode, pool.budget()))
+        await asyncio.sleep(0.1)
+        first.cancel()
+        second = asyncio.create_task(pool.run("a", lambda: events.append("next started"), pool.budget()))
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await second
+        assert events == ["decode started", "decode ended", "next started"]
+        pool.close()
+
+    asyncio.run(main())

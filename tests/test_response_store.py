@@ -143,3 +143,25 @@ def test_the_storage_quota_counts_stored_responses(url: str) -> None:
         await store.check_quota("acct")
 
     _run(url, scenario)
+
+
+def test_expired_responses_do_not_count_and_a_vanished_parent_keeps_the_whole_context(url: str) -> None:
+    async def scenario(db: Database) -> None:
+        store = ResponseStore(db, timedelta(days=1), quota=1_500_000)
+        await store.save("acct", _new("resp_old", "x" * 1_600_000))
+        past = datetime.now(UTC) - timedelta(seconds=1)
+        async with db.session() as session, session.begin():
+            await session.execute(
+                update(StoredResponse).where(StoredResponse.id == "resp_old").values(expires_at=past)
+            )
+        await store.check_quota("acct")  # expired, not yet purged: not counted
+        # The parent is deleted while its continuation is being made: the new row keeps it all.
+        await store.save("acct", _new("resp_a", "first"))
+        parent = await store.get("acct", "resp_a")
+        await store.delete("acct", "resp_a")
+        await store.save("acct", _new("resp_b", "second", parent))
+        kept = await store.get("acct", "resp_b")
+        assert [m["content"] for m in kept.context] == ["first", "re resp_a", "second", "re resp_b"]
+        assert kept.chain == ["resp_b"]
+
+    _run(url, scenario)

@@ -448,6 +448,17 @@ def test_codex_s_namespaced_tools_and_web_search(
     assert history[1]["tool_calls"][0]["function"]["name"] == "mcp__demo__lookup_order"
 
 
+def test_tools_whose_flat_names_collide_are_refused(gw: GatewayProcess) -> None:
+    tools = [
+        {"type": "namespace", "name": "a", "tools": [{"type": "function", "name": "x__y"}]},
+        {"type": "function", "name": "a__x__y"},
+    ]
+    refused = httpx.post(
+        gw.api + "/responses", json={"model": MODEL, "input": "Hi", "tools": tools, **MOON}, timeout=30
+    )
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "duplicate_tool_name"
+
+
 def test_strict_requests_still_refuse_tools_not_served(gw: GatewayProcess) -> None:
     body = {
         "model": MODEL,
@@ -501,6 +512,10 @@ def test_item_references_name_stored_items(gw: GatewayProcess, fakes: dict[str, 
     assert answer.status_code == 200, answer.text
     sent = fakes["moon"].requests[-1].body["messages"]
     assert sent[1] == {"role": "assistant", "content": "Paris.", "reasoning_content": "Paris is the capital."}
+    # Bounded: a small body repeating a reference to a large item must not expand without end.
+    follow["input"] = [{"type": "item_reference", "id": message["id"]}] * 300
+    many = httpx.post(gw.api + "/responses", json=follow, timeout=30)
+    assert many.status_code == 400 and many.json()["error"]["param"] == "input"
     for unknown in ("rs_" + "0" * 32, "msg_not_ours"):
         follow["input"] = [{"type": "item_reference", "id": unknown}]
         missing = httpx.post(gw.api + "/responses", json=follow, timeout=30)

@@ -476,3 +476,32 @@ def test_reasoning_memory_is_per_account_and_bounded() -> None:
     expired = ReasoningMemory(seconds=-1.0)
     expired.keep("alice", ["call_1"], "r")
     assert expired.find("alice", "call_1") is None
+
+
+def test_openrouter_hears_that_thinking_is_off() -> None:
+    # The gateway turns thinking off for a request (a forced tool choice, a turn without its reasoning);
+    # OpenRouter's switch is `reasoning.enabled`, and it must be sent, or the model goes on thinking.
+    from kimi_gateway.catalog import load_catalog
+    from kimi_gateway.providers.base import Endpoint
+    from kimi_gateway.providers.wire.openrouter import OpenRouterStyle
+    from kimi_gateway.schema.chat import ChatCompletionRequest
+
+    card = load_catalog().get("kimi-k2.5")
+    endpoint = Endpoint(
+        provider="orouter",
+        provider_name="OpenRouter",
+        model=card.id,
+        upstream_model="moonshotai/kimi-k2.5",
+        pricing=card.pricing,
+        context_length=card.context_length,
+        supported_parameters=frozenset(),
+        input_modalities=frozenset({"text"}),
+    )
+    style = OpenRouterStyle()
+    base = {"model": card.id, "messages": [{"role": "user", "content": "Hi"}]}
+    off = ChatCompletionRequest.model_validate({**base, "thinking": {"type": "disabled"}})
+    assert style.build_body(off, endpoint, card, frozenset())["reasoning"] == {"enabled": False}
+    default = ChatCompletionRequest.model_validate(base)
+    assert "reasoning" not in style.build_body(default, endpoint, card, frozenset())
+    effort = ChatCompletionRequest.model_validate({**base, "reasoning": {"effort": "low"}})
+    assert style.build_body(effort, endpoint, card, frozenset())["reasoning"] == {"effort": "low"}

@@ -181,6 +181,9 @@ def apply_rules(
     """Refuse what the model's family refuses (strict) or adapt it, and pin the values it fixes. The
     adaptations made, by name (`restore` finds a served turn's reasoning by one of its calls)."""
     adapted: list[str] = []
+    if request.raw_prompt is not None:
+        # The completions API: no chat and no thinking; Moonshot's rules are its chat's.
+        return adapted
     if request.tools:
         check_tool_names(request, card)
     thinking = card.thinking_on(request.reasoning_wanted)

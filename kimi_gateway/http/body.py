@@ -44,33 +44,61 @@ def too_many_slow(limit: int) -> APIError:
     )
 
 
+# A body still arriving this long after its first bytes counts as slow, against its client's allowance:
+# bodies that arrive at network speed never do (behind a proxy, every client shares its address).
+SLOW_AFTER = 1.0
+# The scope key by which BodyLimitMiddleware tells `read_body` that it already times the body.
+TIMED = "kimi_gateway.body_timed"
+
+
 class BodyDeadline:
     """Ends a body read that falls behind the minimum rate. Armed only once a body takes more than one
     message (most arrive whole in the first): a timer that cancels the reading task while it waits for
     more, not a timeout block around every request's read.
 
-    Such bodies are also counted per client address, at most `per_client` at once: each is cut when it
-    falls behind, but a client could open new ones as fast as they are cut and hold every connection."""
+    A body still arriving after `SLOW_AFTER` is also counted against its client address, at most
+    `per_client` at once (the next gets 429): each is cut when it falls behind the rate, but a client could
+    open new ones as fast as they are cut and hold every connection."""
 
-    __slots__ = ("_client", "_handle", "_started", "_task", "_waiting", "expired", "fired")
+    __slots__ = (
+        "_address",
+        "_counted",
+        "_handle",
+        "_slow_handle",
+        "_started",
+        "_task",
+        "_waiting",
+        "expired",
+        "fired",
+        "refused",
+    )
 
     per_client = 32  # [server] slow_bodies_per_client
     _arriving: ClassVar[dict[str, int]] = {}
 
     def __init__(self, scope: Scope) -> None:
         client = scope.get("client")
-        address = client[0] if client else ""
-        arriving = self._arriving.get(address, 0)
-        if arriving >= self.per_client:
-            raise too_many_slow(self.per_client)
-        self._arriving[address] = arriving + 1
-        self._client: str | None = address
+        self._address = client[0] if client else ""
+        self._counted = False
         self._task = asyncio.current_task()
         self._started = time.monotonic()
         self._handle: asyncio.TimerHandle | None = None
+        loop = asyncio.get_running_loop()
+        self._slow_handle: asyncio.TimerHandle | None = loop.call_later(SLOW_AFTER, self._count)
         self._waiting = False
         self.expired = False  # behind the rate: the next read fails
-        self.fired = False  # the timer cancelled a read in progress
+        self.refused = False  # one slow body too many from its address: the next read fails
+        self.fired = False  # a timer cancelled a read in progress
+
+    def _count(self) -> None:
+        self._slow_handle = None
+        arriving = self._arriving.get(self._address, 0)
+        if arriving >= self.per_client:
+            self.refused = True
+            self._interrupt()
+            return
+        self._arriving[self._address] = arriving + 1
+        self._counted = True
 
     def received(self, size: int) -> None:
         """`size` bytes so far: the next message is due by the grace plus the time they earn."""
@@ -81,13 +109,19 @@ class BodyDeadline:
 
     def _fire(self) -> None:
         self.expired = True
+        self._interrupt()
+
+    def _interrupt(self) -> None:
         if self._waiting and self._task is not None:
             self.fired = True
             self._task.cancel()
 
+    def _error(self) -> APIError:
+        return too_many_slow(self.per_client) if self.refused else too_slow()
+
     async def receive(self, receive: Receive) -> Message:
-        if self.expired:
-            raise too_slow()
+        if self.expired or self.refused:
+            raise self._error()
         self._waiting = True
         try:
             return await receive()
@@ -95,23 +129,23 @@ class BodyDeadline:
             if not self.fired or self._task is None:
                 raise  # the client left, or a shutdown
             self._task.uncancel()
-            raise too_slow() from None
+            raise self._error() from None
         finally:
             self._waiting = False
 
     def close(self) -> None:
         """Once the body is whole, or its request over (either may come first; the second does nothing)."""
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-        address = self._client
-        if address is not None:
-            self._client = None
-            left = self._arriving[address] - 1
+        for handle in (self._handle, self._slow_handle):
+            if handle is not None:
+                handle.cancel()
+        self._handle = self._slow_handle = None
+        if self._counted:
+            self._counted = False
+            left = self._arriving[self._address] - 1
             if left:
-                self._arriving[address] = left
+                self._arriving[self._address] = left
             else:
-                del self._arriving[address]
+                del self._arriving[self._address]
 
 
 def too_large(limit: int) -> APIError:
@@ -211,7 +245,7 @@ class BodyLimitMiddleware:
             return message
 
         try:
-            await self.app(scope, counted, send)
+            await self.app({**scope, TIMED: True}, counted, send)
         finally:
             if deadline is not None:
                 deadline.close()
@@ -234,6 +268,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     deadline: BodyDeadline | None = None
+    timed = TIMED in request.scope
     try:
         while True:
             receive = request.receive
@@ -245,6 +280,8 @@ async def read_body(request: Request, limit: int) -> bytes:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if timed:
+                continue  # BodyLimitMiddleware times this body
             if deadline is None:
                 deadline = BodyDeadline(request.scope)
             deadline.received(size)

@@ -118,10 +118,14 @@ class FileStore:
                     raise APIError(400, f"file: {why}.", param="file", code="file_too_costly") from None
                 except BadDocument as why:
                     status, details = "error", f"Failed to extract file: {why}"
-            raw_path, text_path = self._paths(file_id)
-            self.folder.mkdir(parents=True, exist_ok=True)
-            await asyncio.to_thread(raw_path.write_bytes, data)
-            await asyncio.to_thread(text_path.write_text, text)
+            # Written to the end even if the client goes meanwhile: a file half-written while the claim is
+            # undone would stay on disk, counted by no quota.
+            written = asyncio.ensure_future(asyncio.to_thread(self._write, file_id, data, text))
+            try:
+                await asyncio.shield(written)
+            except asyncio.CancelledError:
+                await asyncio.wait((written,))
+                raise
             async with self.db.session() as session, session.begin():
                 row = await session.get(StoredFile, file_id)
                 assert row is not None
@@ -130,6 +134,12 @@ class FileStore:
             await self._unreserve(file_id)
             raise
         return await self.get(account_id, file_id)
+
+    def _write(self, file_id: str, data: bytes, text: str) -> None:
+        raw_path, text_path = self._paths(file_id)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        raw_path.write_bytes(data)
+        text_path.write_text(text)
 
     async def _reserve(
         self, account_id: str | None, file_id: str, filename: str, purpose: str, size: int

@@ -109,6 +109,8 @@ class Media:
                 param="messages",
                 code="media_too_costly",
             ) from None
+        finally:
+            budget.cancelled.set()  # whatever is left of its work (after a failure) stops at its next check
 
     async def _prepare(
         self, request: ChatCompletionRequest, card: ModelCard, account_id: str | None, budget: Budget
@@ -149,9 +151,16 @@ class Media:
         slots = self._slots(request)  # video frames, if any, are images now
         if not slots:
             return
-        pictures = await asyncio.gather(
-            *(self._picture(slot, max_pixels, account_id, budget) for slot in slots)
-        )
+        tasks = [asyncio.ensure_future(self._picture(slot, max_pixels, account_id, budget)) for slot in slots]
+        try:
+            pictures = await asyncio.gather(*tasks)
+        except BaseException:
+            # One image refused (or the client gone): the others stop, and are waited for, not orphaned.
+            budget.cancelled.set()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         for number, (slot, (picture, source)) in enumerate(zip(slots, pictures, strict=True), start=1):
             content = slot.message.content
             assert isinstance(content, list)

@@ -135,9 +135,21 @@ class MediaPool:
                 if budget is not None:
                     budget.check()
                 async with self._pixels(pixels):
-                    return await asyncio.get_running_loop().run_in_executor(
-                        self._executor, _counted, fn, budget
-                    )
+                    work = self._executor.submit(_counted, fn, budget)
+                    job = asyncio.wrap_future(work)
+                    try:
+                        return await asyncio.shield(job)
+                    except asyncio.CancelledError:
+                        # The account's turn and the pixels stay held until the thread is done: it stops
+                        # at its next budget check, or (a decode, OCR) runs to its end. Released at once,
+                        # a client leaving and coming back could run more than its share at a time.
+                        if budget is not None:
+                            budget.cancelled.set()
+                        if not work.cancel():  # not started yet: it never starts
+                            await asyncio.wait((job,))
+                            if not job.cancelled():
+                                job.exception()  # retrieved: its OverBudget is expected, not news
+                        raise
         except asyncio.CancelledError:
             if budget is not None:
                 budget.cancelled.set()

@@ -102,6 +102,17 @@ class ResponseStore:
             expires_at=expires,
         )
         async with self.db.session() as session, session.begin():
+            if previous is not None:
+                present = await session.scalar(
+                    select(func.count()).where(StoredResponse.id.in_(previous.chain))
+                )
+                if present != len(previous.chain):
+                    # Part of the chain went while this response was made (deleted, or purged): it is
+                    # kept whole instead, as rows were before chains, rather than missing its beginning.
+                    row.parent_id, row.turn = None, None
+                    row.context = orjson.dumps([*previous.context, *new.turn]).decode()
+                    row.size = len(response) + len(input_items) + len(row.context)
+                    previous = None
             session.add(row)
             if previous is not None:
                 await session.execute(

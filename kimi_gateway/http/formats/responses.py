@@ -62,9 +62,9 @@ class ResponsesFormat(WireFormat):
             await gateway.responses.check_quota(account)
         self.response_id = new_id("resp_")
         ids = ItemIds(self.response_id)
-        items = await _referenced(_input_items(body.input, ids), gateway, account)
-        messages = _messages(items)
         limit = gateway.config.server.max_body_bytes
+        items = await _referenced(_input_items(body.input, ids), gateway, account, limit)
+        messages = _messages(items)
         if history and len(orjson.dumps(history)) + len(orjson.dumps(messages)) > limit:
             # What one request may carry bounds a chain too, as the whole conversation is sent each time.
             raise APIError(
@@ -74,7 +74,7 @@ class ResponsesFormat(WireFormat):
                 param="previous_response_id",
                 code="conversation_too_long",
             )
-        strict = bool((body.provider or {}).get("require_parameters"))
+        strict = gateway.config.routing.strict_rules or bool((body.provider or {}).get("require_parameters"))
         tools = ChatTools.of(body.tools, strict)
         chat = to_chat(body, history + messages, tools.functions)
         self.conversation = Conversation(
@@ -146,15 +146,26 @@ def completion_output(completion: CompletionBody, tools: ChatTools, ids: ItemIds
 # ---- the request, in chat form -------------------------------------------------------------------------
 
 
+# References one request may hold: each may name a large item, and each distinct response is read.
+MAX_REFERENCES = 256
+
+
 async def _referenced(
-    items: list[dict[str, Any]], gateway: Gateway, account: str | None
+    items: list[dict[str, Any]], gateway: Gateway, account: str | None, limit: int
 ) -> list[dict[str, Any]]:
     """Item references replaced by the items they name, from the account's own stored responses (another
-    account's, or one not kept, is not found: 404)."""
-    if not any(item["type"] == "item_reference" for item in items):
+    account's, or one not kept, is not found: 404). What they expand to is bounded as a body is: a small
+    request repeating a reference to a large item must not grow without end."""
+    references = sum(item["type"] == "item_reference" for item in items)
+    if not references:
         return items
+    if references > MAX_REFERENCES:
+        raise invalid_request(
+            f"at most {MAX_REFERENCES} item references are accepted in one request", param="input"
+        )
     kept: dict[str, list[dict[str, Any]]] = {}
     out = []
+    size = 0
     for i, item in enumerate(items):
         if item["type"] != "item_reference":
             out.append(item)
@@ -176,6 +187,14 @@ async def _referenced(
                 "can be referenced).",
                 param=f"input[{i}]",
                 code="item_not_found",
+            )
+        size += len(orjson.dumps(found))
+        if size > limit:
+            raise APIError(
+                413,
+                f"The items this request references are over {limit} bytes: send fewer.",
+                param="input",
+                code="request_too_large",
             )
         out.append(dict(found))
     return out

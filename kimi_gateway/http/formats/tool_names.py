@@ -58,6 +58,12 @@ class ChatTools:
                 code="unsupported_tool",
             )
         name = flat_name(namespace, tool["name"])
+        if any(f["function"]["name"] == name for f in self.functions):
+            raise invalid_request(
+                f"two tools are named '{name}' once namespaces are flattened for the model: rename one",
+                param=where,
+                code="duplicate_tool_name",
+            )
         if namespace:
             self.namespaced[name] = (namespace, tool["name"])
         function = {k: tool[k] for k in ("description", "parameters", "strict") if tool.get(k) is not None}

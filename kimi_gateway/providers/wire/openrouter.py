@@ -32,5 +32,7 @@ class OpenRouterStyle(WireStyle):
             reasoning["effort"] = request.reasoning_effort
         if request.include_reasoning is False:
             reasoning["exclude"] = True
+        if request.reasoning_wanted is False and card.reasoning and not reasoning:
+            reasoning["enabled"] = False  # thinking off (asked, or adapted here): OpenRouter's switch
         if reasoning:
             body["reasoning"] = reasoning
