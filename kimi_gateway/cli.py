@@ -284,7 +284,7 @@ def _keys(args: argparse.Namespace) -> int:
 
 def _credits(args: argparse.Namespace) -> int:
     from kimi_gateway.accounts.ledger import Ledger, UnknownAccount
-    from kimi_gateway.accounts.pricing import nano, usd
+    from kimi_gateway.money import nano, usd
     from kimi_gateway.storage import Database, database_url
 
     config = _export_config(args.config)

@@ -15,9 +15,9 @@ import pytest
 
 from kimi_gateway.accounts.cache import RefreshingCache
 from kimi_gateway.accounts.journal import Journal, read_folder
-from kimi_gateway.accounts.pricing import cost_nano
-from kimi_gateway.accounts.pricing import per_token as per_token_decimal
+from kimi_gateway.accounts.pricing import cost_nano, nano_per_token
 from kimi_gateway.catalog import Pricing
+from kimi_gateway.catalog.listing import usd_per_token
 from kimi_gateway.engine.stops import StopMatcher
 from kimi_gateway.engine.toolcalls import EnvelopeParser
 from kimi_gateway.http.validation import param_path
@@ -25,7 +25,6 @@ from kimi_gateway.ids import new_id
 from kimi_gateway.providers.events import Delta
 from kimi_gateway.providers.normalize import ChunkNormalizer
 from kimi_gateway.providers.sse import sse_data
-from kimi_gateway.schema.models import per_token
 from kimi_gateway.stats.endpoints import DAY, EndpointStats
 
 
@@ -100,7 +99,7 @@ def test_param_path(loc: tuple[int | str, ...], path: str) -> None:
     ("usd", "text"), [(0.6, "0.0000006"), (3.0, "0.000003"), (0.15, "0.00000015"), (0.0, "0")]
 )
 def test_per_token_prices(usd: float, text: str) -> None:
-    assert per_token(usd) == text
+    assert usd_per_token(usd) == text
 
 
 class _Clock:
@@ -293,9 +292,9 @@ def test_integer_cost_arithmetic_matches_decimal() -> None:
     def reference(p: Pricing, prompt: int, cached: int, completion: int) -> int:
         cached = min(max(cached, 0), prompt)
         total = (
-            (prompt - cached) * per_token_decimal(p.input)
-            + cached * per_token_decimal(p.cached)
-            + completion * per_token_decimal(p.output)
+            (prompt - cached) * nano_per_token(p.input)
+            + cached * nano_per_token(p.cached)
+            + completion * nano_per_token(p.output)
         )
         return int(total.to_integral_value(ROUND_HALF_UP))
 

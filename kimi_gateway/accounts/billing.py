@@ -23,13 +23,14 @@ from kimi_gateway.accounts.changes import ACCOUNT, Changes
 from kimi_gateway.accounts.holds import HoldRequest, Holds, Shortfall
 from kimi_gateway.accounts.keys import KeyRecord
 from kimi_gateway.accounts.ledger import RECHARGE, Ledger
-from kimi_gateway.accounts.pricing import affordable_tokens, nano, worst_case_nano
+from kimi_gateway.accounts.pricing import affordable_tokens, worst_case_nano
 from kimi_gateway.accounts.recorder import Recorder
 from kimi_gateway.accounts.tiers import Tier, tier_for
 from kimi_gateway.catalog import Pricing
 from kimi_gateway.errors import APIError
 from kimi_gateway.ids import new_id
 from kimi_gateway.limits import Decision, Window
+from kimi_gateway.money import nano
 
 
 @dataclass(slots=True)

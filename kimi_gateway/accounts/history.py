@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from kimi_gateway.accounts.pricing import nano, usd
+from kimi_gateway.money import nano, usd
 from kimi_gateway.storage import Database
 from kimi_gateway.storage.db import utc
 from kimi_gateway.storage.models import Generation as G

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError
 
-from kimi_gateway.accounts.pricing import NANO, nano
+from kimi_gateway.money import NANO, nano
 from kimi_gateway.stats import rollups
 from kimi_gateway.storage import Database
 from kimi_gateway.storage.models import Account, Generation, LedgerEntry

@@ -12,12 +12,12 @@ from functools import lru_cache
 
 from kimi_gateway.catalog import Pricing
 
-NANO = 10**9
 _PER_TOKEN = Decimal(1000)  # nano-dollars per token for a price of $1 per million
 
 
 @lru_cache(maxsize=1024)  # a catalog has a handful of prices; each request asks for several
-def per_token(price_per_million: float) -> Decimal:
+def nano_per_token(price_per_million: float) -> Decimal:
+    """One token's price in nano-dollars, exactly."""
     return Decimal(str(price_per_million)) * _PER_TOKEN
 
 
@@ -39,7 +39,7 @@ def _nano(*terms: tuple[int, float]) -> int:
     else:
         # Integer arithmetic: the same result as the Decimal sum below, at a fraction of its cost.
         return (pico + 500) // 1000 if pico >= 0 else -((-pico + 500) // 1000)
-    total = sum((tokens * per_token(price) for tokens, price in terms), Decimal(0))
+    total = sum((tokens * nano_per_token(price) for tokens, price in terms), Decimal(0))
     return int(total.to_integral_value(ROUND_HALF_UP))
 
 
@@ -50,14 +50,6 @@ def cost_nano(pricing: Pricing, prompt: int, cached: int, completion: int) -> in
     return _nano((prompt - cached, pricing.input), (cached, pricing.cached), (completion, pricing.output))
 
 
-def usd(nano: int) -> float:
-    return nano / NANO
-
-
-def nano(amount: Decimal | float | str) -> int:
-    return int((Decimal(str(amount)) * NANO).to_integral_value(ROUND_HALF_UP))
-
-
 def worst_case_nano(prices: Iterable[Pricing], prompt: int, max_tokens: int) -> int:
     """The most the request can cost: nothing cached, every output token used, at the dearest candidate."""
     return max((_nano((prompt, p.input), (max_tokens, p.output)) for p in prices), default=0)
@@ -66,8 +58,8 @@ def worst_case_nano(prices: Iterable[Pricing], prompt: int, max_tokens: int) -> 
 def affordable_tokens(prices: Iterable[Pricing], prompt: int, available: int) -> int:
     """How many output tokens `available` nano-dollars pay for after the prompt, at the dearest candidate."""
     prices = list(prices)
-    input_price = max((per_token(p.input) for p in prices), default=Decimal(0))
-    output_price = max((per_token(p.output) for p in prices), default=Decimal(0))
+    input_price = max((nano_per_token(p.input) for p in prices), default=Decimal(0))
+    output_price = max((nano_per_token(p.output) for p in prices), default=Decimal(0))
     left = Decimal(available) - prompt * input_price
     if left <= 0:
         return 0

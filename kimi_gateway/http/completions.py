@@ -11,12 +11,13 @@ from typing import Any
 import orjson
 from starlette.types import Receive
 
-from kimi_gateway.accounts.pricing import cost_nano, usd
+from kimi_gateway.accounts.pricing import cost_nano
 from kimi_gateway.catalog import Pricing
 from kimi_gateway.core.replay import TurnNote
 from kimi_gateway.errors import APIError
 from kimi_gateway.http.disconnects import DisconnectWatch
 from kimi_gateway.ids import new_id
+from kimi_gateway.money import usd
 from kimi_gateway.providers.events import Delta, Done, Event, Finish, ToolCallDelta, Usage
 from kimi_gateway.routing.attempts import RoutedGeneration
 from kimi_gateway.schema.responses import (

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from kimi_gateway.accounts.pricing import usd
+from kimi_gateway.money import usd
 from kimi_gateway.stats.rollups import DAILY, HOURLY
 from kimi_gateway.stats.uptime import UptimeStore
 from kimi_gateway.storage.db import Database, utc

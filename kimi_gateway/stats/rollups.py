@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from kimi_gateway.accounts.pricing import nano
+from kimi_gateway.money import nano
 from kimi_gateway.storage.db import Database, utc
 from kimi_gateway.storage.models import Generation, UsageBucket
 

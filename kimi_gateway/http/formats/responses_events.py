@@ -14,12 +14,12 @@ from typing import Any
 
 import orjson
 
-from kimi_gateway.accounts.pricing import usd
 from kimi_gateway.errors import APIError
 from kimi_gateway.http.completions import ResponseMeta, record
 from kimi_gateway.http.formats.item_ids import ItemIds
 from kimi_gateway.http.formats.tool_names import ChatTools, flat_name
 from kimi_gateway.ids import new_id
+from kimi_gateway.money import usd
 from kimi_gateway.providers.events import Delta, Done, Event
 from kimi_gateway.routing.attempts import RoutedGeneration
 from kimi_gateway.schema import responses_api as r

@@ -7,9 +7,9 @@ from typing import Any
 from fastapi import APIRouter
 from starlette.requests import Request
 
+from kimi_gateway.catalog.listing import usd_per_token
 from kimi_gateway.providers.registry import unconfigured_offers
 from kimi_gateway.runtime import Gateway
-from kimi_gateway.schema.models import per_token
 
 UPTIME_WINDOWS = (("uptime_last_5m", 300), ("uptime_last_30m", 1800), ("uptime_last_1d", 86400))
 router = APIRouter()
@@ -37,9 +37,9 @@ async def model_endpoints(model_id: str, request: Request) -> dict[str, Any]:
                 "context_length": e.context_length,
                 "max_completion_tokens": None,
                 "pricing": {
-                    "prompt": per_token(e.pricing.input),
-                    "completion": per_token(e.pricing.output),
-                    "input_cache_read": per_token(e.pricing.cached),
+                    "prompt": usd_per_token(e.pricing.input),
+                    "completion": usd_per_token(e.pricing.output),
+                    "input_cache_read": usd_per_token(e.pricing.cached),
                 },
                 "supported_parameters": sorted(e.supported_parameters),
                 "status": 0 if health.state(e.provider) == "closed" else -1,

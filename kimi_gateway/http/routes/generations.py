@@ -11,8 +11,8 @@ from starlette.requests import Request
 
 from kimi_gateway.accounts import history
 from kimi_gateway.accounts.keys import KeyRecord
-from kimi_gateway.accounts.pricing import usd
 from kimi_gateway.errors import APIError
+from kimi_gateway.money import usd
 from kimi_gateway.runtime import Gateway
 
 router = APIRouter(tags=["credits"])

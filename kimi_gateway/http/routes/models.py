@@ -9,8 +9,8 @@ from fastapi import APIRouter, Query
 from starlette.requests import Request
 
 from kimi_gateway.catalog import ModelCard
+from kimi_gateway.catalog.listing import anthropic_model, anthropic_page, model_object
 from kimi_gateway.runtime import Gateway
-from kimi_gateway.schema.models import anthropic_model, anthropic_page, model_object
 
 router = APIRouter()
 

@@ -1,4 +1,5 @@
-"""The /v1/models shapes: OpenAI's fields plus OpenRouter's catalog fields."""
+"""The catalog as the API lists it: /v1/models with OpenAI's fields plus OpenRouter's catalog fields, and
+Anthropic's model objects."""
 
 from __future__ import annotations
 
@@ -6,12 +7,12 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from kimi_gateway.catalog import ModelCard
+from kimi_gateway.catalog.cards import ModelCard
 
 _MILLION = Decimal(1_000_000)
 
 
-def per_token(usd_per_million: float) -> str:
+def usd_per_token(usd_per_million: float) -> str:
     """OpenRouter's /models prices are USD per token, as decimal strings."""
     value = Decimal(str(usd_per_million)) / _MILLION
     return format(value.normalize(), "f") if value else "0"
@@ -35,9 +36,9 @@ def model_object(card: ModelCard, providers: list[str]) -> dict[str, Any]:
             "instruct_type": None,
         },
         "pricing": {
-            "prompt": per_token(card.pricing.input),
-            "completion": per_token(card.pricing.output),
-            "input_cache_read": per_token(card.pricing.cached),
+            "prompt": usd_per_token(card.pricing.input),
+            "completion": usd_per_token(card.pricing.output),
+            "input_cache_read": usd_per_token(card.pricing.cached),
             "request": "0",
             "image": "0",
         },
