@@ -110,14 +110,6 @@ InputItem = Annotated[
 ]
 
 
-class FunctionTool(_Inner):
-    type: Literal["function"]
-    name: str
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    strict: bool | None = None
-
-
 class NamedFunction(_Inner):
     type: Literal["function"]
     name: str
