@@ -135,7 +135,7 @@ class Completion:
             if usage is not None
             else (0, 0, 0, 0),
             (meta.cost_nano or 0) / 1e9 if meta is not None else 0.0,
-            [(a["provider"], a.get("kind", "status")) for a in routed.attempts] if routed is not None else [],
+            [(a.provider, a.kind) for a in routed.attempts] if routed is not None else [],
         )
 
     def _overhead_header(self, routed: RoutedGeneration) -> tuple[bytes, bytes]:

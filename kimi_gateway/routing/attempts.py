@@ -42,18 +42,42 @@ class StickyState:
         return self._key
 
 
-def all_failed(attempts: list[dict[str, Any]], errors: list[APIError]) -> APIError:
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One endpoint tried for a request, and how it failed (a request's attempts are its failures)."""
+
+    provider: str
+    model: str
+    status: int  # the provider's own status where it gave one
+    message: str
+    kind: str  # status, timeout, connection, circuit_open, busy (metrics label it)
+    retry_after: float | None = None
+
+    def public(self) -> dict[str, Any]:
+        """As the error's `metadata.attempts` shows it (OpenRouter's fields)."""
+        shown: dict[str, Any] = {
+            "provider": self.provider,
+            "model": self.model,
+            "status": self.status,
+            "message": self.message,
+        }
+        if self.retry_after is not None:
+            shown["retry_after"] = self.retry_after
+        return shown
+
+
+def all_failed(attempts: list[Attempt], errors: list[APIError]) -> APIError:
     if len(errors) == 1 and len(attempts) == 1:
         return errors[0]  # one endpoint, one answer: the client gets it as it was
-    statuses = [a["status"] for a in attempts]
-    retry_after = [a["retry_after"] for a in attempts if a.get("retry_after") is not None]
+    statuses = [a.status for a in attempts]
+    retry_after = [a.retry_after for a in attempts if a.retry_after is not None]
     if statuses and all(s == 429 for s in statuses):
         status, code = 429, "capacity_exhausted"
-    elif all(a.get("kind") in {"timeout", "connection", "circuit_open", "busy"} for a in attempts):
+    elif all(a.kind in {"timeout", "connection", "circuit_open", "busy"} for a in attempts):
         status, code = 503, "temporarily_unavailable"
     else:
         status, code = 502, "provider_error"
-    summary = "; ".join(f"{a['provider']} ({a['status']}): {a['message']}" for a in attempts)
+    summary = "; ".join(f"{a.provider} ({a.status}): {a.message}" for a in attempts)
     headers = {"Retry-After": str(max(1, round(min(retry_after))))} if retry_after else None
     return APIError(
         status,
@@ -61,7 +85,7 @@ def all_failed(attempts: list[dict[str, Any]], errors: list[APIError]) -> APIErr
         type="upstream_error",
         code=code,
         headers=headers,
-        metadata={"attempts": [{k: v for k, v in a.items() if k != "kind"} for a in attempts]},
+        metadata={"attempts": [a.public() for a in attempts]},
     )
 
 
@@ -93,7 +117,7 @@ class RoutedGeneration:
         self._cancelled = False
         self.served: Candidate | None = None
         self.sticky: StickyState | None = None
-        self.attempts: list[dict[str, Any]] = []
+        self.attempts: list[Attempt] = []
         self._errors: list[APIError] = []
         # Seconds spent waiting on providers (every attempt's, to its first events; to its last, when
         # buffered): the rest of a request's time is the gateway's own overhead.
@@ -122,18 +146,10 @@ class RoutedGeneration:
             turn.failed(retry_after)
             rate_limited = error.upstream_status == 429
             self._router.stats.record(provider, candidate.card.id, False, rate_limited=rate_limited)
-        attempt: dict[str, Any] = {
-            "provider": provider,
-            "model": candidate.card.id,
-            "status": error.status
-            if not isinstance(error, UpstreamError)
-            else (error.upstream_status or error.status),
-            "message": error.message,
-            "kind": _kind(error),
-        }
-        if retry_after is not None:
-            attempt["retry_after"] = retry_after
-        self.attempts.append(attempt)
+        status = error.upstream_status or error.status if isinstance(error, UpstreamError) else error.status
+        self.attempts.append(
+            Attempt(provider, candidate.card.id, status, error.message, _kind(error), retry_after)
+        )
 
     def _after_success(self, candidate: Candidate, cached_tokens: int) -> None:
         sticky = self.sticky
@@ -202,15 +218,7 @@ class RoutedGeneration:
                 continue
             if index <= last_resort and not health.acquire(provider):
                 state = "cooling down after a 429" if health.cooling_down(provider) else "circuit open"
-                self.attempts.append(
-                    {
-                        "provider": provider,
-                        "model": candidate.card.id,
-                        "status": 503,
-                        "message": state,
-                        "kind": "circuit_open",
-                    }
-                )
+                self.attempts.append(Attempt(provider, candidate.card.id, 503, state, "circuit_open"))
                 passed.append(candidate)
                 continue
             with Turn(health, provider) as turn:
