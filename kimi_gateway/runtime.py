@@ -68,6 +68,7 @@ class Gateway:
     changes: Changes
     redis: Redis | None = None
     reasoning: ReasoningMemory = field(default_factory=ReasoningMemory)
+    strict_rules: bool = False  # [routing] strict_rules, read on every request: a plain attribute
     _metrics_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -229,6 +230,7 @@ def build_gateway(config: GatewayConfig) -> Gateway:
     changes = Changes(redis, config.redis_prefix)
     cache = {"cache_seconds": settings.cache_seconds, "cache_grace_seconds": settings.cache_grace_seconds}
     return Gateway(
+        strict_rules=config.routing.strict_rules,
         config=config,
         catalog=catalog,
         local_models=local_models,

@@ -15,7 +15,7 @@ OpenRouter adapts unless `provider.require_parameters`), what can be adapted is,
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from kimi_gateway.catalog.cards import ModelCard
 from kimi_gateway.errors import invalid_request
@@ -92,16 +92,13 @@ def check_sampling(
                 )
 
 
-def check_thinking(request: ChatCompletionRequest, thinking: bool) -> None:
-    if not thinking:
-        return
-    choice = request.tool_choice
-    if choice == "required" or isinstance(choice, NamedToolChoice):
-        kind = "required" if choice == "required" else "specified"
+def _check_thinking(bare: list[tuple[int, AssistantMessage]], forced: str | None) -> None:
+    """Moonshot's 400s for what thinking requires (strict)."""
+    if forced is not None:
         raise invalid_request(
-            f"tool_choice '{kind}' is incompatible with thinking enabled", param="tool_choice"
+            f"tool_choice '{forced}' is incompatible with thinking enabled", param="tool_choice"
         )
-    for index, _ in _bare_turns(request):
+    for index, _ in bare:
         raise invalid_request(
             "thinking is enabled but reasoning_content is missing in assistant tool call message "
             f"at index {index}",
@@ -109,12 +106,20 @@ def check_thinking(request: ChatCompletionRequest, thinking: bool) -> None:
         )
 
 
+def _forced(request: ChatCompletionRequest) -> str | None:
+    """How the tool choice forces a tool ("required", "specified"), if it does."""
+    choice = request.tool_choice
+    if choice == "required":
+        return "required"
+    return "specified" if isinstance(choice, NamedToolChoice) else None
+
+
 def _bare_turns(request: ChatCompletionRequest) -> list[tuple[int, AssistantMessage]]:
     """Assistant tool-call turns without their reasoning. Clients written for OpenRouter replay it under
     its names: it is carried over first."""
     bare = []
     for index, message in enumerate(request.messages):
-        if not isinstance(message, AssistantMessage) or not message.tool_calls:
+        if type(message) is not AssistantMessage or not message.tool_calls:
             continue
         if message.reasoning_content is not None:
             continue
@@ -133,29 +138,31 @@ def _adapt_thinking(
     request: ChatCompletionRequest,
     card: ModelCard,
     restore: Callable[[ToolCall], str | None],
+    bare: list[tuple[int, AssistantMessage]],
+    forced: str | None,
     adapted: list[str],
 ) -> bool:
     """Whether the request still thinks, once adapted to what thinking requires."""
-    bare = []
-    for index, message in _bare_turns(request):
+    missing = []
+    for index, message in bare:
         found = next(filter(None, (restore(call) for call in message.tool_calls or ())), None)
         if found is None:
-            bare.append((index, message))
+            missing.append((index, message))
         else:
             message.reasoning_content = found
             if "reasoning_restored" not in adapted:
                 adapted.append("reasoning_restored")
-    choice = request.tool_choice
-    forced = choice == "required" or isinstance(choice, NamedToolChoice)
-    if (forced or bare) and card.thinking == "optional":
+    if (forced is not None or missing) and card.thinking == "optional":
         request.thinking = Thinking(type="disabled")
         request.reasoning = None
         request.reasoning_effort = None
-        adapted.append("thinking_off:" + ("tool_choice" if forced else "reasoning_missing"))
+        adapted.append("thinking_off:" + ("tool_choice" if forced is not None else "reasoning_missing"))
         return False
-    for _, message in bare:
+    if forced is not None:
+        _check_thinking([], forced)  # a model that always thinks cannot take a forced tool: refused
+    for _, message in missing:
         message.reasoning_content = ""
-    if bare:
+    if missing:
         adapted.append("reasoning_empty")
     return True
 
@@ -172,23 +179,32 @@ def check_tool_names(request: ChatCompletionRequest, card: ModelCard) -> None:
             )
 
 
+_NOTHING: tuple[str, ...] = ()
+
+
 def apply_rules(
     request: ChatCompletionRequest,
     card: ModelCard,
     strict: bool = True,
     restore: Callable[[ToolCall], str | None] | None = None,
-) -> list[str]:
+) -> Sequence[str]:
     """Refuse what the model's family refuses (strict) or adapt it, and pin the values it fixes. The
-    adaptations made, by name (`restore` finds a served turn's reasoning by one of its calls)."""
-    adapted: list[str] = []
+    adaptations made, by name (`restore` finds a served turn's reasoning by one of its calls). On every
+    request: one pass over the messages, and nothing built when nothing needs adapting."""
     if request.raw_prompt is not None:
         # The completions API: no chat and no thinking; Moonshot's rules are its chat's.
-        return adapted
+        return _NOTHING
     if request.tools:
         check_tool_names(request, card)
+    adapted: list[str] | None = None if strict else []
     thinking = card.thinking_on(request.reasoning_wanted)
-    if thinking and not strict:
-        thinking = _adapt_thinking(request, card, restore or (lambda _: None), adapted)
-    check_thinking(request, thinking)
-    check_sampling(request, card, thinking, None if strict else adapted)
-    return adapted
+    if thinking:
+        bare = _bare_turns(request) if len(request.messages) > 1 else []
+        forced = _forced(request)
+        if bare or forced is not None:
+            if adapted is None:
+                _check_thinking(bare, forced)
+            else:
+                thinking = _adapt_thinking(request, card, restore or (lambda _: None), bare, forced, adapted)
+    check_sampling(request, card, thinking, adapted)
+    return adapted or _NOTHING

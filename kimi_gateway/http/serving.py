@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -83,7 +84,7 @@ class Completion:
         self.routed: RoutedGeneration | None = None
         self.overhead: float | None = None  # seconds of our own before the response started
         self.stop: GenerationStop | None = None  # a streamed generation's stop, once it has begun
-        self.adapted: list[str] = []  # what was changed rather than refused (X-Gateway-Adapted)
+        self.adapted: Sequence[str] = ()  # what was changed rather than refused (X-Gateway-Adapted)
 
     async def serve(self) -> None:
         response: Response | None = None
@@ -92,7 +93,7 @@ class Completion:
                 response = await self._respond()
             except APIError as exc:
                 response = self.format.error(exc)
-                self.info.error_code, self.info.error = exc.code or exc.type, exc.message[:500]
+                self.info.notes = {"error_code": exc.code or exc.type, "error": exc.message[:500]}
             except asyncio.CancelledError:
                 # A client leaving is absorbed where it is watched: this is the server stopping a request
                 # past its graceful shutdown. The client hears so, in its format, and may retry elsewhere.
@@ -147,7 +148,7 @@ class Completion:
     def _log(self, status: int) -> None:
         info, meta = self.info, self.meta
         if self.adapted:
-            info.adapted = ", ".join(self.adapted)
+            info.notes = {**(info.notes or {}), "adapted": ", ".join(self.adapted)}
         if meta is not None:
             info.model = meta.model
             info.provider = meta.served_by or meta.provider
@@ -174,14 +175,11 @@ class Completion:
         check_tools(body)
         check_partial(body)
         card = gateway.catalog.get(body.model)
-        strict = gateway.config.routing.strict_rules or (
-            body.provider is not None and body.provider.require_parameters
-        )
+        strict = gateway.strict_rules or (body.provider is not None and body.provider.require_parameters)
         memory = gateway.reasoning
-        self.adapted = [
-            *self.format.adaptations,
-            *apply_rules(body, card, strict, lambda call: memory.find(account, served_call(call))),
-        ]
+        adapted = apply_rules(body, card, strict, lambda call: memory.find(account, served_call(call)))
+        formats = self.format.adaptations
+        self.adapted = [*formats, *adapted] if formats else adapted
         media = has_media(body)
         routed = self.routed = gateway.router.route(body, account, media_pending=media)
         meta = self.meta = ResponseMeta(id=self.format.new_id(), created=int(time.time()), model=body.model)
