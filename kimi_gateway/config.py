@@ -82,7 +82,8 @@ class EngineConfig(_Section):
     idle_seconds: float | None = Field(default=None, gt=0)
 
 
-WireStyle = Literal["moonshot", "openrouter", "openai", "vllm", "sglang"]
+# The names of the wire styles (the classes are providers/wire/): a provider speaks one of them.
+StyleName = Literal["moonshot", "openrouter", "openai", "vllm", "sglang"]
 
 
 class PricingConfig(_Section):
@@ -115,7 +116,7 @@ class ProviderConfig(_Section):
     enabled: bool = True
     name: str | None = None  # display name
     base_url: str | None = None
-    style: WireStyle | None = None
+    style: StyleName | None = None
     api_key_env: str | None = None  # the key itself never lives in the file
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
     # vLLM/SGLang only: whether the server runs its own reasoning and tool-call parsers. When false, raw

@@ -56,7 +56,7 @@ class Gateway:
     catalog: Catalog
     local_models: dict[str, EngineProcess]
     router: Router
-    http: UpstreamClient
+    upstream: UpstreamClient  # the pooled client to providers (not the server: that is http/)
     db: Database
     keys: KeyStore
     accounts: Accountant
@@ -84,7 +84,7 @@ class Gateway:
                 "no API keys exist: serving WITHOUT authentication (loopback only). "
                 "Create one with `kimi-gateway keys create --name NAME`."
             )
-        await self.http.open()
+        await self.upstream.open()
         if self.config.engine.preload:
             for engine in self.local_models.values():
                 # A failure is logged; /ready says so, and the next request tries again.
@@ -102,7 +102,7 @@ class Gateway:
 
     async def stop(self) -> None:
         await self.changes.close()
-        await self.http.close()
+        await self.upstream.close()
         await self.media.close()
         await self.uptime.stop()
         if self._metrics_task is not None:
@@ -187,11 +187,11 @@ def build_gateway(config: GatewayConfig) -> Gateway:
             log_level=config.server.log_level,
         )
     # One pooled client for every upstream: connections are reused across requests and providers.
-    http = UpstreamClient()
+    upstream = UpstreamClient()
     providers: list[Provider] = []
     if local_models:
         providers.append(LocalProvider(local_models, [catalog.get(m) for m in local_models], engine.preload))
-    providers.extend(build_upstream_providers(config.providers, catalog, http))
+    providers.extend(build_upstream_providers(config.providers, catalog, upstream))
     router = Router(catalog, providers, config.routing)
     db = Database(database_url(config.database_url, config.data_dir))
     ledger = Ledger(db)
@@ -235,7 +235,7 @@ def build_gateway(config: GatewayConfig) -> Gateway:
         catalog=catalog,
         local_models=local_models,
         router=router,
-        http=http,
+        upstream=upstream,
         db=db,
         keys=KeyStore(db, changes, **cache),
         accounts=Accountant(ledger, holds, admission, recorder, tiers, changes, **cache),

@@ -14,7 +14,7 @@ from sqlalchemy import insert, select, text
 
 from kimi_gateway.accounts.ledger import NANO, Ledger, charge_row
 from kimi_gateway.storage import Database, database_url
-from kimi_gateway.storage.models import Account, Generation, LedgerEntry
+from kimi_gateway.storage.models import Account, GenerationRecord, LedgerEntry
 from tests.services import drop_postgres_database, fresh_postgres_database
 
 
@@ -73,7 +73,7 @@ def test_driver_batches_store_what_a_core_insert_stores(db_url: str) -> None:
             await ledger.write(ours, charges)  # a replayed journal: nothing doubles
             async with db.engine.begin() as connection:
                 await connection.execute(
-                    insert(Generation.__table__),
+                    insert(GenerationRecord.__table__),
                     [
                         {
                             **g,
@@ -115,7 +115,7 @@ def test_driver_batches_store_what_a_core_insert_stores(db_url: str) -> None:
                 ours_entry, core_entry = entries[f"charge_gen-ours-{i}"], entries[f"charge_gen-core-{i}"]
                 assert ours_entry[:4] == core_entry[:4]  # all but the reference, which names the generation
             async with db.session() as session:
-                stored = (await session.scalars(select(Generation).order_by(Generation.id))).all()
+                stored = (await session.scalars(select(GenerationRecord).order_by(GenerationRecord.id))).all()
             by_id = {g.id: g for g in stored}
             assert by_id["gen-ours-0"].cost == Decimal("1.234567891")
             assert by_id["gen-ours-1"].cost == Decimal("0.000000001")

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from kimi_gateway.money import nano, usd
 from kimi_gateway.storage import Database
 from kimi_gateway.storage.db import utc
-from kimi_gateway.storage.models import Generation as G
+from kimi_gateway.storage.models import GenerationRecord as G
 
 MAX_PAGE = 100
 # Offsets are bounded so that a deep page cannot make the database walk an account's whole history.

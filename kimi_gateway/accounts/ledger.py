@@ -21,7 +21,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingErr
 from kimi_gateway.money import NANO, nano
 from kimi_gateway.stats import rollups
 from kimi_gateway.storage import Database
-from kimi_gateway.storage.models import Account, Generation, LedgerEntry
+from kimi_gateway.storage.models import Account, GenerationRecord, LedgerEntry
 
 RECHARGE, VOUCHER, CHARGE = "recharge", "voucher", "charge"
 CREDIT_KINDS = (RECHARGE, VOUCHER)
@@ -124,9 +124,11 @@ class Ledger:
                 written: set[str] = set()
                 if not new:
                     ids = [g["id"] for g in generations]
-                    known = await connection.execute(select(Generation.id).where(Generation.id.in_(ids)))
+                    known = await connection.execute(
+                        select(GenerationRecord.id).where(GenerationRecord.id.in_(ids))
+                    )
                     written = {row[0] for row in known}
-                await connection.exec_driver_sql(_insert(Generation, postgres), generation_rows)
+                await connection.exec_driver_sql(_insert(GenerationRecord, postgres), generation_rows)
                 await rollups.add(connection, postgres, [g for g in generations if g["id"] not in written])
             if charge_rows:
                 await connection.exec_driver_sql(_insert(LedgerEntry, postgres), charge_rows)
@@ -143,7 +145,7 @@ class Ledger:
         """
         rejected: list[dict[str, Any]] = []
         for generation in generations:
-            for attempt in (generation, fitted(generation, Generation)):
+            for attempt in (generation, fitted(generation, GenerationRecord)):
                 why = await self._write_one([attempt], [])
                 if why is None:
                     break
@@ -169,9 +171,9 @@ class Ledger:
             return f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
         return None
 
-    async def generation(self, generation_id: str) -> Generation | None:
+    async def generation(self, generation_id: str) -> GenerationRecord | None:
         async with self.db.session() as session:
-            return await session.get(Generation, generation_id)
+            return await session.get(GenerationRecord, generation_id)
 
 
 def refused_rows(exc: BaseException) -> bool:
@@ -192,7 +194,7 @@ def refused_rows(exc: BaseException) -> bool:
     return False
 
 
-def fitted(row: dict[str, Any], model: type[Generation] | type[LedgerEntry]) -> dict[str, Any]:
+def fitted(row: dict[str, Any], model: type[GenerationRecord] | type[LedgerEntry]) -> dict[str, Any]:
     """The row with every text value cut to its column's length (SQLite ignores lengths; PostgreSQL
     refuses the whole statement)."""
     out = dict(row)
@@ -205,15 +207,15 @@ def fitted(row: dict[str, Any], model: type[Generation] | type[LedgerEntry]) -> 
 
 
 # The journal's rows carry every generation column, and these of a charge.
-_GENERATION_COLUMNS = tuple(c.name for c in Generation.__table__.columns)
+_GENERATION_COLUMNS = tuple(c.name for c in GenerationRecord.__table__.columns)
 _CHARGE_COLUMNS = ("id", "account_id", "kind", "amount", "key_hash", "reference")
 _GENERATION_VALUES = itemgetter(*_GENERATION_COLUMNS)
 _CHARGE_VALUES = itemgetter(*_CHARGE_COLUMNS)
 
 
 @cache
-def _insert(model: type[Generation] | type[LedgerEntry], postgres: bool) -> str:
-    columns = _GENERATION_COLUMNS if model is Generation else _CHARGE_COLUMNS
+def _insert(model: type[GenerationRecord] | type[LedgerEntry], postgres: bool) -> str:
+    columns = _GENERATION_COLUMNS if model is GenerationRecord else _CHARGE_COLUMNS
     marks = ", ".join(f"${i}" if postgres else "?" for i in range(1, len(columns) + 1))
     return (
         f"INSERT INTO {model.__tablename__} ({', '.join(columns)}) VALUES ({marks}) "

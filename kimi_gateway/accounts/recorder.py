@@ -28,7 +28,7 @@ from kimi_gateway.accounts.holds import Holds
 from kimi_gateway.accounts.journal import Journal, read_folder
 from kimi_gateway.accounts.ledger import Ledger, charge_row, refused_rows
 from kimi_gateway.stats.metrics import Metrics
-from kimi_gateway.storage.models import Generation
+from kimi_gateway.storage.models import GenerationRecord
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 JOURNAL_VERSION = 1
 _GENERATION_DEFAULTS: dict[str, Any] = {
     column.name: 0 if column.name.endswith("_tokens") or column.name == "cost" else None
-    for column in Generation.__table__.columns
+    for column in GenerationRecord.__table__.columns
 }
 _GENERATION_DEFAULTS["streamed"] = False
 

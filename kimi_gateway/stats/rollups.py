@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kimi_gateway.money import nano
 from kimi_gateway.storage.db import Database, utc
-from kimi_gateway.storage.models import Generation, UsageBucket
+from kimi_gateway.storage.models import GenerationRecord, UsageBucket
 
 HOUR, DAY = 3600, 86400
 HOURLY, DAILY = "h", "d"
@@ -138,11 +138,11 @@ async def rebuild(db: Database, since: datetime) -> int:
     returns how many records were read."""
     since = since.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     postgres = db.dialect == "postgresql"
-    columns = [c for c in Generation.__table__.columns]
+    columns = [c for c in GenerationRecord.__table__.columns]
     read = 0
     async with db.engine.begin() as connection:
         await connection.execute(delete(UsageBucket).where(UsageBucket.start >= since))
-        result = await connection.stream(select(*columns).where(Generation.created_at >= since))
+        result = await connection.stream(select(*columns).where(GenerationRecord.created_at >= since))
         async for chunk in result.mappings().partitions(5000):
             records = [{**row, "cost": nano(row["cost"] or 0)} for row in chunk]
             read += len(records)

@@ -71,7 +71,7 @@ class LedgerEntry(Base):
     __table_args__ = (Index("ix_ledger_account_kind", "account_id", "kind"),)
 
 
-class Generation(Base):
+class GenerationRecord(Base):
     """One row per request: what served it, what it used, what it cost."""
 
     __tablename__ = "generations"
