@@ -13,18 +13,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from kimi_gateway import __version__
 from kimi_gateway.config import GatewayConfig, load_config
 from kimi_gateway.errors import APIError
-from kimi_gateway.http import errors, openapi
+from kimi_gateway.http import dispatch, errors, openapi
 from kimi_gateway.http.auth import AuthMiddleware
 from kimi_gateway.http.body import BodyLimitMiddleware, too_large
-from kimi_gateway.http.formats import WireFormat, anthropic, responses, text
-from kimi_gateway.http.formats.anthropic import MessagesFormat
-from kimi_gateway.http.formats.chat import ChatFormat
-from kimi_gateway.http.formats.responses import ResponsesFormat
-from kimi_gateway.http.formats.text import TextFormat
+from kimi_gateway.http.dispatch import FORMATS
 from kimi_gateway.http.middleware import HeadMiddleware, RequestLogMiddleware, route_path
 from kimi_gateway.http.routes import (
     activity,
-    chat,
     credits,
     docs,
     endpoints,
@@ -39,23 +34,15 @@ from kimi_gateway.http.routes import (
     web,
 )
 from kimi_gateway.http.routes import responses as responses_routes
-from kimi_gateway.http.routes import text as text_routes
 from kimi_gateway.http.serving import Completion
 from kimi_gateway.media.files import file_too_large
 from kimi_gateway.runtime import Gateway, build_gateway
 
-# The generation routes, each with its wire format: served before the framework sees them.
-GENERATIONS: dict[str, type[WireFormat]] = {
-    chat.PATH: ChatFormat,
-    **dict.fromkeys(anthropic.PATHS, MessagesFormat),
-    responses.PATH: ResponsesFormat,
-    text.PATH: TextFormat,
-}
-
 
 class FastPath:
-    """The generation routes (chat completions, Anthropic Messages, Responses) go straight to their
-    serving object; everything else through the middlewares to the FastAPI app.
+    """The generation routes (http/dispatch.py: chat completions, completions, Anthropic Messages,
+    Responses) go straight to their serving object; everything else through the middlewares to the FastAPI
+    app.
 
     The hot route needs none of the framework's dependency injection or middleware stack: `Completion`
     does the same request log and key check itself, as plain calls. The route stays registered on the
@@ -82,9 +69,9 @@ class FastPath:
         return config.server.max_body_bytes, too_large(config.server.max_body_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        fmt = GENERATIONS.get(scope.get("path", ""))
+        fmt = FORMATS.get(scope.get("path", ""))
         if fmt is None and scope.get("root_path"):
-            fmt = GENERATIONS.get(route_path(scope))
+            fmt = FORMATS.get(route_path(scope))
         if fmt is not None and scope["type"] == "http" and scope["method"] == "POST":
             scope["app"] = self.api
             await Completion(self.gateway, fmt(), scope, receive, send).serve()
@@ -158,8 +145,7 @@ def create_api(config: GatewayConfig | None = None) -> FastAPI:
     app = FastAPI(title="kimi-gateway", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.gateway = gateway
     errors.install(app)
-    app.include_router(chat.router)
-    app.include_router(text_routes.router)
+    dispatch.register(app)
     app.include_router(messages.router)
     app.include_router(responses_routes.router)
     app.include_router(activity.router)

@@ -15,25 +15,16 @@ from starlette.responses import Response
 
 from kimi_gateway.accounts.keys import KeyRecord
 from kimi_gateway.http.body import parse_body
-from kimi_gateway.http.formats.anthropic import MessagesFormat, to_chat
+from kimi_gateway.http.formats.anthropic import to_chat
 from kimi_gateway.http.responses import ORJSONResponse
 from kimi_gateway.http.routes.bodies import json_body
 from kimi_gateway.http.routes.tokenizers import METHOD_HEADER
-from kimi_gateway.http.serving import Served
 from kimi_gateway.http.validation import anthropic_validation_error
 from kimi_gateway.routing.variants import apply_variant
 from kimi_gateway.runtime import Gateway
 from kimi_gateway.schema.anthropic import CountTokensRequest
 
 router = APIRouter()
-
-
-@router.post(
-    "/v1/messages", tags=["anthropic"], summary="Create a message", openapi_extra=json_body("MessagesRequest")
-)
-@router.post("/anthropic/v1/messages", tags=["anthropic"], include_in_schema=False)
-async def messages(request: Request) -> Response:
-    return Served(request, MessagesFormat)
 
 
 @router.post(

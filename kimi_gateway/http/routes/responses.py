@@ -8,12 +8,9 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Path, Query
 from starlette.requests import Request
-from starlette.responses import Response
 
 from kimi_gateway.accounts.keys import KeyRecord
-from kimi_gateway.http.formats.responses import PATH, ResponsesFormat
-from kimi_gateway.http.routes.bodies import json_body
-from kimi_gateway.http.serving import Served
+from kimi_gateway.http.formats.responses import PATH
 from kimi_gateway.runtime import Gateway
 
 router = APIRouter()
@@ -23,13 +20,6 @@ ResponseId = Path(max_length=80)
 def _account(request: Request) -> str | None:
     key: KeyRecord | None = request.state.key
     return key.account_id if key is not None else None
-
-
-@router.post(
-    PATH, tags=["responses"], summary="Create a response", openapi_extra=json_body("ResponsesRequest")
-)
-async def create_response(request: Request) -> Response:
-    return Served(request, ResponsesFormat)
 
 
 @router.get(PATH + "/{response_id}", tags=["responses"], summary="Retrieve a stored response")
