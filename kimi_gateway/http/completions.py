@@ -65,10 +65,10 @@ class ResponseMeta:
         return chunk_body(self.id, self.created, self.model, choices, self.provider)
 
     def chunk_event(self, choice: dict[str, Any]) -> bytes:
-        """`_sse(self.chunk([choice]))`, with the part that is the same for every chunk serialized once."""
+        """`sse_line(self.chunk([choice]))`, with what every chunk shares serialized once."""
         key = (self.model, self.provider)
         if self._frame is None or self._frame[0] != key:
-            head, _, tail = _sse(self.chunk([_MARK])).partition(_MARK_JSON)
+            head, _, tail = sse_line(self.chunk([_MARK])).partition(_MARK_JSON)
             self._frame = (key, head, tail)
         _, head, tail = self._frame
         return head + orjson.dumps(choice) + tail
@@ -83,7 +83,8 @@ def reasoning_details(text: str) -> list[dict[str, Any]]:
     return [{"type": "reasoning.text", "text": text, "format": "unknown", "index": 0}]
 
 
-def _sse(payload: Any) -> bytes:
+def sse_line(payload: Any) -> bytes:
+    """One SSE `data:` event."""
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
@@ -163,7 +164,7 @@ class ChatStream:
         self.finishes: list[Finish] = []
 
     def opening(self) -> list[bytes]:
-        return [_sse(self.meta.chunk([_role_choice(0)]))]
+        return [sse_line(self.meta.chunk([_role_choice(0)]))]
 
     def encode(self, batch: list[Event], out: list[bytes]) -> None:
         meta, started = self.meta, self.started
@@ -185,7 +186,7 @@ class ChatStream:
         error: dict[str, Any] = {"code": exc.status, "message": exc.message}
         if exc.metadata:
             error["metadata"] = exc.metadata
-        return _sse({**body, "error": error})
+        return sse_line({**body, "error": error})
 
     async def closing(self, failed: bool) -> bytes:
         return DONE_LINE
@@ -212,12 +213,12 @@ def _closing_chunks(
         }
         if i == len(finishes) - 1:
             choice["usage"] = usage
-        out.append(_sse(meta.chunk([choice])))
+        out.append(sse_line(meta.chunk([choice])))
     finishes.clear()
     if include_usage:
         body = meta.chunk([])
         body["usage"] = usage
-        out.append(_sse(body))
+        out.append(sse_line(body))
     return out
 
 

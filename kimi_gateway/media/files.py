@@ -151,7 +151,7 @@ class FileStore:
         async with lock, self.db.session() as session, session.begin():
             if account_id is not None and self.db.dialect == "postgresql":
                 await session.execute(select(Account.id).where(Account.id == account_id).with_for_update())
-            count, _ = await self._usage(account_id, session)
+            count = await self._count(account_id, session)
             total = await stored_bytes(session, account_id)  # its stored responses count too
             if count >= self.config.max_files:
                 raise APIError(
@@ -188,12 +188,11 @@ class FileStore:
             path.unlink(missing_ok=True)
 
     @staticmethod
-    async def _usage(account_id: str | None, session: AsyncSession) -> tuple[int, int]:
-        query = select(func.count(), func.coalesce(func.sum(StoredFile.bytes), 0)).where(
+    async def _count(account_id: str | None, session: AsyncSession) -> int:
+        query = select(func.count()).where(
             StoredFile.account_id.is_(None) if account_id is None else StoredFile.account_id == account_id
         )
-        count, total = (await session.execute(query)).one()
-        return int(count), int(total)
+        return int(await session.scalar(query) or 0)
 
     async def _row(self, account_id: str | None, file_id: str) -> StoredFile:
         async with self.db.session() as session:

@@ -11,14 +11,20 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from kimi_gateway.errors import APIError, invalid_request
 from kimi_gateway.http.body import parse_body
-from kimi_gateway.http.completions import DONE_LINE, KEEPALIVE, ResponseMeta, priced_usage, record
+from kimi_gateway.http.completions import (
+    DONE_LINE,
+    KEEPALIVE,
+    ResponseMeta,
+    priced_usage,
+    record,
+    sse_line,
+)
 from kimi_gateway.http.formats.base import WireFormat
 from kimi_gateway.http.responses import ORJSONResponse
 from kimi_gateway.http.validation import validation_error
@@ -116,10 +122,6 @@ def _head(meta: ResponseMeta) -> dict[str, Any]:
     return head
 
 
-def _sse(body: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(body) + b"\n\n"
-
-
 class TextStream:
     """`text_completion` chunks: text deltas, the finish, usage (in the last finish chunk, and alone if
     asked for), then [DONE]."""
@@ -135,13 +137,13 @@ class TextStream:
         return {**_head(self.meta), "choices": [choice]}
 
     def opening(self) -> list[bytes]:
-        return [_sse(self._chunk(0, self.echo))] if self.echo else []
+        return [sse_line(self._chunk(0, self.echo))] if self.echo else []
 
     def encode(self, batch: list[Event], out: list[bytes]) -> None:
         for event in batch:
             if isinstance(event, Delta):
                 if event.content:
-                    out.append(_sse(self._chunk(event.index, event.content)))
+                    out.append(sse_line(self._chunk(event.index, event.content)))
             elif isinstance(event, Finish):
                 self.meta.finish_reason = event.reason
                 self.finishes.append(event)
@@ -152,13 +154,13 @@ class TextStream:
                     chunk = self._chunk(finish.index, "", finish.reason)
                     if i == len(self.finishes) - 1:
                         chunk["usage"] = usage
-                    out.append(_sse(chunk))
+                    out.append(sse_line(chunk))
                 if self.include_usage:
-                    out.append(_sse({**_head(self.meta), "choices": [], "usage": usage}))
+                    out.append(sse_line({**_head(self.meta), "choices": [], "usage": usage}))
 
     def failure(self, exc: APIError) -> bytes:
         chunk = self._chunk(0, "", "error")
-        return _sse({**chunk, "error": {"code": exc.status, "message": exc.message}})
+        return sse_line({**chunk, "error": {"code": exc.status, "message": exc.message}})
 
     async def closing(self, failed: bool) -> bytes:
         return DONE_LINE
