@@ -24,6 +24,7 @@ from kimi_gateway.accounts.recorder import Recorder
 from kimi_gateway.accounts.tiers import DEFAULT_TIERS, Tier, store_tiers
 from kimi_gateway.catalog import Catalog, load_catalog
 from kimi_gateway.config import GatewayConfig
+from kimi_gateway.core.exchange import Parts
 from kimi_gateway.core.replay import ReasoningMemory
 from kimi_gateway.engine.locate import resolve_gguf
 from kimi_gateway.engine.protocol import EngineSettings
@@ -68,8 +69,22 @@ class Gateway:
     changes: Changes
     redis: Redis | None = None
     reasoning: ReasoningMemory = field(default_factory=ReasoningMemory)
-    strict_rules: bool = False  # [routing] strict_rules, read on every request: a plain attribute
     _metrics_task: asyncio.Task[None] | None = None
+    core: Parts = field(init=False)  # what the request core uses, by name
+
+    def __post_init__(self) -> None:
+        config = self.config
+        self.core = Parts(
+            catalog=self.catalog,
+            router=self.router,
+            accounts=self.accounts,
+            media=self.media,
+            reasoning=self.reasoning,
+            metrics=self.metrics if config.server.metrics else None,
+            strict_rules=config.routing.strict_rules,
+            keepalive_seconds=config.routing.keepalive_seconds,
+            log_prompts=config.server.log_prompts,
+        )
 
     async def start(self) -> None:
         await self.db.migrate()
@@ -230,7 +245,6 @@ def build_gateway(config: GatewayConfig) -> Gateway:
     changes = Changes(redis, config.redis_prefix)
     cache = {"cache_seconds": settings.cache_seconds, "cache_grace_seconds": settings.cache_grace_seconds}
     return Gateway(
-        strict_rules=config.routing.strict_rules,
         config=config,
         catalog=catalog,
         local_models=local_models,

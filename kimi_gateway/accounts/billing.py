@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
 
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
@@ -31,6 +30,9 @@ from kimi_gateway.errors import APIError
 from kimi_gateway.ids import new_id
 from kimi_gateway.limits import Decision, Window
 from kimi_gateway.money import nano
+from kimi_gateway.outcome import GenerationOutcome, Settled
+from kimi_gateway.providers.events import Usage
+from kimi_gateway.storage.rows import GenerationRow, row_of
 
 
 @dataclass(slots=True)
@@ -47,22 +49,6 @@ class Ticket:
     app_title: str | None
     created_at: float
     started: float
-
-
-@dataclass(slots=True)
-class Outcome:
-    """How the request ended, as the HTTP layer saw it."""
-
-    status: str  # "success", "error" or "cancelled"
-    model: str
-    provider: str | None
-    finish_reason: str | None
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
-    reasoning_tokens: int
-    cost: int  # nano-dollars, at the serving endpoint's prices
-    ttft_ms: float | None
 
 
 log = logging.getLogger(__name__)
@@ -227,14 +213,15 @@ class Accountant:
             raise _insufficient(short.by, prices, prompt_tokens, max_tokens, short.available + ticket.hold)
         ticket.hold = worst
 
-    def finish(self, ticket: Ticket, outcome: Outcome) -> None:
-        """Record how the request ended. Its hold settles and its slot frees once that record is in the
-        journal, at the end of this turn of the event loop: a crash in between loses nothing, and the
-        request waits for neither."""
+    def finish(self, ticket: Ticket, outcome: GenerationOutcome | None, status: Settled) -> None:
+        """Record how the generation ended (None: before it was routed). Its hold settles and its slot
+        frees once that record is in the journal, at the end of this turn of the event loop: a crash in
+        between loses nothing, and the request waits for neither."""
+        usage = outcome.usage if outcome is not None else None
         # A request that failed or produced nothing costs nothing.
-        produced = outcome.completion_tokens > 0 and outcome.status != "error"
-        cost = outcome.cost if produced else 0
-        self.recorder.closed(generation_row(ticket, outcome, cost), cost)
+        produced = usage is not None and usage.completion_tokens > 0 and status != "error"
+        cost = (outcome.cost_nano or 0) if produced and outcome is not None else 0
+        self.recorder.closed(generation_row(ticket, outcome, status, cost), cost)
         self._settling.append((ticket, cost))
         if len(self._settling) == 1:
             self.recorder.after_journaled(self._settle_journaled)
@@ -250,33 +237,12 @@ class Accountant:
             except Exception:
                 log.exception("settling %s failed; its hold expires or is released at recovery", ticket.id)
 
-    async def generation(self, generation_id: str) -> dict[str, Any] | None:
+    async def generation(self, generation_id: str) -> GenerationRow | None:
         pending = self.recorder.pending(generation_id)
         if pending is not None:
             return pending
-        row = await self.ledger.generation(generation_id)
-        if row is None:
-            return None
-        return {
-            "id": row.id,
-            "account_id": row.account_id,
-            "key_hash": row.key_hash,
-            "model": row.model,
-            "provider": row.provider,
-            "status": row.status,
-            "finish_reason": row.finish_reason,
-            "streamed": row.streamed,
-            "prompt_tokens": row.prompt_tokens,
-            "completion_tokens": row.completion_tokens,
-            "cached_tokens": row.cached_tokens,
-            "reasoning_tokens": row.reasoning_tokens,
-            "cost": nano(row.cost),
-            "latency_ms": float(row.latency_ms) if row.latency_ms is not None else None,
-            "ttft_ms": float(row.ttft_ms) if row.ttft_ms is not None else None,
-            "app_referer": row.app_referer,
-            "app_title": row.app_title,
-            "created_at": row.created_at.timestamp(),
-        }
+        record = await self.ledger.generation(generation_id)
+        return row_of(record) if record is not None else None
 
     async def close(self) -> None:
         if self._settling:
@@ -286,23 +252,26 @@ class Accountant:
         await self.holds.close()
 
 
-def generation_row(ticket: Ticket, outcome: Outcome, cost: int) -> dict[str, Any]:
+def generation_row(
+    ticket: Ticket, outcome: GenerationOutcome | None, status: Settled, cost: int
+) -> GenerationRow:
+    usage = (outcome.usage if outcome is not None else None) or Usage()
     return {
         "id": ticket.id,
         "account_id": ticket.key.account_id,
         "key_hash": ticket.key.hash,
-        "model": outcome.model,
-        "provider": outcome.provider,
-        "status": outcome.status,
-        "finish_reason": outcome.finish_reason,
+        "model": outcome.model if outcome is not None else ticket.model,
+        "provider": outcome.provider_name if outcome is not None else None,
+        "status": status,
+        "finish_reason": outcome.finish_reason if outcome is not None else None,
         "streamed": ticket.streamed,
-        "prompt_tokens": outcome.prompt_tokens,
-        "completion_tokens": outcome.completion_tokens,
-        "cached_tokens": outcome.cached_tokens,
-        "reasoning_tokens": outcome.reasoning_tokens,
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "cached_tokens": usage.cached_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
         "cost": cost,
         "latency_ms": round((time.perf_counter() - ticket.started) * 1000, 2),
-        "ttft_ms": outcome.ttft_ms,
+        "ttft_ms": outcome.ttft_ms if outcome is not None else None,
         "app_referer": ticket.app_referer,
         "app_title": ticket.app_title,
         "created_at": ticket.created_at,

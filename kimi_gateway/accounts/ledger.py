@@ -7,13 +7,13 @@ balance never goes negative while the cash balance may (a request is charged aft
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import cache
 from operator import itemgetter
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError
@@ -22,6 +22,7 @@ from kimi_gateway.money import NANO, nano
 from kimi_gateway.stats import rollups
 from kimi_gateway.storage import Database
 from kimi_gateway.storage.models import Account, GenerationRecord, LedgerEntry
+from kimi_gateway.storage.rows import GenerationRow
 
 RECHARGE, VOUCHER, CHARGE = "recharge", "voucher", "charge"
 CREDIT_KINDS = (RECHARGE, VOUCHER)
@@ -103,7 +104,7 @@ class Ledger:
         return entry_id
 
     async def write(
-        self, generations: Sequence[dict[str, Any]], charges: Sequence[dict[str, Any]], *, new: bool = False
+        self, generations: Sequence[GenerationRow], charges: Sequence[dict[str, Any]], *, new: bool = False
     ) -> None:
         """One transaction for a batch; rows already written (same ids) are skipped, not doubled. `new`:
         the caller knows no record of the batch was ever sent before (a first attempt), so none is
@@ -134,7 +135,7 @@ class Ledger:
                 await connection.exec_driver_sql(_insert(LedgerEntry, postgres), charge_rows)
 
     async def write_apart(
-        self, generations: Sequence[dict[str, Any]], charges: Sequence[dict[str, Any]]
+        self, generations: Sequence[GenerationRow], charges: Sequence[dict[str, Any]]
     ) -> list[dict[str, Any]]:
         """Write a batch the database refused, row by row, so one bad row cannot hold back the others.
 
@@ -145,15 +146,15 @@ class Ledger:
         """
         rejected: list[dict[str, Any]] = []
         for generation in generations:
-            for attempt in (generation, fitted(generation, GenerationRecord)):
+            for attempt in (generation, cast(GenerationRow, fitted(generation, GenerationRecord))):
                 why = await self._write_one([attempt], [])
                 if why is None:
                     break
             else:
                 rejected.append({"table": "generations", "row": generation, "error": why})
         for charge in charges:
-            for attempt in (charge, {**charge, "key_hash": None, "reference": None}):
-                why = await self._write_one([], [attempt])
+            for entry in (charge, {**charge, "key_hash": None, "reference": None}):
+                why = await self._write_one([], [entry])
                 if why is None:
                     break
             else:
@@ -161,7 +162,7 @@ class Ledger:
         return rejected
 
     async def _write_one(
-        self, generations: Sequence[dict[str, Any]], charges: Sequence[dict[str, Any]]
+        self, generations: Sequence[GenerationRow], charges: Sequence[dict[str, Any]]
     ) -> str | None:
         try:
             await self.write(generations, charges)
@@ -194,7 +195,7 @@ def refused_rows(exc: BaseException) -> bool:
     return False
 
 
-def fitted(row: dict[str, Any], model: type[GenerationRecord] | type[LedgerEntry]) -> dict[str, Any]:
+def fitted(row: Mapping[str, Any], model: type[GenerationRecord] | type[LedgerEntry]) -> dict[str, Any]:
     """The row with every text value cut to its column's length (SQLite ignores lengths; PostgreSQL
     refuses the whole statement)."""
     out = dict(row)
@@ -223,7 +224,7 @@ def _insert(model: type[GenerationRecord] | type[LedgerEntry], postgres: bool) -
     )
 
 
-def _postgres_values(row: dict[str, Any]) -> dict[str, Any]:
+def _postgres_values(row: Mapping[str, Any]) -> dict[str, Any]:
     """asyncpg binds Decimal, datetime and bool as they are."""
     out = dict(row)
     if "cost" in row:
@@ -234,7 +235,7 @@ def _postgres_values(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _sqlite_values(row: dict[str, Any]) -> dict[str, Any]:
+def _sqlite_values(row: Mapping[str, Any]) -> dict[str, Any]:
     """What SQLAlchemy's SQLite types bind: Numeric as float, DateTime as its text, bool as 0 or 1."""
     out = dict(row)
     if "cost" in row:

@@ -29,6 +29,7 @@ from kimi_gateway.accounts.journal import Journal, read_folder
 from kimi_gateway.accounts.ledger import Ledger, charge_row, refused_rows
 from kimi_gateway.stats.metrics import Metrics
 from kimi_gateway.storage.models import GenerationRecord
+from kimi_gateway.storage.rows import GenerationRow
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class Recorder:
         self.max_batch = max_batch
         self.journal: Journal | None = None
         self._open: dict[str, dict[str, Any]] = {}
-        self._generations: dict[str, dict[str, Any]] = {}
+        self._generations: dict[str, GenerationRow] = {}
         self._charges: list[dict[str, Any]] = []
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -72,7 +73,7 @@ class Recorder:
         self.journal.append({"op": "hold", "v": JOURNAL_VERSION, **hold})
         self._open[hold["id"]] = hold
 
-    def closed(self, generation: dict[str, Any], cost: int) -> dict[str, Any] | None:
+    def closed(self, generation: GenerationRow, cost: int) -> dict[str, Any] | None:
         """Journal the outcome and queue it; returns the charge, or None when nothing is owed."""
         assert self.journal is not None
         charge = None
@@ -101,10 +102,10 @@ class Recorder:
         if self.journal is not None:
             self.journal.write_pending()
 
-    def pending(self, generation_id: str) -> dict[str, Any] | None:
+    def pending(self, generation_id: str) -> GenerationRow | None:
         return self._generations.get(generation_id)
 
-    def _queue(self, generation: dict[str, Any], charge: dict[str, Any] | None) -> None:
+    def _queue(self, generation: GenerationRow, charge: dict[str, Any] | None) -> None:
         self._generations[generation["id"]] = generation
         if charge is not None:
             self._charges.append(charge)
@@ -164,7 +165,7 @@ class Recorder:
             self.holds.flushed([(c["account_id"], c["key_hash"], c["amount"]) for c in charges])
 
     async def write(
-        self, generations: list[dict[str, Any]], charges: list[dict[str, Any]], new: bool = False
+        self, generations: list[GenerationRow], charges: list[dict[str, Any]], new: bool = False
     ) -> None:
         """The batch in one transaction; if the database refuses its rows, row by row, setting aside
         what it still refuses. Raises only when the database is away (the caller keeps the batch)."""
@@ -266,7 +267,7 @@ def _cost(close: dict[str, Any]) -> int:
     return int(charge["amount"]) if charge else 0
 
 
-def interrupted(hold: dict[str, Any]) -> dict[str, Any]:
+def interrupted(hold: dict[str, Any]) -> GenerationRow:
     """The record of a request whose process stopped before it finished: failed, so charged nothing."""
     return {
         "id": hold["id"],

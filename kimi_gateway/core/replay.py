@@ -94,12 +94,8 @@ class TurnNote:
         calls = [call_key(*slot) for slot in self.calls.values()]
         self.memory.keep(self.account, calls, "".join(self.reasoning))
 
-    def keep_message(self, completion: Mapping[str, Any]) -> None:
-        """The same, from a whole completion's first choice."""
-        choices = completion["choices"]
-        if not choices:
-            return
-        message = choices[0]["message"]
+    def keep_message(self, message: Mapping[str, Any]) -> None:
+        """The same, from a whole completion's first message."""
         calls = [
             call_key(call["id"], call["function"]["name"], call["function"]["arguments"])
             for call in message.get("tool_calls") or ()

@@ -17,6 +17,7 @@ from kimi_gateway.http import dispatch, errors, openapi
 from kimi_gateway.http.auth import AuthMiddleware
 from kimi_gateway.http.body import BodyLimitMiddleware, too_large
 from kimi_gateway.http.dispatch import FORMATS
+from kimi_gateway.http.formats.base import FormatContext
 from kimi_gateway.http.middleware import HeadMiddleware, RequestLogMiddleware, route_path
 from kimi_gateway.http.routes import (
     activity,
@@ -34,7 +35,7 @@ from kimi_gateway.http.routes import (
     web,
 )
 from kimi_gateway.http.routes import responses as responses_routes
-from kimi_gateway.http.serving import Completion
+from kimi_gateway.http.serving import Completion, Services
 from kimi_gateway.media.files import file_too_large
 from kimi_gateway.runtime import Gateway, build_gateway
 
@@ -51,13 +52,20 @@ class FastPath:
 
     def __init__(self, api: FastAPI) -> None:
         self.api = api
-        self.gateway: Gateway = api.state.gateway
+        gateway: Gateway = api.state.gateway
+        self.gateway = gateway
+        config = gateway.config
+        self.services = Services(
+            gateway.core,
+            gateway.keys,
+            FormatContext(config.server.max_body_bytes, config.routing.strict_rules, gateway.responses),
+        )
         # Large JSON answers (model lists, file contents) gzipped for clients that accept it.
         self.rest = RequestLogMiddleware(
             HeadMiddleware(
                 AuthMiddleware(
                     GZipMiddleware(BodyLimitMiddleware(api, self._body_limit), minimum_size=4096),
-                    self.gateway,
+                    self.gateway.keys,
                 )
             )
         )
@@ -74,7 +82,7 @@ class FastPath:
             fmt = FORMATS.get(route_path(scope))
         if fmt is not None and scope["type"] == "http" and scope["method"] == "POST":
             scope["app"] = self.api
-            await Completion(self.gateway, fmt(), scope, receive, send).serve()
+            await Completion(self.services, fmt(), scope, receive, send).serve()
         else:
             await self.rest(scope, receive, send)
 

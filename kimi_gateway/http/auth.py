@@ -12,12 +12,11 @@ import logging
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from kimi_gateway.accounts.keys import MANAGEMENT, KeyRecord
+from kimi_gateway.accounts.keys import MANAGEMENT, KeyRecord, KeyStore
 from kimi_gateway.errors import APIError
 from kimi_gateway.http.errors import error_for
 from kimi_gateway.http.middleware import route_path
 from kimi_gateway.http.routes import web
-from kimi_gateway.runtime import Gateway
 
 log = logging.getLogger(__name__)
 
@@ -70,18 +69,18 @@ def _unauthorized(message: str) -> APIError:
     return APIError(401, message, code="invalid_api_key")
 
 
-async def authenticate(gateway: Gateway, scope: Scope) -> KeyRecord | None:
+async def authenticate(keys: KeyStore, scope: Scope) -> KeyRecord | None:
     """The request's key, checked for its path: None before any key exists (the loopback bootstrap).
     Raises the 401, 403 or 503 that says why not."""
     try:
-        if not await gateway.keys.any_keys():
+        if not await keys.any_keys():
             if forwarded(scope):
                 raise _unauthorized(
                     "This gateway has no API key yet, and a request through a proxy needs one: create "
                     "one with `kimi-gateway keys create`."
                 )
             return None  # bootstrap: no keys yet, loopback only
-        record, error = await _check(gateway, _bearer(scope), route_path(scope))
+        record, error = await _check(keys, _bearer(scope), route_path(scope))
     except (SQLAlchemyError, OSError):
         # The database is unreachable and the cached decision is past its grace: refuse, and say so.
         log.warning("authentication could not reach the database", exc_info=True)
@@ -97,10 +96,10 @@ async def authenticate(gateway: Gateway, scope: Scope) -> KeyRecord | None:
     return record
 
 
-async def _check(gateway: Gateway, token: str | None, path: str) -> tuple[KeyRecord | None, APIError | None]:
+async def _check(keys: KeyStore, token: str | None, path: str) -> tuple[KeyRecord | None, APIError | None]:
     if token is None:
         return None, _unauthorized("Missing API key: send it as 'Authorization: Bearer sk-kg-...'.")
-    record = await gateway.keys.authenticate(token)
+    record = await keys.authenticate(token)
     if record is None:
         return None, _unauthorized("Invalid API key: it is unknown, disabled or expired.")
     if path in EITHER:
@@ -124,9 +123,9 @@ async def _check(gateway: Gateway, token: str | None, path: str) -> tuple[KeyRec
 
 
 class AuthMiddleware:
-    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
+    def __init__(self, app: ASGIApp, keys: KeyStore) -> None:
         self.app = app
-        self.gateway = gateway
+        self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = route_path(scope) if scope["type"] == "http" else ""
@@ -134,7 +133,7 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            record = await authenticate(self.gateway, scope)
+            record = await authenticate(self.keys, scope)
         except APIError as error:
             await error_for(path, error, scope)(scope, receive, send)
             return

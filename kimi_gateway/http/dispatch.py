@@ -1,10 +1,9 @@
 """The generation routes, each path with its wire format, declared once: `FastPath` (http/app.py) serves
 them before the framework sees them, and the same table registers them on the FastAPI app, where they only
-describe themselves in /docs and /openapi.json (the endpoint there is never reached)."""
+describe themselves in /docs and /openapi.json."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from fastapi import FastAPI
@@ -17,7 +16,6 @@ from kimi_gateway.http.formats.chat import ChatFormat
 from kimi_gateway.http.formats.responses import ResponsesFormat
 from kimi_gateway.http.formats.text import TextFormat
 from kimi_gateway.http.routes.bodies import json_body
-from kimi_gateway.http.serving import Served
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,19 +49,17 @@ ROUTES = (
 FORMATS: dict[str, type[WireFormat]] = {route.path: route.format for route in ROUTES}
 
 
-def _endpoint(fmt: type[WireFormat]) -> Callable[[Request], Awaitable[Response]]:
-    async def generate(request: Request) -> Response:
-        return Served(request, fmt)
-
-    return generate
+async def _described(request: Request) -> Response:
+    """Never reached: FastPath serves these routes before the framework sees them."""
+    raise RuntimeError(f"{request.url.path} is served by FastPath (http/app.py), not the framework")
 
 
 def register(app: FastAPI) -> None:
-    """The routes on the framework's app, for the API description (and as a fallback that serves them)."""
+    """The routes on the framework's app, for the API description."""
     for route in ROUTES:
         app.add_api_route(
             route.path,
-            _endpoint(route.format),
+            _described,
             methods=["POST"],
             tags=[route.tag],
             summary=route.summary,

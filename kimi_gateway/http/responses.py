@@ -11,8 +11,9 @@ import orjson
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from kimi_gateway.core.disconnects import DisconnectWatch
 from kimi_gateway.errors import APIError
-from kimi_gateway.http.disconnects import DisconnectWatch
+from kimi_gateway.http.disconnects import client_gone
 
 
 class ORJSONResponse(JSONResponse):
@@ -79,7 +80,7 @@ class FastSSEResponse(Response):
         ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        with DisconnectWatch(receive) as watch:
+        with DisconnectWatch(client_gone(receive)) as watch:
             try:
                 await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
                 async for piece in self._pieces:

@@ -20,6 +20,8 @@ import orjson
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from kimi_gateway.outcome import RequestOutcome
+
 METRICS_DIR_ENV = "KIMI_GATEWAY_METRICS_DIR"  # set by `serve --workers N` for its workers
 SNAPSHOT_SECONDS = 1.0
 # Seconds: request durations, time to first token, the gateway's own overhead.
@@ -64,42 +66,40 @@ class Metrics:
         self._flush_errors = 0
         self._dirty = False
 
-    def request(
-        self,
-        route: str,
-        model: str,
-        provider: str,
-        status: int,
-        seconds: float,
-        ttft_seconds: float | None,
-        overhead_seconds: float | None,
-        tokens: tuple[int, int, int, int],
-        cost_usd: float,
-        failures: list[tuple[str, str]],
-    ) -> None:
-        """One request's figures: what its serving object already knows at its end."""
-        key = (route, model, provider)
+    def request(self, outcome: RequestOutcome, seconds: float) -> None:
+        """One request's figures, read from its outcome at its end. Only a routed request names a model
+        (the catalog's ids): a refused one's is whatever the client sent, and as a label it would grow
+        the figures without bound."""
+        last = outcome.last
+        route = outcome.route
+        key = (route, last.model, last.provider_name or "") if last is not None else (route, "", "")
         figures = self._live.get(key)
         if figures is None:
             figures = self._live[key] = _Figures()
-        figures.statuses[status] = figures.statuses.get(status, 0) + 1
+        figures.statuses[outcome.status] = figures.statuses.get(outcome.status, 0) + 1
         duration = figures.duration
         duration[bisect.bisect_left(DURATION_BOUNDS, seconds)] += 1
         duration[-1] += seconds
-        if ttft_seconds is not None:
+        if last is not None and last.ttft_ms is not None:
+            ttft_seconds = last.ttft_ms / 1000
             ttft = figures.ttft
             ttft[bisect.bisect_left(DURATION_BOUNDS, ttft_seconds)] += 1
             ttft[-1] += ttft_seconds
-        if overhead_seconds is not None:
-            _observe(self._overhead, route, OVERHEAD_BOUNDS, overhead_seconds)
+        if outcome.overhead_seconds is not None:
+            _observe(self._overhead, route, OVERHEAD_BOUNDS, outcome.overhead_seconds)
         counted = figures.tokens
-        counted[0] += tokens[0]
-        counted[1] += tokens[1]
-        counted[2] += tokens[2]
-        counted[3] += tokens[3]
-        figures.cost += cost_usd
-        for failure in failures:
-            self._failures[failure] = self._failures.get(failure, 0) + 1
+        for generation in outcome.generations:
+            usage = generation.usage
+            if usage is not None:
+                counted[0] += usage.prompt_tokens
+                counted[1] += usage.cached_tokens
+                counted[2] += usage.reasoning_tokens
+                counted[3] += usage.completion_tokens
+            if generation.cost_nano:
+                figures.cost += generation.cost_nano / 1e9
+        for failure in outcome.failures:
+            label = (failure.provider, failure.kind)
+            self._failures[label] = self._failures.get(label, 0) + 1
         self._dirty = True
 
     @property

@@ -11,7 +11,7 @@ replicas adding to one bucket at once both count; SQLite has one writer at a tim
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
@@ -52,7 +52,7 @@ def _epoch(value: Any) -> float:
     return float(value)
 
 
-def contributions(records: Iterable[dict[str, Any]]) -> dict[tuple[Any, ...], dict[str, Any]]:
+def contributions(records: Iterable[Mapping[str, Any]]) -> dict[tuple[Any, ...], dict[str, Any]]:
     """Bucket key -> the figures these generation records add to it (as the journal keeps them: `cost`
     in nano-dollars, `created_at` in epoch seconds, or rows read back from the table)."""
     buckets: dict[tuple[Any, ...], dict[str, Any]] = {}
@@ -113,7 +113,7 @@ def _bind(key: tuple[Any, ...], figures: dict[str, Any], postgres: bool) -> tupl
     return (key[0], when, *key[2:], figures["app_title"], *(figures[c] for c in SUMS))
 
 
-async def add(connection: AsyncConnection, postgres: bool, records: Sequence[dict[str, Any]]) -> None:
+async def add(connection: AsyncConnection, postgres: bool, records: Sequence[Mapping[str, Any]]) -> None:
     """Add these (newly written) records to their buckets, on the caller's transaction. Rows go in a
     fixed order, so two transactions touching the same buckets lock them in the same order (no deadlock)."""
     buckets = contributions(records)

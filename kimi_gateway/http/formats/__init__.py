@@ -5,6 +5,6 @@ shape with OpenRouter's and Moonshot's extensions), and the normalized events of
 own response: routing, admission, media, providers and settlement never know which format a request came in.
 """
 
-from kimi_gateway.http.formats.base import WireFormat
+from kimi_gateway.http.formats.base import FormatContext, WireFormat
 
-__all__ = ["WireFormat"]
+__all__ = ["FormatContext", "WireFormat"]

@@ -24,14 +24,12 @@ from starlette.responses import Response
 
 from kimi_gateway.errors import APIError, invalid_request
 from kimi_gateway.http.body import parse_body
-from kimi_gateway.http.completions import ResponseMeta
 from kimi_gateway.http.formats.anthropic_events import MessageStream, error_response, message_body
-from kimi_gateway.http.formats.base import WireFormat
+from kimi_gateway.http.formats.base import FormatContext, WireFormat
 from kimi_gateway.http.responses import ORJSONResponse
 from kimi_gateway.http.validation import anthropic_validation_error, validation_error
 from kimi_gateway.ids import new_id
-from kimi_gateway.routing.attempts import RoutedGeneration
-from kimi_gateway.runtime import Gateway
+from kimi_gateway.outcome import GenerationOutcome
 from kimi_gateway.schema import anthropic as a
 from kimi_gateway.schema.chat import ChatCompletionRequest
 from kimi_gateway.schema.responses import CompletionBody
@@ -46,20 +44,22 @@ class MessagesFormat(WireFormat):
 
     request: a.MessagesRequest
 
-    async def parse(self, request: Request, gateway: Gateway, account: str | None) -> ChatCompletionRequest:
+    async def parse(
+        self, request: Request, context: FormatContext, account: str | None
+    ) -> ChatCompletionRequest:
         self.request = await parse_body(
-            request, a.MessagesRequest, gateway.config.server.max_body_bytes, anthropic_validation_error
+            request, a.MessagesRequest, context.max_body_bytes, anthropic_validation_error
         )
         return to_chat(self.request, _session(request))
 
     def new_id(self) -> str:
         return new_id("msg_")
 
-    async def render(self, completion: CompletionBody, meta: ResponseMeta) -> Response:
+    async def render(self, completion: CompletionBody, meta: GenerationOutcome) -> Response:
         return ORJSONResponse(message_body(completion, meta.stop_sequence))
 
-    def encoder(self, meta: ResponseMeta, routed: RoutedGeneration) -> MessageStream:
-        return MessageStream(meta, routed)
+    def encoder(self, meta: GenerationOutcome) -> MessageStream:
+        return MessageStream(meta)
 
     def error(self, exc: APIError) -> Response:
         return error_response(exc)

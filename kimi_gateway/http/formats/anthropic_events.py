@@ -15,10 +15,9 @@ import orjson
 from starlette.responses import Response
 
 from kimi_gateway.errors import APIError
-from kimi_gateway.http.completions import ResponseMeta, record
 from kimi_gateway.http.responses import ORJSONResponse
+from kimi_gateway.outcome import GenerationOutcome
 from kimi_gateway.providers.events import Delta, Done, Event, Finish, Usage
-from kimi_gateway.routing.attempts import RoutedGeneration
 from kimi_gateway.schema.responses import CompletionBody
 
 # Anthropic's error type for each status (its SDK picks the exception class by status).
@@ -147,9 +146,8 @@ class MessageStream:
 
     keepalive = PING
 
-    def __init__(self, meta: ResponseMeta, routed: RoutedGeneration) -> None:
+    def __init__(self, meta: GenerationOutcome) -> None:
         self.meta = meta
-        self.routed = routed
         self.index = -1  # the open block's index
         self.open: str | None = None  # "thinking", "text" or "tool_use"
         self.thinking: list[str] = []
@@ -167,7 +165,7 @@ class MessageStream:
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": usage(max(self.routed.prompt_tokens, 1), 1, 0),
+            "usage": usage(max(meta.prompt_estimate, 1), 1, 0),
         }
         return [_event(b"message_start", {"type": "message_start", "message": message}), PING]
 
@@ -227,10 +225,8 @@ class MessageStream:
             elif isinstance(event, Finish):
                 if event.index == 0:
                     self.finish = event
-                    self.meta.finish_reason = event.reason
             elif isinstance(event, Done):
                 self._close(out)
-                record(event, self.meta, self.routed)
                 out.append(self._message_delta(event.usage))
 
     def _message_delta(self, used: Usage) -> bytes:

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from kimi_gateway.core.generation import priced_usage, reasoning_details
 from kimi_gateway.errors import APIError
 from kimi_gateway.http.body import parse_body
-from kimi_gateway.http.completions import ChatStream, ResponseMeta
-from kimi_gateway.http.formats.base import WireFormat
+from kimi_gateway.http.formats.base import FormatContext, WireFormat
 from kimi_gateway.http.responses import FastJSONResponse
-from kimi_gateway.routing.attempts import RoutedGeneration
-from kimi_gateway.runtime import Gateway
+from kimi_gateway.http.sse import DONE_LINE, KEEPALIVE, sse_line
+from kimi_gateway.outcome import GenerationOutcome
+from kimi_gateway.providers.events import Delta, Done, Event, Finish, ToolCallDelta
 from kimi_gateway.schema.chat import ChatCompletionRequest
-from kimi_gateway.schema.responses import CompletionBody, completion_id
+from kimi_gateway.schema.responses import ChunkBody, CompletionBody, chunk_body, completion_id
 
 
 class ChatFormat(WireFormat):
@@ -22,8 +26,10 @@ class ChatFormat(WireFormat):
     def __init__(self) -> None:
         self.include_usage = False
 
-    async def parse(self, request: Request, gateway: Gateway, account: str | None) -> ChatCompletionRequest:
-        body = await parse_body(request, ChatCompletionRequest, gateway.config.server.max_body_bytes)
+    async def parse(
+        self, request: Request, context: FormatContext, account: str | None
+    ) -> ChatCompletionRequest:
+        body = await parse_body(request, ChatCompletionRequest, context.max_body_bytes)
         if body.raw_prompt is not None:
             raise APIError(
                 400, "Unrecognized request argument supplied: raw_prompt", code="unknown_parameter"
@@ -34,8 +40,128 @@ class ChatFormat(WireFormat):
     def new_id(self) -> str:
         return completion_id()
 
-    async def render(self, completion: CompletionBody, meta: ResponseMeta) -> Response:
+    async def render(self, completion: CompletionBody, outcome: GenerationOutcome) -> Response:
         return FastJSONResponse(completion)
 
-    def encoder(self, meta: ResponseMeta, routed: RoutedGeneration) -> ChatStream:
-        return ChatStream(meta, routed, self.include_usage)
+    def encoder(self, outcome: GenerationOutcome) -> ChatStream:
+        return ChatStream(outcome, self.include_usage)
+
+
+_MARK: dict[str, Any] = {"\x00": 0}  # stands in for the one choice, to cut a serialized chunk around it
+_MARK_JSON = orjson.dumps(_MARK)
+
+
+class ChatStream:
+    """OpenAI's chunk sequence: role chunk, deltas, finish chunk, optional usage chunk, [DONE]."""
+
+    __slots__ = ("_frame", "finishes", "include_usage", "outcome", "started")
+
+    keepalive = KEEPALIVE
+
+    def __init__(self, outcome: GenerationOutcome, include_usage: bool) -> None:
+        self.outcome, self.include_usage = outcome, include_usage
+        self.started: set[int] = {0}
+        self.finishes: list[Finish] = []
+        self._frame: tuple[tuple[str, str | None], bytes, bytes] | None = None
+
+    def _chunk(self, choices: list[dict[str, Any]]) -> ChunkBody:
+        outcome = self.outcome
+        return chunk_body(outcome.id, outcome.created, outcome.model, choices, outcome.provider)
+
+    def _chunk_event(self, choice: dict[str, Any]) -> bytes:
+        """`sse_line(self._chunk([choice]))`, with what every chunk shares serialized once."""
+        key = (self.outcome.model, self.outcome.provider)
+        if self._frame is None or self._frame[0] != key:
+            head, _, tail = sse_line(self._chunk([_MARK])).partition(_MARK_JSON)
+            self._frame = (key, head, tail)
+        _, head, tail = self._frame
+        return head + orjson.dumps(choice) + tail
+
+    def opening(self) -> list[bytes]:
+        return [sse_line(self._chunk([_role_choice(0)]))]
+
+    def encode(self, batch: list[Event], out: list[bytes]) -> None:
+        started = self.started
+        for event in batch:
+            if isinstance(event, Delta):
+                out.append(self._chunk_event(_delta_choice(event, started)))
+            elif isinstance(event, Finish):
+                # Held until usage is known: Moonshot's stream carries usage in the final choice.
+                self.finishes.append(event)
+            elif isinstance(event, Done):
+                out.extend(self._closing_chunks(event))
+
+    def _closing_chunks(self, done: Done) -> list[bytes]:
+        """The finish chunks, the last one carrying usage, and the usage-only chunk if the client asked."""
+        usage = priced_usage(done.usage, self.outcome)
+        out = []
+        finishes = self.finishes
+        for i, finish in enumerate(finishes):
+            choice = {
+                "index": finish.index,
+                "delta": {},
+                "logprobs": None,
+                "finish_reason": finish.reason,
+                "native_finish_reason": finish.native_reason,
+            }
+            if i == len(finishes) - 1:
+                choice["usage"] = usage
+            out.append(sse_line(self._chunk([choice])))
+        finishes.clear()
+        if self.include_usage:
+            body = self._chunk([])
+            body["usage"] = usage
+            out.append(sse_line(body))
+        return out
+
+    def failure(self, exc: APIError) -> bytes:
+        """A final chunk carrying the error, as OpenRouter sends it."""
+        body = self._chunk(
+            [{"index": 0, "delta": {"content": ""}, "logprobs": None, "finish_reason": "error"}]
+        )
+        error: dict[str, Any] = {"code": exc.status, "message": exc.message}
+        if exc.metadata:
+            error["metadata"] = exc.metadata
+        return sse_line({**body, "error": error})
+
+    async def closing(self, failed: bool) -> bytes:
+        return DONE_LINE
+
+
+def _role_choice(index: int) -> dict[str, Any]:
+    return {
+        "index": index,
+        "delta": {"role": "assistant", "content": ""},
+        "logprobs": None,
+        "finish_reason": None,
+    }
+
+
+def _tool_calls(calls: list[ToolCallDelta]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for call in calls:
+        item: dict[str, Any] = {"index": call.index, "function": {"arguments": call.arguments}}
+        if call.id is not None:
+            item["id"] = call.id
+            item["type"] = "function"
+        if call.name is not None:
+            item["function"]["name"] = call.name
+        out.append(item)
+    return out
+
+
+def _delta_choice(event: Delta, started: set[int]) -> dict[str, Any]:
+    delta: dict[str, Any] = {}
+    if event.index not in started:
+        started.add(event.index)
+        delta["role"] = "assistant"
+    if event.content is not None:
+        delta["content"] = event.content
+    if event.reasoning is not None:
+        # OpenRouter's names, and Moonshot's for clients written against it.
+        delta["reasoning"] = event.reasoning
+        delta["reasoning_content"] = event.reasoning
+        delta["reasoning_details"] = reasoning_details(event.reasoning)
+    if event.tool_calls:
+        delta["tool_calls"] = _tool_calls(event.tool_calls)
+    return {"index": event.index, "delta": delta, "logprobs": None, "finish_reason": None}

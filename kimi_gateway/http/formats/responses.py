@@ -23,19 +23,18 @@ from starlette.responses import Response
 
 from kimi_gateway.errors import APIError, invalid_request
 from kimi_gateway.http.body import parse_body
-from kimi_gateway.http.completions import ResponseMeta
-from kimi_gateway.http.formats.base import WireFormat
+from kimi_gateway.http.formats.base import FormatContext, WireFormat
 from kimi_gateway.http.formats.item_ids import ItemIds, response_of
 from kimi_gateway.http.formats.responses_events import Conversation, ResponseStream, response_object
 from kimi_gateway.http.formats.tool_names import ChatTools, flat_name
 from kimi_gateway.http.responses import ORJSONResponse
 from kimi_gateway.http.validation import validation_error
 from kimi_gateway.ids import new_id
-from kimi_gateway.routing.attempts import RoutedGeneration
-from kimi_gateway.runtime import Gateway
+from kimi_gateway.outcome import GenerationOutcome
 from kimi_gateway.schema import responses_api as r
 from kimi_gateway.schema.chat import ChatCompletionRequest
 from kimi_gateway.schema.responses import CompletionBody
+from kimi_gateway.storage.responses import ResponseStore
 
 PATH = "/v1/responses"
 
@@ -45,8 +44,10 @@ class ResponsesFormat(WireFormat):
 
     conversation: Conversation
 
-    async def parse(self, request: Request, gateway: Gateway, account: str | None) -> ChatCompletionRequest:
-        body = await parse_body(request, r.ResponsesRequest, gateway.config.server.max_body_bytes)
+    async def parse(
+        self, request: Request, context: FormatContext, account: str | None
+    ) -> ChatCompletionRequest:
+        body = await parse_body(request, r.ResponsesRequest, context.max_body_bytes)
         if body.background:
             raise invalid_request(
                 "background responses are not supported: stream, or wait for the answer",
@@ -56,14 +57,14 @@ class ResponsesFormat(WireFormat):
         history: list[dict[str, Any]] = []
         previous = None
         if body.previous_response_id is not None:
-            previous = await gateway.responses.get(account, body.previous_response_id)
+            previous = await context.responses.get(account, body.previous_response_id)
             history = previous.context
         if body.store:
-            await gateway.responses.check_quota(account)
+            await context.responses.check_quota(account)
         self.response_id = new_id("resp_")
         ids = ItemIds(self.response_id)
-        limit = gateway.config.server.max_body_bytes
-        items = await _referenced(_input_items(body.input, ids), gateway, account, limit)
+        limit = context.max_body_bytes
+        items = await _referenced(_input_items(body.input, ids), context.responses, account, limit)
         messages = _messages(items)
         if history and len(orjson.dumps(history)) + len(orjson.dumps(messages)) > limit:
             # What one request may carry bounds a chain too, as the whole conversation is sent each time.
@@ -74,11 +75,11 @@ class ResponsesFormat(WireFormat):
                 param="previous_response_id",
                 code="conversation_too_long",
             )
-        strict = gateway.config.routing.strict_rules or bool((body.provider or {}).get("require_parameters"))
+        strict = context.strict_rules or bool((body.provider or {}).get("require_parameters"))
         tools = ChatTools.of(body.tools, strict)
         chat = to_chat(body, history + messages, tools.functions)
         self.conversation = Conversation(
-            body, items, messages, previous, gateway.responses, account, tools, ids
+            body, items, messages, previous, context.responses, account, tools, ids
         )
         self.adaptations = tools.adaptations
         return chat
@@ -86,14 +87,14 @@ class ResponsesFormat(WireFormat):
     def new_id(self) -> str:
         return self.response_id  # made in `parse`: the ids of the items it made there name it
 
-    async def render(self, completion: CompletionBody, meta: ResponseMeta) -> Response:
+    async def render(self, completion: CompletionBody, meta: GenerationOutcome) -> Response:
         output = completion_output(completion, self.conversation.tools, self.conversation.ids)
         body = response_object(self.conversation.request, meta, output)
         await self.conversation.keep(body)
         return ORJSONResponse(body)
 
-    def encoder(self, meta: ResponseMeta, routed: RoutedGeneration) -> ResponseStream:
-        return ResponseStream(meta, routed, self.conversation)
+    def encoder(self, meta: GenerationOutcome) -> ResponseStream:
+        return ResponseStream(meta, self.conversation)
 
     def error(self, exc: APIError) -> Response:
         # Checks made on the request in chat form name chat's fields (`messages[2].reasoning_content`):
@@ -151,7 +152,7 @@ MAX_REFERENCES = 256
 
 
 async def _referenced(
-    items: list[dict[str, Any]], gateway: Gateway, account: str | None, limit: int
+    items: list[dict[str, Any]], store: ResponseStore, account: str | None, limit: int
 ) -> list[dict[str, Any]]:
     """Item references replaced by the items they name, from the account's own stored responses (another
     account's, or one not kept, is not found: 404). What they expand to is bounded as a body is: a small
@@ -175,7 +176,7 @@ async def _referenced(
         if response_id is not None:
             if response_id not in kept:
                 try:
-                    stored = await gateway.responses.get(account, response_id)
+                    stored = await store.get(account, response_id)
                 except APIError:
                     stored = None
                 kept[response_id] = [*stored.response["output"], *stored.input_items] if stored else []

@@ -15,13 +15,12 @@ from typing import Any
 import orjson
 
 from kimi_gateway.errors import APIError
-from kimi_gateway.http.completions import ResponseMeta, record
 from kimi_gateway.http.formats.item_ids import ItemIds
 from kimi_gateway.http.formats.tool_names import ChatTools, flat_name
 from kimi_gateway.ids import new_id
 from kimi_gateway.money import usd
+from kimi_gateway.outcome import GenerationOutcome
 from kimi_gateway.providers.events import Delta, Done, Event
-from kimi_gateway.routing.attempts import RoutedGeneration
 from kimi_gateway.schema import responses_api as r
 from kimi_gateway.storage.responses import Kept, NewResponse, ResponseStore
 
@@ -87,7 +86,7 @@ def assistant_turn(output: list[dict[str, Any]]) -> dict[str, Any]:
     return turn
 
 
-def _usage(meta: ResponseMeta) -> dict[str, Any] | None:
+def _usage(meta: GenerationOutcome) -> dict[str, Any] | None:
     used = meta.usage
     if used is None:
         return None
@@ -105,7 +104,7 @@ def _usage(meta: ResponseMeta) -> dict[str, Any] | None:
 
 def response_object(
     request: r.ResponsesRequest,
-    meta: ResponseMeta,
+    meta: GenerationOutcome,
     output: list[dict[str, Any]],
     status: str | None = None,
     error: dict[str, Any] | None = None,
@@ -143,7 +142,7 @@ def response_object(
         "truncation": "disabled",
         "usage": _usage(meta) if status != "in_progress" else None,
         "user": request.user,
-        "provider": meta.served_by or meta.provider,
+        "provider": meta.provider_name,
     }
 
 
@@ -152,8 +151,8 @@ class ResponseStream:
 
     keepalive = b": keep-alive\n\n"
 
-    def __init__(self, meta: ResponseMeta, routed: RoutedGeneration, conversation: Conversation) -> None:
-        self.meta, self.routed, self.conversation = meta, routed, conversation
+    def __init__(self, meta: GenerationOutcome, conversation: Conversation) -> None:
+        self.meta, self.conversation = meta, conversation
         self.sequence = 0
         self.output: list[dict[str, Any]] = []
         self.open: dict[str, Any] | None = None  # the item receiving deltas
@@ -320,9 +319,6 @@ class ResponseStream:
             elif isinstance(event, Done):
                 self._close(out)
                 self._finish_calls(out)
-                record(event, self.meta, self.routed)
-            elif event.index == 0:  # Finish
-                self.meta.finish_reason = event.reason
 
     def failure(self, exc: APIError) -> bytes:
         """An `error` event, then `response.failed`. The error event carries its fields both flat (the

@@ -15,23 +15,16 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from kimi_gateway.core.generation import priced_usage
 from kimi_gateway.errors import APIError, invalid_request
 from kimi_gateway.http.body import parse_body
-from kimi_gateway.http.completions import (
-    DONE_LINE,
-    KEEPALIVE,
-    ResponseMeta,
-    priced_usage,
-    record,
-    sse_line,
-)
-from kimi_gateway.http.formats.base import WireFormat
+from kimi_gateway.http.formats.base import FormatContext, WireFormat
 from kimi_gateway.http.responses import ORJSONResponse
+from kimi_gateway.http.sse import DONE_LINE, KEEPALIVE, sse_line
 from kimi_gateway.http.validation import validation_error
 from kimi_gateway.ids import new_id
+from kimi_gateway.outcome import GenerationOutcome
 from kimi_gateway.providers.events import Delta, Done, Event, Finish
-from kimi_gateway.routing.attempts import RoutedGeneration
-from kimi_gateway.runtime import Gateway
 from kimi_gateway.schema.chat import ChatCompletionRequest
 from kimi_gateway.schema.completions import CompletionRequest
 from kimi_gateway.schema.responses import CompletionBody
@@ -57,8 +50,10 @@ _PASSED = (
 class TextFormat(WireFormat):
     __slots__ = ("echo", "include_usage", "prompt")
 
-    async def parse(self, request: Request, gateway: Gateway, account: str | None) -> ChatCompletionRequest:
-        body = await parse_body(request, CompletionRequest, gateway.config.server.max_body_bytes)
+    async def parse(
+        self, request: Request, context: FormatContext, account: str | None
+    ) -> ChatCompletionRequest:
+        body = await parse_body(request, CompletionRequest, context.max_body_bytes)
         prompt = _prompt(body.prompt)
         if body.logprobs is not None:
             raise invalid_request(
@@ -85,7 +80,7 @@ class TextFormat(WireFormat):
     def new_id(self) -> str:
         return new_id("cmpl-")
 
-    async def render(self, completion: CompletionBody, meta: ResponseMeta) -> Response:
+    async def render(self, completion: CompletionBody, meta: GenerationOutcome) -> Response:
         lead = self.prompt if self.echo else ""
         choices = [
             {
@@ -98,8 +93,8 @@ class TextFormat(WireFormat):
         ]
         return ORJSONResponse({**_head(meta), "choices": choices, "usage": completion["usage"]})
 
-    def encoder(self, meta: ResponseMeta, routed: RoutedGeneration) -> TextStream:
-        return TextStream(meta, routed, self.prompt if self.echo else "", self.include_usage)
+    def encoder(self, meta: GenerationOutcome) -> TextStream:
+        return TextStream(meta, self.prompt if self.echo else "", self.include_usage)
 
 
 def _prompt(prompt: str | list[str] | list[int] | list[list[int]]) -> str:
@@ -114,7 +109,7 @@ def _prompt(prompt: str | list[str] | list[int] | list[list[int]]) -> str:
     raise invalid_request("prompts as token ids are not supported: send the text", param="prompt")
 
 
-def _head(meta: ResponseMeta) -> dict[str, Any]:
+def _head(meta: GenerationOutcome) -> dict[str, Any]:
     head: dict[str, Any] = {"id": meta.id, "object": "text_completion", "created": meta.created}
     head["model"] = meta.model
     if meta.provider:
@@ -128,8 +123,8 @@ class TextStream:
 
     keepalive = KEEPALIVE
 
-    def __init__(self, meta: ResponseMeta, routed: RoutedGeneration, echo: str, include_usage: bool) -> None:
-        self.meta, self.routed, self.echo, self.include_usage = meta, routed, echo, include_usage
+    def __init__(self, meta: GenerationOutcome, echo: str, include_usage: bool) -> None:
+        self.meta, self.echo, self.include_usage = meta, echo, include_usage
         self.finishes: list[Finish] = []
 
     def _chunk(self, index: int, text: str, finish: str | None = None) -> dict[str, Any]:
@@ -145,10 +140,8 @@ class TextStream:
                 if event.content:
                     out.append(sse_line(self._chunk(event.index, event.content)))
             elif isinstance(event, Finish):
-                self.meta.finish_reason = event.reason
                 self.finishes.append(event)
             elif isinstance(event, Done):
-                record(event, self.meta, self.routed)
                 usage = priced_usage(event.usage, self.meta)
                 for i, finish in enumerate(self.finishes):
                     chunk = self._chunk(finish.index, "", finish.reason)

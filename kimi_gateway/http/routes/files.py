@@ -12,8 +12,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from kimi_gateway.accounts.keys import KeyRecord
+from kimi_gateway.core.disconnects import DisconnectWatch
 from kimi_gateway.errors import APIError
-from kimi_gateway.http.disconnects import DisconnectWatch
+from kimi_gateway.http.disconnects import client_gone
 from kimi_gateway.runtime import Gateway
 
 router = APIRouter(tags=["files"])
@@ -74,7 +75,7 @@ async def upload(request: Request) -> dict[str, Any] | Response:
             data = await file.read()
             # Extraction stops if the client goes away (a PDF can take its whole budget): the file is
             # then not stored.
-            with DisconnectWatch(request.receive) as watch:
+            with DisconnectWatch(client_gone(request.receive)) as watch:
                 try:
                     info = await gateway.files.add(account, file.filename or "upload", purpose, data)
                 except asyncio.CancelledError:

@@ -35,7 +35,7 @@ async def metrics(request: Request) -> Response:
     if not server.metrics:
         raise APIError(404, "Metrics are off ([server] metrics = false).", code="unknown_url")
     if not (server.metrics_public or _loopback(request)):
-        key = await authenticate(gateway, request.scope)
+        key = await authenticate(gateway.keys, request.scope)
         if key is not None and key.kind != MANAGEMENT:
             raise APIError(
                 403, "Metrics are for management keys.", type="permission_error", code="wrong_key_kind"

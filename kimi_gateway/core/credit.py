@@ -1,4 +1,5 @@
-"""Between a chat request and the accountant: what it may cost before it runs, what it did after.
+"""A generation request's credit hold: what it may cost before it runs (held at admission), and again
+once media intake has shaped it. Settlement is the exchange's (core/exchange.py), from the outcome.
 
 Requests without a key (the loopback bootstrap, before any key exists) are not accounted.
 """
@@ -7,12 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from kimi_gateway.accounts.billing import Outcome, Ticket
+from kimi_gateway.accounts.billing import Accountant, Ticket
 from kimi_gateway.accounts.keys import KeyRecord
-from kimi_gateway.http.completions import ResponseMeta
 from kimi_gateway.routing.attempts import RoutedGeneration
 from kimi_gateway.routing.features import prompt_token_bound
-from kimi_gateway.runtime import Gateway
 from kimi_gateway.schema.chat import ChatCompletionRequest
 
 DEFAULT_MAX_TOKENS = 1024
@@ -65,7 +64,7 @@ def normalized_app(referer: str) -> str | None:
 
 
 async def admit(
-    gateway: Gateway,
+    accounts: Accountant,
     key: KeyRecord,
     body: ChatCompletionRequest,
     routed: RoutedGeneration,
@@ -73,7 +72,7 @@ async def admit(
     headers: Iterable[tuple[bytes, bytes]],
 ) -> Ticket:
     referer, title = app_headers(headers)
-    return await gateway.accounts.admit(
+    return await accounts.admit(
         generation_id,
         key,
         body.model,
@@ -87,36 +86,12 @@ async def admit(
 
 
 async def top_up(
-    gateway: Gateway, ticket: Ticket, body: ChatCompletionRequest, routed: RoutedGeneration
+    accounts: Accountant, ticket: Ticket, body: ChatCompletionRequest, routed: RoutedGeneration
 ) -> None:
     """The request as media intake left it, priced again: its hold grows if it turned out larger."""
-    await gateway.accounts.top_up(
+    await accounts.top_up(
         ticket,
         [c.endpoint.pricing for c in routed.candidates],
         _prompt_tokens(body, routed),
         _max_tokens(body, routed),
     )
-
-
-def finish(gateway: Gateway, ticket: Ticket, meta: ResponseMeta | None, status_code: int) -> None:
-    """Settle from what the generation reported (`meta`), never from the log record."""
-    usage = meta.usage if meta is not None else None
-    if meta is not None and meta.client_closed:
-        status = "cancelled"
-    elif status_code >= 400 or (meta is not None and meta.finish_reason == "error"):
-        status = "error"
-    else:
-        status = "success"
-    outcome = Outcome(
-        status=status,
-        model=meta.model if meta is not None else ticket.model,
-        provider=(meta.served_by or meta.provider) if meta is not None else None,
-        finish_reason=meta.finish_reason if meta is not None else None,
-        prompt_tokens=usage.prompt_tokens if usage else 0,
-        completion_tokens=usage.completion_tokens if usage else 0,
-        cached_tokens=usage.cached_tokens if usage else 0,
-        reasoning_tokens=usage.reasoning_tokens if usage else 0,
-        cost=(meta.cost_nano or 0) if meta is not None else 0,
-        ttft_ms=meta.ttft_ms if meta is not None else None,
-    )
-    gateway.accounts.finish(ticket, outcome)
