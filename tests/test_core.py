@@ -32,6 +32,8 @@ def synchronous(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], N
         asyncio.run(test())
 
     return run
+
+
 PRICING = Pricing(input=1.0, cached_input=0.1, output=2.0)
 
 

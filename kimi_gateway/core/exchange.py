@@ -35,7 +35,7 @@ from kimi_gateway.routing import Router
 from kimi_gateway.routing.variants import apply_variant
 from kimi_gateway.schema.chat import ChatCompletionRequest
 from kimi_gateway.schema.checks import check_partial, check_tools
-from kimi_gateway.schema.responses import CompletionBody
+from kimi_gateway.schema.completion import CompletionBody
 from kimi_gateway.stats.metrics import Metrics
 
 

@@ -24,7 +24,7 @@ from kimi_gateway.money import usd
 from kimi_gateway.outcome import GenerationOutcome
 from kimi_gateway.providers.events import Delta, Done, Event, Finish, Usage
 from kimi_gateway.routing.attempts import RoutedGeneration
-from kimi_gateway.schema.responses import (
+from kimi_gateway.schema.completion import (
     ChoiceBody,
     CompletionBody,
     MessageBody,

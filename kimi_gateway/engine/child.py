@@ -42,22 +42,10 @@ class Channel:
     def sink(self, job: int, ended: Callable[[int], object]) -> Sink:
         send = self.send
 
-        def emit(message: tuple[Any, ...]) -> None:
-            kind = message[0]
-            if kind == protocol.TEXT:
-                send({"t": kind, "id": job, "i": message[1], "s": message[2]})
-            elif kind == protocol.FINISH:
-                _, index, reason, produced, matched = message
-                send({"t": kind, "id": job, "i": index, "r": reason, "n": produced, "m": matched})
-            elif kind == protocol.DONE:
-                ended(job)
-                send({"t": kind, "id": job, "prompt": message[1], "cached": message[2]})
-            elif kind == protocol.EXPIRED:
-                ended(job)
-                send({"t": kind, "id": job, "message": message[1]})
-            else:
-                ended(job)
-                send({"t": protocol.ERROR, "id": job, "message": message[1]})
+        def emit(message: protocol.JobMessage) -> None:
+            if type(message) is not protocol.Text and type(message) is not protocol.Finished:
+                ended(job)  # the job's last message: the gateway can no longer cancel it
+            send(protocol.job_frame(job, message))
 
         return emit
 

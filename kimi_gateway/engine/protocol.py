@@ -47,6 +47,84 @@ TEXT, FINISH, DONE, ERROR = "text", "finish", "done", "error"
 EXPIRED = "expired"  # a job that could not start within the queue timeout (instead of done/error)
 
 
+# What a job produces, in order: `Text` and `Finished` per choice, then exactly one ending (`JobDone`,
+# `JobFailed` or `Expired`). The engine's worker emits these, the child writes them as frames, the
+# supervisor reads them back into the job's inbox and the local provider turns them into events: one
+# definition for every hop.
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    index: int  # the choice
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    index: int  # the choice
+    reason: str  # stop, length
+    produced: int  # completion tokens of the choice
+    matched: str | None  # the stop string that ended it
+
+
+@dataclass(frozen=True, slots=True)
+class JobDone:
+    prompt: int  # prompt tokens
+    cached: int  # of them, read from the prefix cache
+
+
+@dataclass(frozen=True, slots=True)
+class JobFailed:
+    message: str
+    crashed: bool = False  # the engine process died (never sent: the supervisor notes it)
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    message: str  # not started within the queue timeout
+
+
+JobMessage = Text | Finished | JobDone | JobFailed | Expired
+ENDINGS = (JobDone, JobFailed, Expired)
+
+
+def job_frame(job: int, message: JobMessage) -> dict[str, Any]:
+    """A job's message as its frame (short keys: a frame per token)."""
+    if type(message) is Text:
+        return {"t": TEXT, "id": job, "i": message.index, "s": message.text}
+    if type(message) is Finished:
+        return {
+            "t": FINISH,
+            "id": job,
+            "i": message.index,
+            "r": message.reason,
+            "n": message.produced,
+            "m": message.matched,
+        }
+    if type(message) is JobDone:
+        return {"t": DONE, "id": job, "prompt": message.prompt, "cached": message.cached}
+    if type(message) is Expired:
+        return {"t": EXPIRED, "id": job, "message": message.message}
+    assert type(message) is JobFailed
+    return {"t": ERROR, "id": job, "message": message.message}
+
+
+def job_message(frame: dict[str, Any]) -> JobMessage | None:
+    """A frame as the job's message; None for a frame that is not one (accepted, rejected, counted)."""
+    kind = frame["t"]
+    if kind == TEXT:
+        return Text(frame["i"], frame["s"])
+    if kind == FINISH:
+        return Finished(frame["i"], frame["r"], frame["n"], frame["m"])
+    if kind == DONE:
+        return JobDone(frame["prompt"], frame["cached"])
+    if kind == ERROR:
+        return JobFailed(frame["message"])
+    if kind == EXPIRED:
+        return Expired(frame["message"])
+    return None
+
+
 def encode(frame: dict[str, Any]) -> bytes:
     # orjson escapes newlines inside strings, so a frame is always exactly one line.
     return orjson.dumps(frame) + b"\n"

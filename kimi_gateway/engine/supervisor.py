@@ -40,11 +40,11 @@ PROVIDER = "Local (llama.cpp)"
 
 @dataclass(eq=False)
 class RemoteJob:
-    """One job on the engine: what it sends arrives in `inbox` as worker.py's message tuples."""
+    """One job on the engine: what it sends arrives in `inbox` as protocol.py's job messages."""
 
     id: int
     accepted: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-    inbox: asyncio.Queue[tuple[Any, ...]] = field(default_factory=asyncio.Queue)
+    inbox: asyncio.Queue[protocol.JobMessage] = field(default_factory=asyncio.Queue)
 
 
 def engine_failed(message: str) -> UpstreamError:
@@ -308,25 +308,17 @@ class EngineProcess:
         job = self._jobs.get(ident)
         if job is None:
             return  # a job whose client left and that was already forgotten
-        if kind == protocol.TEXT:
-            job.inbox.put_nowait((kind, frame["i"], frame["s"]))
-        elif kind == protocol.FINISH:
-            job.inbox.put_nowait((kind, frame["i"], frame["r"], frame["n"], frame["m"]))
+        message = protocol.job_message(frame)
+        if message is not None:
+            job.inbox.put_nowait(message)
+            if isinstance(message, protocol.ENDINGS):
+                self._release(ident)
         elif kind == protocol.ACCEPTED:
             if not job.accepted.done():
                 job.accepted.set_result(frame["prompt"])
         elif kind == protocol.REJECTED:
             if not job.accepted.done():
                 job.accepted.set_exception(protocol.error_from(frame))
-            self._release(ident)
-        elif kind == protocol.DONE:
-            job.inbox.put_nowait((kind, frame["prompt"], frame["cached"]))
-            self._release(ident)
-        elif kind == protocol.ERROR:
-            job.inbox.put_nowait((kind, frame["message"], False))
-            self._release(ident)
-        elif kind == protocol.EXPIRED:
-            job.inbox.put_nowait((kind, frame["message"]))
             self._release(ident)
 
     def _release(self, ident: int) -> None:
@@ -366,7 +358,7 @@ class EngineProcess:
             if not job.accepted.done():
                 job.accepted.set_exception(engine_failed(message))
             else:
-                job.inbox.put_nowait((protocol.ERROR, message, True))
+                job.inbox.put_nowait(protocol.JobFailed(message, crashed=True))
         for future in self._counts.values():
             if not future.done():
                 future.set_exception(engine_failed(message))

@@ -39,7 +39,15 @@ from llama_cpp import _internals as internals
 from llama_cpp.llama_grammar import LlamaGrammar
 
 from kimi_gateway.engine.prompt import ChatTemplate
-from kimi_gateway.engine.protocol import EngineSettings
+from kimi_gateway.engine.protocol import (
+    EngineSettings,
+    Expired,
+    Finished,
+    JobDone,
+    JobFailed,
+    JobMessage,
+    Text,
+)
 from kimi_gateway.engine.stops import StopMatcher
 from kimi_gateway.errors import context_length_exceeded
 from kimi_gateway.logs import event
@@ -59,14 +67,8 @@ class SamplingParams:
     seed: int | None = None
 
 
-# What a job produces, in order (the names are engine/protocol.py's frame types):
-TEXT = "text"  # (TEXT, choice index, text)
-FINISH = "finish"  # (FINISH, choice index, reason, completion tokens, the stop string matched or None)
-DONE = "done"  # (DONE, prompt tokens, cached prompt tokens): the last message of every job
-ERROR = "error"  # (ERROR, message): the last message of a job that failed
-EXPIRED = "expired"  # (EXPIRED, message): the last message of a job that could not start in time
-
-Sink = Callable[[tuple[Any, ...]], None]
+# What a job produces goes to its sink, in order: engine/protocol.py's job messages.
+Sink = Callable[[JobMessage], None]
 
 
 @dataclass(eq=False)
@@ -87,7 +89,7 @@ class Job:
     def cancel(self) -> None:
         self.cancelled.set()
 
-    def emit(self, *message: Any) -> None:
+    def emit(self, message: JobMessage) -> None:
         self.sink(message)
 
 
@@ -260,7 +262,7 @@ class LocalModel:
             # process ends with them, so the gateway starts a new engine rather than queue behind a dead one.
             log.exception("the engine's scheduler failed")
             for job in [*(s.run.job for s in self._slots if s.run is not None), *self._waiting]:
-                job.emit(ERROR, "local generation failed")
+                job.emit(JobFailed("local generation failed"))
             logging.shutdown()
             os._exit(70)
 
@@ -284,9 +286,9 @@ class LocalModel:
         kept: deque[Job] = deque()
         for job in self._waiting:
             if job.cancelled.is_set():
-                job.emit(DONE, len(job.tokens), 0)  # cancelled while waiting: it still ends
+                job.emit(JobDone(len(job.tokens), 0))  # cancelled while waiting: it still ends
             elif timeout is not None and now - job.queued_at > timeout:
-                job.emit(EXPIRED, f"not started within {timeout:g} s: the local model is busy")
+                job.emit(Expired(f"not started within {timeout:g} s: the local model is busy"))
             else:
                 kept.append(job)
         self._waiting = kept
@@ -521,7 +523,7 @@ class LocalModel:
         if text:
             text, stopped = run.stops.feed(text)
             if text:
-                job.emit(TEXT, run.index, text)
+                job.emit(Text(run.index, text))
             if stopped:
                 self._finish_choice(slot, run, "stop", flush=False)
                 self._next_choice(slot, run)
@@ -535,8 +537,8 @@ class LocalModel:
         if flush and reason != "cancelled":
             rest = run.stops.flush() + run.decoder.decode(b"", final=True)
             if rest:
-                run.job.emit(TEXT, run.index, rest)
-        run.job.emit(FINISH, run.index, reason, run.produced, run.stops.matched)
+                run.job.emit(Text(run.index, rest))
+        run.job.emit(Finished(run.index, reason, run.produced, run.stops.matched))
         run.total += run.produced
         run.reasons.append(reason)
 
@@ -555,7 +557,7 @@ class LocalModel:
         job = run.job
         slot.run = None
         slot.used = time.monotonic()
-        job.emit(DONE, len(job.tokens), run.cached)
+        job.emit(JobDone(len(job.tokens), run.cached))
         event(
             "generation",
             request_id=job.request_id,

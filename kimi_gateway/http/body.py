@@ -14,7 +14,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kimi_gateway.errors import APIError
-from kimi_gateway.http.responses import error_response
+from kimi_gateway.http.replies import error_response
 from kimi_gateway.http.validation import validation_error
 
 M = TypeVar("M", bound=BaseModel)

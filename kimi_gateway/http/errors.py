@@ -15,7 +15,7 @@ from starlette.types import Scope
 from kimi_gateway.errors import APIError
 from kimi_gateway.http.formats.anthropic_events import error_response as anthropic_error
 from kimi_gateway.http.formats.anthropic_events import is_anthropic
-from kimi_gateway.http.responses import error_response
+from kimi_gateway.http.replies import error_response
 from kimi_gateway.http.validation import errors_to_api_error
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from kimi_gateway.http.disconnects import client_gone
 from kimi_gateway.http.errors import internal_api_error
 from kimi_gateway.http.formats.base import FormatContext, WireFormat
 from kimi_gateway.http.middleware import NOSNIFF, begin, log_request, request_id_header, route_path
-from kimi_gateway.http.responses import FastSSEResponse
+from kimi_gateway.http.replies import FastSSEResponse
 from kimi_gateway.logs import logger
 from kimi_gateway.outcome import RequestOutcome
 

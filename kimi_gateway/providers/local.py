@@ -11,7 +11,7 @@ import orjson
 
 from kimi_gateway.catalog import ModelCard
 from kimi_gateway.engine import toolcalls
-from kimi_gateway.engine.protocol import DONE, ERROR, EXPIRED, FINISH, TEXT
+from kimi_gateway.engine.protocol import Expired, Finished, JobDone, JobFailed, JobMessage, Text
 from kimi_gateway.engine.supervisor import PROVIDER, EngineProcess, RemoteJob, engine_failed
 from kimi_gateway.errors import APIError, overloaded, unsupported_value
 from kimi_gateway.logs import request_id
@@ -51,21 +51,20 @@ class LocalGeneration:
             else None
         )
         completion_tokens = 0
-        pending: tuple[Any, ...] | None = None
+        pending: JobMessage | None = None
         try:
             while True:
                 if pending is not None:
                     message, pending = pending, None
                 else:
                     message = await inbox.get()
-                kind = message[0]
-                if kind == TEXT:
-                    _, index, text = message
+                if type(message) is Text:
+                    index, text = message.index, message.text
                     # When the loop falls behind the engine, send what has piled up as one chunk, not many.
                     while not inbox.empty():
                         following = inbox.get_nowait()
-                        if following[0] == TEXT and following[1] == index:
-                            text += following[2]
+                        if type(following) is Text and following.index == index:
+                            text += following.text
                         else:
                             pending = following
                             break
@@ -74,9 +73,9 @@ class LocalGeneration:
                         if not text:
                             continue
                     yield [Delta(index=index, content=text)]
-                elif kind == FINISH:
-                    _, index, reason, produced, matched = message
-                    completion_tokens += produced
+                elif type(message) is Finished:
+                    index, reason = message.index, message.reason
+                    completion_tokens += message.produced
                     native = reason
                     batch: list[Event] = []
                     if parsers is not None and (calls := parsers[index].tool_calls()) is not None:
@@ -96,29 +95,27 @@ class LocalGeneration:
                         )
                         reason = "tool_calls"
                     batch.append(
-                        Finish(index=index, reason=reason, native_reason=native, stop_sequence=matched)
+                        Finish(
+                            index=index, reason=reason, native_reason=native, stop_sequence=message.matched
+                        )
                     )
                     yield batch
-                elif kind == DONE:
-                    _, prompt_tokens, cached_tokens = message
+                elif type(message) is JobDone:
                     usage = Usage(
-                        prompt_tokens=prompt_tokens,
+                        prompt_tokens=message.prompt,
                         completion_tokens=completion_tokens,
-                        cached_tokens=cached_tokens,
+                        cached_tokens=message.cached,
                     )
                     yield [Done(usage=usage, provider=PROVIDER, model=self._model_id)]
                     return
-                elif kind == EXPIRED:
+                elif type(message) is Expired:
                     raise overloaded(
-                        f"The local model '{self._model_id}' is busy: {message[1]}.", self._retry_after
+                        f"The local model '{self._model_id}' is busy: {message.message}.", self._retry_after
                     )
-                elif kind == ERROR:
-                    _, text, crashed = message
-                    if (
-                        crashed
-                    ):  # the process died: as any provider failing, mid-stream or before its first byte
-                        raise engine_failed(text)
-                    raise APIError(500, text, type="server_error", code="engine_error")
+                elif type(message) is JobFailed:
+                    if message.crashed:  # the process died: as any provider failing, mid-stream or not
+                        raise engine_failed(message.message)
+                    raise APIError(500, message.message, type="server_error", code="engine_error")
         finally:
             self._engine.cancel(self._job)
 

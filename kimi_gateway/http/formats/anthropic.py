@@ -26,13 +26,13 @@ from kimi_gateway.errors import APIError, invalid_request
 from kimi_gateway.http.body import parse_body
 from kimi_gateway.http.formats.anthropic_events import MessageStream, error_response, message_body
 from kimi_gateway.http.formats.base import FormatContext, WireFormat
-from kimi_gateway.http.responses import ORJSONResponse
+from kimi_gateway.http.replies import ORJSONResponse
 from kimi_gateway.http.validation import anthropic_validation_error, validation_error
 from kimi_gateway.ids import new_id
 from kimi_gateway.outcome import GenerationOutcome
 from kimi_gateway.schema import anthropic as a
 from kimi_gateway.schema.chat import ChatCompletionRequest
-from kimi_gateway.schema.responses import CompletionBody
+from kimi_gateway.schema.completion import CompletionBody
 
 # Moonshot's Anthropic endpoint samples at 0.6 x the requested temperature (Kimi-K2's README, §4).
 TEMPERATURE_SCALE = 0.6

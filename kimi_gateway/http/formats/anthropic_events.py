@@ -15,10 +15,10 @@ import orjson
 from starlette.responses import Response
 
 from kimi_gateway.errors import APIError
-from kimi_gateway.http.responses import ORJSONResponse
+from kimi_gateway.http.replies import ORJSONResponse
 from kimi_gateway.outcome import GenerationOutcome
 from kimi_gateway.providers.events import Delta, Done, Event, Finish, Usage
-from kimi_gateway.schema.responses import CompletionBody
+from kimi_gateway.schema.completion import CompletionBody
 
 # Anthropic's error type for each status (its SDK picks the exception class by status).
 _ERROR_TYPES = {

@@ -10,10 +10,10 @@ from starlette.responses import Response
 
 from kimi_gateway.core.generation import StreamEncoder
 from kimi_gateway.errors import APIError
-from kimi_gateway.http.responses import error_response
+from kimi_gateway.http.replies import error_response
 from kimi_gateway.outcome import GenerationOutcome
 from kimi_gateway.schema.chat import ChatCompletionRequest
-from kimi_gateway.schema.responses import CompletionBody
+from kimi_gateway.schema.completion import CompletionBody
 from kimi_gateway.storage.responses import ResponseStore
 
 

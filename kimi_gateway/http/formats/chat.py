@@ -12,12 +12,12 @@ from kimi_gateway.core.generation import priced_usage, reasoning_details
 from kimi_gateway.errors import APIError
 from kimi_gateway.http.body import parse_body
 from kimi_gateway.http.formats.base import FormatContext, WireFormat
-from kimi_gateway.http.responses import FastJSONResponse
+from kimi_gateway.http.replies import FastJSONResponse
 from kimi_gateway.http.sse import DONE_LINE, KEEPALIVE, sse_line
 from kimi_gateway.outcome import GenerationOutcome
 from kimi_gateway.providers.events import Delta, Done, Event, Finish, ToolCallDelta
 from kimi_gateway.schema.chat import ChatCompletionRequest
-from kimi_gateway.schema.responses import ChunkBody, CompletionBody, chunk_body, completion_id
+from kimi_gateway.schema.completion import ChunkBody, CompletionBody, chunk_body, completion_id
 
 
 class ChatFormat(WireFormat):

@@ -27,13 +27,13 @@ from kimi_gateway.http.formats.base import FormatContext, WireFormat
 from kimi_gateway.http.formats.item_ids import ItemIds, response_of
 from kimi_gateway.http.formats.responses_events import Conversation, ResponseStream, response_object
 from kimi_gateway.http.formats.tool_names import ChatTools, flat_name
-from kimi_gateway.http.responses import ORJSONResponse
+from kimi_gateway.http.replies import ORJSONResponse
 from kimi_gateway.http.validation import validation_error
 from kimi_gateway.ids import new_id
 from kimi_gateway.outcome import GenerationOutcome
 from kimi_gateway.schema import responses_api as r
 from kimi_gateway.schema.chat import ChatCompletionRequest
-from kimi_gateway.schema.responses import CompletionBody
+from kimi_gateway.schema.completion import CompletionBody
 from kimi_gateway.storage.responses import ResponseStore
 
 PATH = "/v1/responses"

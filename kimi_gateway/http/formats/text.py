@@ -19,15 +19,15 @@ from kimi_gateway.core.generation import priced_usage
 from kimi_gateway.errors import APIError, invalid_request
 from kimi_gateway.http.body import parse_body
 from kimi_gateway.http.formats.base import FormatContext, WireFormat
-from kimi_gateway.http.responses import ORJSONResponse
+from kimi_gateway.http.replies import ORJSONResponse
 from kimi_gateway.http.sse import DONE_LINE, KEEPALIVE, sse_line
 from kimi_gateway.http.validation import validation_error
 from kimi_gateway.ids import new_id
 from kimi_gateway.outcome import GenerationOutcome
 from kimi_gateway.providers.events import Delta, Done, Event, Finish
 from kimi_gateway.schema.chat import ChatCompletionRequest
+from kimi_gateway.schema.completion import CompletionBody
 from kimi_gateway.schema.completions import CompletionRequest
-from kimi_gateway.schema.responses import CompletionBody
 
 PATH = "/v1/completions"
 # What the chat request takes as it is (max_tokens always: the completions API's default is 16).

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from kimi_gateway.http.responses import ORJSONResponse
+from kimi_gateway.http.replies import ORJSONResponse
 from kimi_gateway.runtime import Gateway
 
 router = APIRouter()

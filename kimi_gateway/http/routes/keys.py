@@ -15,7 +15,7 @@ from kimi_gateway.accounts import history
 from kimi_gateway.accounts.keys import KeyRecord
 from kimi_gateway.errors import APIError
 from kimi_gateway.http.body import parse_body
-from kimi_gateway.http.responses import ORJSONResponse
+from kimi_gateway.http.replies import ORJSONResponse
 from kimi_gateway.money import usd
 from kimi_gateway.runtime import Gateway
 

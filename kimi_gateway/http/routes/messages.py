@@ -16,7 +16,7 @@ from starlette.responses import Response
 from kimi_gateway.accounts.keys import KeyRecord
 from kimi_gateway.http.body import parse_body
 from kimi_gateway.http.formats.anthropic import to_chat
-from kimi_gateway.http.responses import ORJSONResponse
+from kimi_gateway.http.replies import ORJSONResponse
 from kimi_gateway.http.routes.bodies import json_body
 from kimi_gateway.http.routes.tokenizers import METHOD_HEADER
 from kimi_gateway.http.validation import anthropic_validation_error

@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from kimi_gateway.accounts.keys import KeyRecord
 from kimi_gateway.http.body import parse_body
-from kimi_gateway.http.responses import ORJSONResponse
+from kimi_gateway.http.replies import ORJSONResponse
 from kimi_gateway.routing.variants import apply_variant
 from kimi_gateway.runtime import Gateway
 from kimi_gateway.schema.chat import ChatCompletionRequest

@@ -1,4 +1,5 @@
-"""JSON responses encoded with orjson."""
+"""Our Starlette responses: JSON encoded with orjson, and the hot route's JSON and SSE responses sent as raw
+ASGI messages. (Named apart from the Responses API, whose format is http/formats/responses.py.)"""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Response shapes for chat completions.
+"""The chat completion in the gateway's own shape (OpenAI's, with OpenRouter's fields): the whole body, the
+chunks and the usage object, which every wire format renders from.
 
 Typed dicts built directly: no model instances are created on the hot path.
 """
