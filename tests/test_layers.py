@@ -43,3 +43,53 @@ def test_no_two_parts_import_each_other() -> None:
     assert {"http", "accounts", "routing", "providers", "engine", "storage"} <= set(edges)  # it reads them
     mutual = sorted({tuple(sorted((a, b))) for a in edges for b in edges[a] if a in edges.get(b, set())})
     assert mutual == [], f"parts importing each other: {mutual}"
+
+
+# The README's table ("What each part may import"): each part, and the parts it may import besides the ones
+# any part may (BASE). A new import outside it is a change to the architecture: change the table with it.
+BASE = {"errors", "ids", "logs", "money"}
+BELOW_CORE = {
+    "config",
+    "storage",
+    "schema",
+    "catalog",
+    "engine",
+    "providers",
+    "outcome",
+    "stats",
+    "limits",
+    "accounts",
+    "routing",
+    "media",
+}
+ALLOWED: dict[str, set[str]] = {
+    "config": set(),
+    "storage": set(),
+    "schema": set(),
+    "catalog": {"schema"},
+    "engine": {"schema"},
+    "providers": {"catalog", "engine", "schema", "config"},
+    "outcome": {"catalog", "providers"},
+    "stats": {"storage", "outcome"},
+    "limits": set(),
+    "accounts": {"limits", "storage", "stats", "catalog", "outcome", "providers"},
+    "routing": {"catalog", "providers", "stats", "schema", "config"},
+    "media": {"catalog", "schema", "storage", "config"},
+    "core": BELOW_CORE,
+    "runtime": BELOW_CORE | {"core"},
+    "http": BELOW_CORE | {"core", "runtime", "web"},
+    "web": BELOW_CORE | {"core", "runtime"},
+    "cli": BELOW_CORE | {"core", "runtime", "http", "web", "selfhost"},
+    "selfhost": set(),
+    "testing": BELOW_CORE | {"runtime"},
+    "__main__": {"cli"},
+}
+
+
+def test_each_part_imports_only_what_the_layering_allows() -> None:
+    unexpected = {
+        part: sorted(targets - BASE - ALLOWED.get(part, set()))
+        for part, targets in _imports().items()
+        if targets - BASE - ALLOWED.get(part, set())
+    }
+    assert unexpected == {}, f"imports outside the README's table: {unexpected}"
