@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import tomllib
+from dataclasses import asdict, field
 from importlib import resources
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict
+from pydantic.dataclasses import dataclass
 
 from kimi_gateway.errors import model_not_found
 
+# Validated as they are built (pydantic's dataclasses), read as plain objects: the hot path reads a card's
+# fields several times a request, and a BaseModel's attribute hook (its `__getattr__`) made each read cost
+# three times a dataclass slot's.
+_STRICT = ConfigDict(extra="forbid")
 
-class _Card(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
-
-class Pricing(_Card):
+@dataclass(config=_STRICT, frozen=True, slots=True, kw_only=True)
+class Pricing:
     """USD per million tokens."""
 
     input: float = 0.0
@@ -27,7 +31,8 @@ class Pricing(_Card):
         return self.input if self.cached_input is None else self.cached_input
 
 
-class SamplingDefaults(_Card):
+@dataclass(config=_STRICT, frozen=True, slots=True, kw_only=True)
+class SamplingDefaults:
     """Used where a request sets nothing: the values the model's authors recommend."""
 
     temperature: float | None = None
@@ -38,7 +43,8 @@ class SamplingDefaults(_Card):
     max_tokens: int | None = None
 
 
-class Rules(_Card):
+@dataclass(config=_STRICT, frozen=True, slots=True, kw_only=True)
+class Rules:
     """Per-family request rules, enforced with Moonshot's messages (kimi_gateway/catalog/rules.py)."""
 
     # Fixed values: any other value is refused. Temperature may differ with thinking on and off.
@@ -55,19 +61,21 @@ class Rules(_Card):
     min_tool_name: int | None = None
 
 
-class LocalSpec(_Card):
+@dataclass(config=_STRICT, frozen=True, slots=True, kw_only=True)
+class LocalSpec:
     # A filesystem path, or `package:<package>/<file>` for a model shipped inside an installed package.
     gguf: str
 
 
-class ModelCard(_Card):
+@dataclass(config=_STRICT, frozen=True, slots=True, kw_only=True)
+class ModelCard:
     id: str
     name: str
     created: int = 0
     description: str = ""
     context_length: int
-    input_modalities: list[str] = Field(default_factory=lambda: ["text"])
-    output_modalities: list[str] = Field(default_factory=lambda: ["text"])
+    input_modalities: list[str] = field(default_factory=lambda: ["text"])
+    output_modalities: list[str] = field(default_factory=lambda: ["text"])
     reasoning: bool = False
     # "always" (the model always thinks), "optional" (on by default, `thinking` switches it), or "never".
     thinking: Literal["always", "optional", "never"] = "never"
@@ -75,10 +83,10 @@ class ModelCard(_Card):
     max_image_pixels: int | None = None
     # A text-only model that still takes images: each one is replaced by the text OCR reads from it.
     image_via_ocr: bool = False
-    supported_parameters: list[str] = Field(default_factory=list)
-    pricing: Pricing = Field(default_factory=Pricing)
-    defaults: SamplingDefaults = Field(default_factory=SamplingDefaults)
-    rules: Rules = Field(default_factory=Rules)
+    supported_parameters: list[str] = field(default_factory=list)
+    pricing: Pricing = field(default_factory=Pricing)
+    defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
+    rules: Rules = field(default_factory=Rules)
     local: LocalSpec | None = None
 
     def thinking_on(self, wanted: bool | None) -> bool:
@@ -88,6 +96,11 @@ class ModelCard(_Card):
         if self.thinking == "optional":
             return wanted is not False
         return False
+
+
+def set_fields(card: object) -> dict[str, Any]:
+    """A card's fields that are set (not None), as a dict."""
+    return {k: v for k, v in asdict(card).items() if v is not None}  # type: ignore[call-overload]
 
 
 class Catalog:
@@ -124,7 +137,5 @@ def load_catalog(overrides: dict[str, dict[str, Any]] | None = None) -> Catalog:
     entries: dict[str, dict[str, Any]] = {k: _merge(common, v) for k, v in data["models"].items()}
     for model_id, override in (overrides or {}).items():
         entries[model_id] = _merge(entries.get(model_id, common), override)
-    cards = {
-        model_id: ModelCard.model_validate({**entry, "id": model_id}) for model_id, entry in entries.items()
-    }
+    cards = {model_id: ModelCard(**{**entry, "id": model_id}) for model_id, entry in entries.items()}
     return Catalog(cards)

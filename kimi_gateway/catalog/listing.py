@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from kimi_gateway.catalog.cards import ModelCard
+from kimi_gateway.catalog.cards import ModelCard, set_fields
 
 _MILLION = Decimal(1_000_000)
 
@@ -44,7 +44,7 @@ def model_object(card: ModelCard, providers: list[str]) -> dict[str, Any]:
         },
         "top_provider": {"context_length": card.context_length, "max_completion_tokens": None},
         "supported_parameters": card.supported_parameters,
-        "default_parameters": card.defaults.model_dump(exclude_none=True),
+        "default_parameters": set_fields(card.defaults),
         "reasoning": card.reasoning,
         "max_images": card.max_images,
         "image_via_ocr": card.image_via_ocr,

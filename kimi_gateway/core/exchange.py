@@ -31,6 +31,7 @@ from kimi_gateway.media import Media
 from kimi_gateway.media.intake import has_media
 from kimi_gateway.media.redact import redacted
 from kimi_gateway.outcome import Failure, GenerationOutcome, RequestOutcome
+from kimi_gateway.providers.events import Event
 from kimi_gateway.routing import Router
 from kimi_gateway.routing.variants import apply_variant
 from kimi_gateway.schema.chat import ChatCompletionRequest
@@ -147,7 +148,16 @@ class Exchange:
                 return None
 
     async def start_stream(self, run: GenerationRun) -> GeneratedStream:
-        self.stream = stream = await run.start_stream(self.parts.keepalive_seconds)
+        """The streamed generation started, and its first events awaited for up to the keep-alive
+        interval: an early failure (every provider down) raises here, while a proper status can still
+        be sent."""
+        batches = run.routed.events()
+        first: asyncio.Future[list[Event]] = asyncio.ensure_future(anext(batches))
+        stream = self.stream = GeneratedStream(run, batches, first)
+        await asyncio.wait((first,), timeout=self.parts.keepalive_seconds)
+        if first.done() and first.exception() is not None:
+            await stream.stop()
+            first.result()  # raises the APIError
         return stream
 
     def overhead(self) -> float:
@@ -159,17 +169,12 @@ class Exchange:
         )
         return seconds
 
-    async def stop(self) -> None:
-        """Stops a streamed generation whose frames never ran (a no-op when they did: they stopped it)."""
-        if self.stream is not None:
-            await self.stream.stop()
-
     def settle(self, status: int) -> None:
         """The request's end, however it came: charged, recorded and counted from its outcome.
         Synchronous, so a shutdown cancelling the request's task cannot interrupt it."""
         outcome = self.outcome
         outcome.status = status
-        if self.run is not None:
+        if self.run is not None and self.run.routed.attempts:
             outcome.failures = [Failure(a.provider, a.kind) for a in self.run.routed.attempts]
         if self.ticket is not None:
             last = outcome.last

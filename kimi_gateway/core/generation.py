@@ -22,7 +22,7 @@ from kimi_gateway.errors import APIError
 from kimi_gateway.ids import new_id
 from kimi_gateway.money import usd
 from kimi_gateway.outcome import GenerationOutcome
-from kimi_gateway.providers.events import Delta, Done, Event, Finish, Usage
+from kimi_gateway.providers.events import Delta, Done, Event, Finish, ToolCallDelta, Usage
 from kimi_gateway.routing.attempts import RoutedGeneration
 from kimi_gateway.schema.completion import (
     ChoiceBody,
@@ -127,23 +127,6 @@ class GenerationRun:
         usage = Usage(prompt_tokens=self.routed.prompt_tokens, completion_tokens=self.delivered)
         self.finished(Done(usage=usage))
 
-    def observe(self, batch: list[Event], turn: TurnNote | None) -> None:
-        """What one batch says, recorded before a format renders it (and, streamed, in the turn's note)."""
-        outcome = self.outcome
-        for event in batch:
-            if type(event) is Delta:
-                if outcome.ttft_ms is None:
-                    outcome.ttft_ms = round((time.perf_counter() - outcome.started) * 1000, 2)
-                self.delivered += delivered_tokens(event)
-                if turn is not None:
-                    turn.add(event)
-            elif type(event) is Finish:
-                if event.index == 0:
-                    outcome.finish_reason = event.reason
-                    outcome.stop_sequence = event.stop_sequence
-            elif type(event) is Done:
-                self.finished(event)
-
     async def collect(self) -> CompletionBody:
         """The whole completion, in chat form."""
         choices: dict[int, _Choice] = {}
@@ -151,15 +134,26 @@ class GenerationRun:
         # Closed here however collecting ends (a disconnect, a shutdown), so the generation stops at once.
         async with aclosing(self.routed.events()) as events:
             async for batch in events:
-                self.observe(batch, None)  # the note is taken from the whole message
+                # The outcome recorded in the same pass (a stream's `observe`, without its ttft: no byte
+                # reaches the client before the end).
                 for event in batch:
                     if type(event) is Delta:
-                        _add(choices.get(event.index) or choices.setdefault(event.index, _Choice()), event)
+                        # Not setdefault: it would build a throwaway _Choice for every delta.
+                        choice = choices.get(event.index) or choices.setdefault(event.index, _Choice())
+                        if event.content:
+                            choice.content.append(event.content)
+                        if event.reasoning:
+                            choice.reasoning.append(event.reasoning)
+                        if event.tool_calls:
+                            _add_calls(choice, event.tool_calls)
                     elif type(event) is Finish:
                         choice = choices.setdefault(event.index, _Choice())
                         choice.finish, choice.native = event.reason, event.native_reason
+                        if event.index == 0:
+                            self.outcome.stop_sequence = event.stop_sequence
                     elif type(event) is Done:
                         usage = event.usage
+                        self.finished(event)
         self.serve()
         outcome = self.outcome
         bodies = [_choice_body(index, choices[index]) for index in sorted(choices)]
@@ -179,25 +173,9 @@ class GenerationRun:
             body["provider"] = outcome.provider
         return body
 
-    async def start_stream(self, keepalive: float) -> GeneratedStream:
-        """The stream's generation started, and its first events awaited for up to `keepalive` seconds:
-        an early failure (every provider down) raises here, while a proper status can still be sent."""
-        batches = self.routed.events()
-        first: asyncio.Future[list[Event]] = asyncio.ensure_future(anext(batches))
-        stream = GeneratedStream(self, batches, first)
-        await asyncio.wait((first,), timeout=keepalive)
-        if first.done() and first.exception() is not None:
-            await stream.stop()
-            first.result()  # raises the APIError
-        return stream
 
-
-def _add(choice: _Choice, event: Delta) -> None:
-    if event.content:
-        choice.content.append(event.content)
-    if event.reasoning:
-        choice.reasoning.append(event.reasoning)
-    for call in event.tool_calls or ():
+def _add_calls(choice: _Choice, calls: list[ToolCallDelta]) -> None:
+    for call in calls:
         slot = choice.calls.setdefault(
             call.index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
         )
@@ -279,9 +257,23 @@ class GeneratedStream:
                 batch: list[Event] | None = first.result()
                 run.serve()
                 out = encoder.opening()
-                encode, observe, turn = encoder.encode, run.observe, run.turn
+                encode, turn, delivered = encoder.encode, run.turn, 0
                 while batch is not None:
-                    observe(batch, turn)
+                    # What the batch says, recorded before the format renders it (inline: per batch).
+                    for event in batch:
+                        if type(event) is Delta:
+                            if outcome.ttft_ms is None:
+                                outcome.ttft_ms = round((time.perf_counter() - outcome.started) * 1000, 2)
+                            delivered += delivered_tokens(event)
+                            if turn is not None:
+                                turn.add(event)
+                        elif type(event) is Finish:
+                            if event.index == 0:
+                                outcome.finish_reason = event.reason
+                                outcome.stop_sequence = event.stop_sequence
+                        elif type(event) is Done:
+                            run.finished(event)
+                    run.delivered = delivered
                     encode(batch, out)
                     if out:
                         yield b"".join(out)

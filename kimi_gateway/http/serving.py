@@ -68,14 +68,16 @@ class Completion:
                 task = asyncio.current_task()
                 assert task is not None
                 task.uncancel()
-                await exchange.stop()
+                if exchange.stream is not None:
+                    await exchange.stream.stop()
                 response = self.format.error(shutting_down())
             except Exception as exc:
                 response = self.format.error(internal_api_error(self.scope["path"], exc))
             response.raw_headers += (request_id_header(self.info), NOSNIFF)
             await response(self.scope, self.receive, self.send)
         finally:
-            await exchange.stop()  # a no-op when the stream ran: it stopped its generation itself
+            if exchange.stream is not None:  # a stream whose frames never ran (they stop it themselves)
+                await exchange.stream.stop()
             status = response.status_code if response is not None else 500
             exchange.settle(status)
             if logger.isEnabledFor(logging.INFO):

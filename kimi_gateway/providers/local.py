@@ -5,6 +5,7 @@ which builds the prompt, grammar and sampling settings and generates; its messag
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from typing import Any
 
 import orjson
@@ -162,7 +163,7 @@ class LocalProvider:
             raise unsupported_value("logprobs", "logprobs are not supported by the embedded engine.")
         engine = self.engines[card.id]
         mode = toolcalls.tool_mode(request.tools, request.tool_choice)
-        defaults = card.defaults.model_dump()
+        defaults = asdict(card.defaults)
         job = await engine.submit(job_request(request), defaults, request_id.get())
         return LocalGeneration(engine, job, mode, request.n, card.id)
 
