@@ -211,6 +211,44 @@ class ResponsesConfig(_Section):
     retention_days: float = Field(default=30.0, gt=0, le=3650)
 
 
+SearchBackend = Literal["searxng", "brave", "tavily", "exa"]
+
+
+class WebSearchConfig(_Section):
+    """[tools.web_search]: the backend the gateway searches with when a model calls `web_search`."""
+
+    backend: SearchBackend = "searxng"
+    # The backend's URL. SearXNG is self-hosted and has none by default (web search is then off); the
+    # others default to their public APIs. An operator's URL may be on a private address.
+    base_url: str | None = None
+    api_key_env: str | None = None  # the environment variable holding the backend's key
+    max_results: int = Field(default=5, ge=1, le=20)
+    price_per_call: float = Field(default=0.0, ge=0)  # USD per search, charged to the account
+
+
+class WebFetchConfig(_Section):
+    """[tools.web_fetch]: pages fetched for the model, through the media fetcher's address checks."""
+
+    enabled: bool = True
+    price_per_page: float = Field(default=0.0, ge=0)  # USD per page fetched
+    max_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)  # a page's download
+
+
+class ToolsConfig(_Section):
+    """[tools]: the server-side tools and the bounds of the loop that runs them inside one request."""
+
+    max_steps: int = Field(default=8, ge=1, le=100)  # model calls in one request
+    max_calls_per_step: int = Field(default=8, ge=1, le=64)  # tool calls run from one model turn
+    max_tool_seconds: float = Field(default=20.0, gt=0, le=300)  # each call's wall time
+    max_result_bytes: int = Field(default=32 * 1024, ge=1024, le=1024 * 1024)  # what the model is given
+    # The operator's own domain lists, over every request's: searched results and fetched pages outside
+    # `allowed_domains` (when set) or inside `blocked_domains` are left out.
+    allowed_domains: list[str] = Field(default_factory=list)
+    blocked_domains: list[str] = Field(default_factory=list)
+    web_search: WebSearchConfig = Field(default_factory=WebSearchConfig)
+    web_fetch: WebFetchConfig = Field(default_factory=WebFetchConfig)
+
+
 class GatewayConfig(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
@@ -225,6 +263,7 @@ class GatewayConfig(_Section):
     accounts: AccountsConfig = Field(default_factory=AccountsConfig)
     media: MediaConfig = Field(default_factory=MediaConfig)
     responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
+    tools: ToolsConfig = Field(default_factory=ToolsConfig)
     # Per-model overrides and additions, merged over the packaged catalog.
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

@@ -15,6 +15,7 @@ from typing import Literal
 
 from kimi_gateway.catalog import Pricing
 from kimi_gateway.providers.events import Usage
+from kimi_gateway.schema.server_tools import ToolTally
 
 Settled = Literal["success", "error", "cancelled"]
 
@@ -37,6 +38,8 @@ class GenerationOutcome:
     stop_sequence: str | None = None  # the stop string that ended the answer, where the provider says
     ttft_ms: float | None = None
     client_closed: bool = False
+    tool_cost_nano: int = 0  # the server-side tool calls this model call made, at their prices
+    tools: ToolTally | None = None  # a tool loop's response: its calls, for usage and citations
 
     @property
     def provider_name(self) -> str | None:

@@ -47,6 +47,7 @@ from kimi_gateway.stats.metrics import METRICS_DIR_ENV, Metrics
 from kimi_gateway.stats.uptime import UptimeStore
 from kimi_gateway.storage import Database, database_url
 from kimi_gateway.storage.responses import ResponseStore
+from kimi_gateway.tools.runner import Tools
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class Gateway:
     metrics: Metrics
     changes: Changes
     redis: Redis | None = None
+    tools: Tools = field(kw_only=True)
     reasoning: ReasoningMemory = field(default_factory=ReasoningMemory)
     _metrics_task: asyncio.Task[None] | None = None
     core: Parts = field(init=False)  # what the request core uses, by name
@@ -84,6 +86,7 @@ class Gateway:
             strict_rules=config.routing.strict_rules,
             keepalive_seconds=config.routing.keepalive_seconds,
             log_prompts=config.server.log_prompts,
+            tools=self.tools,
         )
 
     async def start(self) -> None:
@@ -118,6 +121,7 @@ class Gateway:
     async def stop(self) -> None:
         await self.changes.close()
         await self.upstream.close()
+        await self.tools.close()
         await self.media.close()
         await self.uptime.stop()
         if self._metrics_task is not None:
@@ -254,6 +258,7 @@ def build_gateway(config: GatewayConfig) -> Gateway:
         keys=KeyStore(db, changes, **cache),
         accounts=Accountant(ledger, holds, admission, recorder, tiers, changes, **cache),
         media=media,
+        tools=Tools(config.tools, config.media, pool, files.ocr),
         files=files,
         responses=ResponseStore(
             db, timedelta(days=config.responses.retention_days), config.media.max_total_bytes

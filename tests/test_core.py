@@ -148,6 +148,7 @@ def _exchange(
         strict_rules=False,
         keepalive_seconds=1.0,
         log_prompts=False,
+        tools=None,  # type: ignore[arg-type]  (no server-side tools here: tests/test_server_tools.py)
     )
     left = gone or asyncio.Event()
 

@@ -61,6 +61,7 @@ BELOW_CORE = {
     "accounts",
     "routing",
     "media",
+    "tools",
 }
 ALLOWED: dict[str, set[str]] = {
     "config": set(),
@@ -69,12 +70,13 @@ ALLOWED: dict[str, set[str]] = {
     "catalog": {"schema"},
     "engine": {"schema"},
     "providers": {"catalog", "engine", "schema", "config"},
-    "outcome": {"catalog", "providers"},
+    "outcome": {"catalog", "providers", "schema"},
     "stats": {"storage", "outcome"},
     "limits": set(),
     "accounts": {"limits", "storage", "stats", "catalog", "outcome", "providers"},
     "routing": {"catalog", "providers", "stats", "schema", "config"},
     "media": {"catalog", "schema", "storage", "config"},
+    "tools": {"config", "media", "schema"},
     "core": BELOW_CORE,
     "runtime": BELOW_CORE | {"core"},
     "http": BELOW_CORE | {"core", "runtime", "web"},

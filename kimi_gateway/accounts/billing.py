@@ -197,11 +197,12 @@ class Accountant:
             self.admission.finish(slot, bucket, account, key.hash, 0)
 
     async def top_up(
-        self, ticket: Ticket, prices: Sequence[Pricing], prompt_tokens: int, max_tokens: int
+        self, ticket: Ticket, prices: Sequence[Pricing], prompt_tokens: int, max_tokens: int, spent: int = 0
     ) -> None:
-        """After media intake: if the request turned out larger than admission estimated, grow its hold to
-        the new worst case, or raise the 402 that says it does not fit."""
-        worst = worst_case_nano(prices, prompt_tokens, max_tokens)
+        """Grow the request's hold to `spent` (what its earlier model calls and tool calls cost: a tool
+        loop's) plus the worst case of what comes next, or raise the 402 that says it does not fit.
+        After media intake, and before each step of a tool loop."""
+        worst = spent + worst_case_nano(prices, prompt_tokens, max_tokens)
         if worst <= ticket.hold:
             return
         key = ticket.key
@@ -210,18 +211,36 @@ class Accountant:
             HoldRequest(ticket.id, key.account_id, key.hash, worst - ticket.hold, limit)
         )
         if short is not None:
-            raise _insufficient(short.by, prices, prompt_tokens, max_tokens, short.available + ticket.hold)
+            raise _insufficient(
+                short.by, prices, prompt_tokens, max_tokens, short.available + ticket.hold - spent
+            )
         ticket.hold = worst
 
-    def finish(self, ticket: Ticket, outcome: GenerationOutcome | None, status: Settled) -> None:
+    def finish(
+        self,
+        ticket: Ticket,
+        outcome: GenerationOutcome | None,
+        status: Settled,
+        steps: Sequence[GenerationOutcome] = (),
+    ) -> None:
         """Record how the generation ended (None: before it was routed). Its hold settles and its slot
         frees once that record is in the journal, at the end of this turn of the event loop: a crash in
-        between loses nothing, and the request waits for neither."""
-        usage = outcome.usage if outcome is not None else None
-        # A request that failed or produced nothing costs nothing.
-        produced = usage is not None and usage.completion_tokens > 0 and status != "error"
-        cost = (outcome.cost_nano or 0) if produced and outcome is not None else 0
-        self.recorder.closed(generation_row(ticket, outcome, status, cost), cost)
+        between loses nothing, and the request waits for neither.
+
+        A tool loop's request (`steps`: its model calls, the first named by the ticket) is one charge,
+        their sum, and one record per model call."""
+        if steps:
+            rows = [
+                generation_row(
+                    ticket, step, status if i == len(steps) - 1 else "success", _cost(step, status), i
+                )
+                for i, step in enumerate(steps)
+            ]
+            self.recorder.closed(rows[0], sum(row["cost"] for row in rows), rows[1:])
+            cost = sum(row["cost"] for row in rows)
+        else:
+            cost = _cost(outcome, status) if outcome is not None else 0
+            self.recorder.closed(generation_row(ticket, outcome, status, cost), cost)
         self._settling.append((ticket, cost))
         if len(self._settling) == 1:
             self.recorder.after_journaled(self._settle_journaled)
@@ -252,12 +271,21 @@ class Accountant:
         await self.holds.close()
 
 
+def _cost(outcome: GenerationOutcome, status: Settled) -> int:
+    """What a model call is charged: nothing if it failed or produced nothing (its tool calls, which
+    ran, are charged whatever the model did next)."""
+    usage = outcome.usage
+    produced = usage is not None and usage.completion_tokens > 0 and status != "error"
+    return ((outcome.cost_nano or 0) if produced else 0) + outcome.tool_cost_nano
+
+
 def generation_row(
-    ticket: Ticket, outcome: GenerationOutcome | None, status: Settled, cost: int
+    ticket: Ticket, outcome: GenerationOutcome | None, status: Settled, cost: int, step: int = 0
 ) -> GenerationRow:
+    """The record of a model call: the ticket's own, or (`step` > 0) a later call of its tool loop."""
     usage = (outcome.usage if outcome is not None else None) or Usage()
     return {
-        "id": ticket.id,
+        "id": ticket.id if step == 0 else f"{ticket.id}-{step + 1}",
         "account_id": ticket.key.account_id,
         "key_hash": ticket.key.hash,
         "model": outcome.model if outcome is not None else ticket.model,

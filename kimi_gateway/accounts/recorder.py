@@ -18,7 +18,7 @@ import contextlib
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,22 +73,28 @@ class Recorder:
         self.journal.append({"op": "hold", "v": JOURNAL_VERSION, **hold})
         self._open[hold["id"]] = hold
 
-    def closed(self, generation: GenerationRow, cost: int) -> dict[str, Any] | None:
-        """Journal the outcome and queue it; returns the charge, or None when nothing is owed."""
+    def closed(
+        self, generation: GenerationRow, cost: int, steps: Sequence[GenerationRow] = ()
+    ) -> dict[str, Any] | None:
+        """Journal the outcome and queue it; returns the charge, or None when nothing is owed. `steps`:
+        the records of a tool loop's later model calls, in the same journal record (one charge for all)."""
         assert self.journal is not None
         charge = None
         if cost > 0 and generation["account_id"] is not None:
             charge = charge_row(generation["id"], generation["account_id"], generation["key_hash"], cost)
-        self.journal.append(
-            {
-                "op": "close",
-                "v": JOURNAL_VERSION,
-                "id": generation["id"],
-                "generation": generation,
-                "charge": charge,
-            }
-        )
+        record: dict[str, Any] = {
+            "op": "close",
+            "v": JOURNAL_VERSION,
+            "id": generation["id"],
+            "generation": generation,
+            "charge": charge,
+        }
+        if steps:
+            record["steps"] = list(steps)
+        self.journal.append(record)
         self._open.pop(generation["id"], None)
+        for step in steps:
+            self._generations[step["id"]] = step
         self._queue(generation, charge)
         return charge
 
@@ -226,7 +232,7 @@ class Recorder:
                 holds[record["id"]] = record
             elif record.get("op") == "close":
                 closes[record["id"]] = record
-        generations = [c["generation"] for c in closes.values()]
+        generations = [g for c in closes.values() for g in (c["generation"], *c.get("steps", ()))]
         charges = [c["charge"] for c in closes.values() if c.get("charge")]
         for close in closes.values():
             gen = close["generation"]
@@ -259,6 +265,8 @@ def upgrade(record: dict[str, Any]) -> dict[str, Any]:
     if record.get("op") == "close":
         # Columns added since the record was written get their defaults; ones since removed are ignored.
         record["generation"] = {**_GENERATION_DEFAULTS, **record["generation"]}
+        if "steps" in record:
+            record["steps"] = [{**_GENERATION_DEFAULTS, **step} for step in record["steps"]]
     return record
 
 

@@ -86,12 +86,18 @@ async def admit(
 
 
 async def top_up(
-    accounts: Accountant, ticket: Ticket, body: ChatCompletionRequest, routed: RoutedGeneration
+    accounts: Accountant,
+    ticket: Ticket,
+    body: ChatCompletionRequest,
+    routed: RoutedGeneration,
+    spent: int = 0,
 ) -> None:
-    """The request as media intake left it, priced again: its hold grows if it turned out larger."""
+    """The request as it now stands (after media intake; before a tool loop's next model call, with what
+    its calls so far cost: `spent`), priced again: its hold grows if that is more than it holds."""
     await accounts.top_up(
         ticket,
         [c.endpoint.pricing for c in routed.candidates],
         _prompt_tokens(body, routed),
         _max_tokens(body, routed),
+        spent,
     )

@@ -24,20 +24,21 @@ from kimi_gateway.catalog import Catalog, ModelCard
 from kimi_gateway.catalog.rules import apply_rules
 from kimi_gateway.core import credit
 from kimi_gateway.core.disconnects import DisconnectWatch, Gone
-from kimi_gateway.core.generation import GeneratedStream, GenerationRun
+from kimi_gateway.core.generation import GeneratedStream, GenerationRun, ResponseEvent
 from kimi_gateway.core.replay import ReasoningMemory, TurnNote, served_call
+from kimi_gateway.core.toolloop import ToolLoop, offer_server_tools
 from kimi_gateway.logs import event
 from kimi_gateway.media import Media
 from kimi_gateway.media.intake import has_media
 from kimi_gateway.media.redact import redacted
 from kimi_gateway.outcome import Failure, GenerationOutcome, RequestOutcome
-from kimi_gateway.providers.events import Event
 from kimi_gateway.routing import Router
 from kimi_gateway.routing.variants import apply_variant
 from kimi_gateway.schema.chat import ChatCompletionRequest
 from kimi_gateway.schema.checks import check_partial, check_tools
 from kimi_gateway.schema.completion import CompletionBody
 from kimi_gateway.stats.metrics import Metrics
+from kimi_gateway.tools.runner import Tools
 
 
 @dataclass(slots=True)
@@ -54,13 +55,14 @@ class Parts:
     strict_rules: bool  # [routing] strict_rules: refuse what Kimi's rules would adapt
     keepalive_seconds: float
     log_prompts: bool
+    tools: Tools  # the server-side tools (web search, web fetch)
 
 
 class Exchange:
     """One generation request's core. The owner calls `prepare`, then `complete` (a whole answer) or
     `start_stream`, and always `settle`."""
 
-    __slots__ = ("_gone", "_headers", "outcome", "parts", "run", "stream", "ticket")
+    __slots__ = ("_gone", "_headers", "loop", "outcome", "parts", "run", "stream", "ticket")
 
     def __init__(
         self,
@@ -75,6 +77,7 @@ class Exchange:
         self.ticket: Ticket | None = None  # once admitted: what it holds until settled
         self.run: GenerationRun | None = None  # once routed
         self.stream: GeneratedStream | None = None  # once a streamed generation has begun
+        self.loop: ToolLoop | None = None  # a request whose model may call server-side tools
 
     async def prepare(
         self,
@@ -92,6 +95,8 @@ class Exchange:
         outcome.requested_model, outcome.stream = body.model, body.stream
         check_tools(body)
         check_partial(body)
+        if body.server_tools:
+            offer_server_tools(body, parts.tools)
         card = parts.catalog.get(body.model)
         strict = parts.strict_rules or (body.provider is not None and body.provider.require_parameters)
         memory = parts.reasoning
@@ -101,9 +106,19 @@ class Exchange:
         routed = parts.router.route(body, account, media_pending=media)
         generation = GenerationOutcome(id=generation_id, created=int(time.time()), model=body.model)
         generation.prompt_estimate = routed.prompt_tokens
-        outcome.generations.append(generation)
+        # A tool loop's model calls are its generations; the response (`generation`) is their sum.
+        step = (
+            generation
+            if not body.server_tools
+            else GenerationOutcome(generation_id, generation.created, body.model)
+        )
+        outcome.generations.append(step)
         # A tool-call turn's reasoning is kept, should a client drop it when it replays the turn.
-        turn = TurnNote(memory, account) if body.tools and card.thinking != "never" else None
+        turn = (
+            TurnNote(memory, account)
+            if body.tools and card.thinking != "never" and not body.server_tools
+            else None
+        )
         run = self.run = GenerationRun(routed, generation, turn)
         if key is not None:
             self.ticket = await credit.admit(parts.accounts, key, body, routed, generation_id, self._headers)
@@ -118,6 +133,22 @@ class Exchange:
                 await credit.top_up(parts.accounts, self.ticket, body, routed)
         if parts.log_prompts:
             event("prompt", request_id=outcome.request_id, messages=redacted(body.messages))
+        if body.server_tools:
+            step.prompt_estimate = run.routed.prompt_tokens
+            loop = self.loop = ToolLoop(
+                body,
+                routed,
+                step,
+                outcome,
+                router=parts.router,
+                tools=parts.tools,
+                accounts=parts.accounts,
+                ticket=self.ticket,
+                account=account,
+                budget=parts.media.pool.budget(),
+            )
+            run.routed = loop
+            generation.tools = loop.tally
         return run
 
     async def _take_media(self, body: ChatCompletionRequest, card: ModelCard, account: str | None) -> bool:
@@ -152,7 +183,7 @@ class Exchange:
         interval: an early failure (every provider down) raises here, while a proper status can still
         be sent."""
         batches = run.routed.events()
-        first: asyncio.Future[list[Event]] = asyncio.ensure_future(anext(batches))
+        first: asyncio.Future[list[ResponseEvent]] = asyncio.ensure_future(anext(batches))
         stream = self.stream = GeneratedStream(run, batches, first)
         await asyncio.wait((first,), timeout=self.parts.keepalive_seconds)
         if first.done() and first.exception() is not None:
@@ -177,8 +208,12 @@ class Exchange:
         if self.run is not None and self.run.routed.attempts:
             outcome.failures = [Failure(a.provider, a.kind) for a in self.run.routed.attempts]
         if self.ticket is not None:
-            last = outcome.last
-            settled = last.settled(status) if last is not None else "error"
-            self.parts.accounts.finish(self.ticket, last, settled)
+            if self.loop is not None and self.run is not None:
+                settled = self.run.outcome.settled(status)
+                self.parts.accounts.finish(self.ticket, None, settled, self.loop.steps)
+            else:
+                last = outcome.last
+                settled = last.settled(status) if last is not None else "error"
+                self.parts.accounts.finish(self.ticket, last, settled)
         if self.parts.metrics is not None:
             self.parts.metrics.request(outcome, time.perf_counter() - outcome.started)

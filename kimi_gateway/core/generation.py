@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -23,7 +23,8 @@ from kimi_gateway.ids import new_id
 from kimi_gateway.money import usd
 from kimi_gateway.outcome import GenerationOutcome
 from kimi_gateway.providers.events import Delta, Done, Event, Finish, ToolCallDelta, Usage
-from kimi_gateway.routing.attempts import RoutedGeneration
+from kimi_gateway.routing.attempts import Attempt
+from kimi_gateway.routing.plan import Candidate
 from kimi_gateway.schema.completion import (
     ChoiceBody,
     CompletionBody,
@@ -32,6 +33,30 @@ from kimi_gateway.schema.completion import (
     UsageBody,
     usage_body,
 )
+from kimi_gateway.schema.server_tools import ToolResult, ToolUse, server_tool_usage, url_citations
+
+# What a response is made of: a provider's events, and a tool loop's server-side calls and results.
+ResponseEvent = Event | ToolUse | ToolResult
+
+
+class Generating(Protocol):
+    """What a GenerationRun runs: a routed generation (routing/attempts.py), or a tool loop's steps
+    (core/toolloop.py) presented as one."""
+
+    prompt_tokens: int  # routing's estimate of the prompt
+
+    @property
+    def served(self) -> Candidate | None: ...
+
+    @property
+    def attempts(self) -> list[Attempt]: ...
+
+    @property
+    def upstream_seconds(self) -> float: ...
+
+    def events(self) -> AsyncGenerator[list[Any], None]: ...
+
+    def cancel(self) -> None: ...
 
 
 class StreamEncoder(Protocol):
@@ -43,7 +68,7 @@ class StreamEncoder(Protocol):
 
     def opening(self) -> list[bytes]: ...
 
-    def encode(self, batch: list[Event], out: list[bytes]) -> None: ...
+    def encode(self, batch: list[ResponseEvent], out: list[bytes]) -> None: ...
 
     def failure(self, exc: APIError) -> bytes: ...
 
@@ -93,7 +118,7 @@ class GenerationRun:
 
     __slots__ = ("delivered", "outcome", "routed", "turn")
 
-    def __init__(self, routed: RoutedGeneration, outcome: GenerationOutcome, turn: TurnNote | None) -> None:
+    def __init__(self, routed: Generating, outcome: GenerationOutcome, turn: TurnNote | None) -> None:
         self.routed, self.outcome, self.turn = routed, outcome, turn
         self.delivered = 0  # tokens that reached the client, estimated: what a stream cut early costs
 
@@ -113,7 +138,9 @@ class GenerationRun:
         if done.provider:
             outcome.served_by = done.provider
         self.serve()
-        if outcome.pricing is not None:
+        if done.cost_nano is not None:
+            outcome.cost_nano = done.cost_nano
+        elif outcome.pricing is not None:
             outcome.cost_nano = cost_nano(
                 outcome.pricing, usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens
             )
@@ -160,6 +187,10 @@ class GenerationRun:
         outcome.finish_reason = bodies[0]["finish_reason"] if bodies else None
         if self.turn is not None and bodies:
             self.turn.keep_message(bodies[0]["message"])
+        tools = outcome.tools
+        if tools is not None and bodies:
+            message = bodies[0]["message"]
+            message["annotations"] = url_citations(message["content"] or "", tools.sources)
         body: CompletionBody = {
             "id": outcome.id,
             "object": "chat.completion",
@@ -169,6 +200,8 @@ class GenerationRun:
             "usage": priced_usage(usage, outcome),
             "system_fingerprint": None,
         }
+        if tools is not None:
+            body["usage"]["server_tool_use"] = server_tool_usage(tools)
         if outcome.provider:
             body["provider"] = outcome.provider
         return body
@@ -219,7 +252,10 @@ class GeneratedStream:
     __slots__ = ("_batches", "_first", "_run", "stopped")
 
     def __init__(
-        self, run: GenerationRun, batches: AsyncIterator[list[Event]], first: asyncio.Future[list[Event]]
+        self,
+        run: GenerationRun,
+        batches: AsyncIterator[list[ResponseEvent]],
+        first: asyncio.Future[list[ResponseEvent]],
     ) -> None:
         self._run, self._batches, self._first = run, batches, first
         self.stopped = False
@@ -254,7 +290,7 @@ class GeneratedStream:
                     await asyncio.wait((first,), timeout=keepalive)
                     if not first.done():
                         yield encoder.keepalive
-                batch: list[Event] | None = first.result()
+                batch: list[ResponseEvent] | None = first.result()
                 run.serve()
                 out = encoder.opening()
                 encode, turn, delivered = encoder.encode, run.turn, 0

@@ -129,6 +129,7 @@ class FetchLimits:
 class Fetched:
     body: bytes
     url: str  # normalized, after redirects: what was checked and fetched
+    content_type: str = ""  # as the server named it
 
 
 def normalized(url: str) -> URL:
@@ -205,7 +206,8 @@ class Fetcher:
                             continue
                         if response.status != 200:
                             raise Refused(f"the URL answered HTTP {response.status}")
-                        return Fetched(await _read_capped(response, limits.max_bytes), str(target))
+                        body = await _read_capped(response, limits.max_bytes)
+                        return Fetched(body, str(target), response.headers.get("content-type", ""))
                 raise Refused(f"more than {limits.max_redirects} redirects")
         except TimeoutError:
             raise Refused(f"the download took longer than {limits.total_seconds:g} s") from None

@@ -51,6 +51,9 @@ class Done:
     usage: Usage = field(default_factory=Usage)
     provider: str = ""
     model: str = ""
+    # Set only by the tool loop (core/toolloop.py), whose usage sums several model calls at their own
+    # endpoints' prices: the cost already counted. Providers leave it None: their usage is priced.
+    cost_nano: int | None = None
 
 
 Event = Delta | Finish | Done

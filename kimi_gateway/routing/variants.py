@@ -1,19 +1,24 @@
 """OpenRouter's model variants: `:nitro` (fastest endpoints first) and `:floor` (cheapest first), on any
 model id, in every wire format. The suffix is taken off before the catalog, pricing or tokenizer see the id,
-and becomes the request's provider sort, unless the request sorts or orders providers itself."""
+and becomes the request's provider sort, unless the request sorts or orders providers itself. `:online`
+gives the model web search (run by the gateway: core/toolloop.py)."""
 
 from __future__ import annotations
 
 from kimi_gateway.schema.chat import ChatCompletionRequest, ProviderPreferences
+from kimi_gateway.schema.server_tools import ServerTool
 
 SORTS = {"nitro": "throughput", "floor": "price"}
 
 
+ONLINE = "online"
+
+
 def split(model: str) -> tuple[str, str | None]:
-    """(the model id, the variant's sort or None)."""
+    """(the model id, the variant's sort, `online`, or None)."""
     base, colon, suffix = model.rpartition(":")
-    if colon and base and suffix in SORTS:
-        return base, SORTS[suffix]
+    if colon and base and (suffix in SORTS or suffix == ONLINE):
+        return base, SORTS.get(suffix, ONLINE)
     return model, None
 
 
@@ -23,6 +28,10 @@ def apply_variant(request: ChatCompletionRequest) -> None:
     request.model, sort = split(request.model)
     if request.models:
         request.models = [split(m)[0] for m in request.models]
+    if sort == ONLINE:
+        if not any(tool.kind == "web_search" for tool in request.server_tools):
+            request.server_tools = [*request.server_tools, ServerTool("web_search", "web_search")]
+        return
     if sort is None:
         return
     prefs = request.provider if request.provider is not None else ProviderPreferences()

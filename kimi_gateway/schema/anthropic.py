@@ -92,6 +92,23 @@ class ToolResultBlock(_Block):
     is_error: bool = False
 
 
+class ServerToolUseBlock(_Inner):
+    """A server-side tool call of an earlier response, given back (web search, web fetch)."""
+
+    type: Literal["server_tool_use"]
+    id: str
+    name: str
+    input: dict[str, Any] = Field(default_factory=dict)
+
+
+class ServerToolResultBlock(_Inner):
+    """Its result, given back as it was sent: a list of results, or one error or fetch object."""
+
+    type: Literal["web_search_tool_result", "web_fetch_tool_result"]
+    tool_use_id: str
+    content: list[dict[str, Any]] | dict[str, Any]
+
+
 class ThinkingBlock(_Inner):
     type: Literal["thinking"]
     thinking: str
@@ -110,7 +127,9 @@ ContentBlock = Annotated[
     | ToolUseBlock
     | ToolResultBlock
     | ThinkingBlock
-    | RedactedThinkingBlock,
+    | RedactedThinkingBlock
+    | ServerToolUseBlock
+    | ServerToolResultBlock,
     Field(discriminator="type"),
 ]
 
@@ -122,8 +141,8 @@ class Message(_Inner):
 
 
 class Tool(_Inner):
-    """A client tool. Anthropic's own server tools (`web_search_…`, `bash_…`) carry a dated `type` and no
-    `input_schema`: they are refused by the translation, with a message saying so."""
+    """A client tool, or one of Anthropic's server tools (a dated `type`, no `input_schema`): web search
+    and web fetch are run by the gateway; the others are refused by the translation, saying so."""
 
     name: str
     type: str | None = None
@@ -131,6 +150,11 @@ class Tool(_Inner):
     input_schema: dict[str, Any] | None = None
     cache_control: CacheControl | None = None
     strict: bool | None = None
+    # web_search_* and web_fetch_*
+    max_uses: int | None = Field(default=None, ge=1)
+    allowed_domains: list[str] | None = Field(default=None, max_length=100)
+    blocked_domains: list[str] | None = Field(default=None, max_length=100)
+    citations: dict[str, Any] | None = None
 
 
 class ToolChoice(_Inner):

@@ -7,9 +7,11 @@ ignore what they do not know, as OpenAI-compatible servers commonly do.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+
+from kimi_gateway.schema.server_tools import ServerTool
 
 
 class _Inner(BaseModel):
@@ -151,6 +153,13 @@ class Tool(_Inner):
     function: FunctionDefinition
 
 
+class OpenRouterServerTool(_Inner):
+    """`{"type": "openrouter:web_search", "parameters": {...}}` in a chat request's tools."""
+
+    type: Literal["openrouter:web_search", "openrouter:web_fetch", "web_search", "web_search_preview"]
+    parameters: dict[str, Any] | None = None
+
+
 class NamedFunction(_Inner):
     name: str
 
@@ -267,7 +276,12 @@ class ChatCompletionRequest(BaseModel):
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
     response_format: ResponseFormat | None = None
-    tools: list[Tool] | None = None
+    if TYPE_CHECKING:
+        tools: list[Tool] | None = None
+    else:
+        # OpenRouter's server tools may come among the functions: the chat format takes them out
+        # (http/formats/chat.py) before anything else reads `tools`, which then holds functions only.
+        tools: list[Tool | OpenRouterServerTool] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
 
@@ -289,6 +303,9 @@ class ChatCompletionRequest(BaseModel):
     # format refuses it): the prompt as the model reads it, without the chat template. Not in the body
     # sent upstream; adapters of providers with a completions endpoint send it as `prompt` there.
     raw_prompt: str | None = Field(default=None, exclude=True)
+    # Server-side tools (schema/server_tools.py): set by the formats after validation (a body's own
+    # `server_tools` is not read: the field is excluded and reset by each format).
+    server_tools: list[ServerTool] = Field(default_factory=list, exclude=True)
 
     @field_validator("stop")
     @classmethod

@@ -27,6 +27,7 @@ class UsageBody(TypedDict):
     prompt_tokens_details: PromptTokensDetails
     completion_tokens_details: CompletionTokensDetails
     cost: NotRequired[float]
+    server_tool_use: NotRequired[dict[str, int]]  # the server-side tools' calls (web search, fetch)
 
 
 class FunctionBody(TypedDict):
@@ -48,6 +49,7 @@ class MessageBody(TypedDict):
     reasoning: NotRequired[str | None]
     reasoning_content: NotRequired[str | None]
     reasoning_details: NotRequired[list[dict[str, Any]]]
+    annotations: NotRequired[list[dict[str, Any]]]  # url_citation, after server-side tools ran
 
 
 class ChoiceBody(TypedDict):

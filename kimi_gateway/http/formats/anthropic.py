@@ -24,7 +24,7 @@ from starlette.responses import Response
 
 from kimi_gateway.errors import APIError, invalid_request
 from kimi_gateway.http.body import parse_body
-from kimi_gateway.http.formats.anthropic_events import MessageStream, error_response, message_body
+from kimi_gateway.http.formats.anthropic_events import MessageStream, error_response, message_body, replayed
 from kimi_gateway.http.formats.base import FormatContext, WireFormat
 from kimi_gateway.http.replies import ORJSONResponse
 from kimi_gateway.http.validation import anthropic_validation_error, validation_error
@@ -33,6 +33,7 @@ from kimi_gateway.outcome import GenerationOutcome
 from kimi_gateway.schema import anthropic as a
 from kimi_gateway.schema.chat import ChatCompletionRequest
 from kimi_gateway.schema.completion import CompletionBody
+from kimi_gateway.schema.server_tools import ServerTool
 
 # Moonshot's Anthropic endpoint samples at 0.6 x the requested temperature (Kimi-K2's README, §4).
 TEMPERATURE_SCALE = 0.6
@@ -56,7 +57,7 @@ class MessagesFormat(WireFormat):
         return new_id("msg_")
 
     async def render(self, completion: CompletionBody, meta: GenerationOutcome) -> Response:
-        return ORJSONResponse(message_body(completion, meta.stop_sequence))
+        return ORJSONResponse(message_body(completion, meta.stop_sequence, meta.tools))
 
     def encoder(self, meta: GenerationOutcome) -> MessageStream:
         return MessageStream(meta)
@@ -79,8 +80,17 @@ def to_chat(request: a.Prompt, session: str | None = None) -> ChatCompletionRequ
         body["provider"] = request.provider
     if request.models is not None:
         body["models"] = request.models
+    server: list[ServerTool] = []
     if request.tools:
-        body["tools"] = [_tool(tool, i) for i, tool in enumerate(request.tools)]
+        functions = []
+        for i, tool in enumerate(request.tools):
+            found = _server_tool(tool, i)
+            if found is not None:
+                server.append(found)
+            else:
+                functions.append(_tool(tool, i))
+        if functions:
+            body["tools"] = functions
     choice = request.tool_choice
     if choice is not None:
         body["tool_choice"] = _tool_choice(choice)
@@ -114,9 +124,11 @@ def to_chat(request: a.Prompt, session: str | None = None) -> ChatCompletionRequ
         if cached:
             body["prompt_cache_key"] = cached
     try:
-        return ChatCompletionRequest.model_validate(body)
+        chat = ChatCompletionRequest.model_validate(body)
     except ValidationError as exc:
         raise validation_error(exc) from None
+    chat.server_tools = server
+    return chat
 
 
 def _cached_prefix_key(request: a.Prompt) -> str | None:
@@ -160,13 +172,15 @@ def _messages(request: a.Prompt) -> list[dict[str, Any]]:
             # A system message in the conversation (Claude Code sends them): one in chat too, in place.
             out.append({"role": "system", "content": _system_content(message.content, where)})
             continue
-        turn = _assistant_turn(message.content, where, prefill=i == last)
-        if out and out[-1]["role"] == "assistant":
+        turns = _assistant_turns(message.content, where, prefill=i == last)
+        turn = turns[0]
+        if out and out[-1]["role"] == "assistant" and turn["role"] == "assistant":
             _merge(
                 out[-1], turn
             )  # Anthropic merges adjacent turns of one role: [thinking, text] + [tool_use]
         else:
             out.append(turn)
+        out.extend(turns[1:])
     return out
 
 
@@ -265,6 +279,25 @@ def _part(block: a.TextBlock | a.ImageBlock | a.DocumentBlock, where: str) -> di
     )
 
 
+def _assistant_turns(content: str | list[a.ContentBlock], where: str, prefill: bool) -> list[dict[str, Any]]:
+    """An assistant message in chat form. One that holds server-side tool calls given back (web search,
+    web fetch) becomes the turns the tool loop made: the call, its result as a tool message, the rest."""
+    if isinstance(content, str) or not any(isinstance(b, a.ServerToolResultBlock) for b in content):
+        return [_assistant_turn(content, where, prefill)]
+    turns: list[dict[str, Any]] = []
+    pending: list[a.ContentBlock] = []
+    for block in content:
+        if isinstance(block, a.ServerToolResultBlock):
+            turns.append(_assistant_turn(pending, where, prefill=False))
+            turns.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": replayed(block)})
+            pending = []
+        else:
+            pending.append(block)
+    if pending:
+        turns.append(_assistant_turn(pending, where, prefill))
+    return turns
+
+
 def _assistant_turn(content: str | list[a.ContentBlock], where: str, prefill: bool) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant"}
     if isinstance(content, str):
@@ -279,7 +312,7 @@ def _assistant_turn(content: str | list[a.ContentBlock], where: str, prefill: bo
             texts.append(block.text)
         elif isinstance(block, a.ThinkingBlock):
             thinking.append(block.thinking)
-        elif isinstance(block, a.ToolUseBlock):
+        elif isinstance(block, a.ToolUseBlock | a.ServerToolUseBlock):
             function = {"name": block.name, "arguments": orjson.dumps(block.input).decode()}
             calls.append({"id": block.id, "type": "function", "function": function})
         elif not isinstance(block, a.RedactedThinkingBlock):
@@ -294,6 +327,26 @@ def _assistant_turn(content: str | list[a.ContentBlock], where: str, prefill: bo
     elif prefill and texts:
         message["partial"] = True
     return message
+
+
+def _server_tool(tool: a.Tool, i: int) -> ServerTool | None:
+    """Anthropic's web search and web fetch (any dated version), which the gateway runs; None for a
+    client tool."""
+    kind = tool.type or ""
+    if not kind.startswith(("web_search_", "web_fetch_")):
+        return None
+    if tool.allowed_domains and tool.blocked_domains:
+        raise invalid_request(
+            "use either allowed_domains or blocked_domains, not both", param=f"tools.{i}.allowed_domains"
+        )
+    return ServerTool(
+        "web_search" if kind.startswith("web_search_") else "web_fetch",
+        tool.name,
+        max_uses=tool.max_uses,
+        allowed_domains=tuple(tool.allowed_domains or ()),
+        blocked_domains=tuple(tool.blocked_domains or ()),
+        citations=kind.startswith("web_search_") or bool((tool.citations or {}).get("enabled")),
+    )
 
 
 def _tool(tool: a.Tool, i: int) -> dict[str, Any]:

@@ -14,11 +14,23 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
+from kimi_gateway.core.generation import ResponseEvent
+from kimi_gateway.core.toolloop import PAUSED
 from kimi_gateway.errors import APIError
 from kimi_gateway.http.replies import ORJSONResponse
 from kimi_gateway.outcome import GenerationOutcome
-from kimi_gateway.providers.events import Delta, Done, Event, Finish, Usage
+from kimi_gateway.providers.events import Delta, Done, Finish, Usage
+from kimi_gateway.schema.anthropic import ServerToolResultBlock
 from kimi_gateway.schema.completion import CompletionBody
+from kimi_gateway.schema.server_tools import (
+    FetchedPage,
+    SearchResults,
+    ToolError,
+    ToolResult,
+    ToolTally,
+    ToolUse,
+    server_tool_usage,
+)
 
 # Anthropic's error type for each status (its SDK picks the exception class by status).
 _ERROR_TYPES = {
@@ -64,12 +76,107 @@ _STOP_REASONS = {
 }
 
 
-def stop_reason(finish: str | None, matched: str | None) -> tuple[str, str | None]:
+def stop_reason(finish: str | None, matched: str | None, native: str | None = None) -> tuple[str, str | None]:
     """(stop_reason, stop_sequence). Where the provider names the stop string it hit (the embedded engine,
-    vLLM and SGLang do), the stop is `stop_sequence`; otherwise it is the end of the turn."""
+    vLLM and SGLang do), the stop is `stop_sequence`; otherwise it is the end of the turn. A tool loop
+    stopped by its bounds is `pause_turn`: the client may send the turn back to go on."""
+    if native == PAUSED:
+        return PAUSED, None
     if finish == "stop" and matched:
         return "stop_sequence", matched
     return _STOP_REASONS.get(finish or "stop", "end_turn"), None
+
+
+# ---- server-side tools (web search, web fetch) ------------------------------------------------------
+
+
+def _opaque(snippet: str) -> str:
+    """A search result's `encrypted_content`: opaque to the client, which gives it back as it was; the
+    gateway reads the snippet from it when the turn is replayed."""
+    return base64.urlsafe_b64encode(orjson.dumps({"s": snippet})).decode()
+
+
+def _snippet(encrypted: object) -> str:
+    if not isinstance(encrypted, str):
+        return ""
+    try:
+        value = orjson.loads(base64.urlsafe_b64decode(encrypted.encode()))
+    except (ValueError, orjson.JSONDecodeError):
+        return ""
+    return value.get("s", "") if isinstance(value, dict) and isinstance(value.get("s"), str) else ""
+
+
+def server_tool_use(use: ToolUse) -> dict[str, Any]:
+    return {"type": "server_tool_use", "id": use.id, "name": use.tool.name, "input": use.input}
+
+
+def server_tool_result(result: ToolResult) -> dict[str, Any]:
+    output = result.output
+    if result.tool.kind == "web_search":
+        kind = "web_search_tool_result"
+        if isinstance(output, SearchResults):
+            content: Any = [
+                {
+                    "type": "web_search_result",
+                    "url": s.url,
+                    "title": s.title,
+                    "encrypted_content": _opaque(s.snippet),
+                    "page_age": s.page_age,
+                }
+                for s in output.sources
+            ]
+        else:
+            code = output.code if isinstance(output, ToolError) else "unavailable"
+            content = {"type": "web_search_tool_result_error", "error_code": code}
+    else:
+        kind = "web_fetch_tool_result"
+        if isinstance(output, FetchedPage):
+            source = {"type": "text", "media_type": "text/plain", "data": output.text}
+            document = {
+                "type": "document",
+                "title": output.title,
+                "citations": {"enabled": result.tool.citations},
+                "source": source,
+            }
+            content = {
+                "type": "web_fetch_result",
+                "url": output.url,
+                "retrieved_at": output.retrieved_at,
+                "content": document,
+            }
+        else:
+            code = output.code if isinstance(output, ToolError) else "unavailable"
+            content = {"type": "web_fetch_tool_result_error", "error_code": code}
+    return {"type": kind, "tool_use_id": result.id, "content": content}
+
+
+def replayed(block: ServerToolResultBlock) -> str:
+    """A result given back in a later request, as the model read it the first time (near enough)."""
+    content = block.content
+    if block.type == "web_search_tool_result":
+        if isinstance(content, list):
+            results = [
+                {
+                    "title": r.get("title"),
+                    "url": r.get("url"),
+                    "snippet": _snippet(r.get("encrypted_content")),
+                }
+                for r in content
+                if isinstance(r, dict)
+            ]
+            return orjson.dumps({"results": results}).decode()
+        return orjson.dumps({"error": content.get("error_code")}).decode()
+    if isinstance(content, dict) and content.get("type") == "web_fetch_result":
+        document = content.get("content") or {}
+        source = document.get("source") or {} if isinstance(document, dict) else {}
+        data = {"url": content.get("url"), "title": document.get("title"), "content": source.get("data")}
+        return orjson.dumps(data).decode()
+    error = content.get("error_code") if isinstance(content, dict) else None
+    return orjson.dumps({"error": error or "unavailable"}).decode()
+
+
+def _server_usage(tools: ToolTally | None) -> dict[str, int] | None:
+    return server_tool_usage(tools) if tools is not None else None
 
 
 def signature(thinking: str) -> str:
@@ -96,16 +203,20 @@ def _input(arguments: str) -> Any:
     return value if isinstance(value, dict) else {}
 
 
-def message_body(completion: CompletionBody, matched: str | None) -> dict[str, Any]:
+def message_body(
+    completion: CompletionBody, matched: str | None, tools: ToolTally | None = None
+) -> dict[str, Any]:
     content: list[dict[str, Any]] = []
-    finish = None
+    finish = native = None
     if completion["choices"]:
         choice = completion["choices"][0]
         message = choice["message"]
-        finish = choice["finish_reason"]
+        finish, native = choice["finish_reason"], choice.get("native_finish_reason")
         thinking = message.get("reasoning_content")
         if thinking:
             content.append({"type": "thinking", "thinking": thinking, "signature": signature(thinking)})
+        for item in tools.activity if tools is not None else ():
+            content.append(server_tool_use(item) if isinstance(item, ToolUse) else server_tool_result(item))
         if message["content"]:
             content.append({"type": "text", "text": message["content"]})
         for call in message.get("tool_calls") or ():
@@ -118,8 +229,14 @@ def message_body(completion: CompletionBody, matched: str | None) -> dict[str, A
                     "input": _input(function["arguments"]),
                 }
             )
-    reason, sequence = stop_reason(finish, matched)
+    reason, sequence = stop_reason(finish, matched, native)
     used = completion["usage"]
+    counted = usage(
+        used["prompt_tokens"], used["completion_tokens"], used["prompt_tokens_details"]["cached_tokens"]
+    )
+    server = _server_usage(tools)
+    if server is not None:
+        counted["server_tool_use"] = server  # type: ignore[assignment]
     return {
         "id": completion["id"],
         "type": "message",
@@ -128,9 +245,7 @@ def message_body(completion: CompletionBody, matched: str | None) -> dict[str, A
         "content": content,
         "stop_reason": reason,
         "stop_sequence": sequence,
-        "usage": usage(
-            used["prompt_tokens"], used["completion_tokens"], used["prompt_tokens_details"]["cached_tokens"]
-        ),
+        "usage": counted,
     }
 
 
@@ -194,7 +309,7 @@ class MessageStream:
         at = self.index if index is None else index
         return _event(b"content_block_delta", {"type": "content_block_delta", "index": at, "delta": delta})
 
-    def encode(self, batch: list[Event], out: list[bytes]) -> None:
+    def encode(self, batch: list[ResponseEvent], out: list[bytes]) -> None:
         for event in batch:
             if isinstance(event, Delta):
                 if event.index != 0:
@@ -228,16 +343,32 @@ class MessageStream:
             elif isinstance(event, Done):
                 self._close(out)
                 out.append(self._message_delta(event.usage))
+            elif isinstance(event, ToolUse):
+                # Streamed as a client tool_use is: the block, its input as one delta, its end.
+                self._start("server_tool_use", {**server_tool_use(event), "input": {}}, out)
+                delta = {"type": "input_json_delta", "partial_json": orjson.dumps(event.input).decode()}
+                out.append(self._delta(delta))
+                self._close(out)
+            elif isinstance(event, ToolResult):
+                # A result arrives whole, in its content_block_start, with no deltas.
+                self._start("result", server_tool_result(event), out)
+                self._close(out)
 
     def _message_delta(self, used: Usage) -> bytes:
         finish = self.finish
         reason, sequence = stop_reason(
-            finish.reason if finish else None, finish.stop_sequence if finish else None
+            finish.reason if finish else None,
+            finish.stop_sequence if finish else None,
+            finish.native_reason if finish else None,
         )
+        counted: dict[str, Any] = usage(used.prompt_tokens, used.completion_tokens, used.cached_tokens)
+        server = _server_usage(self.meta.tools)
+        if server is not None:
+            counted["server_tool_use"] = server
         payload = {
             "type": "message_delta",
             "delta": {"stop_reason": reason, "stop_sequence": sequence},
-            "usage": usage(used.prompt_tokens, used.completion_tokens, used.cached_tokens),
+            "usage": counted,
         }
         return _event(b"message_delta", payload)
 

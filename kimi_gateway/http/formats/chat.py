@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from kimi_gateway.core.generation import priced_usage, reasoning_details
-from kimi_gateway.errors import APIError
+from kimi_gateway.core.generation import ResponseEvent, priced_usage, reasoning_details
+from kimi_gateway.errors import APIError, invalid_request
 from kimi_gateway.http.body import parse_body
 from kimi_gateway.http.formats.base import FormatContext, WireFormat
 from kimi_gateway.http.replies import FastJSONResponse
 from kimi_gateway.http.sse import DONE_LINE, KEEPALIVE, sse_line
 from kimi_gateway.outcome import GenerationOutcome
-from kimi_gateway.providers.events import Delta, Done, Event, Finish, ToolCallDelta
-from kimi_gateway.schema.chat import ChatCompletionRequest
+from kimi_gateway.providers.events import Delta, Done, Finish, ToolCallDelta
+from kimi_gateway.schema.chat import ChatCompletionRequest, OpenRouterServerTool, Tool
 from kimi_gateway.schema.completion import ChunkBody, CompletionBody, chunk_body, completion_id
+from kimi_gateway.schema.server_tools import (
+    ServerTool,
+    openrouter_tool,
+    server_tool_usage,
+    url_citations,
+    web_plugin,
+)
 
 
 class ChatFormat(WireFormat):
@@ -35,6 +42,7 @@ class ChatFormat(WireFormat):
                 400, "Unrecognized request argument supplied: raw_prompt", code="unknown_parameter"
             )
         self.include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        body.server_tools = _server_tools(body)
         return body
 
     def new_id(self) -> str:
@@ -47,6 +55,29 @@ class ChatFormat(WireFormat):
         return ChatStream(outcome, self.include_usage)
 
 
+def _server_tools(body: ChatCompletionRequest) -> list[ServerTool]:
+    """OpenRouter's server tools among the functions (taken out of `tools`), and its web plugin."""
+    found: list[ServerTool] = []
+    # Typed as functions only (what everything after this reads); here they may not be yet.
+    tools: list[object] = list(body.tools or ())
+    if any(type(t) is OpenRouterServerTool for t in tools):
+        kept = []
+        for i, tool in enumerate(tools):
+            if isinstance(tool, OpenRouterServerTool):
+                found.append(openrouter_tool(tool.model_dump(), f"tools[{i}]"))
+            else:
+                kept.append(tool)
+        body.tools = cast(list[Tool], kept) or None
+    plugins = (body.model_extra or {}).get("plugins")
+    if plugins is not None:
+        if not isinstance(plugins, list):
+            raise invalid_request("plugins must be a list", param="plugins")
+        for i, plugin in enumerate(plugins):
+            if isinstance(plugin, dict) and plugin.get("id") == "web":
+                found.append(web_plugin(plugin, f"plugins[{i}]"))
+    return found
+
+
 _MARK: dict[str, Any] = {"\x00": 0}  # stands in for the one choice, to cut a serialized chunk around it
 _MARK_JSON = orjson.dumps(_MARK)
 
@@ -54,7 +85,7 @@ _MARK_JSON = orjson.dumps(_MARK)
 class ChatStream:
     """OpenAI's chunk sequence: role chunk, deltas, finish chunk, optional usage chunk, [DONE]."""
 
-    __slots__ = ("_frame", "finishes", "include_usage", "outcome", "started")
+    __slots__ = ("_frame", "finishes", "include_usage", "outcome", "started", "text")
 
     keepalive = KEEPALIVE
 
@@ -63,6 +94,8 @@ class ChatStream:
         self.started: set[int] = {0}
         self.finishes: list[Finish] = []
         self._frame: tuple[tuple[str, str | None], bytes, bytes] | None = None
+        # The answer's text, kept only when server-side tools run: their citations point into it.
+        self.text: list[str] = []
 
     def _chunk(self, choices: list[dict[str, Any]]) -> ChunkBody:
         outcome = self.outcome
@@ -80,11 +113,13 @@ class ChatStream:
     def opening(self) -> list[bytes]:
         return [sse_line(self._chunk([_role_choice(0)]))]
 
-    def encode(self, batch: list[Event], out: list[bytes]) -> None:
+    def encode(self, batch: list[ResponseEvent], out: list[bytes]) -> None:
         started = self.started
         for event in batch:
             if isinstance(event, Delta):
                 out.append(self._chunk_event(_delta_choice(event, started)))
+                if event.content and self.outcome.tools is not None and event.index == 0:
+                    self.text.append(event.content)
             elif isinstance(event, Finish):
                 # Held until usage is known: Moonshot's stream carries usage in the final choice.
                 self.finishes.append(event)
@@ -92,14 +127,22 @@ class ChatStream:
                 out.extend(self._closing_chunks(event))
 
     def _closing_chunks(self, done: Done) -> list[bytes]:
-        """The finish chunks, the last one carrying usage, and the usage-only chunk if the client asked."""
+        """The finish chunks, the last one carrying usage, and the usage-only chunk if the client asked.
+        After server-side tools ran, the first finish chunk's delta carries the answer's `annotations`
+        (url_citation), and usage the calls made."""
         usage = priced_usage(done.usage, self.outcome)
+        tools = self.outcome.tools
+        if tools is not None:
+            usage["server_tool_use"] = server_tool_usage(tools)
         out = []
         finishes = self.finishes
         for i, finish in enumerate(finishes):
+            delta: dict[str, Any] = {}
+            if tools is not None and finish.index == 0:
+                delta["annotations"] = url_citations("".join(self.text), tools.sources)
             choice = {
                 "index": finish.index,
-                "delta": {},
+                "delta": delta,
                 "logprobs": None,
                 "finish_reason": finish.reason,
                 "native_finish_reason": finish.native_reason,

@@ -14,13 +14,14 @@ from typing import Any
 
 import orjson
 
+from kimi_gateway.core.generation import ResponseEvent
 from kimi_gateway.errors import APIError
 from kimi_gateway.http.formats.item_ids import ItemIds
 from kimi_gateway.http.formats.tool_names import ChatTools, flat_name
 from kimi_gateway.ids import new_id
 from kimi_gateway.money import usd
 from kimi_gateway.outcome import GenerationOutcome
-from kimi_gateway.providers.events import Delta, Done, Event
+from kimi_gateway.providers.events import Delta, Done
 from kimi_gateway.schema import responses_api as r
 from kimi_gateway.storage.responses import Kept, NewResponse, ResponseStore
 
@@ -228,7 +229,7 @@ class ResponseStream:
             )
             out.append(self._event("response.output_item.done", output_index=index, item=item))
 
-    def encode(self, batch: list[Event], out: list[bytes]) -> None:
+    def encode(self, batch: list[ResponseEvent], out: list[bytes]) -> None:
         for event in batch:
             if isinstance(event, Delta):
                 if event.index != 0:

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from kimi_gateway.core.generation import priced_usage
+from kimi_gateway.core.generation import ResponseEvent, priced_usage
 from kimi_gateway.errors import APIError, invalid_request
 from kimi_gateway.http.body import parse_body
 from kimi_gateway.http.formats.base import FormatContext, WireFormat
@@ -24,7 +24,7 @@ from kimi_gateway.http.sse import DONE_LINE, KEEPALIVE, sse_line
 from kimi_gateway.http.validation import validation_error
 from kimi_gateway.ids import new_id
 from kimi_gateway.outcome import GenerationOutcome
-from kimi_gateway.providers.events import Delta, Done, Event, Finish
+from kimi_gateway.providers.events import Delta, Done, Finish
 from kimi_gateway.schema.chat import ChatCompletionRequest
 from kimi_gateway.schema.completion import CompletionBody
 from kimi_gateway.schema.completions import CompletionRequest
@@ -134,7 +134,7 @@ class TextStream:
     def opening(self) -> list[bytes]:
         return [sse_line(self._chunk(0, self.echo))] if self.echo else []
 
-    def encode(self, batch: list[Event], out: list[bytes]) -> None:
+    def encode(self, batch: list[ResponseEvent], out: list[bytes]) -> None:
         for event in batch:
             if isinstance(event, Delta):
                 if event.content:

@@ -1,0 +1,307 @@
+"""The tool loop: a request whose model may call server-side tools (web search, web fetch) that the
+gateway runs itself. Each step is one model call, routed (with its own fallbacks) and recorded as its own
+generation; when the model's turn calls only server-side tools, they run, their results join the
+conversation and the model is called again, until it answers, calls a tool of the client's, or a bound
+is reached.
+
+To the response the loop is one generation: `events()` relays every step's text and reasoning as it
+comes, adds a `ToolUse` and a `ToolResult` per call, and ends with one `Finish` and one `Done` whose usage
+and cost are every step's together. The formats render that as their own server-tool shapes.
+
+Bounds ([tools], stated in the README): model calls per request, tool calls per turn, each call's time
+and result bytes, each tool's `max_uses`; the credit hold grows before each step (a 402 there ends the
+loop with what was produced, as a paused turn); the client leaving closes `events()`, which stops the
+step's generation or the tool call under way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from pydantic import TypeAdapter
+
+from kimi_gateway.accounts.billing import Accountant, Ticket
+from kimi_gateway.core import credit
+from kimi_gateway.core.generation import GenerationRun, ResponseEvent
+from kimi_gateway.errors import APIError, invalid_request
+from kimi_gateway.ids import new_id
+from kimi_gateway.media.workers import Budget
+from kimi_gateway.outcome import GenerationOutcome, RequestOutcome
+from kimi_gateway.providers.events import Delta, Done, Finish, ToolCallDelta, Usage
+from kimi_gateway.routing import Router
+from kimi_gateway.routing.attempts import Attempt, RoutedGeneration
+from kimi_gateway.routing.plan import Candidate
+from kimi_gateway.schema.chat import ChatCompletionRequest, Message, Tool
+from kimi_gateway.schema.server_tools import ServerTool, ToolError, ToolResult, ToolTally, ToolUse
+from kimi_gateway.tools.base import function_tool
+from kimi_gateway.tools.runner import Tools, model_text
+
+# A turn that ends the loop early: the step bound, or credit for the next step ran out. Its finish is
+# "length" (the answer is cut short) with this native reason, which Anthropic's format shows as its
+# `pause_turn` (the client may send the turn back to go on).
+PAUSED = "pause_turn"
+
+
+@dataclass(slots=True)
+class _Call:
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
+@dataclass(slots=True)
+class _Turn:
+    """One step's assistant turn as it streams: what the conversation gets back if the loop goes on."""
+
+    content: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    calls: dict[int, _Call] = field(default_factory=dict)
+    finish: Finish | None = None
+    done: Done | None = None
+
+
+class ToolLoop:
+    """Presents the same face as a routed generation (`events`, `served`, `cancel`, `attempts`, ...) to
+    the GenerationRun that renders the response."""
+
+    def __init__(
+        self,
+        body: ChatCompletionRequest,
+        first: RoutedGeneration,
+        first_outcome: GenerationOutcome,
+        request: RequestOutcome,
+        *,
+        router: Router,
+        tools: Tools,
+        accounts: Accountant,
+        ticket: Ticket | None,
+        account: str | None,
+        budget: Budget,
+    ) -> None:
+        self.body, self.request = body, request
+        self._router, self._tools, self._accounts, self._ticket = router, tools, accounts, ticket
+        self._account, self._budget = account, budget
+        self._routed = first
+        self.steps: list[GenerationOutcome] = [first_outcome]
+        self.tally = ToolTally()
+        self.prompt_tokens = first.prompt_tokens
+        self.candidates = first.candidates
+        self._done_attempts: list[Attempt] = []
+        self._upstream_done = 0.0
+        self._server = {tool.name: tool for tool in body.server_tools}
+        self._uses: dict[str, int] = {}
+
+    # ---- the routed generation's face ----------------------------------------------------------------
+
+    @property
+    def served(self) -> Candidate | None:
+        return self._routed.served
+
+    @property
+    def attempts(self) -> list[Attempt]:
+        return [*self._done_attempts, *self._routed.attempts]
+
+    @property
+    def upstream_seconds(self) -> float:
+        return self._upstream_done + self._routed.upstream_seconds
+
+    def cancel(self) -> None:
+        self._routed.cancel()
+
+    # ---- the loop ------------------------------------------------------------------------------------
+
+    async def events(self) -> AsyncGenerator[list[ResponseEvent], None]:
+        max_steps = self._tools.config.max_steps
+        usage = Usage()
+        cost = 0
+        step = 0
+        while True:
+            outcome = self.steps[step]
+            run = GenerationRun(self._routed, outcome, None)
+            turn = _Turn()
+            async for batch in self._step(run, turn):
+                yield batch
+            if turn.done is not None:
+                usage.add(turn.done.usage)
+            cost += (outcome.cost_nano or 0) + outcome.tool_cost_nano
+            server_calls = [c for c in turn.calls.values() if c.name in self._server]
+            client_calls = [c for c in turn.calls.values() if c.name not in self._server]
+            finish = turn.finish or Finish(0, "stop")
+            if server_calls and not client_calls:
+                if step + 1 >= max_steps:
+                    finish = Finish(0, "length", native_reason=PAUSED)
+                else:
+                    async for batch in self._run_calls(server_calls, outcome, turn):
+                        yield batch
+                    cost += outcome.tool_cost_nano
+                    paused = await self._next_step(cost)
+                    if paused is None:
+                        step += 1
+                        continue
+                    finish = Finish(0, "length", native_reason=PAUSED)
+            elif client_calls:
+                finish = Finish(0, "tool_calls", native_reason=finish.native_reason)
+            done = turn.done or Done()
+            total = Done(usage=usage, provider=done.provider, model=done.model, cost_nano=cost)
+            yield [finish, total]
+            return
+
+    async def _step(self, run: GenerationRun, turn: _Turn) -> AsyncGenerator[list[ResponseEvent], None]:
+        """One model call's events, relayed: its text and reasoning, and the client's own tool calls;
+        the server tools' calls, its finish and its usage are held for the loop to decide."""
+        outcome, server, started = run.outcome, self._server, run.outcome.started
+        names: dict[int, str] = {}
+        async with aclosing(run.routed.events()) as events:
+            async for batch in events:
+                out: list[ResponseEvent] = []
+                for event in batch:
+                    if type(event) is Delta:
+                        if event.index != 0:
+                            continue  # one answer per response when tools run (n is 1)
+                        if outcome.ttft_ms is None:
+                            outcome.ttft_ms = round((time.perf_counter() - started) * 1000, 2)
+                        if event.content:
+                            turn.content.append(event.content)
+                        if event.reasoning:
+                            turn.reasoning.append(event.reasoning)
+                        relayed: list[ToolCallDelta] = []
+                        for call in event.tool_calls or ():
+                            slot = turn.calls.get(call.index) or turn.calls.setdefault(call.index, _Call())
+                            if call.id:
+                                slot.id = call.id
+                            if call.name:
+                                slot.name += call.name
+                                names[call.index] = slot.name
+                            slot.arguments += call.arguments
+                            if names.get(call.index) not in server:
+                                relayed.append(call)
+                        if event.content or event.reasoning or relayed:
+                            out.append(Delta(0, event.content, event.reasoning, relayed or None))
+                    elif type(event) is Finish:
+                        if event.index == 0:
+                            turn.finish = event
+                            outcome.finish_reason, outcome.stop_sequence = event.reason, event.stop_sequence
+                    elif type(event) is Done:
+                        turn.done = event
+                        run.finished(event)
+                if out:
+                    yield out
+        run.serve()
+
+    async def _run_calls(
+        self, calls: list[_Call], outcome: GenerationOutcome, turn: _Turn
+    ) -> AsyncGenerator[list[ResponseEvent], None]:
+        """The turn's server-side calls, one after the other (each bounded in time), and the conversation
+        grown by the turn and their results."""
+        config = self._tools.config
+        assistant: dict[str, Any] = {
+            "role": "assistant",
+            "content": "".join(turn.content) or None,
+            "tool_calls": [],
+        }
+        if turn.reasoning:
+            # Kimi refuses a thinking tool-call turn given back without its reasoning.
+            assistant["reasoning_content"] = "".join(turn.reasoning)
+        results: list[dict[str, Any]] = []
+        for position, call in enumerate(calls):
+            tool = self._server[call.name]
+            call_id = call.id or new_id("call_")
+            assistant["tool_calls"].append(
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments},
+                }
+            )
+            use = ToolUse(new_id("srvtoolu_"), tool, _input(call.arguments))
+            self.tally.activity.append(use)
+            yield [use]
+            used = self._uses.get(tool.name, 0)
+            if position >= config.max_calls_per_step:
+                output: Any = ToolError(
+                    "too_many_requests", f"at most {config.max_calls_per_step} calls a turn"
+                )
+                price = 0
+            elif tool.max_uses is not None and used >= tool.max_uses:
+                output, price = (
+                    ToolError("max_uses_exceeded", f"{tool.name} may be used {tool.max_uses} times"),
+                    0,
+                )
+            else:
+                self._uses[tool.name] = used + 1
+                output = await self._tools.run(tool, call.arguments, self._account, self._budget)
+                # A call that failed is not charged (Anthropic's rule for errored searches).
+                price = 0 if isinstance(output, ToolError) else self._tools.prices[tool.kind]
+            result = ToolResult(use.id, tool, output, price)
+            self.tally.count(result)
+            self.tally.activity.append(result)
+            outcome.tool_cost_nano += price
+            yield [result]
+            text = model_text(output, config.max_result_bytes)
+            results.append({"role": "tool", "tool_call_id": call_id, "content": text})
+        self.body.messages.extend(_messages([assistant, *results]))
+
+    async def _next_step(self, spent: int) -> str | None:
+        """Route the next model call and grow the hold for it: None when it may go, else why not."""
+        routed = self._router.route(self.body, self._account)
+        if self._ticket is not None:
+            try:
+                await credit.top_up(self._accounts, self._ticket, self.body, routed, spent)
+            except APIError as exc:
+                if exc.status != 402:
+                    raise
+                return "insufficient_credits"
+        self._done_attempts.extend(self._routed.attempts)
+        self._upstream_done += self._routed.upstream_seconds
+        self._routed = routed
+        first = self.steps[0]
+        outcome = GenerationOutcome(
+            id=f"{first.id}-{len(self.steps) + 1}", created=first.created, model=first.model
+        )
+        outcome.prompt_estimate = routed.prompt_tokens
+        self.steps.append(outcome)
+        self.request.generations.append(outcome)
+        return None
+
+
+def offer_server_tools(body: ChatCompletionRequest, tools: Tools) -> None:
+    """The request's server-side tools offered to its model as functions, beside the client's own;
+    refused (400) where this gateway cannot run them or a name is taken."""
+    if body.n != 1:
+        raise invalid_request("server-side tools answer one choice: n must be 1", param="n")
+    taken = {tool.function.name for tool in body.tools or ()}
+    offered: dict[str, ServerTool] = {}
+    for tool in body.server_tools:
+        why = tools.unavailable(tool.kind)
+        if why is not None:
+            raise APIError(
+                400, f"The {tool.kind} tool is not available: {why}.", param="tools", code="tool_unavailable"
+            )
+        if tool.name in taken:
+            raise invalid_request(
+                f"'{tool.name}' names both a server-side tool and one of your functions", param="tools"
+            )
+        offered.setdefault(tool.name, tool)
+    body.server_tools = list(offered.values())
+    body.tools = [*(body.tools or ()), *(Tool.model_validate(function_tool(t)) for t in offered.values())]
+
+
+def _input(arguments: str) -> dict[str, Any]:
+    try:
+        value = orjson.loads(arguments or "{}")
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+_MESSAGES: TypeAdapter[list[Message]] = TypeAdapter(list[Message])
+
+
+def _messages(messages: list[dict[str, Any]]) -> list[Message]:
+    """Chat messages as the request holds them (validated models)."""
+    return _MESSAGES.validate_python(messages)

@@ -1,0 +1,56 @@
+"""The server-side tools as the model is offered them (functions), and the domain lists' matching. The
+tools' data types (what a request offers, what a call returns, the loop's events) are the request
+schema's (schema/server_tools.py): the formats render them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kimi_gateway.schema.server_tools import ServerTool, ToolKind
+
+# The functions the model sees. Kimi's own `$web_search` builtin is Moonshot's: other providers are
+# offered these plain functions (names stay the format's: `web_search`, `web_fetch`).
+FUNCTIONS: dict[ToolKind, dict[str, Any]] = {
+    "web_search": {
+        "description": (
+            "Search the web. Returns results with their title, URL and a snippet. Use it for anything "
+            "recent or that you are not sure of, then cite the URLs you used."
+        ),
+        "parameters": {
+            "type": "object",
+            "properties": {"query": {"type": "string", "description": "What to search for."}},
+            "required": ["query"],
+        },
+    },
+    "web_fetch": {
+        "description": (
+            "Fetch a web page or PDF by its URL and return its readable text. Use it to read a page "
+            "found by a search, or one the user named."
+        ),
+        "parameters": {
+            "type": "object",
+            "properties": {"url": {"type": "string", "description": "The page's full http(s) URL."}},
+            "required": ["url"],
+        },
+    },
+}
+
+
+def function_tool(tool: ServerTool) -> dict[str, Any]:
+    """The tool as the model is offered it: an OpenAI function."""
+    spec = FUNCTIONS[tool.kind]
+    return {"type": "function", "function": {"name": tool.name, **spec}}
+
+
+def domain_matches(host: str, domains: tuple[str, ...]) -> bool:
+    """Whether `host` is one of `domains` or under one (`example.com` matches `docs.example.com`). Entries
+    may carry a scheme or a path: only their host counts."""
+    host = host.lower().rstrip(".")
+    for entry in domains:
+        name = entry.lower().split("://", 1)[-1].split("/", 1)[0].rstrip(".")
+        if name.startswith("*."):
+            name = name[2:]
+        if host == name or host.endswith("." + name):
+            return True
+    return False

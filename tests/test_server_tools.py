@@ -1,0 +1,424 @@
+"""Server-side tools (web search, web fetch) run by the gateway inside one request, as clients ask for them:
+OpenRouter's `openrouter:web_search` tools, `plugins: [{"id": "web"}]` and `:online` over chat completions,
+Anthropic's `web_search_20250305` and `web_fetch_20250910` over Messages; streamed and not; with their
+bounds and their charges. The model is a scripted fake Kimi that searches and fetches (tests/fakes/web.py);
+the search backend and the pages are fakes on loopback; the gateway's own parts are real.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from kimi_gateway.testing import GatewayProcess, wait_until
+from tests import billing
+from tests.billing import K25
+from tests.fakes.upstream import FakeUpstream
+from tests.fakes.web import Researcher, WebSite
+
+ACCOUNT = "acct_tools"
+SEARCH_PRICE = "0.01"
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[WebSite]:
+    web = WebSite()
+    yield web
+    web.stop()
+
+
+def _tools_config(site: WebSite, extra: str = "") -> str:
+    return f"""
+[media]
+allow_hosts = ["{site.host}"]
+
+[tools]
+max_steps = 4
+{extra}
+
+[tools.web_search]
+backend = "searxng"
+base_url = "{site.base_url}"
+price_per_call = {SEARCH_PRICE}
+"""
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    fake_servers: dict[str, FakeUpstream], site: WebSite, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[GatewayProcess, str]]:
+    gw = billing.start(
+        tmp_path_factory.mktemp("tools"), billing.config(fake_servers["moon"], extra=_tools_config(site))
+    )
+    ops = billing.Operator(gw)
+    _MANAGEMENT[gw.port] = ops.key
+    key = ops.key_for(ACCOUNT)
+    ops.recharge(ACCOUNT, "5")
+    yield gw, key
+    gw.stop()
+
+
+_MANAGEMENT: dict[int, str] = {}
+
+
+def _management_key(gw: GatewayProcess) -> str:
+    return _MANAGEMENT[gw.port]
+
+
+@pytest.fixture()
+def web(site: WebSite, fakes: dict[str, FakeUpstream]) -> WebSite:
+    site.reset()
+    return site
+
+
+def _researcher(fakes: dict[str, FakeUpstream], **options: Any) -> Researcher:
+    model = Researcher(**options)
+    fakes["moon"].agent = model
+    return model
+
+
+def _openai(gateway: tuple[GatewayProcess, str]) -> openai.OpenAI:
+    gw, key = gateway
+    return openai.OpenAI(base_url=gw.base_url + "/v1", api_key=key, max_retries=0)
+
+
+def _anthropic(gateway: tuple[GatewayProcess, str]) -> anthropic.Anthropic:
+    gw, key = gateway
+    return anthropic.Anthropic(base_url=gw.base_url, api_key=key, max_retries=0)
+
+
+def _model_requests(fakes: dict[str, FakeUpstream]) -> list[dict[str, Any]]:
+    return [r.body for r in fakes["moon"].requests]
+
+
+# ---- chat completions ---------------------------------------------------------------------------------
+
+
+def test_openrouter_web_search_tool_runs_the_search_and_cites_it(
+    gateway: tuple[GatewayProcess, str], web: WebSite, fakes: dict[str, FakeUpstream]
+) -> None:
+    _researcher(fakes, fetch=False)
+    reply = _openai(gateway).chat.completions.create(
+        model=K25,
+        messages=[{"role": "user", "content": "What is Kimi K2.5?"}],
+        tools=[{"type": "openrouter:web_search", "parameters": {"max_results": 2}}],  # type: ignore[list-item]
+    )
+    message = reply.choices[0].message
+    url = web.page("/kimi-k25")
+    assert url in (message.content or "")
+    assert reply.choices[0].finish_reason == "stop"
+    # The search ran once, with the model's query, and the model read its results in a tool message.
+    assert [s["query"] for s in web.searches] == ["What is Kimi K2.5?"]
+    calls = _model_requests(fakes)
+    assert len(calls) == 2
+    assert [t["function"]["name"] for t in calls[0]["tools"]] == ["web_search"]
+    result = json.loads(calls[1]["messages"][-1]["content"])
+    assert calls[1]["messages"][-1]["role"] == "tool"
+    assert [r["url"] for r in result["results"]] == [url, "https://example.org/other"]
+    # The assistant turn that called the tool went back with its reasoning (Kimi refuses it without).
+    assert calls[1]["messages"][-2]["reasoning_content"] == "I should search."
+    # Citations in OpenAI's nested shape, the first spanning where the answer names the URL.
+    annotations = [a.model_dump() for a in message.annotations or ()]
+    assert annotations[0]["type"] == "url_citation"
+    cited = annotations[0]["url_citation"]
+    assert cited["url"] == url and (message.content or "")[cited["start_index"] : cited["end_index"]] == url
+    assert reply.usage is not None and reply.usage.model_extra is not None
+    assert reply.usage.model_extra["server_tool_use"] == {"web_search_requests": 1, "web_fetch_requests": 0}
+    # Both model calls' tokens, in one usage: the fake counts 20 prompt and 12 completion tokens each.
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (40, 24)
+
+
+def test_web_plugin_streamed_gives_the_text_then_the_citations(
+    gateway: tuple[GatewayProcess, str], web: WebSite, fakes: dict[str, FakeUpstream]
+) -> None:
+    _researcher(fakes, fetch=False)
+    stream = _openai(gateway).chat.completions.create(
+        model=K25,
+        messages=[{"role": "user", "content": "Kimi K2.5 news"}],
+        extra_body={"plugins": [{"id": "web", "max_results": 1}]},
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert (
+        text
+        == "Let me look that up."
+        + f"Kimi K2.5 is a multimodal agentic model (source: {web.page('/kimi-k25')})."
+    )
+    finishes = [c.choices[0] for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert [f.finish_reason for f in finishes] == ["stop"]
+    annotations = (finishes[0].delta.model_extra or {}).get("annotations")
+    assert annotations and annotations[0]["url_citation"]["url"] == web.page("/kimi-k25")
+    assert len(annotations) == 1  # max_results = 1
+    assert chunks[-1].usage is not None and chunks[-1].usage.model_extra is not None
+    assert chunks[-1].usage.model_extra["server_tool_use"]["web_search_requests"] == 1
+
+
+def test_online_variant_searches(
+    gateway: tuple[GatewayProcess, str], web: WebSite, fakes: dict[str, FakeUpstream]
+) -> None:
+    _researcher(fakes, fetch=False)
+    reply = _openai(gateway).chat.completions.create(
+        model=K25 + ":online", messages=[{"role": "user", "content": "Kimi?"}]
+    )
+    assert reply.model == K25
+    assert len(web.searches) == 1
+    assert web.page("/kimi-k25") in (reply.choices[0].message.content or "")
+
+
+def test_web_fetch_reads_the_page_main_text(
+    gateway: tuple[GatewayProcess, str], web: WebSite, fakes: dict[str, FakeUpstream]
+) -> None:
+    _researcher(fakes)
+    reply = _openai(gateway).chat.completions.create(
+        model=K25,
+        messages=[{"role": "user", "content": "Kimi K2.5 training data"}],
+        tools=[{"type": "openrouter:web_search"}, {"type": "openrouter:web_fetch"}],  # type: ignore[list-item]
+    )
+    assert web.fetched == ["/kimi-k25"]
+    calls = _model_requests(fakes)
+    assert len(calls) == 3  # search, fetch, answer
+    page = json.loads(calls[2]["messages"][-1]["content"])
+    assert page["url"] == web.page("/kimi-k25")
+    assert page["title"] == "Kimi K2.5 release notes"
+    # The article's text, not the page's menus and footer (trafilatura, not the raw HTML).
+    assert "15 trillion mixed visual" in page["content"]
+    assert "All rights reserved" not in page["content"] and "<p>" not in page["content"]
+    extra = reply.usage.model_extra if reply.usage is not None else None
+    assert extra is not None and extra["server_tool_use"] == {
+        "web_search_requests": 1,
+        "web_fetch_requests": 1,
+    }
+
+
+def test_web_fetch_refuses_private_addresses(
+    gateway: tuple[GatewayProcess, str], web: WebSite, fakes: dict[str, FakeUpstream]
+) -> None:
+    """The model asks for loopback pages that are not allow-listed: every spelling is refused as a tool
+    result (the model reads why), and nothing is fetched."""
+    gw, _ = gateway
+    spellings = [
+        f"http://127.0.0.1:{gw.port}/health",
+        f"http://localhost:{gw.port}/health",
+        f"http://[::1]:{gw.port}/health",
+        f"http://2130706433:{gw.port}/health",
+        "http://169.254.169.254/latest/meta-data/",
+    ]
+    calls = iter(spellings)
+
+    def model(body: dict[str, Any]) -> Any:
+        from tests.fakes.upstream import Answer
+
+        url = next(calls, None)
+        if url is None:
+            return Answer(content="done")
+        return Answer(content="", tool_calls=[("web_fetch", json.dumps({"url": url}))], finish="tool_calls")
+
+    fakes["moon"].agent = model
+    reply = _anthropic(gateway).messages.create(
+        model=K25,
+        max_tokens=200,
+        messages=[{"role": "user", "content": "read them"}],
+        tools=[{"type": "web_fetch_20250910", "name": "web_fetch", "max_uses": 10}],
+    )
+    errors = [b.content for b in reply.content if b.type == "web_fetch_tool_result"]
+    assert len(errors) == 3  # max_steps = 4: three fetches, then the loop pauses
+    assert all(e.type == "web_fetch_tool_result_error" and e.error_code == "url_not_allowed" for e in errors)
+    assert reply.stop_reason == "pause_turn"
+    assert web.fetched == []
+
+
+# ---- Anthropic Messages -------------------------------------------------------------------------------
+
+
+def test_anthropic_web_search_blocks(
+    gateway: tuple[GatewayProcess, str], web: WebSite, fakes: dict[str, FakeUpstream]
+) -> None:
+    _researcher(fakes, fetch=False)
+    reply = _anthropic(gateway).messages.create(
+        model=K25,
+        max_tokens=300,
+        messages=[{"role": "user", "content": "What is Kimi K2.5?"}],
+        tools=[{"type": "web_search_20250305", "name": "web_search", "max_uses": 3}],
+    )
+    kinds = [b.type for b in reply.content]
+    assert kinds == ["thinking", "server_tool_use", "web_search_tool_result", "text"]
+    use, result, text = reply.content[1], reply.content[2], reply.content[3]
+    assert use.type == "server_tool_use" and use.name == "web_search"
+    assert use.input == {"query": "What is Kimi K2.5?"} and use.id.startswith("srvtoolu_")
+    assert result.type == "web_search_tool_result" and result.tool_use_id == use.id
+    assert isinstance(result.content, list)
+    assert [r.url for r in result.content] == [web.page("/kimi-k25"), "https://example.org/other"]
+    assert all(r.encrypted_content for r in result.content)
+    assert text.type == "text" and web.page("/kimi-k25") in text.text
+    assert reply.stop_reason == "end_turn"
+    assert reply.usage.server_tool_use is not None
+    assert reply.usage.server_tool_use.web_search_requests == 1
+
+
+def test_anthropic_web_search_streamed(
+    gateway: tuple[GatewayProcess, str], web: WebSite, fakes: dict[str, FakeUpstream]
+) -> None:
+    _researcher(fakes, fetch=False)
+    with _anthropic(gateway).messages.stream(
+        model=K25,
+        max_tokens=300,
+        messages=[{"role": "user", "content": "Kimi K2.5?"}],
+        tools=[{"type": "web_search_20250305", "name": "web_search"}],
+    ) as stream:
+        events = [e.type for e in stream]
+        final = stream.get_final_message()
+    assert [b.type for b in final.content] == [
+        "thinking",
+        "text",
+        "server_tool_use",
+        "web_search_tool_result",
+        "text",
+    ]
+    use = final.content[2]
+    assert use.type == "server_tool_use" and use.input == {"query": "Kimi K2.5?"}
+    assert final.content[3].type == "web_search_tool_result"
+    assert final.stop_reason == "end_turn"
+    assert final.usage.server_tool_use is not None and final.usage.server_tool_use.web_search_requests == 1
+    assert events[0] == "message_start" and events[-1] == "message_stop"
+
+
+def test_anthropic_turn_with_search_results_replays(
+    gateway: tuple[GatewayProcess, str], web: WebSite, fakes: dict[str, FakeUpstream]
+) -> None:
+    """The assistant turn is sent back as it came (server_tool_use, results, text): the model reads the
+    search it made, as a call and its result, with the snippets the opaque content carried."""
+    _researcher(fakes, fetch=False)
+    client = _anthropic(gateway)
+    tools: Any = [{"type": "web_search_20250305", "name": "web_search"}]
+    first = client.messages.create(
+        model=K25, max_tokens=300, messages=[{"role": "user", "content": "Kimi?"}], tools=tools
+    )
+    fakes["moon"].requests.clear()
+    fakes["moon"].agent = None
+    client.messages.create(
+        model=K25,
+        max_tokens=300,
+        tools=tools,
+        messages=[
+            {"role": "user", "content": "Kimi?"},
+            {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+            {"role": "user", "content": "Thanks. And in one word?"},
+        ],
+    )
+    sent = _model_requests(fakes)[0]["messages"]
+    roles = [m["role"] for m in sent]
+    assert roles == ["user", "assistant", "tool", "assistant", "user"]
+    assert sent[1]["tool_calls"][0]["function"]["name"] == "web_search"
+    assert sent[2]["tool_call_id"] == sent[1]["tool_calls"][0]["id"]
+    replayed = json.loads(sent[2]["content"])
+    assert replayed["results"][0] == {
+        "title": "Kimi K2.5 release notes",
+        "url": web.page("/kimi-k25"),
+        "snippet": "A multimodal model.",
+    }
+
+
+def test_max_uses_answers_the_extra_call_with_an_error(
+    gateway: tuple[GatewayProcess, str], web: WebSite, fakes: dict[str, FakeUpstream]
+) -> None:
+    _researcher(fakes, fetch=False, searches=2)
+    reply = _anthropic(gateway).messages.create(
+        model=K25,
+        max_tokens=300,
+        messages=[{"role": "user", "content": "Kimi?"}],
+        tools=[{"type": "web_search_20250305", "name": "web_search", "max_uses": 1}],
+    )
+    results = [b for b in reply.content if b.type == "web_search_tool_result"]
+    assert len(results) == 2
+    assert isinstance(results[0].content, list)
+    error = results[1].content
+    assert not isinstance(error, list) and error.error_code == "max_uses_exceeded"
+    assert len(web.searches) == 1  # the refused call never reached the backend
+    assert reply.usage.server_tool_use is not None and reply.usage.server_tool_use.web_search_requests == 2
+
+
+def test_the_step_bound_pauses_the_turn(
+    gateway: tuple[GatewayProcess, str], web: WebSite, fakes: dict[str, FakeUpstream]
+) -> None:
+    _researcher(fakes, always_search=True)
+    reply = _openai(gateway).chat.completions.create(
+        model=K25,
+        messages=[{"role": "user", "content": "search forever"}],
+        tools=[{"type": "openrouter:web_search"}],  # type: ignore[list-item]
+    )
+    assert len(_model_requests(fakes)) == 4  # [tools] max_steps
+    assert len(web.searches) == 3  # the last turn's call is not run: the loop paused there
+    assert reply.choices[0].finish_reason == "length"
+    assert (reply.choices[0].model_extra or {}).get("native_finish_reason") == "pause_turn"
+
+
+# ---- charges, records, refusals -----------------------------------------------------------------------
+
+
+def test_each_model_call_is_a_record_and_the_search_is_charged(
+    gateway: tuple[GatewayProcess, str], web: WebSite, fakes: dict[str, FakeUpstream]
+) -> None:
+    gw, _ = gateway
+    ops = billing.Operator(gw, _management_key(gw))
+    key = ops.key_for("acct_charged")  # an account of its own: nothing else is charged to it
+    ops.recharge("acct_charged", "1")
+    gateway = (gw, key)
+    _researcher(fakes, fetch=False)
+    headers = {"Authorization": f"Bearer {key}"}
+    before = httpx.get(gw.base_url + "/api/v1/credits", headers=headers).json()["data"]
+    reply = _openai(gateway).chat.completions.create(
+        model=K25,
+        messages=[{"role": "user", "content": "Kimi?"}],
+        tools=[{"type": "openrouter:web_search"}],  # type: ignore[list-item]
+    )
+
+    def record(generation_id: str) -> dict[str, Any]:
+        found = httpx.get(gw.base_url + "/api/v1/generation", params={"id": generation_id}, headers=headers)
+        assert found.status_code == 200, found.text
+        data: dict[str, Any] = found.json()["data"]
+        return data
+
+    first, second = record(reply.id), record(reply.id + "-2")
+    # Kimi K2.5 at $0.60 in / $3.00 out per million: 20 + 12 tokens a call, and the search's $0.01 on the
+    # call that asked for it.
+    tokens = Decimal(20 * 60 + 12 * 300) / Decimal(10**8)
+    assert Decimal(str(first["total_cost"])) == tokens + Decimal(SEARCH_PRICE)
+    assert Decimal(str(second["total_cost"])) == tokens
+    assert (first["tokens_prompt"], second["tokens_prompt"]) == (20, 20)
+    assert reply.usage is not None and reply.usage.model_extra is not None
+    assert Decimal(str(reply.usage.model_extra["cost"])) == 2 * tokens + Decimal(SEARCH_PRICE)
+
+    def spent() -> float:
+        after = httpx.get(gw.base_url + "/api/v1/credits", headers=headers).json()["data"]
+        return float(after["total_usage"]) - float(before["total_usage"])
+
+    # The account is charged once, the sum (the credits API shows USD as floats).
+    assert wait_until(lambda: abs(spent() - float(2 * tokens + Decimal(SEARCH_PRICE))) < 1e-9)
+
+
+def test_a_request_for_a_tool_this_gateway_lacks_is_refused(
+    fake_servers: dict[str, FakeUpstream], site: WebSite, tmp_path: Path
+) -> None:
+    gw = billing.start(tmp_path, billing.config(fake_servers["moon"]))  # no [tools.web_search]
+    try:
+        client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key="unused", max_retries=0)
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(
+                model=K25,
+                messages=[{"role": "user", "content": "x"}],
+                tools=[{"type": "openrouter:web_search"}],  # type: ignore[list-item]
+            )
+        assert refused.value.code == "tool_unavailable"
+        assert "SearXNG" in refused.value.message
+    finally:
+        gw.stop()
