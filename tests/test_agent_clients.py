@@ -13,6 +13,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,7 @@ from kimi_gateway.testing import GatewayProcess
 from tests import billing
 from tests.fakes.agent import FINAL, CodingTask
 from tests.fakes.upstream import FakeUpstream
+from tests.fakes.web import ClaudeCodeSearch, WebSite
 from tests.services import require
 
 AGENTS_DIR = Path(__file__).parent / "agents"
@@ -173,3 +175,68 @@ def test_codex_runs_a_tool_loop(
     sent = fakes["moon"].requests[-1].body
     names = [t["function"]["name"] for t in sent["tools"]]
     assert "exec_command" in names and all(" " not in n for n in names)
+
+
+def test_claude_code_web_search(
+    installed: Path,
+    fake_servers: dict[str, FakeUpstream],
+    fakes: dict[str, FakeUpstream],
+    tmp_path: Path,
+) -> None:
+    """Claude Code's WebSearch is Anthropic's server-side web search, asked for in a request of its own
+    (`web_search_20250305`): the gateway runs it (a fake SearXNG on loopback stands in for the web), and
+    Claude Code reads the results back and answers with their links."""
+    site = WebSite()
+    gw = billing.start(
+        tmp_path / "gw",
+        billing.config(
+            fake_servers["moon"],
+            extra=f'[tools.web_search]\nbackend = "searxng"\nbase_url = "{site.base_url}"\n',
+        ),
+    )
+    try:
+        ops = billing.Operator(gw)
+        key = ops.key_for("acct_search")
+        ops.recharge("acct_search", "5")
+        fakes["moon"].agent = ClaudeCodeSearch("Kimi K2.5 release notes")
+        work, home = tmp_path / "work", tmp_path / "home"
+        work.mkdir()
+        home.mkdir()
+        env = {**_quiet_env(home), "ANTHROPIC_BASE_URL": gw.base_url, "ANTHROPIC_API_KEY": key}
+        run = subprocess.run(
+            [
+                str(installed / "claude"),
+                "-p",
+                "Search the web for the Kimi K2.5 release notes and give me the link.",
+                "--model",
+                billing.K25,
+                "--output-format",
+                "stream-json",
+                "--verbose",
+                "--allowedTools",
+                "WebSearch",
+            ],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+        events = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+        result = events[-1]
+        assert result["type"] == "result" and result["subtype"] == "success", result
+        # The search ran on the backend, with the query Claude Code's WebSearch made of the model's call.
+        assert site.searches and "Kimi K2.5 release notes" in site.searches[0]["query"]
+        # Claude Code's own search request asked for Anthropic's server tool, and got its blocks back.
+        searched = [r.body for r in fakes["moon"].requests if "web_search" in _tool_names(r.body)]
+        assert searched, "the gateway offered the model its web_search function"
+        assert result["result"].startswith("Here is what I found:")
+        assert site.page("/kimi-k25") in result["result"]
+    finally:
+        gw.stop()
+        site.stop()
+
+
+def _tool_names(body: dict[str, Any]) -> set[str]:
+    return {t["function"]["name"] for t in body.get("tools") or ()}

@@ -422,3 +422,102 @@ def test_a_request_for_a_tool_this_gateway_lacks_is_refused(
         assert "SearXNG" in refused.value.message
     finally:
         gw.stop()
+
+
+# ---- the Responses API --------------------------------------------------------------------------------
+
+
+def test_responses_web_search_call_items(
+    gateway: tuple[GatewayProcess, str], web: WebSite, fakes: dict[str, FakeUpstream]
+) -> None:
+    _researcher(fakes, fetch=False)
+    url = web.page("/kimi-k25")
+    response = _openai(gateway).responses.create(
+        model=K25,
+        input="What is Kimi K2.5?",
+        tools=[{"type": "web_search", "filters": {"allowed_domains": ["127.0.0.1"]}}],  # type: ignore[list-item]
+    )
+    kinds = [item.type for item in response.output]
+    assert kinds == ["reasoning", "web_search_call", "message"]
+    call = response.output[1]
+    assert call.type == "web_search_call" and call.status == "completed"
+    action = call.action.model_dump()
+    assert action["type"] == "search" and action["query"] == "What is Kimi K2.5?"
+    # The allowed domain keeps the loopback page and drops example.org.
+    assert [s["url"] for s in action["sources"]] == [url]
+    assert url in response.output_text
+    message = response.output[2]
+    assert message.type == "message"
+    annotation = message.content[0].annotations[0]  # type: ignore[union-attr]
+    assert annotation.type == "url_citation" and annotation.url == url  # type: ignore[union-attr]
+    text = message.content[0].text  # type: ignore[union-attr]
+    assert text[annotation.start_index : annotation.end_index] == url  # type: ignore[union-attr]
+
+
+def test_responses_web_search_streamed(
+    gateway: tuple[GatewayProcess, str], web: WebSite, fakes: dict[str, FakeUpstream]
+) -> None:
+    _researcher(fakes, fetch=False)
+    stream = _openai(gateway).responses.create(
+        model=K25,
+        input="Kimi K2.5?",
+        tools=[{"type": "web_search"}],  # type: ignore[list-item]
+        stream=True,
+    )
+    events = list(stream)
+    kinds = [e.type for e in events]
+    search = [k for k in kinds if k.startswith("response.web_search_call.")]
+    assert search == [
+        "response.web_search_call.in_progress",
+        "response.web_search_call.searching",
+        "response.web_search_call.completed",
+    ]
+    assert "response.output_text.annotation.added" in kinds
+    final = events[-1]
+    assert final.type == "response.completed"
+    output = final.response.output
+    assert [item.type for item in output] == ["reasoning", "message", "web_search_call", "message"]
+    assert output[2].status == "completed"  # type: ignore[union-attr]
+    assert web.page("/kimi-k25") in final.response.output_text
+
+
+def test_search_backends_each_speak_their_api(web: WebSite) -> None:
+    """Brave, Tavily and Exa, asked in their own shapes (keys in their own headers), read back into the
+    same results; a backend's failure is a tool error, not the request's."""
+    import asyncio
+    import os
+
+    import aiohttp
+
+    from kimi_gateway.config import WebSearchConfig
+    from kimi_gateway.tools.search import SearchFailed, backend_of
+
+    os.environ["TEST_SEARCH_KEY"] = "k-123"
+    shapes = {
+        "brave": (web.page("/res/v1/web/search"), "x-subscription-token"),
+        "tavily": (web.page("/tavily/search"), "authorization"),
+        "exa": (web.page("/exa/search"), "x-api-key"),
+    }
+
+    async def run() -> None:
+        async with aiohttp.ClientSession() as session:
+            for name, (url, header) in shapes.items():
+                config = WebSearchConfig(backend=name, base_url=url, api_key_env="TEST_SEARCH_KEY")  # type: ignore[arg-type]
+                backend = backend_of(config)
+                assert backend is not None
+                found = await backend.search(session, "kimi", 5, (), ())
+                assert [s.url for s in found] == [web.page("/kimi-k25"), "https://example.org/other"]
+                assert (
+                    found[0].title == "Kimi K2.5 release notes" and found[0].snippet == "A multimodal model."
+                )
+                sent = web.searches[-1]
+                assert sent["backend"] == name and sent["query"] == "kimi"
+                assert "k-123" in {k.lower(): v for k, v in sent["headers"].items()}[header]
+            web.search_status = 429
+            with pytest.raises(SearchFailed) as limited:
+                await backend.search(session, "kimi", 5, (), ())
+            assert limited.value.code == "too_many_requests"
+        # No key, no backend (the request is then refused with a 400 naming the missing key).
+        assert backend_of(WebSearchConfig(backend="brave", api_key_env="UNSET_SEARCH_KEY")) is None
+
+    asyncio.run(run())

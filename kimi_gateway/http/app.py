@@ -58,7 +58,12 @@ class FastPath:
         self.services = Services(
             gateway.core,
             gateway.keys,
-            FormatContext(config.server.max_body_bytes, config.routing.strict_rules, gateway.responses),
+            FormatContext(
+                config.server.max_body_bytes,
+                config.routing.strict_rules,
+                gateway.responses,
+                searches=gateway.tools.unavailable("web_search") is None,
+            ),
         )
         # Large JSON answers (model lists, file contents) gzipped for clients that accept it.
         self.rest = RequestLogMiddleware(

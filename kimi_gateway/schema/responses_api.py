@@ -88,6 +88,15 @@ class ReasoningItem(_Inner):
     encrypted_content: str | None = None
 
 
+class WebSearchCallItem(_Inner):
+    """A web search the gateway ran in an earlier response, given back (Codex sends them without id)."""
+
+    type: Literal["web_search_call"]
+    id: str | None = None
+    status: str | None = None
+    action: dict[str, Any] | None = None
+
+
 class ItemReference(_Inner):
     type: Literal["item_reference"]
     id: str
@@ -105,6 +114,7 @@ InputItem = Annotated[
     | Annotated[FunctionCallItem, Tag("function_call")]
     | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
     | Annotated[ReasoningItem, Tag("reasoning")]
+    | Annotated[WebSearchCallItem, Tag("web_search_call")]
     | Annotated[ItemReference, Tag("item_reference")],
     Discriminator(_item_type),
 ]

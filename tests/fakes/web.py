@@ -168,14 +168,14 @@ class Researcher:
     def __call__(self, body: dict[str, Any]) -> Answer:
         tools = {t["function"]["name"] for t in body.get("tools") or ()}
         results = _tool_messages(body)
-        question = next(
-            (
-                m["content"]
-                for m in reversed(body["messages"])
-                if m.get("role") == "user" and isinstance(m["content"], str)
-            ),
-            "kimi",
-        )
+        question = "kimi"
+        for message in reversed(body["messages"]):
+            if message.get("role") == "user":
+                content = message["content"]
+                if isinstance(content, list):  # parts: their text
+                    content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+                question = content.removeprefix("Perform a web search for the query: ")
+                break
         if "web_search" in tools and (self.always_search or len(results) < self.searches):
             query = f"{question} #{len(results) + 1}" if self.always_search else question
             return Answer(
@@ -202,3 +202,45 @@ class Researcher:
         if first_url:
             return Answer(content=f"Kimi K2.5 is a multimodal agentic model (source: {first_url}).")
         return Answer(content="I found nothing.")
+
+
+@dataclass
+class ClaudeCodeSearch:
+    """Plays the model behind Claude Code's WebSearch: in the main conversation it calls `WebSearch`, then
+    answers with the links the tool gave back; in the search's own request (where the gateway offers its
+    `web_search` function) it searches and sums up, as `Researcher` does."""
+
+    query: str
+    final: str = "Here is what I found: {links}"
+
+    def __call__(self, body: dict[str, Any]) -> Answer:
+        import re
+
+        tools = {t["function"]["name"] for t in body.get("tools") or ()}
+        if "web_search" in tools:
+            return Researcher(fetch=False)(body)
+        # Claude Code ends its conversation with a system message: the turn is the last other role's.
+        last = next((m["role"] for m in reversed(body.get("messages") or ()) if m["role"] != "system"), None)
+        if last not in ("user", "tool") or not ({"WebSearch", "ToolSearch"} & tools):
+            return Answer(content="Kimi test session")  # a side request: a title, a summary
+        if "WebSearch" not in tools:
+            # Claude Code 2.1 defers WebSearch: its schema is loaded with ToolSearch first.
+            return Answer(
+                content="",
+                tool_calls=[("ToolSearch", json.dumps({"query": "select:WebSearch", "max_results": 1}))],
+                finish="tool_calls",
+            )
+        results = [m for m in _tool_messages(body) if "select:" not in str(m.get("content"))]
+        searched = any("Web search results" in str(m.get("content")) for m in _tool_messages(body))
+        if not searched:
+            return Answer(
+                reasoning="The user wants a search.",
+                content="",
+                tool_calls=[("WebSearch", json.dumps({"query": self.query}))],
+                finish="tool_calls",
+            )
+        text = " ".join(
+            m["content"] if isinstance(m["content"], str) else json.dumps(m["content"]) for m in results
+        )
+        links = sorted(set(re.findall(r"https?://[^\s\"'\)\]>,]+", text)))
+        return Answer(content=self.final.format(links=" ".join(links)))

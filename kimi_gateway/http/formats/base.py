@@ -24,6 +24,7 @@ class FormatContext:
     max_body_bytes: int  # [server] max_body_bytes
     strict_rules: bool  # [routing] strict_rules: refuse what would be adapted
     responses: ResponseStore  # the Responses API's stored responses (previous_response_id, item_reference)
+    searches: bool = False  # a web search backend is set up: tools that only may search are run, not dropped
 
 
 class WireFormat(ABC):

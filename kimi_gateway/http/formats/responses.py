@@ -25,7 +25,13 @@ from kimi_gateway.errors import APIError, invalid_request
 from kimi_gateway.http.body import parse_body
 from kimi_gateway.http.formats.base import FormatContext, WireFormat
 from kimi_gateway.http.formats.item_ids import ItemIds, response_of
-from kimi_gateway.http.formats.responses_events import Conversation, ResponseStream, response_object
+from kimi_gateway.http.formats.responses_events import (
+    Conversation,
+    ResponseStream,
+    flat_citations,
+    response_object,
+    search_items,
+)
 from kimi_gateway.http.formats.tool_names import ChatTools, flat_name
 from kimi_gateway.http.replies import ORJSONResponse
 from kimi_gateway.http.validation import validation_error
@@ -34,6 +40,7 @@ from kimi_gateway.outcome import GenerationOutcome
 from kimi_gateway.schema import responses_api as r
 from kimi_gateway.schema.chat import ChatCompletionRequest
 from kimi_gateway.schema.completion import CompletionBody
+from kimi_gateway.schema.server_tools import ToolTally
 from kimi_gateway.storage.responses import ResponseStore
 
 PATH = "/v1/responses"
@@ -76,8 +83,9 @@ class ResponsesFormat(WireFormat):
                 code="conversation_too_long",
             )
         strict = context.strict_rules or bool((body.provider or {}).get("require_parameters"))
-        tools = ChatTools.of(body.tools, strict)
+        tools = ChatTools.of(body.tools, strict, context.searches)
         chat = to_chat(body, history + messages, tools.functions)
+        chat.server_tools = tools.server
         self.conversation = Conversation(
             body, items, messages, previous, context.responses, account, tools, ids
         )
@@ -88,7 +96,7 @@ class ResponsesFormat(WireFormat):
         return self.response_id  # made in `parse`: the ids of the items it made there name it
 
     async def render(self, completion: CompletionBody, meta: GenerationOutcome) -> Response:
-        output = completion_output(completion, self.conversation.tools, self.conversation.ids)
+        output = completion_output(completion, self.conversation.tools, self.conversation.ids, meta.tools)
         body = response_object(self.conversation.request, meta, output)
         await self.conversation.keep(body)
         return ORJSONResponse(body)
@@ -104,8 +112,11 @@ class ResponsesFormat(WireFormat):
         return super().error(exc)
 
 
-def completion_output(completion: CompletionBody, tools: ChatTools, ids: ItemIds) -> list[dict[str, Any]]:
-    """The output items of a whole completion: reasoning, then the message, then function calls."""
+def completion_output(
+    completion: CompletionBody, tools: ChatTools, ids: ItemIds, server: ToolTally | None = None
+) -> list[dict[str, Any]]:
+    """The output items of a whole completion: reasoning, the searches the gateway ran, then the message,
+    then function calls."""
     if not completion["choices"]:
         return []
     message = completion["choices"][0]["message"]
@@ -119,8 +130,10 @@ def completion_output(completion: CompletionBody, tools: ChatTools, ids: ItemIds
                 "summary": [{"type": "summary_text", "text": reasoning}],
             }
         )
+    output.extend(search_items(server, ids))
     if message["content"]:
-        part = {"type": "output_text", "text": message["content"], "annotations": [], "logprobs": []}
+        annotations = flat_citations(message["content"], server)
+        part = {"type": "output_text", "text": message["content"], "annotations": annotations, "logprobs": []}
         output.append(
             {
                 "type": "message",
@@ -315,6 +328,18 @@ def _messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 c["text"] for c in item.get("content", ())
             ]
             reasoning.append("".join(texts))
+        elif kind == "web_search_call":
+            # A search of an earlier turn: the model sees its call and the sources it found.
+            action = item.get("action") or {}
+            call_id = item.get("id") or new_id("ws_")
+            query = action.get("query") or ""
+            call = {"name": "web_search", "arguments": orjson.dumps({"query": query}).decode()}
+            assistant().setdefault("tool_calls", []).append(
+                {"id": call_id, "type": "function", "function": call}
+            )
+            sources = [s.get("url") for s in action.get("sources") or () if isinstance(s, dict)]
+            result = {"query": query, "results": [{"url": url} for url in sources if url]}
+            out.append({"role": "tool", "tool_call_id": call_id, "content": orjson.dumps(result).decode()})
         else:
             raise invalid_request(
                 f"'{kind}' input items are not supported: give the item itself",

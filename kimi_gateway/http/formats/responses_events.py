@@ -23,6 +23,14 @@ from kimi_gateway.money import usd
 from kimi_gateway.outcome import GenerationOutcome
 from kimi_gateway.providers.events import Delta, Done
 from kimi_gateway.schema import responses_api as r
+from kimi_gateway.schema.server_tools import (
+    SearchResults,
+    ToolError,
+    ToolResult,
+    ToolTally,
+    ToolUse,
+    url_citations,
+)
 from kimi_gateway.storage.responses import Kept, NewResponse, ResponseStore
 
 log = logging.getLogger(__name__)
@@ -85,6 +93,40 @@ def assistant_turn(output: list[dict[str, Any]]) -> dict[str, Any]:
     if reasoning:
         turn["reasoning_content"] = "".join(reasoning)
     return turn
+
+
+def search_call(use: ToolUse, result: ToolResult | None, item_id: str) -> dict[str, Any]:
+    """A server-side call as the Responses API's `web_search_call` item (a fetch as its `open_page`)."""
+    if use.tool.kind == "web_fetch":
+        action: dict[str, Any] = {"type": "open_page", "url": use.input.get("url")}
+    else:
+        action = {"type": "search", "query": use.input.get("query", "")}
+    if result is None:
+        status = "in_progress"
+    else:
+        status = "failed" if isinstance(result.output, ToolError) else "completed"
+        if isinstance(result.output, SearchResults):
+            action["sources"] = [{"type": "url", "url": s.url} for s in result.output.sources]
+    return {"type": "web_search_call", "id": item_id, "status": status, "action": action}
+
+
+def search_items(tools: ToolTally | None, ids: ItemIds) -> list[dict[str, Any]]:
+    """Every server-side call of the response, completed, in order."""
+    if tools is None:
+        return []
+    results = {item.id: item for item in tools.activity if isinstance(item, ToolResult)}
+    return [
+        search_call(item, results.get(item.id), ids.next("ws_"))
+        for item in tools.activity
+        if isinstance(item, ToolUse)
+    ]
+
+
+def flat_citations(text: str, tools: ToolTally | None) -> list[dict[str, Any]]:
+    """The answer's sources as the Responses API's `url_citation` annotations (flat)."""
+    if tools is None:
+        return []
+    return [{"type": "url_citation", **c["url_citation"]} for c in url_citations(text, tools.sources)]
 
 
 def _usage(meta: GenerationOutcome) -> dict[str, Any] | None:
@@ -158,6 +200,7 @@ class ResponseStream:
         self.output: list[dict[str, Any]] = []
         self.open: dict[str, Any] | None = None  # the item receiving deltas
         self.calls: dict[int, int] = {}  # tool call index -> output index
+        self.searches: dict[str, tuple[int, ToolUse]] = {}  # server-side call id -> (output index, call)
         self.started = time.time()
 
     def _event(self, kind: str, **fields: Any) -> bytes:
@@ -210,6 +253,26 @@ class ResponseStream:
             )
             out.append(self._event("response.content_part.done", **at, content_index=0, part=dict(part)))
         out.append(self._event("response.output_item.done", output_index=index, item=item))
+
+    def _cite(self, out: list[bytes]) -> None:
+        """The answer's citations, once its text is whole: on its last message's text part."""
+        item = self.open
+        if self.meta.tools is None or item is None or item["type"] != "message":
+            return
+        part = item["content"][0]
+        index = len(self.output) - 1
+        for k, annotation in enumerate(flat_citations(part["text"], self.meta.tools)):
+            part["annotations"].append(annotation)
+            out.append(
+                self._event(
+                    "response.output_text.annotation.added",
+                    item_id=item["id"],
+                    output_index=index,
+                    content_index=0,
+                    annotation_index=k,
+                    annotation=annotation,
+                )
+            )
 
     def _finish_calls(self, out: list[bytes]) -> None:
         """Function calls end together, once the model is done (their arguments may still grow till then)."""
@@ -318,8 +381,23 @@ class ResponseStream:
                             )
                         )
             elif isinstance(event, Done):
+                self._cite(out)
                 self._close(out)
                 self._finish_calls(out)
+            elif isinstance(event, ToolUse):
+                item = search_call(event, None, self.conversation.ids.next("ws_"))
+                index = self._add(item, out)
+                self.open = None  # a call item is no message: it closes when its result comes
+                self.searches[event.id] = (index, event)
+                at = {"item_id": item["id"], "output_index": index}
+                out.append(self._event("response.web_search_call.in_progress", **at))
+                out.append(self._event("response.web_search_call.searching", **at))
+            elif isinstance(event, ToolResult):
+                index, use = self.searches[event.id]
+                item = self.output[index] = search_call(use, event, self.output[index]["id"])
+                at = {"item_id": item["id"], "output_index": index}
+                out.append(self._event("response.web_search_call.completed", **at))
+                out.append(self._event("response.output_item.done", output_index=index, item=item))
 
     def failure(self, exc: APIError) -> bytes:
         """An `error` event, then `response.failed`. The error event carries its fields both flat (the

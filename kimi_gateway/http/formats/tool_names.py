@@ -2,10 +2,11 @@
 
 Codex groups each MCP server's tools in a `namespace` tool (`mcp__<server>__`), and its calls come back with
 `name` and `namespace` apart. Kimi (as every chat-completions backend) knows only function names: the
-namespaced ones are flattened to unique names for the model and split again in the reply. Tools the gateway
-does not run yet (the Responses `web_search` Codex sends by default, `tool_search`) are left out, the
-response saying so in `X-Gateway-Adapted`, unless the request asks for strictness
-(`provider.require_parameters`), which gets the 400 it used to.
+namespaced ones are flattened to unique names for the model and split again in the reply. The Responses
+`web_search` tool (Codex sends it by default) is run by the gateway (core/toolloop.py) where a search
+backend is set up; where none is, it is left out, as `tool_search` always is, the response saying so in
+`X-Gateway-Adapted`, unless the request asks for strictness (`provider.require_parameters`), which gets a
+400.
 """
 
 from __future__ import annotations
@@ -14,9 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kimi_gateway.errors import invalid_request
+from kimi_gateway.schema.server_tools import ServerTool
 
-# Hosted tools a client sends by default that are not served yet: dropped rather than failing the request.
-_DROPPABLE = frozenset({"web_search", "web_search_preview", "tool_search"})
+# Hosted tools a client sends by default: run by the gateway where it can, else dropped rather than failing
+# the request.
+_SEARCH = frozenset(
+    {"web_search", "web_search_preview", "web_search_2025_08_26", "web_search_preview_2025_03_11"}
+)
+_DROPPABLE = _SEARCH | {"tool_search"}
 
 
 def flat_name(namespace: str | None, name: str) -> str:
@@ -30,15 +36,29 @@ class ChatTools:
     functions: list[dict[str, Any]] = field(default_factory=list)  # chat tools
     namespaced: dict[str, tuple[str, str]] = field(default_factory=dict)  # flat name -> (namespace, name)
     dropped: list[str] = field(default_factory=list)  # tool types left out
+    server: list[ServerTool] = field(default_factory=list)  # run by the gateway
 
     @classmethod
-    def of(cls, tools: list[dict[str, Any]] | None, strict: bool) -> ChatTools:
+    def of(cls, tools: list[dict[str, Any]] | None, strict: bool, searches: bool = False) -> ChatTools:
+        """`searches`: this gateway has a web search backend."""
         out = cls()
         for i, tool in enumerate(tools or ()):
             kind = tool.get("type")
             if kind == "namespace" and isinstance(tool.get("name"), str):
                 for j, inner in enumerate(tool.get("tools") or ()):
                     out._function(inner, f"tools[{i}].tools[{j}]", tool["name"])
+            elif kind in _SEARCH and (searches or strict):
+                given = tool.get("filters")
+                filters: dict[str, Any] = given if isinstance(given, dict) else {}
+                allowed = filters.get("allowed_domains") or ()
+                blocked = filters.get("blocked_domains") or ()
+                if not all(isinstance(d, str) for d in (*allowed, *blocked)):
+                    raise invalid_request(
+                        "domain filters must be lists of domains", param=f"tools[{i}].filters"
+                    )
+                out.server.append(
+                    ServerTool("web_search", "web_search", None, tuple(allowed), tuple(blocked))
+                )
             elif kind in _DROPPABLE and not strict:
                 out.dropped.append(str(kind))
             else:
