@@ -521,3 +521,73 @@ def test_search_backends_each_speak_their_api(web: WebSite) -> None:
         assert backend_of(WebSearchConfig(backend="brave", api_key_env="UNSET_SEARCH_KEY")) is None
 
     asyncio.run(run())
+
+
+# ---- bounds: credit, disconnects ----------------------------------------------------------------------
+
+
+def test_a_search_the_balance_cannot_pay_is_not_run(
+    gateway: tuple[GatewayProcess, str], web: WebSite, fakes: dict[str, FakeUpstream]
+) -> None:
+    """$0.0101 pays the first model call, but not it and a $0.01 search and the next call's worst case:
+    the loop ends before the search, with what the model said, and only the first call is charged."""
+    gw, _ = gateway
+    ops = billing.Operator(gw, _management_key(gw))
+    key = ops.key_for("acct_poor")
+    ops.recharge("acct_poor", "0.0101")
+    _researcher(fakes, fetch=False)
+    reply = _openai((gw, key)).chat.completions.create(
+        model=K25,
+        max_tokens=50,
+        messages=[{"role": "user", "content": "Kimi?"}],
+        tools=[{"type": "openrouter:web_search"}],  # type: ignore[list-item]
+    )
+    assert web.searches == []
+    assert len(_model_requests(fakes)) == 1
+    assert reply.choices[0].message.content == "Let me look that up."
+    assert (reply.choices[0].finish_reason, reply.choices[0].model_extra) == (
+        "length",
+        {"native_finish_reason": "pause_turn"},
+    )
+    headers = {"Authorization": f"Bearer {key}"}
+    record = httpx.get(gw.base_url + "/api/v1/generation", params={"id": reply.id}, headers=headers)
+    assert Decimal(str(record.json()["data"]["total_cost"])) == Decimal(20 * 60 + 12 * 300) / Decimal(10**8)
+
+
+def test_a_client_leaving_mid_search_stops_the_loop(
+    gateway: tuple[GatewayProcess, str], web: WebSite, fakes: dict[str, FakeUpstream]
+) -> None:
+    gw, key = gateway
+    _researcher(fakes, fetch=False)
+    web.search_delay = 3.0
+    body = {
+        "model": K25,
+        "max_tokens": 200,
+        "stream": True,
+        "messages": [{"role": "user", "content": "Kimi?"}],
+        "tools": [{"type": "web_search_20250305", "name": "web_search"}],
+    }
+    headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
+    message_id = None
+    with httpx.stream(
+        "POST", gw.base_url + "/v1/messages", json=body, headers=headers, timeout=10
+    ) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: ") and '"message_start"' in line:
+                message_id = json.loads(line[6:])["message"]["id"]
+            if line.startswith("data: ") and '"server_tool_use"' in line:
+                break  # the search is under way: the client goes
+    assert message_id is not None
+    assert wait_until(lambda: len(web.searches) == 1)
+    headers = {"Authorization": f"Bearer {key}"}
+
+    def record() -> dict[str, Any] | None:
+        found = httpx.get(gw.base_url + "/api/v1/generation", params={"id": message_id}, headers=headers)
+        return found.json()["data"] if found.status_code == 200 else None
+
+    settled = wait_until(record, timeout=10)
+    assert settled["cancelled"] is True
+    import time
+
+    time.sleep(3.5)  # past the search's end: had the loop gone on, the model would be called again
+    assert len(_model_requests(fakes)) == 1

@@ -133,17 +133,16 @@ class ToolLoop:
             client_calls = [c for c in turn.calls.values() if c.name not in self._server]
             finish = turn.finish or Finish(0, "stop")
             if server_calls and not client_calls:
-                if step + 1 >= max_steps:
-                    finish = Finish(0, "length", native_reason=PAUSED)
-                else:
+                # The calls run only if the hold covers their prices as well: a priced tool never runs
+                # on credit the account does not have.
+                if step + 1 < max_steps and await self._afford(cost + self._fees(server_calls)):
                     async for batch in self._run_calls(server_calls, outcome, turn):
                         yield batch
                     cost += outcome.tool_cost_nano
-                    paused = await self._next_step(cost)
-                    if paused is None:
+                    if await self._next_step(cost):
                         step += 1
                         continue
-                    finish = Finish(0, "length", native_reason=PAUSED)
+                finish = Finish(0, "length", native_reason=PAUSED)
             elif client_calls:
                 finish = Finish(0, "tool_calls", native_reason=finish.native_reason)
             done = turn.done or Done()
@@ -246,8 +245,35 @@ class ToolLoop:
             results.append({"role": "tool", "tool_call_id": call_id, "content": text})
         self.body.messages.extend(_messages([assistant, *results]))
 
-    async def _next_step(self, spent: int) -> str | None:
-        """Route the next model call and grow the hold for it: None when it may go, else why not."""
+    def _fees(self, calls: list[_Call]) -> int:
+        """The most these calls can cost: each that may run, at its tool's price."""
+        fees, uses = 0, dict(self._uses)
+        for position, call in enumerate(calls):
+            tool = self._server[call.name]
+            used = uses.get(tool.name, 0)
+            if position < self._tools.config.max_calls_per_step and (
+                tool.max_uses is None or used < tool.max_uses
+            ):
+                uses[tool.name] = used + 1
+                fees += self._tools.prices[tool.kind]
+        return fees
+
+    async def _afford(self, spent: int) -> bool:
+        """Whether the hold can grow to `spent` and the next model call's worst case (a 402 says no)."""
+        if self._ticket is None:
+            return True
+        routed = self._router.route(self.body, self._account)
+        try:
+            await credit.top_up(self._accounts, self._ticket, self.body, routed, spent)
+        except APIError as exc:
+            if exc.status != 402:
+                raise
+            return False
+        return True
+
+    async def _next_step(self, spent: int) -> bool:
+        """The next model call routed (the conversation now holds the results), its hold grown: False
+        when the credit does not cover it."""
         routed = self._router.route(self.body, self._account)
         if self._ticket is not None:
             try:
@@ -255,7 +281,7 @@ class ToolLoop:
             except APIError as exc:
                 if exc.status != 402:
                     raise
-                return "insufficient_credits"
+                return False
         self._done_attempts.extend(self._routed.attempts)
         self._upstream_done += self._routed.upstream_seconds
         self._routed = routed
@@ -266,7 +292,7 @@ class ToolLoop:
         outcome.prompt_estimate = routed.prompt_tokens
         self.steps.append(outcome)
         self.request.generations.append(outcome)
-        return None
+        return True
 
 
 def offer_server_tools(body: ChatCompletionRequest, tools: Tools) -> None:
