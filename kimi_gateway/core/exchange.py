@@ -95,7 +95,8 @@ class Exchange:
         outcome.requested_model, outcome.stream = body.model, body.stream
         check_tools(body)
         check_partial(body)
-        if body.server_tools:
+        looping = bool(body.server_tools)  # the model may call tools the gateway runs (core/toolloop.py)
+        if looping:
             offer_server_tools(body, parts.tools)
         card = parts.catalog.get(body.model)
         strict = parts.strict_rules or (body.provider is not None and body.provider.require_parameters)
@@ -107,18 +108,10 @@ class Exchange:
         generation = GenerationOutcome(id=generation_id, created=int(time.time()), model=body.model)
         generation.prompt_estimate = routed.prompt_tokens
         # A tool loop's model calls are its generations; the response (`generation`) is their sum.
-        step = (
-            generation
-            if not body.server_tools
-            else GenerationOutcome(generation_id, generation.created, body.model)
-        )
+        step = generation if not looping else GenerationOutcome(generation_id, generation.created, body.model)
         outcome.generations.append(step)
         # A tool-call turn's reasoning is kept, should a client drop it when it replays the turn.
-        turn = (
-            TurnNote(memory, account)
-            if body.tools and card.thinking != "never" and not body.server_tools
-            else None
-        )
+        turn = TurnNote(memory, account) if body.tools and card.thinking != "never" and not looping else None
         run = self.run = GenerationRun(routed, generation, turn)
         if key is not None:
             self.ticket = await credit.admit(parts.accounts, key, body, routed, generation_id, self._headers)
@@ -133,7 +126,7 @@ class Exchange:
                 await credit.top_up(parts.accounts, self.ticket, body, routed)
         if parts.log_prompts:
             event("prompt", request_id=outcome.request_id, messages=redacted(body.messages))
-        if body.server_tools:
+        if looping:
             step.prompt_estimate = run.routed.prompt_tokens
             loop = self.loop = ToolLoop(
                 body,

@@ -42,7 +42,10 @@ class ChatFormat(WireFormat):
                 400, "Unrecognized request argument supplied: raw_prompt", code="unknown_parameter"
             )
         self.include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        body.server_tools = _server_tools(body)
+        if body.tools or body.__pydantic_extra__:  # where server tools may be named at all
+            body.server_tools = _server_tools(body)
+        else:
+            body.server_tools = []  # never a body's own: the field is not read from the client
         return body
 
     def new_id(self) -> str:
