@@ -234,6 +234,13 @@ class WebFetchConfig(_Section):
     max_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)  # a page's download
 
 
+class FileSearchConfig(_Section):
+    """[tools.file_search]: searches of the account's vector stores (the Responses API's file_search)."""
+
+    max_results: int = Field(default=8, ge=1, le=50)
+    price_per_call: float = Field(default=0.0, ge=0)
+
+
 class ToolsConfig(_Section):
     """[tools]: the server-side tools and the bounds of the loop that runs them inside one request."""
 
@@ -247,6 +254,7 @@ class ToolsConfig(_Section):
     blocked_domains: list[str] = Field(default_factory=list)
     web_search: WebSearchConfig = Field(default_factory=WebSearchConfig)
     web_fetch: WebFetchConfig = Field(default_factory=WebFetchConfig)
+    file_search: FileSearchConfig = Field(default_factory=FileSearchConfig)
 
 
 class GatewayConfig(_Section):

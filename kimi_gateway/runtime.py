@@ -47,6 +47,7 @@ from kimi_gateway.stats.metrics import METRICS_DIR_ENV, Metrics
 from kimi_gateway.stats.uptime import UptimeStore
 from kimi_gateway.storage import Database, database_url
 from kimi_gateway.storage.responses import ResponseStore
+from kimi_gateway.storage.vector_stores import VectorStores
 from kimi_gateway.tools.runner import Tools
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class Gateway:
     changes: Changes
     redis: Redis | None = None
     tools: Tools = field(kw_only=True)
+    vector_stores: VectorStores = field(kw_only=True)
     reasoning: ReasoningMemory = field(default_factory=ReasoningMemory)
     _metrics_task: asyncio.Task[None] | None = None
     core: Parts = field(init=False)  # what the request core uses, by name
@@ -245,6 +247,7 @@ def build_gateway(config: GatewayConfig) -> Gateway:
         config.media.decoding_megapixels,
     )
     files = FileStore(db, config.data_dir.expanduser() / "files", config.media, OCR(), pool)
+    stores = VectorStores(db)
     media = Media(config.media, files)
     changes = Changes(redis, config.redis_prefix)
     cache = {"cache_seconds": settings.cache_seconds, "cache_grace_seconds": settings.cache_grace_seconds}
@@ -258,7 +261,8 @@ def build_gateway(config: GatewayConfig) -> Gateway:
         keys=KeyStore(db, changes, **cache),
         accounts=Accountant(ledger, holds, admission, recorder, tiers, changes, **cache),
         media=media,
-        tools=Tools(config.tools, config.media, pool, files.ocr),
+        tools=Tools(config.tools, config.media, pool, files.ocr, stores, files),
+        vector_stores=stores,
         files=files,
         responses=ResponseStore(
             db, timedelta(days=config.responses.retention_days), config.media.max_total_bytes

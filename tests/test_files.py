@@ -98,7 +98,7 @@ def test_quotas_and_bad_uploads(filed: tuple[GatewayProcess, str, str]) -> None:
     assert upload(b"").status_code == 400
     missing = httpx.post(gw.api + "/files", data={"purpose": "file-extract"}, headers=headers)
     assert missing.status_code == 400 and "'file'" in missing.json()["error"]["message"]
-    assert "Invalid purpose" in upload(b"hi", "assistants").json()["error"]["message"]
+    assert "Invalid purpose" in upload(b"hi", "fine-tune").json()["error"]["message"]
     broken = upload(b"%PDF-1.4 this is not really a PDF")
     assert broken.status_code == 200 and broken.json()["status"] == "error"
     for _ in range(3):

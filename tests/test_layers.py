@@ -76,7 +76,7 @@ ALLOWED: dict[str, set[str]] = {
     "accounts": {"limits", "storage", "stats", "catalog", "outcome", "providers"},
     "routing": {"catalog", "providers", "stats", "schema", "config"},
     "media": {"catalog", "schema", "storage", "config"},
-    "tools": {"config", "media", "schema"},
+    "tools": {"config", "media", "schema", "storage"},
     "core": BELOW_CORE,
     "runtime": BELOW_CORE | {"core"},
     "http": BELOW_CORE | {"core", "runtime", "web"},

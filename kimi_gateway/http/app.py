@@ -32,6 +32,7 @@ from kimi_gateway.http.routes import (
     metrics,
     models,
     tokenizers,
+    vector_stores,
     web,
 )
 from kimi_gateway.http.routes import responses as responses_routes
@@ -171,6 +172,7 @@ def create_api(config: GatewayConfig | None = None) -> FastAPI:
     app.include_router(credits.router)
     app.include_router(generations.router)
     app.include_router(files.router)
+    app.include_router(vector_stores.router)
     app.include_router(docs.router)
     app.mount(docs.STATIC_PATH, web.Secured(docs.static_files()), name="vendor")
     if gateway.config.server.web:

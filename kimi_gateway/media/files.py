@@ -23,7 +23,10 @@ from kimi_gateway.storage import Database
 from kimi_gateway.storage.models import Account, StoredFile
 from kimi_gateway.storage.quota import stored_bytes
 
-PURPOSES = ("file-extract", "image", "video")
+PURPOSES = ("file-extract", "image", "video", "assistants", "user_data")
+# Files whose text is extracted at upload: Moonshot's file-extract, and OpenAI's purposes for files that
+# vector stores (file search) and models read.
+EXTRACTED = ("file-extract", "assistants", "user_data")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +97,10 @@ class FileStore:
     async def add(self, account_id: str | None, filename: str, purpose: str, data: bytes) -> FileInfo:
         if purpose not in PURPOSES:
             raise APIError(
-                400, "Invalid purpose: only 'file-extract', 'image' or 'video' accepted", param="purpose"
+                400,
+                "Invalid purpose: only 'file-extract', 'assistants', 'user_data', 'image' or 'video' are "
+                "accepted",
+                param="purpose",
             )
         if not data:
             raise APIError(
@@ -109,7 +115,7 @@ class FileStore:
         await self._reserve(account_id, file_id, filename, purpose, len(data))
         try:
             status, details, text = "ok", "", ""
-            if purpose == "file-extract":
+            if purpose in EXTRACTED:
                 try:
                     text = await self.pool.document(
                         account_id, lambda own: extract_text(data, self.ocr, budget=own), None

@@ -163,6 +163,7 @@ class ResponsesRequest(BaseModel):
     user: str | None = Field(default=None, max_length=256)
     prompt_cache_key: str | None = Field(default=None, max_length=256)
     background: bool = False
+    include: list[str] | None = Field(default=None, max_length=16)  # e.g. file_search_call.results
     # OpenRouter's routing extensions, taken in every format (checked by the chat request's model).
     provider: dict[str, Any] | None = None
     models: list[str] | None = None

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from kimi_gateway.errors import invalid_request
 
-ToolKind = Literal["web_search", "web_fetch"]
+ToolKind = Literal["web_search", "web_fetch", "file_search"]
 MAX_DOMAINS = 100
 
 
@@ -27,6 +27,7 @@ class ServerTool:
     blocked_domains: tuple[str, ...] = ()  # never these
     max_results: int | None = None  # search results per call
     citations: bool = True  # whether the answer's citations name this tool's sources
+    vector_store_ids: tuple[str, ...] = ()  # file_search: the stores searched (the account's own)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,23 @@ class Source:
 class SearchResults:
     query: str
     sources: tuple[Source, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FileHit:
+    """One chunk of an uploaded file that a file search found."""
+
+    file_id: str
+    filename: str
+    score: float
+    text: str
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class FileResults:
+    query: str
+    hits: tuple[FileHit, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +83,7 @@ class ToolError:
     message: str
 
 
-ToolOutput = SearchResults | FetchedPage | ToolError
+ToolOutput = SearchResults | FetchedPage | FileResults | ToolError
 
 
 @dataclass(slots=True)
@@ -93,15 +111,19 @@ class ToolTally:
 
     web_search_requests: int = 0
     web_fetch_requests: int = 0
+    file_search_requests: int = 0
     cost_nano: int = 0
+    files: list[FileHit] = field(default_factory=list)  # file search hits the answer may cite, in order
     sources: list[Source] = field(default_factory=list)  # every source the answer may cite, in order
     activity: list[ToolUse | ToolResult] = field(default_factory=list)  # the calls and results, in order
 
     def count(self, result: ToolResult) -> None:
         if result.tool.kind == "web_search":
             self.web_search_requests += 1
-        else:
+        elif result.tool.kind == "web_fetch":
             self.web_fetch_requests += 1
+        else:
+            self.file_search_requests += 1
         self.cost_nano += result.cost_nano
         output = result.output
         if result.tool.citations:
@@ -109,6 +131,8 @@ class ToolTally:
                 self.sources.extend(output.sources)
             elif isinstance(output, FetchedPage):
                 self.sources.append(Source(output.url, output.title or output.url, output.text[:150]))
+            elif isinstance(output, FileResults):
+                self.files.extend(output.hits)
 
 
 def url_citations(text: str, sources: list[Source]) -> list[dict[str, Any]]:

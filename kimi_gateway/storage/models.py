@@ -122,6 +122,32 @@ class StoredFile(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
+class VectorStore(Base):
+    """A vector store (OpenAI's name): a searchable set of an account's files (storage/vector_stores.py)."""
+
+    __tablename__ = "vector_stores"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str | None] = mapped_column(String(40), index=True, nullable=True)
+    name: Mapped[str] = mapped_column(String(256), default="")
+    metadata_json: Mapped[str | None] = mapped_column("metadata", Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    last_active_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class VectorStoreFile(Base):
+    __tablename__ = "vector_store_files"
+
+    vector_store_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    file_id: Mapped[str] = mapped_column(String(40), primary_key=True, index=True)
+    account_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    status: Mapped[str] = mapped_column(String(16))  # completed or failed
+    usage_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    attributes: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
 class StoredResponse(Base):
     """A response made through /v1/responses with `store`, kept for `previous_response_id` and GET, owned by
     its account like a file, until it expires."""

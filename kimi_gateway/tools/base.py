@@ -23,6 +23,17 @@ FUNCTIONS: dict[ToolKind, dict[str, Any]] = {
             "required": ["query"],
         },
     },
+    "file_search": {
+        "description": (
+            "Search the files the user uploaded (their text, by keywords). Returns the passages that match "
+            "best, each with its file's name. Use it for anything the user's documents may answer."
+        ),
+        "parameters": {
+            "type": "object",
+            "properties": {"query": {"type": "string", "description": "Keywords to look for."}},
+            "required": ["query"],
+        },
+    },
     "web_fetch": {
         "description": (
             "Fetch a web page or PDF by its URL and return its readable text. Use it to read a page "

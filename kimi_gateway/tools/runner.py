@@ -10,18 +10,23 @@ import aiohttp
 import orjson
 
 from kimi_gateway.config import MediaConfig, ToolsConfig
+from kimi_gateway.errors import APIError
 from kimi_gateway.media.fetch import Fetcher, FetchLimits
+from kimi_gateway.media.files import FileStore
 from kimi_gateway.media.ocr import OCR
 from kimi_gateway.media.workers import Budget, MediaPool
 from kimi_gateway.money import nano
 from kimi_gateway.schema.server_tools import (
     FetchedPage,
+    FileHit,
+    FileResults,
     SearchResults,
     ServerTool,
     ToolError,
     ToolKind,
     ToolOutput,
 )
+from kimi_gateway.storage.vector_stores import VectorStores
 from kimi_gateway.tools.base import domain_matches
 from kimi_gateway.tools.fetch import fetch_page
 from kimi_gateway.tools.search import SearchBackend, SearchFailed, backend_of
@@ -33,8 +38,17 @@ MAX_URL_CHARS = 2048
 class Tools:
     """The gateway's server-side tools, configured once ([tools])."""
 
-    def __init__(self, config: ToolsConfig, media: MediaConfig, pool: MediaPool, ocr: OCR) -> None:
+    def __init__(
+        self,
+        config: ToolsConfig,
+        media: MediaConfig,
+        pool: MediaPool,
+        ocr: OCR,
+        stores: VectorStores,
+        files: FileStore,
+    ) -> None:
         self.config = config
+        self.stores, self.files = stores, files
         self.search_backend: SearchBackend | None = backend_of(config.web_search)
         self.fetcher = Fetcher(
             FetchLimits(
@@ -50,6 +64,7 @@ class Tools:
         self.prices: dict[ToolKind, int] = {
             "web_search": nano(config.web_search.price_per_call),
             "web_fetch": nano(config.web_fetch.price_per_page),
+            "file_search": nano(config.file_search.price_per_call),
         }
 
     def unavailable(self, kind: ToolKind) -> str | None:
@@ -81,6 +96,8 @@ class Tools:
             async with asyncio.timeout(self.config.max_tool_seconds):
                 if tool.kind == "web_search":
                     return await self._search(tool, args)
+                if tool.kind == "file_search":
+                    return await self._file_search(tool, args, account)
                 return await self._fetch(tool, args, account, budget)
         except TimeoutError:
             return ToolError("unavailable", f"the tool took longer than {self.config.max_tool_seconds:g} s")
@@ -111,6 +128,30 @@ class Tools:
             and not domain_matches(host, blocked)
         ]
         return SearchResults(query.strip(), tuple(kept[:count]))
+
+    async def _file_search(
+        self, tool: ServerTool, args: dict[str, object], account: str | None
+    ) -> ToolOutput:
+        query = args.get("query")
+        if not isinstance(query, str) or not query.strip():
+            return ToolError("invalid_tool_input", "give the search a non-empty `query`")
+        if len(query) > MAX_QUERY_CHARS:
+            return ToolError("query_too_long", f"the query is over {MAX_QUERY_CHARS} characters")
+        count = tool.max_results or self.config.file_search.max_results
+        try:
+            found = await self.stores.search(account, list(tool.vector_store_ids), query, count)
+        except APIError as exc:
+            return ToolError("invalid_tool_input", exc.message)
+        names: dict[str, str] = {}
+        hits = []
+        for hit in found:
+            if hit.file_id not in names:
+                try:
+                    names[hit.file_id] = (await self.files.get(account, hit.file_id)).filename
+                except APIError:
+                    names[hit.file_id] = hit.file_id  # deleted meanwhile
+            hits.append(FileHit(hit.file_id, names[hit.file_id], hit.score, hit.chunk, hit.attributes))
+        return FileResults(query.strip(), tuple(hits))
 
     async def _fetch(
         self, tool: ServerTool, args: dict[str, object], account: str | None, budget: Budget
@@ -155,6 +196,14 @@ def model_text(output: ToolOutput, max_bytes: int) -> str:
                 for s in output.sources
             ],
         }
+    elif isinstance(output, FileResults):
+        data = {
+            "query": output.query,
+            "results": [
+                {"file_id": h.file_id, "filename": h.filename, "score": h.score, "text": h.text}
+                for h in output.hits
+            ],
+        }
     elif isinstance(output, FetchedPage):
         data = {
             "url": output.url,
@@ -168,4 +217,6 @@ def model_text(output: ToolOutput, max_bytes: int) -> str:
     if len(text.encode()) > max_bytes and isinstance(output, SearchResults) and output.sources:
         # Fewer results rather than broken JSON.
         return model_text(SearchResults(output.query, output.sources[:-1]), max_bytes)
+    if len(text.encode()) > max_bytes and isinstance(output, FileResults) and output.hits:
+        return model_text(FileResults(output.query, output.hits[:-1]), max_bytes)
     return text if len(text.encode()) <= max_bytes else text.encode()[:max_bytes].decode("utf-8", "ignore")

@@ -244,3 +244,27 @@ class ClaudeCodeSearch:
         )
         links = sorted(set(re.findall(r"https?://[^\s\"'\)\]>,]+", text)))
         return Answer(content=self.final.format(links=" ".join(links)))
+
+
+@dataclass
+class FileReader:
+    """Plays a model offered file_search: searches the user's files for their question, then answers
+    naming the file and quoting the passage it found."""
+
+    def __call__(self, body: dict[str, Any]) -> Answer:
+        tools = {t["function"]["name"] for t in body.get("tools") or ()}
+        results = _tool_messages(body)
+        question = next((m["content"] for m in reversed(body["messages"]) if m.get("role") == "user"), "")
+        if isinstance(question, list):
+            question = " ".join(p.get("text", "") for p in question if isinstance(p, dict))
+        if "file_search" in tools and not results:
+            return Answer(
+                content="",
+                tool_calls=[("file_search", json.dumps({"query": question}))],
+                finish="tool_calls",
+            )
+        found = json.loads(results[-1]["content"]).get("results") if results else None
+        if not found:
+            return Answer(content="Your files do not say.")
+        top = found[0]
+        return Answer(content=f"According to {top['filename']}: {top['text']}")

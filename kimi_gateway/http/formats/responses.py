@@ -96,7 +96,13 @@ class ResponsesFormat(WireFormat):
         return self.response_id  # made in `parse`: the ids of the items it made there name it
 
     async def render(self, completion: CompletionBody, meta: GenerationOutcome) -> Response:
-        output = completion_output(completion, self.conversation.tools, self.conversation.ids, meta.tools)
+        output = completion_output(
+            completion,
+            self.conversation.tools,
+            self.conversation.ids,
+            meta.tools,
+            self.conversation.request.include,
+        )
         body = response_object(self.conversation.request, meta, output)
         await self.conversation.keep(body)
         return ORJSONResponse(body)
@@ -113,7 +119,11 @@ class ResponsesFormat(WireFormat):
 
 
 def completion_output(
-    completion: CompletionBody, tools: ChatTools, ids: ItemIds, server: ToolTally | None = None
+    completion: CompletionBody,
+    tools: ChatTools,
+    ids: ItemIds,
+    server: ToolTally | None = None,
+    include: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """The output items of a whole completion: reasoning, the searches the gateway ran, then the message,
     then function calls."""
@@ -130,7 +140,7 @@ def completion_output(
                 "summary": [{"type": "summary_text", "text": reasoning}],
             }
         )
-    output.extend(search_items(server, ids))
+    output.extend(search_items(server, ids, include))
     if message["content"]:
         annotations = flat_citations(message["content"], server)
         part = {"type": "output_text", "text": message["content"], "annotations": annotations, "logprobs": []}

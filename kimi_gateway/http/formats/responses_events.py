@@ -24,6 +24,7 @@ from kimi_gateway.outcome import GenerationOutcome
 from kimi_gateway.providers.events import Delta, Done
 from kimi_gateway.schema import responses_api as r
 from kimi_gateway.schema.server_tools import (
+    FileResults,
     SearchResults,
     ToolError,
     ToolResult,
@@ -95,8 +96,36 @@ def assistant_turn(output: list[dict[str, Any]]) -> dict[str, Any]:
     return turn
 
 
-def search_call(use: ToolUse, result: ToolResult | None, item_id: str) -> dict[str, Any]:
-    """A server-side call as the Responses API's `web_search_call` item (a fetch as its `open_page`)."""
+def search_call(
+    use: ToolUse, result: ToolResult | None, item_id: str, include: list[str] | None = None
+) -> dict[str, Any]:
+    """A server-side call as the Responses API's item: `file_search_call`, or `web_search_call` (a fetch
+    as its `open_page` action). A file search's hits are listed with `include:
+    ["file_search_call.results"]`."""
+    if use.tool.kind == "file_search":
+        status = "in_progress"
+        if result is not None:
+            status = "failed" if isinstance(result.output, ToolError) else "completed"
+        item: dict[str, Any] = {
+            "type": "file_search_call",
+            "id": item_id,
+            "status": status,
+            "queries": [use.input.get("query", "")],
+            "results": None,
+        }
+        listed = "file_search_call.results" in (include or ())
+        if result is not None and isinstance(result.output, FileResults) and listed:
+            item["results"] = [
+                {
+                    "file_id": h.file_id,
+                    "filename": h.filename,
+                    "score": h.score,
+                    "text": h.text,
+                    "attributes": h.attributes,
+                }
+                for h in result.output.hits
+            ]
+        return item
     if use.tool.kind == "web_fetch":
         action: dict[str, Any] = {"type": "open_page", "url": use.input.get("url")}
     else:
@@ -110,23 +139,45 @@ def search_call(use: ToolUse, result: ToolResult | None, item_id: str) -> dict[s
     return {"type": "web_search_call", "id": item_id, "status": status, "action": action}
 
 
-def search_items(tools: ToolTally | None, ids: ItemIds) -> list[dict[str, Any]]:
+def item_prefix(use: ToolUse) -> str:
+    return "fs_" if use.tool.kind == "file_search" else "ws_"
+
+
+def search_items(
+    tools: ToolTally | None, ids: ItemIds, include: list[str] | None = None
+) -> list[dict[str, Any]]:
     """Every server-side call of the response, completed, in order."""
     if tools is None:
         return []
     results = {item.id: item for item in tools.activity if isinstance(item, ToolResult)}
     return [
-        search_call(item, results.get(item.id), ids.next("ws_"))
+        search_call(item, results.get(item.id), ids.next(item_prefix(item)), include)
         for item in tools.activity
         if isinstance(item, ToolUse)
     ]
 
 
 def flat_citations(text: str, tools: ToolTally | None) -> list[dict[str, Any]]:
-    """The answer's sources as the Responses API's `url_citation` annotations (flat)."""
+    """The answer's sources as the Responses API's annotations: `url_citation` (flat) for the web, and
+    `file_citation` for each file a search found (at the answer's mention of its name, else its end)."""
     if tools is None:
         return []
-    return [{"type": "url_citation", **c["url_citation"]} for c in url_citations(text, tools.sources)]
+    out = [{"type": "url_citation", **c["url_citation"]} for c in url_citations(text, tools.sources)]
+    seen: set[str] = set()
+    for hit in tools.files:
+        if hit.file_id in seen:
+            continue
+        seen.add(hit.file_id)
+        at = text.find(hit.filename)
+        out.append(
+            {
+                "type": "file_citation",
+                "file_id": hit.file_id,
+                "filename": hit.filename,
+                "index": at + len(hit.filename) if at >= 0 else len(text),
+            }
+        )
+    return out
 
 
 def _usage(meta: GenerationOutcome) -> dict[str, Any] | None:
@@ -385,18 +436,20 @@ class ResponseStream:
                 self._close(out)
                 self._finish_calls(out)
             elif isinstance(event, ToolUse):
-                item = search_call(event, None, self.conversation.ids.next("ws_"))
+                item = search_call(event, None, self.conversation.ids.next(item_prefix(event)))
                 index = self._add(item, out)
                 self.open = None  # a call item is no message: it closes when its result comes
                 self.searches[event.id] = (index, event)
                 at = {"item_id": item["id"], "output_index": index}
-                out.append(self._event("response.web_search_call.in_progress", **at))
-                out.append(self._event("response.web_search_call.searching", **at))
+                kind = item["type"]
+                out.append(self._event(f"response.{kind}.in_progress", **at))
+                out.append(self._event(f"response.{kind}.searching", **at))
             elif isinstance(event, ToolResult):
                 index, use = self.searches[event.id]
-                item = self.output[index] = search_call(use, event, self.output[index]["id"])
+                include = self.conversation.request.include
+                item = self.output[index] = search_call(use, event, self.output[index]["id"], include)
                 at = {"item_id": item["id"], "output_index": index}
-                out.append(self._event("response.web_search_call.completed", **at))
+                out.append(self._event(f"response.{item['type']}.completed", **at))
                 out.append(self._event("response.output_item.done", output_index=index, item=item))
 
     def failure(self, exc: APIError) -> bytes:

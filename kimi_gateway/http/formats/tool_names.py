@@ -25,6 +25,25 @@ _SEARCH = frozenset(
 _DROPPABLE = _SEARCH | {"tool_search"}
 
 
+def _file_search(tool: dict[str, Any], where: str) -> ServerTool:
+    """`{"type": "file_search", "vector_store_ids": [...], "max_num_results": n}`: the stores are checked
+    (the account's own) when the model searches them."""
+    ids = tool.get("vector_store_ids")
+    if (
+        not isinstance(ids, list)
+        or not ids
+        or not all(isinstance(i, str) and i for i in ids)
+        or len(ids) > 16
+    ):
+        raise invalid_request(
+            "file_search needs vector_store_ids: 1 to 16 ids", param=f"{where}.vector_store_ids"
+        )
+    count = tool.get("max_num_results")
+    if count is not None and (not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 50):
+        raise invalid_request("max_num_results must be 1 to 50", param=f"{where}.max_num_results")
+    return ServerTool("file_search", "file_search", max_results=count, vector_store_ids=tuple(ids))
+
+
 def flat_name(namespace: str | None, name: str) -> str:
     if not namespace:
         return name
@@ -59,6 +78,8 @@ class ChatTools:
                 out.server.append(
                     ServerTool("web_search", "web_search", None, tuple(allowed), tuple(blocked))
                 )
+            elif kind == "file_search":
+                out.server.append(_file_search(tool, f"tools[{i}]"))
             elif kind in _DROPPABLE and not strict:
                 out.dropped.append(str(kind))
             else:

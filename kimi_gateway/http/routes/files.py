@@ -49,7 +49,10 @@ def _file_type(head: bytes) -> str:
                         "required": ["file", "purpose"],
                         "properties": {
                             "file": {"type": "string", "format": "binary"},
-                            "purpose": {"type": "string", "enum": ["file-extract", "image", "video"]},
+                            "purpose": {
+                                "type": "string",
+                                "enum": ["file-extract", "assistants", "user_data", "image", "video"],
+                            },
                         },
                     }
                 }
@@ -119,4 +122,5 @@ async def file_content(file_id: str, request: Request) -> dict[str, Any]:
 async def delete_file(file_id: str, request: Request) -> dict[str, Any]:
     gateway, account = _context(request)
     await gateway.files.delete(account, file_id)
+    await gateway.vector_stores.forget_file(account, file_id)  # and it leaves every vector store
     return {"id": file_id, "object": "file", "deleted": True}
