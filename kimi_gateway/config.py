@@ -241,6 +241,21 @@ class FileSearchConfig(_Section):
     price_per_call: float = Field(default=0.0, ge=0)
 
 
+class McpServerConfig(_Section):
+    """[tools.mcp.servers.NAME]: an MCP server of the operator's, offered to requests by its name."""
+
+    url: str
+    allowed_tools: list[str] | None = None  # None: every tool it lists
+    # Request headers and the environment variables holding their values (tokens stay out of the file).
+    headers_env: dict[str, str] = Field(default_factory=dict)
+    require_approval: Literal["never", "always"] = "never"
+
+
+class McpConfig(_Section):
+    servers: dict[str, McpServerConfig] = Field(default_factory=dict)
+    max_servers: int = Field(default=4, ge=1, le=16)  # MCP servers one request may name
+
+
 class ToolsConfig(_Section):
     """[tools]: the server-side tools and the bounds of the loop that runs them inside one request."""
 
@@ -255,6 +270,7 @@ class ToolsConfig(_Section):
     web_search: WebSearchConfig = Field(default_factory=WebSearchConfig)
     web_fetch: WebFetchConfig = Field(default_factory=WebFetchConfig)
     file_search: FileSearchConfig = Field(default_factory=FileSearchConfig)
+    mcp: McpConfig = Field(default_factory=McpConfig)
 
 
 class GatewayConfig(_Section):

@@ -33,10 +33,17 @@ from kimi_gateway.schema.completion import (
     UsageBody,
     usage_body,
 )
-from kimi_gateway.schema.server_tools import ToolResult, ToolUse, server_tool_usage, url_citations
+from kimi_gateway.schema.server_tools import (
+    ApprovalRequest,
+    McpListing,
+    ToolResult,
+    ToolUse,
+    server_tool_usage,
+    url_citations,
+)
 
 # What a response is made of: a provider's events, and a tool loop's server-side calls and results.
-ResponseEvent = Event | ToolUse | ToolResult
+ResponseEvent = Event | ToolUse | ToolResult | McpListing | ApprovalRequest
 
 
 class Generating(Protocol):

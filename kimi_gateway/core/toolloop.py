@@ -37,14 +37,26 @@ from kimi_gateway.routing import Router
 from kimi_gateway.routing.attempts import Attempt, RoutedGeneration
 from kimi_gateway.routing.plan import Candidate
 from kimi_gateway.schema.chat import ChatCompletionRequest, Message, Tool
-from kimi_gateway.schema.server_tools import ServerTool, ToolError, ToolResult, ToolTally, ToolUse
+from kimi_gateway.schema.server_tools import (
+    ApprovalRequest,
+    McpListing,
+    ServerTool,
+    ToolError,
+    ToolResult,
+    ToolTally,
+    ToolUse,
+    mcp_function_name,
+)
 from kimi_gateway.tools.base import function_tool
+from kimi_gateway.tools.mcp import McpFailed
 from kimi_gateway.tools.runner import Tools, model_text
 
 # A turn that ends the loop early: the step bound, or credit for the next step ran out. Its finish is
 # "length" (the answer is cut short) with this native reason, which Anthropic's format shows as its
 # `pause_turn` (the client may send the turn back to go on).
 PAUSED = "pause_turn"
+# A turn that ends waiting for the client to approve an MCP call: a "stop" with this native reason.
+APPROVAL = "mcp_approval_request"
 
 
 @dataclass(slots=True)
@@ -93,8 +105,10 @@ class ToolLoop:
         self.candidates = first.candidates
         self._done_attempts: list[Attempt] = []
         self._upstream_done = 0.0
-        self._server = {tool.name: tool for tool in body.server_tools}
+        self._server = {tool.name: tool for tool in body.server_tools if tool.kind != "mcp"}
+        self._mcp_servers = [tool for tool in body.server_tools if tool.kind == "mcp"]
         self._uses: dict[str, int] = {}
+        self._waiting = False  # an MCP call waits for the client's approval: the response ends
 
     # ---- the routed generation's face ----------------------------------------------------------------
 
@@ -120,6 +134,22 @@ class ToolLoop:
         usage = Usage()
         cost = 0
         step = 0
+        if self._mcp_servers:
+            async for batch in self._list_mcp_tools():
+                yield batch
+        if self.body.approved_calls:
+            async for batch in self._run_approved(self.steps[0]):
+                yield batch
+        if self._mcp_servers or self.body.approved_calls:
+            # The conversation and the tools grew: routed again, held for again.
+            self._routed = self._router.route(self.body, self._account)
+            self.steps[0].prompt_estimate = self._routed.prompt_tokens
+            if not await self._afford(self.steps[0].tool_cost_nano):
+                yield [
+                    Finish(0, "length", native_reason=PAUSED),
+                    Done(cost_nano=self.steps[0].tool_cost_nano),
+                ]
+                return
         while True:
             outcome = self.steps[step]
             run = GenerationRun(self._routed, outcome, None)
@@ -139,10 +169,15 @@ class ToolLoop:
                     async for batch in self._run_calls(server_calls, outcome, turn):
                         yield batch
                     cost += outcome.tool_cost_nano
-                    if await self._next_step(cost):
+                    if self._waiting:
+                        finish = Finish(0, "stop", native_reason=APPROVAL)
+                    elif await self._next_step(cost):
                         step += 1
                         continue
-                finish = Finish(0, "length", native_reason=PAUSED)
+                    else:
+                        finish = Finish(0, "length", native_reason=PAUSED)
+                else:
+                    finish = Finish(0, "length", native_reason=PAUSED)
             elif client_calls:
                 finish = Finish(0, "tool_calls", native_reason=finish.native_reason)
             done = turn.done or Done()
@@ -217,6 +252,14 @@ class ToolLoop:
                     "function": {"name": call.name, "arguments": call.arguments},
                 }
             )
+            if tool.mcp is not None and tool.mcp_tool is not None and tool.mcp.needs_approval(tool.mcp_tool):
+                # Not run: the response ends asking the client (`mcp_approval_request`); the client's
+                # answer comes in the next request, which runs it (`_run_approved`).
+                asked = ApprovalRequest(new_id("mcpr_"), tool, call.arguments)
+                self.tally.activity.append(asked)
+                self._waiting = True
+                yield [asked]
+                continue
             use = ToolUse(new_id("srvtoolu_"), tool, _input(call.arguments))
             self.tally.activity.append(use)
             yield [use]
@@ -244,6 +287,83 @@ class ToolLoop:
             text = model_text(output, config.max_result_bytes)
             results.append({"role": "tool", "tool_call_id": call_id, "content": text})
         self.body.messages.extend(_messages([assistant, *results]))
+
+    async def _list_mcp_tools(self) -> AsyncGenerator[list[ResponseEvent], None]:
+        """Each MCP server's tools, offered to the model as functions named `<label>__<tool>`."""
+        taken = {tool.function.name for tool in self.body.tools or ()}
+        added: list[Tool] = []
+        for ref in self._mcp_servers:
+            server = ref.mcp
+            if server is not None and server.url is None:
+                server = self._tools.mcp.configured(server.label) or server
+            listing: McpListing
+            if server is None or server.url is None:
+                listing = McpListing(ref.name, (), f"no MCP server named '{ref.name}' is configured")
+            else:
+                try:
+                    listed = await self._tools.mcp.list_tools(server)
+                except McpFailed as failed:
+                    listing = McpListing(ref.name, (), str(failed))
+                else:
+                    shown = []
+                    for found in listed:
+                        name = mcp_function_name(ref.name, found.name)
+                        if name in taken:
+                            continue
+                        taken.add(name)
+                        self._server[name] = ServerTool("mcp", name, mcp=server, mcp_tool=found.name)
+                        spec = {
+                            "name": name,
+                            "description": found.description,
+                            "parameters": found.input_schema,
+                        }
+                        added.append(Tool.model_validate({"type": "function", "function": spec}))
+                        shown.append(
+                            {
+                                "name": found.name,
+                                "description": found.description,
+                                "input_schema": found.input_schema,
+                                "annotations": found.annotations,
+                            }
+                        )
+                    listing = McpListing(ref.name, tuple(shown))
+            self.tally.activity.append(listing)
+            yield [listing]
+        if added:
+            self.body.tools = [*(self.body.tools or ()), *added]
+
+    async def _run_approved(self, outcome: GenerationOutcome) -> AsyncGenerator[list[ResponseEvent], None]:
+        """The calls the client answered: run if approved, refused to the model if not."""
+        by_target = {(t.mcp.label, t.mcp_tool): t for t in self._server.values() if t.mcp is not None}
+        assistant: dict[str, Any] = {"role": "assistant", "content": None, "tool_calls": []}
+        results: list[dict[str, Any]] = []
+        for approved in self.body.approved_calls:
+            tool = by_target.get((approved.label, approved.tool))
+            if tool is None:
+                continue  # the server or the tool is gone from this request's tools
+            assistant["tool_calls"].append(
+                {
+                    "id": approved.call_id,
+                    "type": "function",
+                    "function": {"name": tool.name, "arguments": approved.arguments},
+                }
+            )
+            use = ToolUse(new_id("srvtoolu_"), tool, _input(approved.arguments))
+            self.tally.activity.append(use)
+            yield [use]
+            if approved.approve:
+                output: Any = await self._tools.run(tool, approved.arguments, self._account, self._budget)
+            else:
+                why = f": {approved.reason}" if approved.reason else ""
+                output = ToolError("denied", f"The user did not approve this call{why}.")
+            result = ToolResult(use.id, tool, output)
+            self.tally.count(result)
+            self.tally.activity.append(result)
+            yield [result]
+            text = model_text(output, self._tools.config.max_result_bytes)
+            results.append({"role": "tool", "tool_call_id": approved.call_id, "content": text})
+        if results:
+            self.body.messages.extend(_messages([assistant, *results]))
 
     def _fees(self, calls: list[_Call]) -> int:
         """The most these calls can cost: each that may run, at its tool's price."""
@@ -302,7 +422,13 @@ def offer_server_tools(body: ChatCompletionRequest, tools: Tools) -> None:
         raise invalid_request("server-side tools answer one choice: n must be 1", param="n")
     taken = {tool.function.name for tool in body.tools or ()}
     offered: dict[str, ServerTool] = {}
+    servers: dict[str, ServerTool] = {}
     for tool in body.server_tools:
+        if tool.kind == "mcp":  # a server: its tools are listed when the loop starts
+            if tool.name in servers:
+                raise invalid_request(f"two MCP servers are labelled '{tool.name}'", param="tools")
+            servers[tool.name] = tool
+            continue
         why = tools.unavailable(tool.kind)
         if why is not None:
             raise APIError(
@@ -313,7 +439,9 @@ def offer_server_tools(body: ChatCompletionRequest, tools: Tools) -> None:
                 f"'{tool.name}' names both a server-side tool and one of your functions", param="tools"
             )
         offered.setdefault(tool.name, tool)
-    body.server_tools = list(offered.values())
+    if len(servers) > tools.config.mcp.max_servers:
+        raise invalid_request(f"at most {tools.config.mcp.max_servers} MCP servers a request", param="tools")
+    body.server_tools = [*offered.values(), *servers.values()]
     body.tools = [*(body.tools or ()), *(Tool.model_validate(function_tool(t)) for t in offered.values())]
 
 

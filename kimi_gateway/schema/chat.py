@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
-from kimi_gateway.schema.server_tools import ServerTool
+from kimi_gateway.schema.server_tools import ApprovedCall, ServerTool
 
 
 class _Inner(BaseModel):
@@ -306,6 +306,8 @@ class ChatCompletionRequest(BaseModel):
     # Server-side tools (schema/server_tools.py): set by the formats after validation (a body's own
     # `server_tools` is not read: the field is excluded and reset by each format).
     server_tools: list[ServerTool] = Field(default_factory=list, exclude=True)
+    # MCP calls the client approved or denied (the Responses API's mcp_approval_response), to run first.
+    approved_calls: list[ApprovedCall] = Field(default_factory=list, exclude=True)
 
     @field_validator("stop")
     @classmethod

@@ -97,6 +97,26 @@ class WebSearchCallItem(_Inner):
     action: dict[str, Any] | None = None
 
 
+class McpItem(_Inner):
+    """An MCP item of an earlier response given back: its list of tools, a call, an approval request."""
+
+    type: Literal["mcp_list_tools", "mcp_call", "mcp_approval_request"]
+    id: str | None = None
+    server_label: str | None = None
+    name: str | None = None
+    arguments: str | None = None
+    output: str | None = None
+    error: Any = None
+
+
+class McpApprovalResponse(_Inner):
+    type: Literal["mcp_approval_response"]
+    approval_request_id: str = Field(max_length=80)
+    approve: bool
+    reason: str | None = Field(default=None, max_length=2000)
+    id: str | None = None
+
+
 class ItemReference(_Inner):
     type: Literal["item_reference"]
     id: str
@@ -115,6 +135,10 @@ InputItem = Annotated[
     | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
     | Annotated[ReasoningItem, Tag("reasoning")]
     | Annotated[WebSearchCallItem, Tag("web_search_call")]
+    | Annotated[McpItem, Tag("mcp_list_tools")]
+    | Annotated[McpItem, Tag("mcp_call")]
+    | Annotated[McpItem, Tag("mcp_approval_request")]
+    | Annotated[McpApprovalResponse, Tag("mcp_approval_response")]
     | Annotated[ItemReference, Tag("item_reference")],
     Discriminator(_item_type),
 ]

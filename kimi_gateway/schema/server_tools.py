@@ -7,13 +7,30 @@ variant); the tool loop (core/toolloop.py) runs them (tools/).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from kimi_gateway.errors import invalid_request
 
-ToolKind = Literal["web_search", "web_fetch", "file_search"]
+ToolKind = Literal["web_search", "web_fetch", "file_search", "mcp"]
 MAX_DOMAINS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class McpServer:
+    """A remote MCP server a request uses (tools/mcp.py reaches it)."""
+
+    label: str
+    url: str | None  # None: the operator's server of that label ([tools.mcp.servers])
+    headers: dict[str, str] = field(default_factory=dict, repr=False)  # secrets: never in a repr or a log
+    allowed_tools: tuple[str, ...] | None = None  # None: every tool
+    approval: str = "always"  # "never", or "always": each call waits for the client's approval
+    never_approve: frozenset[str] = frozenset()  # tools that run without approval under "always"
+    private_ok: bool = False  # configured by the operator: may be on a private address
+
+    def needs_approval(self, tool: str) -> bool:
+        return self.approval != "never" and tool not in self.never_approve
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +45,8 @@ class ServerTool:
     max_results: int | None = None  # search results per call
     citations: bool = True  # whether the answer's citations name this tool's sources
     vector_store_ids: tuple[str, ...] = ()  # file_search: the stores searched (the account's own)
+    mcp: McpServer | None = None  # mcp: the server (the request names it; the loop lists its tools)
+    mcp_tool: str | None = None  # mcp: the server's own name of the tool (`name` is the model's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +102,15 @@ class ToolError:
     message: str
 
 
-ToolOutput = SearchResults | FetchedPage | FileResults | ToolError
+@dataclass(frozen=True, slots=True)
+class McpOutput:
+    """What an MCP tool returned (its text content), and whether it says it failed."""
+
+    text: str
+    is_error: bool
+
+
+ToolOutput = SearchResults | FetchedPage | FileResults | McpOutput | ToolError
 
 
 @dataclass(slots=True)
@@ -105,6 +132,36 @@ class ToolResult:
     cost_nano: int = 0  # the call's own price ([tools] price_per_call / price_per_page)
 
 
+@dataclass(frozen=True, slots=True)
+class McpListing:
+    """An MCP server's tools as the model was offered them (or why they could not be listed)."""
+
+    label: str
+    tools: tuple[dict[str, Any], ...]  # name, description, input_schema, annotations
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRequest:
+    """An MCP call waiting for the client's approval: the response ends with it."""
+
+    id: str  # mcpr_...
+    tool: ServerTool
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovedCall:
+    """A call the client answered (`mcp_approval_response`), run (or not) before the model goes on."""
+
+    call_id: str
+    label: str
+    tool: str  # the server's name of it
+    arguments: str
+    approve: bool
+    reason: str | None = None
+
+
 @dataclass(slots=True)
 class ToolTally:
     """A request's server-side tool calls: for `usage.server_tool_use`, the charge and the citations."""
@@ -115,15 +172,18 @@ class ToolTally:
     cost_nano: int = 0
     files: list[FileHit] = field(default_factory=list)  # file search hits the answer may cite, in order
     sources: list[Source] = field(default_factory=list)  # every source the answer may cite, in order
-    activity: list[ToolUse | ToolResult] = field(default_factory=list)  # the calls and results, in order
+    activity: list[ToolUse | ToolResult | McpListing | ApprovalRequest] = field(default_factory=list)
+    mcp_calls: int = 0
 
     def count(self, result: ToolResult) -> None:
         if result.tool.kind == "web_search":
             self.web_search_requests += 1
         elif result.tool.kind == "web_fetch":
             self.web_fetch_requests += 1
-        else:
+        elif result.tool.kind == "file_search":
             self.file_search_requests += 1
+        else:
+            self.mcp_calls += 1
         self.cost_nano += result.cost_nano
         output = result.output
         if result.tool.citations:
@@ -161,6 +221,11 @@ def url_citations(text: str, sources: list[Source]) -> list[dict[str, Any]]:
 def server_tool_usage(tally: ToolTally) -> dict[str, int]:
     """`usage.server_tool_use`, as Anthropic's and OpenRouter's usage objects carry it."""
     return {"web_search_requests": tally.web_search_requests, "web_fetch_requests": tally.web_fetch_requests}
+
+
+def mcp_function_name(label: str, tool: str) -> str:
+    """An MCP tool's name for the model: `<label>__<tool>`, in the characters a function name may hold."""
+    return re.sub(r"[^a-zA-Z0-9_-]", "_", f"{label}__{tool}")[:64]
 
 
 # OpenRouter's server tools in a chat request's `tools`, and the shorthand its API converts to them.

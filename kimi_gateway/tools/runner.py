@@ -4,6 +4,7 @@ given. Per-request state (how many uses are left) is the tool loop's (core/tooll
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -20,6 +21,7 @@ from kimi_gateway.schema.server_tools import (
     FetchedPage,
     FileHit,
     FileResults,
+    McpOutput,
     SearchResults,
     ServerTool,
     ToolError,
@@ -29,6 +31,7 @@ from kimi_gateway.schema.server_tools import (
 from kimi_gateway.storage.vector_stores import VectorStores
 from kimi_gateway.tools.base import domain_matches
 from kimi_gateway.tools.fetch import fetch_page
+from kimi_gateway.tools.mcp import Mcp, McpFailed
 from kimi_gateway.tools.search import SearchBackend, SearchFailed, backend_of
 
 MAX_QUERY_CHARS = 500
@@ -60,11 +63,13 @@ class Tools:
             )
         )
         self.pool, self.ocr = pool, ocr
+        self.mcp = Mcp(config.mcp, config.max_tool_seconds, frozenset(media.allow_hosts))
         self._session: aiohttp.ClientSession | None = None
         self.prices: dict[ToolKind, int] = {
             "web_search": nano(config.web_search.price_per_call),
             "web_fetch": nano(config.web_fetch.price_per_page),
             "file_search": nano(config.file_search.price_per_call),
+            "mcp": 0,  # MCP calls cost their tokens only, as on OpenAI
         }
 
     def unavailable(self, kind: ToolKind) -> str | None:
@@ -98,6 +103,8 @@ class Tools:
                     return await self._search(tool, args)
                 if tool.kind == "file_search":
                     return await self._file_search(tool, args, account)
+                if tool.kind == "mcp":
+                    return await self._mcp(tool, args)
                 return await self._fetch(tool, args, account, budget)
         except TimeoutError:
             return ToolError("unavailable", f"the tool took longer than {self.config.max_tool_seconds:g} s")
@@ -153,6 +160,15 @@ class Tools:
             hits.append(FileHit(hit.file_id, names[hit.file_id], hit.score, hit.chunk, hit.attributes))
         return FileResults(query.strip(), tuple(hits))
 
+    async def _mcp(self, tool: ServerTool, args: dict[str, Any]) -> ToolOutput:
+        server = tool.mcp
+        if server is None or tool.mcp_tool is None:
+            return ToolError("invalid_tool_input", "not an MCP tool")
+        try:
+            return await self.mcp.call(server, tool.mcp_tool, args, self.config.max_result_bytes)
+        except McpFailed as failed:
+            return ToolError("unavailable", str(failed))
+
     async def _fetch(
         self, tool: ServerTool, args: dict[str, object], account: str | None, budget: Budget
     ) -> ToolOutput:
@@ -204,6 +220,9 @@ def model_text(output: ToolOutput, max_bytes: int) -> str:
                 for h in output.hits
             ],
         }
+    elif isinstance(output, McpOutput):
+        text = output.text if not output.is_error else f"Error: {output.text}"
+        return text.encode()[:max_bytes].decode("utf-8", "ignore")
     elif isinstance(output, FetchedPage):
         data = {
             "url": output.url,

@@ -268,3 +268,25 @@ class FileReader:
             return Answer(content="Your files do not say.")
         top = found[0]
         return Answer(content=f"According to {top['filename']}: {top['text']}")
+
+
+@dataclass
+class OrderAgent:
+    """Plays a model offered an MCP server's tools: looks the order up with the tool named `*__lookup_order`,
+    then answers with what the tool returned."""
+
+    order_id: str = "A1"
+
+    def __call__(self, body: dict[str, Any]) -> Answer:
+        tools = [t["function"]["name"] for t in body.get("tools") or ()]
+        lookup = next((name for name in tools if name.endswith("__lookup_order")), None)
+        results = _tool_messages(body)
+        if lookup is not None and not results:
+            return Answer(
+                content="",
+                tool_calls=[(lookup, json.dumps({"order_id": self.order_id}))],
+                finish="tool_calls",
+            )
+        if results:
+            return Answer(content=f"The tool says: {results[-1]['content']}")
+        return Answer(content="No order tools.")

@@ -216,7 +216,10 @@ def message_body(
         if thinking:
             content.append({"type": "thinking", "thinking": thinking, "signature": signature(thinking)})
         for item in tools.activity if tools is not None else ():
-            content.append(server_tool_use(item) if isinstance(item, ToolUse) else server_tool_result(item))
+            if isinstance(item, ToolUse):
+                content.append(server_tool_use(item))
+            elif isinstance(item, ToolResult):
+                content.append(server_tool_result(item))
         if message["content"]:
             content.append({"type": "text", "text": message["content"]})
         for call in message.get("tool_calls") or ():

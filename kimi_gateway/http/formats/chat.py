@@ -46,6 +46,8 @@ class ChatFormat(WireFormat):
             body.server_tools = _server_tools(body)
         else:
             body.server_tools = []  # never a body's own: the field is not read from the client
+        if body.approved_calls:
+            body.approved_calls = []  # only the Responses API's approvals set it
         return body
 
     def new_id(self) -> str:

@@ -40,7 +40,7 @@ from kimi_gateway.outcome import GenerationOutcome
 from kimi_gateway.schema import responses_api as r
 from kimi_gateway.schema.chat import ChatCompletionRequest
 from kimi_gateway.schema.completion import CompletionBody
-from kimi_gateway.schema.server_tools import ToolTally
+from kimi_gateway.schema.server_tools import ApprovedCall, ToolTally, mcp_function_name
 from kimi_gateway.storage.responses import ResponseStore
 
 PATH = "/v1/responses"
@@ -86,6 +86,7 @@ class ResponsesFormat(WireFormat):
         tools = ChatTools.of(body.tools, strict, context.searches)
         chat = to_chat(body, history + messages, tools.functions)
         chat.server_tools = tools.server
+        chat.approved_calls = _approvals(items, previous.response["output"] if previous is not None else [])
         self.conversation = Conversation(
             body, items, messages, previous, context.responses, account, tools, ids
         )
@@ -224,6 +225,40 @@ async def _referenced(
     return out
 
 
+def _approvals(items: list[dict[str, Any]], earlier: list[dict[str, Any]]) -> list[ApprovedCall]:
+    """The client's answers to MCP approval requests (of the response it continues, or given back in this
+    input), as calls for the tool loop to run (or refuse) before the model goes on."""
+    answers = [item for item in items if item.get("type") == "mcp_approval_response"]
+    if not answers:
+        return []
+    asked = {
+        item["id"]: item
+        for item in [*earlier, *items]
+        if item.get("type") == "mcp_approval_request" and item.get("id")
+    }
+    calls = []
+    for i, answer in enumerate(answers):
+        request = asked.get(answer["approval_request_id"])
+        if request is None:
+            raise APIError(
+                404,
+                f"No mcp_approval_request with id '{answer['approval_request_id']}' in this conversation.",
+                param=f"input[{i}].approval_request_id",
+                code="item_not_found",
+            )
+        calls.append(
+            ApprovedCall(
+                new_id("call_"),
+                request.get("server_label") or "",
+                request.get("name") or "",
+                request.get("arguments") or "{}",
+                bool(answer["approve"]),
+                answer.get("reason"),
+            )
+        )
+    return calls
+
+
 def _input_items(given: str | list[r.InputItem], ids: ItemIds) -> list[dict[str, Any]]:
     """This request's input as items (what GET /v1/responses/{id}/input_items lists), each with an id."""
     if isinstance(given, str):
@@ -338,6 +373,18 @@ def _messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 c["text"] for c in item.get("content", ())
             ]
             reasoning.append("".join(texts))
+        elif kind in ("mcp_list_tools", "mcp_approval_request", "mcp_approval_response"):
+            continue  # the tools are listed again; approvals are read by `_approvals`
+        elif kind == "mcp_call":
+            # A call of an earlier turn: the model sees it, and what it returned.
+            call_id = item.get("id") or new_id("mcp_")
+            name = mcp_function_name(item.get("server_label") or "", item.get("name") or "")
+            call = {"name": name, "arguments": item.get("arguments") or "{}"}
+            assistant().setdefault("tool_calls", []).append(
+                {"id": call_id, "type": "function", "function": call}
+            )
+            output = item.get("output") if item.get("output") is not None else f"Error: {item.get('error')}"
+            out.append({"role": "tool", "tool_call_id": call_id, "content": str(output)})
         elif kind == "web_search_call":
             # A search of an earlier turn: the model sees its call and the sources it found.
             action = item.get("action") or {}

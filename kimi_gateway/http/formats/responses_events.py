@@ -24,7 +24,10 @@ from kimi_gateway.outcome import GenerationOutcome
 from kimi_gateway.providers.events import Delta, Done
 from kimi_gateway.schema import responses_api as r
 from kimi_gateway.schema.server_tools import (
+    ApprovalRequest,
     FileResults,
+    McpListing,
+    McpOutput,
     SearchResults,
     ToolError,
     ToolResult,
@@ -101,7 +104,9 @@ def search_call(
 ) -> dict[str, Any]:
     """A server-side call as the Responses API's item: `file_search_call`, or `web_search_call` (a fetch
     as its `open_page` action). A file search's hits are listed with `include:
-    ["file_search_call.results"]`."""
+    ["file_search_call.results"]`. An MCP call is an `mcp_call`."""
+    if use.tool.kind == "mcp":
+        return mcp_call(use, result, item_id)
     if use.tool.kind == "file_search":
         status = "in_progress"
         if result is not None:
@@ -139,22 +144,80 @@ def search_call(
     return {"type": "web_search_call", "id": item_id, "status": status, "action": action}
 
 
+def mcp_call(use: ToolUse, result: ToolResult | None, item_id: str) -> dict[str, Any]:
+    server = use.tool.mcp
+    item: dict[str, Any] = {
+        "type": "mcp_call",
+        "id": item_id,
+        "server_label": server.label if server is not None else "",
+        "name": use.tool.mcp_tool or use.tool.name,
+        "arguments": orjson.dumps(use.input).decode(),
+        "output": None,
+        "error": None,
+        "status": "in_progress" if result is None else "completed",
+        "approval_request_id": None,
+    }
+    if result is not None:
+        output = result.output
+        if isinstance(output, McpOutput) and not output.is_error:
+            item["output"] = output.text
+        elif isinstance(output, McpOutput):
+            item["error"] = {
+                "type": "mcp_tool_execution_error",
+                "content": [{"type": "text", "text": output.text}],
+            }
+            item["status"] = "failed"
+        else:
+            message = output.message if isinstance(output, ToolError) else "failed"
+            item["error"] = {"type": "mcp_protocol_error", "code": -32000, "message": message}
+            item["status"] = "failed"
+    return item
+
+
+def mcp_list_tools(listing: McpListing, item_id: str) -> dict[str, Any]:
+    return {
+        "type": "mcp_list_tools",
+        "id": item_id,
+        "server_label": listing.label,
+        "tools": list(listing.tools),
+        "error": listing.error,
+    }
+
+
+def approval_request(asked: ApprovalRequest) -> dict[str, Any]:
+    server = asked.tool.mcp
+    return {
+        "type": "mcp_approval_request",
+        "id": asked.id,
+        "server_label": server.label if server is not None else "",
+        "name": asked.tool.mcp_tool or asked.tool.name,
+        "arguments": asked.arguments,
+    }
+
+
+_PREFIXES = {"file_search": "fs_", "mcp": "mcp_"}
+
+
 def item_prefix(use: ToolUse) -> str:
-    return "fs_" if use.tool.kind == "file_search" else "ws_"
+    return _PREFIXES.get(use.tool.kind, "ws_")
 
 
 def search_items(
     tools: ToolTally | None, ids: ItemIds, include: list[str] | None = None
 ) -> list[dict[str, Any]]:
-    """Every server-side call of the response, completed, in order."""
+    """Every server-side item of the response (tools listed, calls made, approvals asked), in order."""
     if tools is None:
         return []
     results = {item.id: item for item in tools.activity if isinstance(item, ToolResult)}
-    return [
-        search_call(item, results.get(item.id), ids.next(item_prefix(item)), include)
-        for item in tools.activity
-        if isinstance(item, ToolUse)
-    ]
+    out = []
+    for item in tools.activity:
+        if isinstance(item, ToolUse):
+            out.append(search_call(item, results.get(item.id), ids.next(item_prefix(item)), include))
+        elif isinstance(item, McpListing):
+            out.append(mcp_list_tools(item, ids.next("mcpl_")))
+        elif isinstance(item, ApprovalRequest):
+            out.append(approval_request(item))
+    return out
 
 
 def flat_citations(text: str, tools: ToolTally | None) -> list[dict[str, Any]]:
@@ -178,6 +241,17 @@ def flat_citations(text: str, tools: ToolTally | None) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def _shown_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """The request's tools as the response echoes (and stores) them: an MCP tool's headers and token are
+    the client's secrets for its server, never shown or kept."""
+    shown = []
+    for tool in tools or ():
+        if tool.get("type") == "mcp" and ("headers" in tool or "authorization" in tool):
+            tool = {k: v for k, v in tool.items() if k not in ("headers", "authorization")}
+        shown.append(tool)
+    return shown
 
 
 def _usage(meta: GenerationOutcome) -> dict[str, Any] | None:
@@ -231,7 +305,7 @@ def response_object(
         "text": text or {"format": {"type": "text"}},
         "tool_choice": (choice if isinstance(choice, str) or choice is None else choice.model_dump())
         or "auto",
-        "tools": request.tools or [],
+        "tools": _shown_tools(request.tools),
         "top_p": request.top_p,
         "truncation": "disabled",
         "usage": _usage(meta) if status != "in_progress" else None,
@@ -443,13 +517,33 @@ class ResponseStream:
                 at = {"item_id": item["id"], "output_index": index}
                 kind = item["type"]
                 out.append(self._event(f"response.{kind}.in_progress", **at))
-                out.append(self._event(f"response.{kind}.searching", **at))
+                if kind == "mcp_call":
+                    out.append(
+                        self._event("response.mcp_call_arguments.done", **at, arguments=item["arguments"])
+                    )
+                else:
+                    out.append(self._event(f"response.{kind}.searching", **at))
+            elif isinstance(event, McpListing):
+                item = mcp_list_tools(event, self.conversation.ids.next("mcpl_"))
+                index = self._add(item, out)
+                self.open = None
+                at = {"item_id": item["id"], "output_index": index}
+                out.append(self._event("response.mcp_list_tools.in_progress", **at))
+                done = "failed" if event.error else "completed"
+                out.append(self._event(f"response.mcp_list_tools.{done}", **at))
+                out.append(self._event("response.output_item.done", output_index=index, item=item))
+            elif isinstance(event, ApprovalRequest):
+                item = approval_request(event)
+                index = self._add(item, out)
+                self.open = None
+                out.append(self._event("response.output_item.done", output_index=index, item=item))
             elif isinstance(event, ToolResult):
                 index, use = self.searches[event.id]
                 include = self.conversation.request.include
                 item = self.output[index] = search_call(use, event, self.output[index]["id"], include)
                 at = {"item_id": item["id"], "output_index": index}
-                out.append(self._event(f"response.{item['type']}.completed", **at))
+                ended = "failed" if item["type"] == "mcp_call" and item["status"] == "failed" else "completed"
+                out.append(self._event(f"response.{item['type']}.{ended}", **at))
                 out.append(self._event("response.output_item.done", output_index=index, item=item))
 
     def failure(self, exc: APIError) -> bytes:
