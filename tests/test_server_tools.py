@@ -591,3 +591,82 @@ def test_a_client_leaving_mid_search_stops_the_loop(
 
     time.sleep(3.5)  # past the search's end: had the loop gone on, the model would be called again
     assert len(_model_requests(fakes)) == 1
+
+
+# ---- Moonshot's $web_search builtin -------------------------------------------------------------------
+
+
+BUILTIN: Any = {"type": "builtin_function", "function": {"name": "$web_search"}}
+
+
+@pytest.fixture(scope="module")
+def two_providers(
+    fake_servers: dict[str, FakeUpstream], site: WebSite, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    from tests.upstreams import KEY_ENV
+
+    other = f"""
+[providers.orouter]
+style = "openrouter"
+name = "OpenRouter"
+base_url = "{fake_servers["orouter"].base_url}"
+api_key_env = "{KEY_ENV}"
+[providers.orouter.models."{K25}"]
+upstream = "moonshotai/kimi-k2.5"
+pricing = {{ input = 0.60, output = 3.00 }}
+"""
+    gw = billing.start(
+        tmp_path_factory.mktemp("builtin"),
+        billing.config(fake_servers["moon"], extra=_tools_config(site) + other),
+    )
+    yield gw
+    gw.stop()
+
+
+def test_moonshot_web_search_goes_to_moonshot_untouched(
+    two_providers: GatewayProcess, web: WebSite, fakes: dict[str, FakeUpstream]
+) -> None:
+    """Routed to Moonshot, `$web_search` is Moonshot's: sent as the client wrote it, its call comes back to
+    the client, which echoes it (Moonshot's documented loop); the gateway searches nothing."""
+    from tests.fakes.upstream import Answer
+
+    arguments = json.dumps({"search_result": {"search_id": "s-1"}, "usage": {"total_tokens": 12}})
+    fakes["moon"].script(
+        Answer(content="", tool_calls=[("$web_search", arguments)], finish="tool_calls"),
+        Answer(content="Kimi K2.5 is Moonshot's model."),
+    )
+    client = openai.OpenAI(base_url=two_providers.base_url + "/v1", api_key="unused", max_retries=0)
+    messages: list[Any] = [{"role": "user", "content": "What is Kimi K2.5?"}]
+    extra = {"provider": {"only": ["moon"]}}
+    first = client.chat.completions.create(model=K25, messages=messages, tools=[BUILTIN], extra_body=extra)
+    call = first.choices[0].message.tool_calls[0]  # type: ignore[index]
+    assert first.choices[0].finish_reason == "tool_calls" and call.function.name == "$web_search"  # type: ignore[union-attr]
+    sent = fakes["moon"].requests[0].body
+    assert sent["tools"] == [BUILTIN]
+    messages += [
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "name": "$web_search", "content": call.function.arguments},  # type: ignore[union-attr]
+    ]
+    second = client.chat.completions.create(model=K25, messages=messages, tools=[BUILTIN], extra_body=extra)
+    assert second.choices[0].message.content == "Kimi K2.5 is Moonshot's model."
+    assert web.searches == []
+
+
+def test_moonshot_web_search_elsewhere_is_the_gateways(
+    two_providers: GatewayProcess, web: WebSite, fakes: dict[str, FakeUpstream]
+) -> None:
+    """Routed to a provider that has no `$web_search`, the gateway searches itself: the client gets the
+    answer (its Moonshot loop simply ends), never a builtin call."""
+    fakes["orouter"].agent = Researcher(fetch=False)
+    client = openai.OpenAI(base_url=two_providers.base_url + "/v1", api_key="unused", max_retries=0)
+    reply = client.chat.completions.create(
+        model=K25,
+        messages=[{"role": "user", "content": "What is Kimi K2.5?"}],
+        tools=[BUILTIN],
+        extra_body={"provider": {"only": ["orouter"]}},
+    )
+    assert reply.choices[0].finish_reason == "stop"
+    assert web.page("/kimi-k25") in (reply.choices[0].message.content or "")
+    assert [s["query"] for s in web.searches] == ["What is Kimi K2.5?"]
+    offered = [t["function"]["name"] for t in fakes["orouter"].requests[0].body["tools"]]
+    assert offered == ["web_search"]

@@ -37,6 +37,7 @@ from kimi_gateway.routing.variants import apply_variant
 from kimi_gateway.schema.chat import ChatCompletionRequest
 from kimi_gateway.schema.checks import check_partial, check_tools
 from kimi_gateway.schema.completion import CompletionBody
+from kimi_gateway.schema.server_tools import ServerTool
 from kimi_gateway.stats.metrics import Metrics
 from kimi_gateway.tools.runner import Tools
 
@@ -95,6 +96,12 @@ class Exchange:
         outcome.requested_model, outcome.stream = body.model, body.stream
         check_tools(body)
         check_partial(body)
+        if body.builtin_tools and not all(
+            c.endpoint.builtin_web_search for c in parts.router.route(body, account).candidates
+        ):
+            # Moonshot's `$web_search`, for a model some other provider may serve: the gateway searches.
+            body.builtin_tools = []
+            body.server_tools = [*body.server_tools, ServerTool("web_search", "web_search")]
         looping = bool(body.server_tools)  # the model may call tools the gateway runs (core/toolloop.py)
         if looping:
             offer_server_tools(body, parts.tools)

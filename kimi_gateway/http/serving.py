@@ -19,7 +19,6 @@ from kimi_gateway.accounts.keys import KeyStore
 from kimi_gateway.core.exchange import Exchange, Parts
 from kimi_gateway.errors import APIError, shutting_down
 from kimi_gateway.http.auth import authenticate
-from kimi_gateway.http.disconnects import client_gone
 from kimi_gateway.http.errors import internal_api_error
 from kimi_gateway.http.formats.base import FormatContext, WireFormat
 from kimi_gateway.http.middleware import NOSNIFF, begin, log_request, request_id_header, route_path
@@ -51,7 +50,14 @@ class Completion:
         self.scope, self.receive, self.send = scope, receive, send
         self.info = begin(scope)  # the request id, and the one log line's record
         outcome = RequestOutcome(self.info.request_id, route_path(scope))
-        self.exchange = Exchange(services.core, outcome, scope["headers"], client_gone(receive))
+        self.exchange = Exchange(services.core, outcome, scope["headers"], self._gone)
+
+    async def _gone(self) -> None:
+        """Returns once the client has disconnected (the body has been read: the next message can only be
+        the disconnect). A method, not a closure made per request: most requests never wait on it."""
+        receive = self.receive
+        while (await receive())["type"] != "http.disconnect":
+            pass
 
     async def serve(self) -> None:
         response: Response | None = None
@@ -68,7 +74,7 @@ class Completion:
                 task = asyncio.current_task()
                 assert task is not None
                 task.uncancel()
-                if exchange.stream is not None:
+                if exchange.stream is not None and not exchange.stream.stopped:
                     await exchange.stream.stop()
                 response = self.format.error(shutting_down())
             except Exception as exc:
@@ -76,8 +82,9 @@ class Completion:
             response.raw_headers += (request_id_header(self.info), NOSNIFF)
             await response(self.scope, self.receive, self.send)
         finally:
-            if exchange.stream is not None:  # a stream whose frames never ran (they stop it themselves)
-                await exchange.stream.stop()
+            stream = exchange.stream
+            if stream is not None and not stream.stopped:  # its frames never ran (they stop it themselves)
+                await stream.stop()
             status = response.status_code if response is not None else 500
             exchange.settle(status)
             if logger.isEnabledFor(logging.INFO):

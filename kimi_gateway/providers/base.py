@@ -25,6 +25,7 @@ class Endpoint:
     input_modalities: frozenset[str]
     quantization: str | None = None
     completions: bool = False  # serves the legacy completions API (a raw prompt, no chat template)
+    builtin_web_search: bool = False  # runs Moonshot's `$web_search` builtin function itself
 
     @property
     def caches_cheaper(self) -> bool:

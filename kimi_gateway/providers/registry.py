@@ -107,7 +107,7 @@ def build_upstream_providers(
             server_parsers=config.server_parsers, forward_image_urls=config.forward_image_urls
         )
         endpoints = [
-            replace(e, completions=style.completions)
+            replace(e, completions=style.completions, builtin_web_search=style.builtin_web_search)
             for model_id, entry in config.models.items()
             if (e := _endpoint(name, display, model_id, entry, catalog))
         ]

@@ -164,6 +164,13 @@ class NamedFunction(_Inner):
     name: str
 
 
+class BuiltinFunction(_Inner):
+    """Moonshot's `{"type": "builtin_function", "function": {"name": "$web_search"}}`."""
+
+    type: Literal["builtin_function"]
+    function: NamedFunction
+
+
 class NamedToolChoice(_Inner):
     type: Literal["function"]
     function: NamedFunction
@@ -281,7 +288,7 @@ class ChatCompletionRequest(BaseModel):
     else:
         # OpenRouter's server tools may come among the functions: the chat format takes them out
         # (http/formats/chat.py) before anything else reads `tools`, which then holds functions only.
-        tools: list[Tool | OpenRouterServerTool] | None = None
+        tools: list[Tool | OpenRouterServerTool | BuiltinFunction] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
 
@@ -303,11 +310,21 @@ class ChatCompletionRequest(BaseModel):
     # format refuses it): the prompt as the model reads it, without the chat template. Not in the body
     # sent upstream; adapters of providers with a completions endpoint send it as `prompt` there.
     raw_prompt: str | None = Field(default=None, exclude=True)
-    # Server-side tools (schema/server_tools.py): set by the formats after validation (a body's own
-    # `server_tools` is not read: the field is excluded and reset by each format).
-    server_tools: list[ServerTool] = Field(default_factory=list, exclude=True)
+    # Set by the gateway after validation, never read from a body (no body key reaches them: their
+    # validation alias is no key a client can send) nor sent upstream (excluded).
+    # Server-side tools (schema/server_tools.py), as the formats found them.
+    server_tools: list[ServerTool] = Field(
+        default_factory=list, exclude=True, validation_alias="\x00server_tools"
+    )
+    # Moonshot's builtin functions (`{"type": "builtin_function", "function": {"name": "$web_search"}}`),
+    # set apart by the chat format: sent as they are to a provider that runs them, else run by the gateway.
+    builtin_tools: list[dict[str, Any]] = Field(
+        default_factory=list, exclude=True, validation_alias="\x00builtin_tools"
+    )
     # MCP calls the client approved or denied (the Responses API's mcp_approval_response), to run first.
-    approved_calls: list[ApprovedCall] = Field(default_factory=list, exclude=True)
+    approved_calls: list[ApprovedCall] = Field(
+        default_factory=list, exclude=True, validation_alias="\x00approved_calls"
+    )
 
     @field_validator("stop")
     @classmethod

@@ -16,7 +16,7 @@ from kimi_gateway.http.replies import FastJSONResponse
 from kimi_gateway.http.sse import DONE_LINE, KEEPALIVE, sse_line
 from kimi_gateway.outcome import GenerationOutcome
 from kimi_gateway.providers.events import Delta, Done, Finish, ToolCallDelta
-from kimi_gateway.schema.chat import ChatCompletionRequest, OpenRouterServerTool, Tool
+from kimi_gateway.schema.chat import BuiltinFunction, ChatCompletionRequest, OpenRouterServerTool, Tool
 from kimi_gateway.schema.completion import ChunkBody, CompletionBody, chunk_body, completion_id
 from kimi_gateway.schema.server_tools import (
     ServerTool,
@@ -44,10 +44,6 @@ class ChatFormat(WireFormat):
         self.include_usage = bool(body.stream_options and body.stream_options.include_usage)
         if body.tools or body.__pydantic_extra__:  # where server tools may be named at all
             body.server_tools = _server_tools(body)
-        else:
-            body.server_tools = []  # never a body's own: the field is not read from the client
-        if body.approved_calls:
-            body.approved_calls = []  # only the Responses API's approvals set it
         return body
 
     def new_id(self) -> str:
@@ -65,14 +61,23 @@ def _server_tools(body: ChatCompletionRequest) -> list[ServerTool]:
     found: list[ServerTool] = []
     # Typed as functions only (what everything after this reads); here they may not be yet.
     tools: list[object] = list(body.tools or ())
-    if any(type(t) is OpenRouterServerTool for t in tools):
+    if any(type(t) is not Tool for t in tools):
         kept = []
         for i, tool in enumerate(tools):
             if isinstance(tool, OpenRouterServerTool):
                 found.append(openrouter_tool(tool.model_dump(), f"tools[{i}]"))
+            elif isinstance(tool, BuiltinFunction):
+                if tool.function.name != "$web_search":
+                    raise invalid_request(
+                        f"unknown builtin function '{tool.function.name}': only $web_search is run",
+                        param=f"tools[{i}].function.name",
+                    )
+                body.builtin_tools = [tool.model_dump()]
             else:
                 kept.append(tool)
         body.tools = cast(list[Tool], kept) or None
+        if not kept:
+            body.model_fields_set.discard("tools")  # so no `"tools": null` goes upstream
     plugins = (body.model_extra or {}).get("plugins")
     if plugins is not None:
         if not isinstance(plugins, list):

@@ -115,6 +115,10 @@ class WireStyle:
             self.map_reasoning(body, request, card)
         if request.partial_prefix is not None:
             self.map_partial(body)
+        if request.builtin_tools:
+            # Moonshot's builtin functions (`$web_search`): given as the client sent them, for the
+            # provider to run (routing sends them only to endpoints that do).
+            body["tools"] = [*(body.get("tools") or ()), *request.builtin_tools]
         return body
 
     def build_completion_body(
@@ -127,6 +131,8 @@ class WireStyle:
             body.pop(name, None)
         body["prompt"] = request.raw_prompt
         return body
+
+    builtin_web_search = False  # the provider runs Moonshot's `$web_search` builtin itself
 
     def map_partial(self, body: dict[str, Any]) -> None:
         """Partial Mode. By default, as assistant prefill: a final assistant message the model continues."""

@@ -13,6 +13,7 @@ class MoonshotStyle(WireStyle):
     name = "moonshot"
     history_field = "reasoning_content"
     completions = False
+    builtin_web_search = True  # `$web_search`: Moonshot searches, the client echoes the call back
     # Moonshot documents temperature in [0, 1], not OpenAI's [0, 2].
     temperature_range = (0.0, 1.0)
 
