@@ -170,3 +170,45 @@ def test_the_operators_mcp_server_by_label(gateway: tuple[GatewayProcess, str], 
     # The operator's token, from the environment, went to the server; never to the client.
     assert all(h.get("x-shop-token") == "s3cret" for h in server.headers)
     assert "s3cret" not in str(final.model_dump())
+
+
+def test_chat_completions_use_the_operators_mcp_server(
+    gateway: tuple[GatewayProcess, str], server: OrdersServer
+) -> None:
+    reply = _client(gateway).chat.completions.create(
+        model=K25,
+        messages=[{"role": "user", "content": "Where is my order A1?"}],
+        tools=[{"type": "mcp", "server_label": "shop"}],  # type: ignore[list-item]
+    )
+    assert "shipped on 2026-12-01" in (reply.choices[0].message.content or "")
+    assert server.calls == [{"order_id": "A1"}]
+    with pytest.raises(openai.BadRequestError) as refused:  # no approval protocol in chat
+        _client(gateway).chat.completions.create(
+            model=K25,
+            messages=[{"role": "user", "content": "x"}],
+            tools=[{"type": "mcp", "server_label": "shop", "require_approval": "always"}],  # type: ignore[list-item]
+        )
+    assert "Responses API" in refused.value.message
+
+
+def test_anthropic_mcp_connector(gateway: tuple[GatewayProcess, str], server: OrdersServer) -> None:
+    import anthropic
+
+    gw, key = gateway
+    client = anthropic.Anthropic(base_url=gw.base_url, api_key=key, max_retries=0)
+    reply = client.beta.messages.create(
+        model=K25,
+        max_tokens=300,
+        messages=[{"role": "user", "content": "Where is my order A1?"}],
+        mcp_servers=[{"type": "url", "url": server.url, "name": "orders", "authorization_token": "tok-1"}],
+        tools=[{"type": "mcp_toolset", "mcp_server_name": "orders"}],
+        betas=["mcp-client-2025-11-20"],
+    )
+    kinds = [block.type for block in reply.content]
+    assert kinds == ["mcp_tool_use", "mcp_tool_result", "text"]
+    use, result = reply.content[0], reply.content[1]
+    assert use.name == "lookup_order" and use.server_name == "orders" and use.input == {"order_id": "A1"}  # type: ignore[union-attr]
+    assert result.tool_use_id == use.id and result.is_error is False  # type: ignore[union-attr]
+    assert "shipped on 2026-12-01" in result.content[0].text  # type: ignore[union-attr, index]
+    assert all(h.get("authorization") == "Bearer tok-1" for h in server.headers)
+    assert "tok-1" not in str(reply.model_dump())

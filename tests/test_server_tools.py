@@ -42,6 +42,8 @@ allow_hosts = ["{site.host}"]
 
 [tools]
 max_steps = 4
+max_tool_seconds = 2
+max_result_bytes = 4096
 {extra}
 
 [tools.web_search]
@@ -559,7 +561,7 @@ def test_a_client_leaving_mid_search_stops_the_loop(
 ) -> None:
     gw, key = gateway
     _researcher(fakes, fetch=False)
-    web.search_delay = 3.0
+    web.search_delay = 1.5  # under [tools] max_tool_seconds: the search would have ended well
     body = {
         "model": K25,
         "max_tokens": 200,
@@ -589,7 +591,7 @@ def test_a_client_leaving_mid_search_stops_the_loop(
     assert settled["cancelled"] is True
     import time
 
-    time.sleep(3.5)  # past the search's end: had the loop gone on, the model would be called again
+    time.sleep(2.0)  # past the search's end: had the loop gone on, the model would be called again
     assert len(_model_requests(fakes)) == 1
 
 
@@ -670,3 +672,46 @@ def test_moonshot_web_search_elsewhere_is_the_gateways(
     assert [s["query"] for s in web.searches] == ["What is Kimi K2.5?"]
     offered = [t["function"]["name"] for t in fakes["orouter"].requests[0].body["tools"]]
     assert offered == ["web_search"]
+
+
+def test_a_slow_search_ends_at_its_time_bound(
+    gateway: tuple[GatewayProcess, str], web: WebSite, fakes: dict[str, FakeUpstream]
+) -> None:
+    _researcher(fakes, fetch=False)
+    web.search_delay = 4.0  # over [tools] max_tool_seconds = 2
+    import time
+
+    started = time.monotonic()
+    reply = _anthropic(gateway).messages.create(
+        model=K25,
+        max_tokens=200,
+        messages=[{"role": "user", "content": "Kimi?"}],
+        tools=[{"type": "web_search_20250305", "name": "web_search"}],
+    )
+    assert time.monotonic() - started < 3.9
+    result = next(b for b in reply.content if b.type == "web_search_tool_result")
+    assert not isinstance(result.content, list) and result.content.error_code == "unavailable"
+    told = json.loads(_model_requests(fakes)[1]["messages"][-1]["content"])
+    assert told["error"] == "unavailable" and "longer than 2 s" in told["message"]
+    assert reply.usage.server_tool_use is not None and reply.usage.server_tool_use.web_search_requests == 1
+
+
+def test_a_long_page_is_cut_to_the_result_bound(
+    gateway: tuple[GatewayProcess, str], web: WebSite, fakes: dict[str, FakeUpstream]
+) -> None:
+    from tests.fakes.upstream import Answer
+
+    url = web.page("/long")
+    fakes["moon"].script(
+        Answer(content="", tool_calls=[("web_fetch", json.dumps({"url": url}))], finish="tool_calls"),
+        Answer(content="Read it."),
+    )
+    _openai(gateway).chat.completions.create(
+        model=K25,
+        messages=[{"role": "user", "content": "read it"}],
+        tools=[{"type": "openrouter:web_fetch"}],  # type: ignore[list-item]
+    )
+    given = _model_requests(fakes)[1]["messages"][-1]["content"]
+    assert len(given.encode()) <= 4096  # [tools] max_result_bytes
+    page = json.loads(given)  # whole JSON, the text cut inside it
+    assert page["truncated"] is True and page["content"].startswith("Paragraph 0")

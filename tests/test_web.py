@@ -27,6 +27,7 @@ from kimi_gateway.testing import LOCAL_MODEL, GatewayProcess, free_port
 from tests import images
 from tests.billing import K25, Operator, config, start
 from tests.fakes.upstream import Answer, FakeUpstream
+from tests.fakes.web import Researcher, WebSite
 from tests.services import require
 
 ARTIFACTS = Path(os.environ.get("KIMI_TEST_ARTIFACTS", Path(__file__).parent / "artifacts"))
@@ -85,6 +86,8 @@ def origins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Origin, 
 
 
 class Site:
+    web: WebSite  # the search backend and pages the playground's web search reaches
+
     def __init__(self, gw: GatewayProcess, moon: FakeUpstream) -> None:
         self.gw = gw
         self.moon = moon
@@ -100,10 +103,17 @@ def site(
     origins: tuple[Origin, Origin],
 ) -> Iterator[Site]:
     moon = fake_servers["moon"]
-    extra = f'[server]\ncors_origins = ["{origins[0].url}"]\n'
+    web = WebSite()
+    extra = (
+        f'[server]\ncors_origins = ["{origins[0].url}"]\n'
+        f'[tools.web_search]\nbackend = "searxng"\nbase_url = "{web.base_url}"\n'
+    )
     gw = start(tmp_path_factory.mktemp("web"), config(moon, extra=extra))
-    yield Site(gw, moon)
+    site = Site(gw, moon)
+    site.web = web
+    yield site
     gw.stop()
+    web.stop()
 
 
 @pytest.fixture()
@@ -373,6 +383,36 @@ def test_compare_two_models_and_copy_the_request(site: Site, page: Any) -> None:
     page.click(".msg.user button.edit")
     assert page.input_value("#composer-text") == "Hello"
     assert page.query_selector(".answer") is None
+
+
+def test_playground_web_search_shows_the_search_and_its_sources(site: Site, page: Any) -> None:
+    site.web.reset()
+    site.moon.reset()
+    site.moon.agent = Researcher(fetch=False)
+    _open(page, site, "/chat", site.key)
+    page.wait_for_selector("#main[data-ready=true]")
+    page.select_option("#model-0", K25)
+    page.check("#web-search")
+    page.fill("#composer-text", "What is Kimi K2.5?")
+    page.click("#send")
+    final = _watch_answer(page)[-1]
+    url = site.web.page("/kimi-k25")
+    assert url in final
+    # The search as it ran: what was asked, and what came back, linked.
+    tool = page.inner_text(".answer ul.tools li.tool[data-status=done]")
+    assert "Searching the web: What is Kimi K2.5?" in tool and "2 result(s)" in tool
+    links = page.eval_on_selector_all(".answer ul.tools a", "els => els.map(e => e.href)")
+    assert url in links
+    # The answer's sources, clickable.
+    sources = page.eval_on_selector_all(".answer .sources a", "els => els.map(e => e.href)")
+    assert sources and sources[0] == url
+    assert page.get_attribute(".answer .sources a", "rel") == "noopener noreferrer"
+    request = page.evaluate("JSON.parse(localStorage.getItem('kimi-gateway.conversations'))")
+    assert request[0]["turns"][-1]["answers"][0]["request"]["plugins"] == [{"id": "web"}]
+    assert [s["query"] for s in site.web.searches] == ["What is Kimi K2.5?"]
+    _shot(page, "chat-web-search")
+    assert not page.problems, page.problems
+    site.moon.agent = None
 
 
 # ---- model pages -----------------------------------------------------------------------------------------

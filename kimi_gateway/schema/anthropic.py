@@ -93,20 +93,22 @@ class ToolResultBlock(_Block):
 
 
 class ServerToolUseBlock(_Inner):
-    """A server-side tool call of an earlier response, given back (web search, web fetch)."""
+    """A server-side tool call of an earlier response, given back (web search, web fetch, an MCP tool)."""
 
-    type: Literal["server_tool_use"]
+    type: Literal["server_tool_use", "mcp_tool_use"]
     id: str
     name: str
     input: dict[str, Any] = Field(default_factory=dict)
+    server_name: str | None = None  # mcp_tool_use
 
 
 class ServerToolResultBlock(_Inner):
     """Its result, given back as it was sent: a list of results, or one error or fetch object."""
 
-    type: Literal["web_search_tool_result", "web_fetch_tool_result"]
+    type: Literal["web_search_tool_result", "web_fetch_tool_result", "mcp_tool_result"]
     tool_use_id: str
-    content: list[dict[str, Any]] | dict[str, Any]
+    content: list[dict[str, Any]] | dict[str, Any] | str
+    is_error: bool = False  # mcp_tool_result
 
 
 class ThinkingBlock(_Inner):
@@ -144,7 +146,7 @@ class Tool(_Inner):
     """A client tool, or one of Anthropic's server tools (a dated `type`, no `input_schema`): web search
     and web fetch are run by the gateway; the others are refused by the translation, saying so."""
 
-    name: str
+    name: str = ""  # an mcp_toolset has none (its server's name is `mcp_server_name`)
     type: str | None = None
     description: str | None = None
     input_schema: dict[str, Any] | None = None
@@ -155,6 +157,10 @@ class Tool(_Inner):
     allowed_domains: list[str] | None = Field(default=None, max_length=100)
     blocked_domains: list[str] | None = Field(default=None, max_length=100)
     citations: dict[str, Any] | None = None
+    # mcp_toolset: the server (of `mcp_servers`, or the operator's of that name) and which tools are on
+    mcp_server_name: str | None = Field(default=None, max_length=64)
+    default_config: dict[str, Any] | None = None
+    configs: dict[str, dict[str, Any]] | None = Field(default=None, max_length=128)
 
 
 class ToolChoice(_Inner):
@@ -199,6 +205,15 @@ class Prompt(BaseModel):
     models: list[str] | None = None
 
 
+class McpServerDefinition(_Inner):
+    """The MCP connector's `mcp_servers` entry."""
+
+    type: Literal["url"] = "url"
+    url: str = Field(max_length=2048)
+    name: str = Field(max_length=64)
+    authorization_token: str | None = Field(default=None, max_length=8192, repr=False)
+
+
 class MessagesRequest(Prompt):
     max_tokens: int = Field(ge=1)
     stream: bool = False
@@ -210,6 +225,7 @@ class MessagesRequest(Prompt):
     # Structured output: `output_config.format` now, `output_format` in the beta before it.
     output_config: OutputConfig | None = None
     output_format: OutputFormat | None = None
+    mcp_servers: list[McpServerDefinition] | None = Field(default=None, max_length=16)
 
 
 class CountTokensRequest(Prompt):

@@ -153,6 +153,14 @@ class Tool(_Inner):
     function: FunctionDefinition
 
 
+class McpToolEntry(BaseModel):
+    """`{"type": "mcp", "server_label", "server_url", ...}` in a chat request's tools (the Responses API's
+    shape): an MCP server whose tools the gateway runs."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Literal["mcp"]
+
+
 class OpenRouterServerTool(_Inner):
     """`{"type": "openrouter:web_search", "parameters": {...}}` in a chat request's tools."""
 
@@ -288,7 +296,7 @@ class ChatCompletionRequest(BaseModel):
     else:
         # OpenRouter's server tools may come among the functions: the chat format takes them out
         # (http/formats/chat.py) before anything else reads `tools`, which then holds functions only.
-        tools: list[Tool | OpenRouterServerTool | BuiltinFunction] | None = None
+        tools: list[Tool | OpenRouterServerTool | BuiltinFunction | McpToolEntry] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
 

@@ -228,6 +228,60 @@ def mcp_function_name(label: str, tool: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_-]", "_", f"{label}__{tool}")[:64]
 
 
+_LABEL = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+
+def _names(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > 128 or not all(isinstance(n, str) and n for n in value):
+        raise invalid_request("a list of up to 128 tool names is expected", param=where)
+    return tuple(value)
+
+
+def mcp_tool(tool: dict[str, Any], where: str) -> ServerTool:
+    """`{"type": "mcp", "server_label", "server_url", "headers", "allowed_tools", "require_approval"}`. With
+    no `server_url`, the label names a server of the operator's ([tools.mcp.servers])."""
+    label = tool.get("server_label")
+    if not isinstance(label, str) or not _LABEL.match(label):
+        raise invalid_request("server_label must match ^[a-zA-Z0-9_-]{1,64}$", param=f"{where}.server_label")
+    url = tool.get("server_url")
+    if url is not None and (
+        not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url) > 2048
+    ):
+        raise invalid_request("server_url must be an http(s) URL", param=f"{where}.server_url")
+    if tool.get("connector_id") is not None:
+        raise invalid_request("connectors are OpenAI's: give a server_url", param=f"{where}.connector_id")
+    headers = tool.get("headers") or {}
+    if tool.get("authorization"):
+        headers = {**headers, "Authorization": f"Bearer {tool['authorization']}"}
+    if (
+        not isinstance(headers, dict)
+        or len(headers) > 16
+        or not all(isinstance(k, str) and isinstance(v, str) and len(v) <= 8192 for k, v in headers.items())
+    ):
+        raise invalid_request("headers must be up to 16 string values", param=f"{where}.headers")
+    allowed = tool.get("allowed_tools")
+    if isinstance(allowed, dict):
+        allowed = allowed.get("tool_names")
+    approval = tool.get("require_approval", "always")
+    never: tuple[str, ...] = ()
+    if isinstance(approval, dict):
+        never = _names((approval.get("never") or {}).get("tool_names") or [], f"{where}.require_approval")
+        approval = "always"
+    if approval not in ("always", "never"):
+        raise invalid_request(
+            "require_approval must be 'always', 'never' or an object", param=f"{where}.require_approval"
+        )
+    server = McpServer(
+        label,
+        url,
+        headers,
+        _names(allowed, f"{where}.allowed_tools") if allowed is not None else None,
+        approval,
+        frozenset(never),
+    )
+    return ServerTool("mcp", label, mcp=server)
+
+
 # OpenRouter's server tools in a chat request's `tools`, and the shorthand its API converts to them.
 OPENROUTER_TYPES: dict[str, ToolKind] = {
     "openrouter:web_search": "web_search",

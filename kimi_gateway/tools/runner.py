@@ -184,7 +184,8 @@ class Tools:
             return ToolError("url_not_allowed", f"{host} is not among the domains this request may fetch")
         page = await fetch_page(self.fetcher, self.pool, self.ocr, account, url, budget)
         if isinstance(page, FetchedPage):
-            limit = self.config.max_result_bytes
+            # Room left for the JSON around the text (URL, title): the model gets whole JSON.
+            limit = self.config.max_result_bytes - 512 - len(page.url) - len((page.title or "").encode())
             encoded = page.text.encode()
             if len(encoded) > limit:
                 text = encoded[:limit].decode("utf-8", errors="ignore")

@@ -78,6 +78,7 @@ class WebSite:
         app.router.add_get("/kimi-k25", self._article)
         app.router.add_get("/notes.txt", self._text)
         app.router.add_get("/missing", self._missing)
+        app.router.add_get("/long", self._long)
         runner = web.AppRunner(app, access_log=None)
         self._loop.run_until_complete(runner.setup())
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -142,6 +143,14 @@ class WebSite:
         self.fetched.append(request.path)
         return web.Response(
             text="Plain notes: Kimi Linear uses a hybrid linear attention.", content_type="text/plain"
+        )
+
+    async def _long(self, request: web.Request) -> web.Response:
+        self.fetched.append(request.path)
+        paragraphs = "".join(f"<p>Paragraph {i}: {'kimi ' * 40}</p>" for i in range(200))
+        return web.Response(
+            text=f"<html><head><title>Long</title></head><body><article>{paragraphs}</article></body></html>",
+            content_type="text/html",
         )
 
     async def _missing(self, request: web.Request) -> web.Response:

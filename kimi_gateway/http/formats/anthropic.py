@@ -33,7 +33,7 @@ from kimi_gateway.outcome import GenerationOutcome
 from kimi_gateway.schema import anthropic as a
 from kimi_gateway.schema.chat import ChatCompletionRequest
 from kimi_gateway.schema.completion import CompletionBody
-from kimi_gateway.schema.server_tools import ServerTool
+from kimi_gateway.schema.server_tools import ServerTool, mcp_function_name, mcp_tool
 
 # Moonshot's Anthropic endpoint samples at 0.6 x the requested temperature (Kimi-K2's README, §4).
 TEMPERATURE_SCALE = 0.6
@@ -81,10 +81,14 @@ def to_chat(request: a.Prompt, session: str | None = None) -> ChatCompletionRequ
     if request.models is not None:
         body["models"] = request.models
     server: list[ServerTool] = []
+    if isinstance(request, a.MessagesRequest):
+        server.extend(_mcp_servers(request))
     if request.tools:
         functions = []
         for i, tool in enumerate(request.tools):
             found = _server_tool(tool, i)
+            if found is _ALREADY:
+                continue  # an MCP toolset: read with `mcp_servers`
             if found is not None:
                 server.append(found)
             else:
@@ -313,7 +317,10 @@ def _assistant_turn(content: str | list[a.ContentBlock], where: str, prefill: bo
         elif isinstance(block, a.ThinkingBlock):
             thinking.append(block.thinking)
         elif isinstance(block, a.ToolUseBlock | a.ServerToolUseBlock):
-            function = {"name": block.name, "arguments": orjson.dumps(block.input).decode()}
+            name = block.name
+            if isinstance(block, a.ServerToolUseBlock) and block.type == "mcp_tool_use":
+                name = mcp_function_name(block.server_name or "", block.name)  # as the model knows it
+            function = {"name": name, "arguments": orjson.dumps(block.input).decode()}
             calls.append({"id": block.id, "type": "function", "function": function})
         elif not isinstance(block, a.RedactedThinkingBlock):
             raise invalid_request(
@@ -329,9 +336,44 @@ def _assistant_turn(content: str | list[a.ContentBlock], where: str, prefill: bo
     return message
 
 
+_ALREADY = ServerTool("mcp", "")  # marks a tool read elsewhere (an MCP toolset)
+
+
+def _mcp_servers(request: a.MessagesRequest) -> list[ServerTool]:
+    """The MCP connector: `mcp_servers` (URL and token), each with the `mcp_toolset` that names it (which
+    tools are on); a toolset naming no listed server names one of the operator's. No approvals: the
+    connector runs the calls, as Anthropic's does."""
+    toolsets = {
+        t.mcp_server_name: t for t in request.tools or () if t.type == "mcp_toolset" and t.mcp_server_name
+    }
+    out = []
+    listed = set()
+    for i, definition in enumerate(request.mcp_servers or ()):
+        listed.add(definition.name)
+        entry: dict[str, Any] = {
+            "server_label": definition.name,
+            "server_url": definition.url,
+            "require_approval": "never",
+        }
+        if definition.authorization_token:
+            entry["authorization"] = definition.authorization_token
+        toolset = toolsets.get(definition.name)
+        if toolset is not None and toolset.configs is not None:
+            default_on = (toolset.default_config or {}).get("enabled", True)
+            if not default_on:
+                entry["allowed_tools"] = [n for n, c in toolset.configs.items() if c.get("enabled")]
+        out.append(mcp_tool(entry, f"mcp_servers.{i}"))
+    for name in toolsets:
+        if name not in listed:
+            out.append(mcp_tool({"server_label": name, "require_approval": "never"}, "tools"))
+    return out
+
+
 def _server_tool(tool: a.Tool, i: int) -> ServerTool | None:
-    """Anthropic's web search and web fetch (any dated version), which the gateway runs; None for a
-    client tool."""
+    """Anthropic's web search and web fetch (any dated version), which the gateway runs, and MCP
+    toolsets (taken with `mcp_servers`); None for a client tool."""
+    if tool.type == "mcp_toolset":
+        return _ALREADY
     kind = tool.type or ""
     if not kind.startswith(("web_search_", "web_fetch_")):
         return None

@@ -24,6 +24,7 @@ from kimi_gateway.schema.anthropic import ServerToolResultBlock
 from kimi_gateway.schema.completion import CompletionBody
 from kimi_gateway.schema.server_tools import (
     FetchedPage,
+    McpOutput,
     SearchResults,
     ToolError,
     ToolResult,
@@ -107,11 +108,30 @@ def _snippet(encrypted: object) -> str:
 
 
 def server_tool_use(use: ToolUse) -> dict[str, Any]:
+    if use.tool.kind == "mcp" and use.tool.mcp is not None:  # the MCP connector's block
+        return {
+            "type": "mcp_tool_use",
+            "id": use.id,
+            "name": use.tool.mcp_tool or use.tool.name,
+            "server_name": use.tool.mcp.label,
+            "input": use.input,
+        }
     return {"type": "server_tool_use", "id": use.id, "name": use.tool.name, "input": use.input}
 
 
 def server_tool_result(result: ToolResult) -> dict[str, Any]:
     output = result.output
+    if result.tool.kind == "mcp":
+        if isinstance(output, McpOutput):
+            text, failed = output.text, output.is_error
+        else:
+            text, failed = (output.message if isinstance(output, ToolError) else "failed"), True
+        return {
+            "type": "mcp_tool_result",
+            "tool_use_id": result.id,
+            "is_error": failed,
+            "content": [{"type": "text", "text": text}],
+        }
     if result.tool.kind == "web_search":
         kind = "web_search_tool_result"
         if isinstance(output, SearchResults):
@@ -153,6 +173,12 @@ def server_tool_result(result: ToolResult) -> dict[str, Any]:
 def replayed(block: ServerToolResultBlock) -> str:
     """A result given back in a later request, as the model read it the first time (near enough)."""
     content = block.content
+    if block.type == "mcp_tool_result" or isinstance(content, str):
+        if isinstance(content, list):
+            text = "\n".join(str(c.get("text", "")) for c in content if isinstance(c, dict))
+        else:
+            text = content if isinstance(content, str) else orjson.dumps(content).decode()
+        return f"Error: {text}" if block.is_error else text
     if block.type == "web_search_tool_result":
         if isinstance(content, list):
             results = [

@@ -16,10 +16,23 @@ from kimi_gateway.http.replies import FastJSONResponse
 from kimi_gateway.http.sse import DONE_LINE, KEEPALIVE, sse_line
 from kimi_gateway.outcome import GenerationOutcome
 from kimi_gateway.providers.events import Delta, Done, Finish, ToolCallDelta
-from kimi_gateway.schema.chat import BuiltinFunction, ChatCompletionRequest, OpenRouterServerTool, Tool
+from kimi_gateway.schema.chat import (
+    BuiltinFunction,
+    ChatCompletionRequest,
+    McpToolEntry,
+    OpenRouterServerTool,
+    Tool,
+)
 from kimi_gateway.schema.completion import ChunkBody, CompletionBody, chunk_body, completion_id
 from kimi_gateway.schema.server_tools import (
+    FetchedPage,
+    FileResults,
+    SearchResults,
     ServerTool,
+    ToolError,
+    ToolResult,
+    ToolUse,
+    mcp_tool,
     openrouter_tool,
     server_tool_usage,
     url_citations,
@@ -66,6 +79,14 @@ def _server_tools(body: ChatCompletionRequest) -> list[ServerTool]:
         for i, tool in enumerate(tools):
             if isinstance(tool, OpenRouterServerTool):
                 found.append(openrouter_tool(tool.model_dump(), f"tools[{i}]"))
+            elif isinstance(tool, McpToolEntry):
+                entry = tool.model_dump()
+                if entry.setdefault("require_approval", "never") != "never":
+                    raise invalid_request(
+                        "MCP approvals need the Responses API: give require_approval 'never' here",
+                        param=f"tools[{i}].require_approval",
+                    )
+                found.append(mcp_tool(entry, f"tools[{i}]"))
             elif isinstance(tool, BuiltinFunction):
                 if tool.function.name != "$web_search":
                     raise invalid_request(
@@ -135,6 +156,13 @@ class ChatStream:
                 self.finishes.append(event)
             elif isinstance(event, Done):
                 out.extend(self._closing_chunks(event))
+            elif isinstance(event, ToolUse | ToolResult):
+                # What the gateway's tools do, as it happens (the playground shows it); chat has no
+                # field for it, and clients keep or ignore a delta's unknown fields.
+                delta = {"server_tool": _activity(event)}
+                out.append(
+                    self._chunk_event({"index": 0, "delta": delta, "logprobs": None, "finish_reason": None})
+                )
 
     def _closing_chunks(self, done: Done) -> list[bytes]:
         """The finish chunks, the last one carrying usage, and the usage-only chunk if the client asked.
@@ -179,6 +207,27 @@ class ChatStream:
 
     async def closing(self, failed: bool) -> bytes:
         return DONE_LINE
+
+
+def _activity(event: ToolUse | ToolResult) -> dict[str, Any]:
+    """A server-side call or its result, in brief: what it asked, what it found."""
+    tool = event.tool
+    shown: dict[str, Any] = {"id": event.id, "type": tool.kind, "name": tool.mcp_tool or tool.name}
+    if isinstance(event, ToolUse):
+        shown["status"] = "running"
+        shown["input"] = event.input
+        return shown
+    output = event.output
+    shown["status"] = "failed" if isinstance(output, ToolError) else "done"
+    if isinstance(output, ToolError):
+        shown["error"] = output.message
+    elif isinstance(output, SearchResults):
+        shown["results"] = [{"title": s.title, "url": s.url} for s in output.sources]
+    elif isinstance(output, FetchedPage):
+        shown["results"] = [{"title": output.title or output.url, "url": output.url}]
+    elif isinstance(output, FileResults):
+        shown["results"] = [{"title": h.filename, "file_id": h.file_id} for h in output.hits]
+    return shown
 
 
 def _role_choice(index: int) -> dict[str, Any]:

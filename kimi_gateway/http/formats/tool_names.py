@@ -11,14 +11,11 @@ backend is set up; where none is, it is left out, as `tool_search` always is, th
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from kimi_gateway.errors import invalid_request
-from kimi_gateway.schema.server_tools import McpServer, ServerTool
-
-_LABEL = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+from kimi_gateway.schema.server_tools import ServerTool, mcp_tool
 
 # Hosted tools a client sends by default: run by the gateway where it can, else dropped rather than failing
 # the request.
@@ -45,57 +42,6 @@ def _file_search(tool: dict[str, Any], where: str) -> ServerTool:
     if count is not None and (not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 50):
         raise invalid_request("max_num_results must be 1 to 50", param=f"{where}.max_num_results")
     return ServerTool("file_search", "file_search", max_results=count, vector_store_ids=tuple(ids))
-
-
-def _names(value: Any, where: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or len(value) > 128 or not all(isinstance(n, str) and n for n in value):
-        raise invalid_request("a list of up to 128 tool names is expected", param=where)
-    return tuple(value)
-
-
-def _mcp(tool: dict[str, Any], where: str) -> ServerTool:
-    """`{"type": "mcp", "server_label", "server_url", "headers", "allowed_tools", "require_approval"}`. With
-    no `server_url`, the label names a server of the operator's ([tools.mcp.servers])."""
-    label = tool.get("server_label")
-    if not isinstance(label, str) or not _LABEL.match(label):
-        raise invalid_request("server_label must match ^[a-zA-Z0-9_-]{1,64}$", param=f"{where}.server_label")
-    url = tool.get("server_url")
-    if url is not None and (
-        not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url) > 2048
-    ):
-        raise invalid_request("server_url must be an http(s) URL", param=f"{where}.server_url")
-    if tool.get("connector_id") is not None:
-        raise invalid_request("connectors are OpenAI's: give a server_url", param=f"{where}.connector_id")
-    headers = tool.get("headers") or {}
-    if tool.get("authorization"):
-        headers = {**headers, "Authorization": f"Bearer {tool['authorization']}"}
-    if (
-        not isinstance(headers, dict)
-        or len(headers) > 16
-        or not all(isinstance(k, str) and isinstance(v, str) and len(v) <= 8192 for k, v in headers.items())
-    ):
-        raise invalid_request("headers must be up to 16 string values", param=f"{where}.headers")
-    allowed = tool.get("allowed_tools")
-    if isinstance(allowed, dict):
-        allowed = allowed.get("tool_names")
-    approval = tool.get("require_approval", "always")
-    never: tuple[str, ...] = ()
-    if isinstance(approval, dict):
-        never = _names((approval.get("never") or {}).get("tool_names") or [], f"{where}.require_approval")
-        approval = "always"
-    if approval not in ("always", "never"):
-        raise invalid_request(
-            "require_approval must be 'always', 'never' or an object", param=f"{where}.require_approval"
-        )
-    server = McpServer(
-        label,
-        url,
-        headers,
-        _names(allowed, f"{where}.allowed_tools") if allowed is not None else None,
-        approval,
-        frozenset(never),
-    )
-    return ServerTool("mcp", label, mcp=server)
 
 
 def flat_name(namespace: str | None, name: str) -> str:
@@ -135,7 +81,7 @@ class ChatTools:
             elif kind == "file_search":
                 out.server.append(_file_search(tool, f"tools[{i}]"))
             elif kind == "mcp":
-                out.server.append(_mcp(tool, f"tools[{i}]"))
+                out.server.append(mcp_tool(tool, f"tools[{i}]"))
             elif kind in _DROPPABLE and not strict:
                 out.dropped.append(str(kind))
             else:

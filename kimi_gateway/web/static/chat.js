@@ -109,6 +109,8 @@ const system = el("textarea", { id: "system", rows: 3, placeholder: "You are a h
 // Empty: the model's own default (some models take only one temperature).
 const temperature = el("input", { type: "number", id: "temperature", min: 0, max: 2, step: 0.1, placeholder: "model default" });
 const maxTokens = el("input", { type: "number", id: "max-tokens", min: 1, max: 131072, step: 1, value: "512" });
+// The gateway searches the web for the model (OpenRouter's web plugin): the search shows as it runs.
+const webSearch = el("input", { type: "checkbox", id: "web-search" });
 const reasoning = el(
   "select",
   { id: "reasoning" },
@@ -147,6 +149,7 @@ clear(
     maxTokens,
     el("label", {}, "Reasoning"),
     reasoning,
+    el("label", { class: "row" }, webSearch, "Web search"),
     el("p", { class: "small muted", id: "model-facts" }),
   ),
 );
@@ -356,6 +359,7 @@ function requestBody(turns, side, model, provider) {
   if (temperature.value !== "") body.temperature = Number(temperature.value);
   if (reasoning.value) body.reasoning = { enabled: reasoning.value === "on" };
   if (provider) body.provider = { only: [provider], allow_fallbacks: false };
+  if (webSearch.checked) body.plugins = [{ id: "web" }];
   return body;
 }
 
@@ -367,6 +371,8 @@ async function stream(answer, body, view) {
   answer.reasoning = "";
   answer.error = null;
   answer.stats = null;
+  answer.tools = [];
+  answer.citations = [];
   const started = performance.now();
   let first = null;
   let usage = null;
@@ -396,6 +402,13 @@ async function stream(answer, body, view) {
       usage = chunk.usage || (choice && choice.usage) || usage;
       if (!choice || !choice.delta) continue;
       const delta = choice.delta;
+      if (delta.server_tool) {
+        // A tool the gateway runs for the model: shown when it starts, updated when it ends.
+        const known = answer.tools.findIndex((t) => t.id === delta.server_tool.id);
+        if (known >= 0) answer.tools[known] = { ...answer.tools[known], ...delta.server_tool };
+        else answer.tools.push(delta.server_tool);
+      }
+      if (delta.annotations) answer.citations = delta.annotations;
       const thought = delta.reasoning_content || delta.reasoning || "";
       if ((delta.content || thought) && first === null) first = performance.now();
       answer.reasoning += thought;
@@ -484,7 +497,28 @@ function statsLine(answer) {
   return parts.filter(Boolean).join(" · ");
 }
 
+// Only web links become links: a source's URL comes from the web, through the model's tools.
+function link(url, label) {
+  return /^https?:\/\//i.test(url || "")
+    ? el("a", { href: url, target: "_blank", rel: "noopener noreferrer" }, label || url)
+    : el("span", {}, label || url || "");
+}
+
+function toolLine(t) {
+  const asked = t.input ? t.input.query || t.input.url || "" : "";
+  const what = { web_search: "Searching the web", web_fetch: "Reading", file_search: "Searching files", mcp: `Calling ${t.name}` }[t.type] || t.name;
+  const state = t.status === "running" ? "…" : t.status === "failed" ? ` — failed: ${t.error || ""}` : ` — ${(t.results || []).length} result(s)`;
+  return el(
+    "li",
+    { class: "tool", dataset: { status: t.status, type: t.type } },
+    el("span", {}, `${what}${asked ? `: ${asked}` : ""}${state}`),
+    (t.results || []).length ? el("ul", {}, t.results.map((r) => el("li", {}, r.url ? link(r.url, r.title) : r.title))) : null,
+  );
+}
+
 function answerView(answer, turnIndex) {
+  const tools = el("ul", { class: "tools" });
+  const sources = el("div", { class: "sources" });
   const thinking = el("div");
   const reasoningBlock = el("details", { class: "reasoning" }, el("summary", {}, "Reasoning"), thinking);
   const content = el("div", { class: "content" });
@@ -502,12 +536,18 @@ function answerView(answer, turnIndex) {
     { class: "answer", dataset: { model: answer.model } },
     el("div", { class: "who" }, answer.model + (answer.pinned ? ` via ${answer.pinned}` : "")),
     reasoningBlock,
+    tools,
     content,
+    sources,
     error,
     stats,
     actions,
   );
   const update = (a) => {
+    tools.replaceChildren(...(a.tools || []).map(toolLine));
+    tools.hidden = !(a.tools || []).length;
+    const cited = (a.citations || []).map((c) => c.url_citation).filter(Boolean);
+    sources.replaceChildren(...(cited.length ? [el("span", {}, "Sources: "), ...cited.map((c) => link(c.url, c.title))] : []));
     reasoningBlock.hidden = !a.reasoning;
     thinking.textContent = a.reasoning || "";
     content.replaceChildren(render(a.content || ""));
