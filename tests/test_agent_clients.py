@@ -21,7 +21,7 @@ from kimi_gateway.testing import GatewayProcess
 from tests import billing
 from tests.fakes.agent import FINAL, CodingTask
 from tests.fakes.upstream import FakeUpstream
-from tests.fakes.web import ClaudeCodeSearch, WebSite
+from tests.fakes.web import ClaudeCodeSearch, Researcher, WebSite
 from tests.services import require
 
 AGENTS_DIR = Path(__file__).parent / "agents"
@@ -240,3 +240,67 @@ def test_claude_code_web_search(
 
 def _tool_names(body: dict[str, Any]) -> set[str]:
     return {t["function"]["name"] for t in body.get("tools") or ()}
+
+
+def test_codex_web_search(
+    installed: Path,
+    fake_servers: dict[str, FakeUpstream],
+    fakes: dict[str, FakeUpstream],
+    tmp_path: Path,
+) -> None:
+    """Codex's default `web_search` tool, run by the gateway where a search backend is set up: the model
+    searches, Codex sees the search happen, and the answer carries the link."""
+    site = WebSite()
+    gw = billing.start(
+        tmp_path / "gw",
+        billing.config(
+            fake_servers["moon"],
+            extra=f'[tools.web_search]\nbackend = "searxng"\nbase_url = "{site.base_url}"\n',
+        ),
+    )
+    try:
+        ops = billing.Operator(gw)
+        key = ops.key_for("acct_codex_search")
+        ops.recharge("acct_codex_search", "5")
+        fakes["moon"].agent = Researcher(fetch=False)
+        work, home = tmp_path / "work", tmp_path / "codex"
+        work.mkdir()
+        home.mkdir()
+        (home / "config.toml").write_text(
+            f'model = "{billing.K25}"\n'
+            'model_provider = "kimi"\n'
+            "[model_providers.kimi]\n"
+            'name = "kimi-gateway"\n'
+            f'base_url = "{gw.api}"\n'
+            'env_key = "KIMI_GATEWAY_KEY"\n'
+            'wire_api = "responses"\n'
+        )
+        env = {**_quiet_env(home), "CODEX_HOME": str(home), "KIMI_GATEWAY_KEY": key}
+        run = subprocess.run(
+            [
+                str(installed / "codex"),
+                "exec",
+                "--json",
+                "--skip-git-repo-check",
+                "--dangerously-bypass-approvals-and-sandbox",
+                "Search the web for the Kimi K2.5 release notes.",
+            ],
+            cwd=work,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+        events = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+        items = [e["item"] for e in events if e["type"] == "item.completed"]
+        assert len(site.searches) == 1
+        # The gateway offered the model its own web_search function in place of Codex's hosted tool.
+        offered = _tool_names(fakes["moon"].requests[0].body)
+        assert "web_search" in offered
+        assert items[-1]["type"] == "agent_message" and site.page("/kimi-k25") in items[-1]["text"]
+        assert events[-1]["type"] == "turn.completed"
+    finally:
+        gw.stop()
+        site.stop()
