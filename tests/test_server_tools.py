@@ -454,6 +454,14 @@ def test_responses_web_search_call_items(
     assert annotation.type == "url_citation" and annotation.url == url  # type: ignore[union-attr]
     text = message.content[0].text  # type: ignore[union-attr]
     assert text[annotation.start_index : annotation.end_index] == url  # type: ignore[union-attr]
+    # Continued: the model sees the search it made in the turn before, then the answer.
+    fakes["moon"].requests.clear()
+    fakes["moon"].agent = None
+    _openai(gateway).responses.create(model=K25, previous_response_id=response.id, input="Thanks!")
+    sent = _model_requests(fakes)[0]["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool", "assistant", "user"]
+    assert sent[1]["tool_calls"][0]["function"]["name"] == "web_search"
+    assert json.loads(sent[2]["content"])["results"] == [{"url": url}]
 
 
 def test_responses_web_search_streamed(

@@ -33,6 +33,7 @@ from kimi_gateway.schema.server_tools import (
     ToolResult,
     ToolTally,
     ToolUse,
+    mcp_function_name,
     url_citations,
 )
 from kimi_gateway.storage.responses import Kept, NewResponse, ResponseStore
@@ -67,13 +68,45 @@ class Conversation:
         was made and charged, so it is still sent; only a later `previous_response_id` will miss it."""
         if not self.request.store or response["status"] == "failed":
             return
-        turn = [*self.messages, assistant_turn(response["output"])]
+        turn = [*self.messages, *server_turns(response["output"]), assistant_turn(response["output"])]
         try:
             await self.store.save(self.account, NewResponse(response, self.items, turn, self.previous))
         except Exception:
             log.warning(
                 "a response could not be stored", exc_info=True, extra={"fields": {"id": response["id"]}}
             )
+
+
+def server_turns(output: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The calls the gateway ran for the model (searches, MCP calls), as the turns it saw them in: kept
+    with the conversation, so a later `previous_response_id` continues with them."""
+    turns: list[dict[str, Any]] = []
+    for item in output:
+        kind = item["type"]
+        if kind == "mcp_call":
+            name = mcp_function_name(item.get("server_label") or "", item.get("name") or "")
+            arguments, result = (
+                item.get("arguments") or "{}",
+                item.get("output") or f"Error: {item.get('error')}",
+            )
+        elif kind == "web_search_call":
+            action = item.get("action") or {}
+            name, arguments = "web_search", orjson.dumps({"query": action.get("query", "")}).decode()
+            result = orjson.dumps(
+                {"results": [{"url": s["url"]} for s in action.get("sources") or ()]}
+            ).decode()
+        elif kind == "file_search_call":
+            name, arguments = (
+                "file_search",
+                orjson.dumps({"query": " ".join(item.get("queries") or ())}).decode(),
+            )
+            result = orjson.dumps({"results": item.get("results") or []}).decode()
+        else:
+            continue
+        call = {"id": item["id"], "type": "function", "function": {"name": name, "arguments": arguments}}
+        turns.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        turns.append({"role": "tool", "tool_call_id": item["id"], "content": str(result)})
+    return turns
 
 
 def assistant_turn(output: list[dict[str, Any]]) -> dict[str, Any]:
