@@ -132,8 +132,16 @@ def test_max_tokens_is_required_and_errors_have_anthropic_s_shape(
                 {"role": "user", "content": [{"type": "tool_use", "id": "x", "name": "y", "input": {}}]}
             ],
         )
-    # Anthropic's server tools are not Kimi's: a clear 400, not a silent drop.
+    # Anthropic's server tools the gateway does not run are not Kimi's: a clear 400, not a silent drop.
     with pytest.raises(anthropic.BadRequestError, match="server tools"):
+        claude.messages.create(
+            model=MODEL,
+            max_tokens=10,
+            messages=ASK,
+            tools=[{"type": "code_execution_20250825", "name": "code_execution"}],
+        )
+    # Web search it runs, where a search backend is set up (not here): a 400 that says so.
+    with pytest.raises(anthropic.BadRequestError, match="web search is not set up"):
         claude.messages.create(
             model=MODEL,
             max_tokens=10,

@@ -283,6 +283,8 @@ def test_input_image(client: openai.OpenAI, fakes: dict[str, FakeUpstream]) -> N
 
 def test_unsupported_parts_are_refused_clearly(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError, match="function tools"):
+        client.responses.create(model=MODEL, input="Use it", tools=[{"type": "computer_use_preview"}])  # type: ignore[list-item]
+    with pytest.raises(openai.BadRequestError, match="vector_store_ids"):
         client.responses.create(model=MODEL, input="Search", tools=[{"type": "file_search"}])  # type: ignore[list-item]
     with pytest.raises(openai.BadRequestError, match="background"):
         client.responses.create(model=MODEL, input="Hi", background=True)
@@ -467,7 +469,9 @@ def test_strict_requests_still_refuse_tools_not_served(gw: GatewayProcess) -> No
         "provider": {"only": ["moon"], "require_parameters": True},
     }
     refused = httpx.post(gw.api + "/responses", json=body, timeout=30)
-    assert refused.status_code == 400 and refused.json()["error"]["code"] == "unsupported_tool"
+    # Strict: not dropped, and this gateway has no search backend: a 400 that says so.
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "tool_unavailable"
+    assert "web search is not set up" in refused.json()["error"]["message"]
 
 
 def test_errors_name_the_responses_fields(gw: GatewayProcess) -> None:

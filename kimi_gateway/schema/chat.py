@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from kimi_gateway.schema.server_tools import ApprovedCall, ServerTool
 
@@ -318,21 +319,22 @@ class ChatCompletionRequest(BaseModel):
     # format refuses it): the prompt as the model reads it, without the chat template. Not in the body
     # sent upstream; adapters of providers with a completions endpoint send it as `prompt` there.
     raw_prompt: str | None = Field(default=None, exclude=True)
-    # Set by the gateway after validation, never read from a body (no body key reaches them: their
-    # validation alias is no key a client can send) nor sent upstream (excluded).
+    # Set by the gateway after validation, never taken from a body (`_set_by_the_gateway`), never
+    # documented nor sent upstream.
     # Server-side tools (schema/server_tools.py), as the formats found them.
-    server_tools: list[ServerTool] = Field(
-        default_factory=list, exclude=True, validation_alias="\x00server_tools"
-    )
+    server_tools: SkipJsonSchema[list[ServerTool]] = Field(default_factory=list, exclude=True)
     # Moonshot's builtin functions (`{"type": "builtin_function", "function": {"name": "$web_search"}}`),
     # set apart by the chat format: sent as they are to a provider that runs them, else run by the gateway.
-    builtin_tools: list[dict[str, Any]] = Field(
-        default_factory=list, exclude=True, validation_alias="\x00builtin_tools"
-    )
+    builtin_tools: SkipJsonSchema[list[dict[str, Any]]] = Field(default_factory=list, exclude=True)
     # MCP calls the client approved or denied (the Responses API's mcp_approval_response), to run first.
-    approved_calls: list[ApprovedCall] = Field(
-        default_factory=list, exclude=True, validation_alias="\x00approved_calls"
-    )
+    approved_calls: SkipJsonSchema[list[ApprovedCall]] = Field(default_factory=list, exclude=True)
+
+    @field_validator("server_tools", "builtin_tools", "approved_calls", mode="before")
+    @classmethod
+    def _set_by_the_gateway(cls, value: Any) -> list[Any]:
+        """A body's own value is dropped: these are set after validation (a validator that runs only when
+        a body names them, so it costs the common request nothing)."""
+        return []
 
     @field_validator("stop")
     @classmethod
