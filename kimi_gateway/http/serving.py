@@ -19,6 +19,7 @@ from kimi_gateway.accounts.keys import KeyStore
 from kimi_gateway.core.exchange import Exchange, Parts
 from kimi_gateway.errors import APIError, shutting_down
 from kimi_gateway.http.auth import authenticate
+from kimi_gateway.http.disconnects import client_gone
 from kimi_gateway.http.errors import internal_api_error
 from kimi_gateway.http.formats.base import FormatContext, WireFormat
 from kimi_gateway.http.middleware import NOSNIFF, begin, log_request, request_id_header, route_path
@@ -50,14 +51,9 @@ class Completion:
         self.scope, self.receive, self.send = scope, receive, send
         self.info = begin(scope)  # the request id, and the one log line's record
         outcome = RequestOutcome(self.info.request_id, route_path(scope))
-        self.exchange = Exchange(services.core, outcome, scope["headers"], self._gone)
-
-    async def _gone(self) -> None:
-        """Returns once the client has disconnected (the body has been read: the next message can only be
-        the disconnect). A method, not a closure made per request: most requests never wait on it."""
-        receive = self.receive
-        while (await receive())["type"] != "http.disconnect":
-            pass
+        # Not a bound method of this object: the exchange would then hold it, a cycle per request that only
+        # the garbage collector can free (and its passes cost more than the whole request).
+        self.exchange = Exchange(services.core, outcome, scope["headers"], client_gone(receive))
 
     async def serve(self) -> None:
         response: Response | None = None

@@ -17,13 +17,9 @@ import os
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpcore2
-import httpx2
 import orjson
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 
 from kimi_gateway.config import McpConfig
 from kimi_gateway.media.fetch import NOT_PUBLIC, literal_address, public
@@ -32,6 +28,14 @@ from kimi_gateway.schema.server_tools import McpOutput, McpServer
 # The SDK's HTTP client logs every request with its URL at INFO: a URL may carry a token.
 logging.getLogger("httpx2").setLevel(logging.WARNING)
 logging.getLogger("mcp").setLevel(logging.WARNING)
+
+if TYPE_CHECKING:
+    import httpcore2
+    import httpx2
+    from mcp import Client
+
+# The SDK (with its HTTP client and protocol types: some 300 modules, 55,000 objects the collector then
+# walks) is imported on first use: most gateways never reach an MCP server.
 
 MAX_TOOLS = 64  # tools taken from one server (the rest are left out)
 MAX_SCHEMA_BYTES = 16 * 1024  # one tool's input schema
@@ -49,60 +53,70 @@ class McpTool:
     annotations: dict[str, Any] | None
 
 
-class _PublicOnly(httpcore2.AsyncNetworkBackend):
-    """Connects only to public addresses: every address the host resolves to must be public, and the
-    connection goes to one of those (not a second resolution)."""
+def _public_only(allow: bool, allow_hosts: frozenset[str]) -> httpcore2.AsyncNetworkBackend:
+    """A network backend that connects only to public addresses: every address the host resolves to
+    must be public, and the connection goes to one of those (not a second resolution)."""
+    import httpcore2
 
-    def __init__(self, allow: bool, allow_hosts: frozenset[str]) -> None:
-        self._inner = httpcore2.AnyIOBackend()
-        self._allow = allow
-        self._hosts = allow_hosts  # as written in URLs: "host" or "host:port" ([media] allow_hosts)
+    class PublicOnly(httpcore2.AsyncNetworkBackend):
+        """Connects only to public addresses: every address the host resolves to must be public, and the
+        connection goes to one of those (not a second resolution)."""
 
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109  (httpcore's interface)
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore2.AsyncNetworkStream:
-        target = host
-        if not self._allow and host not in self._hosts and f"{host}:{port}" not in self._hosts:
-            literal = literal_address(host)
-            if literal is not None:
-                addresses = [literal]
-            else:
-                loop = asyncio.get_running_loop()
-                try:
-                    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-                except OSError:
-                    raise httpcore2.ConnectError(NOT_PUBLIC) from None
-                addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
-            if not addresses or not all(public(a) for a in addresses):
-                raise httpcore2.ConnectError(NOT_PUBLIC)
-            target = str(addresses[0])
-        return await self._inner.connect_tcp(
-            target, port, timeout=timeout, local_address=local_address, socket_options=socket_options
-        )
+        def __init__(self, allow: bool, allow_hosts: frozenset[str]) -> None:
+            self._inner = httpcore2.AnyIOBackend()
+            self._allow = allow
+            self._hosts = allow_hosts  # as written in URLs: "host" or "host:port" ([media] allow_hosts)
 
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109  (httpcore's interface)
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore2.AsyncNetworkStream:
-        raise httpcore2.ConnectError("unix sockets are not used")
+        async def connect_tcp(
+            self,
+            host: str,
+            port: int,
+            timeout: float | None = None,  # noqa: ASYNC109  (httpcore's interface)
+            local_address: str | None = None,
+            socket_options: Iterable[Any] | None = None,
+        ) -> httpcore2.AsyncNetworkStream:
+            target = host
+            if not self._allow and host not in self._hosts and f"{host}:{port}" not in self._hosts:
+                literal = literal_address(host)
+                if literal is not None:
+                    addresses = [literal]
+                else:
+                    loop = asyncio.get_running_loop()
+                    try:
+                        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                    except OSError:
+                        raise httpcore2.ConnectError(NOT_PUBLIC) from None
+                    addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+                if not addresses or not all(public(a) for a in addresses):
+                    raise httpcore2.ConnectError(NOT_PUBLIC)
+                target = str(addresses[0])
+            return await self._inner.connect_tcp(
+                target, port, timeout=timeout, local_address=local_address, socket_options=socket_options
+            )
 
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
+        async def connect_unix_socket(
+            self,
+            path: str,
+            timeout: float | None = None,  # noqa: ASYNC109  (httpcore's interface)
+            socket_options: Iterable[Any] | None = None,
+        ) -> httpcore2.AsyncNetworkStream:
+            raise httpcore2.ConnectError("unix sockets are not used")
+
+        async def sleep(self, seconds: float) -> None:
+            await self._inner.sleep(seconds)
+
+    return PublicOnly(allow, allow_hosts)
 
 
 def _http_client(server: McpServer, seconds: float, allow_hosts: frozenset[str]) -> httpx2.AsyncClient:
+    import httpcore2
+    import httpx2
+
     transport = httpx2.AsyncHTTPTransport()
     # The transport's pool, rebuilt on the checking backend (httpx2 takes no backend of its own).
     transport._pool = httpcore2.AsyncConnectionPool(
         ssl_context=httpcore2.default_ssl_context(),
-        network_backend=_PublicOnly(server.private_ok, allow_hosts),
+        network_backend=_public_only(server.private_ok, allow_hosts),
         max_connections=4,
     )
     return httpx2.AsyncClient(
@@ -131,6 +145,9 @@ class Mcp:
         return McpServer(label, spec.url, headers, allowed, spec.require_approval, private_ok=True)
 
     def _client(self, server: McpServer) -> Client:
+        from mcp import Client
+        from mcp.client.streamable_http import streamable_http_client
+
         if not server.url:
             raise McpFailed(f"no MCP server named '{server.label}' is configured on this gateway")
         client = _http_client(server, self.seconds, self.allow_hosts)
@@ -193,6 +210,8 @@ def _why(exc: BaseException) -> str:
     refused = next((leaf for leaf in leaves if NOT_PUBLIC in str(leaf)), None)
     if refused is not None:
         return f"the MCP server's URL is refused: {NOT_PUBLIC}"
+    import httpx2
+
     status = next((leaf for leaf in leaves if isinstance(leaf, httpx2.HTTPStatusError)), None)
     if status is not None:
         return f"the MCP server answered HTTP {status.response.status_code}"
