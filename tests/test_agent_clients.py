@@ -69,6 +69,39 @@ def _check_work(work: Path) -> None:
     assert (work / "count.txt").read_text().strip() == "15"  # its second step read the file back
 
 
+def _codex(
+    installed: Path, gw: GatewayProcess, key: str, home: Path, work: Path, prompt: str
+) -> subprocess.CompletedProcess[str]:
+    """`codex exec` with a model provider pointed at the gateway, as Codex's documentation describes
+    custom providers."""
+    (home / "config.toml").write_text(
+        f'model = "{billing.K25}"\n'
+        'model_provider = "kimi"\n'
+        "[model_providers.kimi]\n"
+        'name = "kimi-gateway"\n'
+        f'base_url = "{gw.api}"\n'
+        'env_key = "KIMI_GATEWAY_KEY"\n'
+        'wire_api = "responses"\n'
+    )
+    env = {**_quiet_env(home), "CODEX_HOME": str(home), "KIMI_GATEWAY_KEY": key}
+    return subprocess.run(
+        [
+            str(installed / "codex"),
+            "exec",
+            "--json",
+            "--skip-git-repo-check",
+            "--dangerously-bypass-approvals-and-sandbox",  # the test's own folder; no sandbox in CI
+            prompt,
+        ],
+        cwd=work,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
 def _quiet_env(home: Path) -> dict[str, str]:
     return {
         **{k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "OPENAI_", "CODEX_"))},
@@ -136,32 +169,13 @@ def test_codex_runs_a_tool_loop(
     work.mkdir()
     home.mkdir()
     _task(fakes, work, relative=True)
-    # A model provider pointed at the gateway, as Codex's documentation describes custom providers.
-    (home / "config.toml").write_text(
-        f'model = "{billing.K25}"\n'
-        'model_provider = "kimi"\n'
-        "[model_providers.kimi]\n"
-        'name = "kimi-gateway"\n'
-        f'base_url = "{gw.api}"\n'
-        'env_key = "KIMI_GATEWAY_KEY"\n'
-        'wire_api = "responses"\n'
-    )
-    env = {**_quiet_env(home), "CODEX_HOME": str(home), "KIMI_GATEWAY_KEY": key}
-    run = subprocess.run(
-        [
-            str(installed / "codex"),
-            "exec",
-            "--json",
-            "--skip-git-repo-check",
-            "--dangerously-bypass-approvals-and-sandbox",  # the test's own folder; no sandbox in CI
-            "Write 'hello from kimi' to hello.txt, then count its bytes into count.txt.",
-        ],
-        cwd=work,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=180,
+    run = _codex(
+        installed,
+        gw,
+        key,
+        home,
+        work,
+        "Write 'hello from kimi' to hello.txt, then count its bytes into count.txt.",
     )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     events = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
@@ -266,32 +280,7 @@ def test_codex_web_search(
         work, home = tmp_path / "work", tmp_path / "codex"
         work.mkdir()
         home.mkdir()
-        (home / "config.toml").write_text(
-            f'model = "{billing.K25}"\n'
-            'model_provider = "kimi"\n'
-            "[model_providers.kimi]\n"
-            'name = "kimi-gateway"\n'
-            f'base_url = "{gw.api}"\n'
-            'env_key = "KIMI_GATEWAY_KEY"\n'
-            'wire_api = "responses"\n'
-        )
-        env = {**_quiet_env(home), "CODEX_HOME": str(home), "KIMI_GATEWAY_KEY": key}
-        run = subprocess.run(
-            [
-                str(installed / "codex"),
-                "exec",
-                "--json",
-                "--skip-git-repo-check",
-                "--dangerously-bypass-approvals-and-sandbox",
-                "Search the web for the Kimi K2.5 release notes.",
-            ],
-            cwd=work,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
+        run = _codex(installed, gw, key, home, work, "Search the web for the Kimi K2.5 release notes.")
         assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
         events = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
         items = [e["item"] for e in events if e["type"] == "item.completed"]

@@ -144,7 +144,7 @@ class ToolLoop:
             # The conversation and the tools grew: routed again, held for again.
             self._routed = self._router.route(self.body, self._account)
             self.steps[0].prompt_estimate = self._routed.prompt_tokens
-            if not await self._afford(self.steps[0].tool_cost_nano):
+            if not await self._hold(self._routed, self.steps[0].tool_cost_nano):
                 yield [
                     Finish(0, "length", native_reason=PAUSED),
                     Done(cost_nano=self.steps[0].tool_cost_nano),
@@ -165,7 +165,9 @@ class ToolLoop:
             if server_calls and not client_calls:
                 # The calls run only if the hold covers their prices as well: a priced tool never runs
                 # on credit the account does not have.
-                if step + 1 < max_steps and await self._afford(cost + self._fees(server_calls)):
+                if step + 1 < max_steps and await self._hold(
+                    self._router.route(self.body, self._account), cost + self._fees(server_calls)
+                ):
                     async for batch in self._run_calls(server_calls, outcome, turn):
                         yield batch
                     cost += outcome.tool_cost_nano
@@ -378,11 +380,10 @@ class ToolLoop:
                 fees += self._tools.prices[tool.kind]
         return fees
 
-    async def _afford(self, spent: int) -> bool:
-        """Whether the hold can grow to `spent` and the next model call's worst case (a 402 says no)."""
+    async def _hold(self, routed: RoutedGeneration, spent: int) -> bool:
+        """Whether the hold can grow to `spent` and the worst case of `routed` (a 402 says no)."""
         if self._ticket is None:
             return True
-        routed = self._router.route(self.body, self._account)
         try:
             await credit.top_up(self._accounts, self._ticket, self.body, routed, spent)
         except APIError as exc:
@@ -395,13 +396,8 @@ class ToolLoop:
         """The next model call routed (the conversation now holds the results), its hold grown: False
         when the credit does not cover it."""
         routed = self._router.route(self.body, self._account)
-        if self._ticket is not None:
-            try:
-                await credit.top_up(self._accounts, self._ticket, self.body, routed, spent)
-            except APIError as exc:
-                if exc.status != 402:
-                    raise
-                return False
+        if not await self._hold(routed, spent):
+            return False
         self._done_attempts.extend(self._routed.attempts)
         self._upstream_done += self._routed.upstream_seconds
         self._routed = routed

@@ -173,7 +173,6 @@ class ToolTally:
     files: list[FileHit] = field(default_factory=list)  # file search hits the answer may cite, in order
     sources: list[Source] = field(default_factory=list)  # every source the answer may cite, in order
     activity: list[ToolUse | ToolResult | McpListing | ApprovalRequest] = field(default_factory=list)
-    mcp_calls: int = 0
 
     def count(self, result: ToolResult) -> None:
         if result.tool.kind == "web_search":
@@ -182,8 +181,6 @@ class ToolTally:
             self.web_fetch_requests += 1
         elif result.tool.kind == "file_search":
             self.file_search_requests += 1
-        else:
-            self.mcp_calls += 1
         self.cost_nano += result.cost_nano
         output = result.output
         if result.tool.citations:

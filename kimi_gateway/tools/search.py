@@ -14,7 +14,7 @@ import aiohttp
 import orjson
 
 from kimi_gateway.config import WebSearchConfig
-from kimi_gateway.schema.server_tools import SearchResults, Source
+from kimi_gateway.schema.server_tools import Source
 
 # A backend's answer is read up to this much: any search API's page of results is far smaller.
 MAX_ANSWER_BYTES = 4 * 1024 * 1024
@@ -63,10 +63,23 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _source(url: Any, title: Any, snippet: Any, age: Any = None) -> Source | None:
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        return None
-    return Source(url, _text(title) or url, _text(snippet), age if isinstance(age, str) else None)
+def _sources(results: Any, snippet: str, age: str) -> list[Source]:
+    """A backend's result list as sources: each result a JSON object with `url` and `title`, its snippet
+    and its date under the backend's own names; anything else, or a URL that is not http(s), left out."""
+    out = []
+    for r in results if isinstance(results, list) else ():
+        url = r.get("url") if isinstance(r, dict) else None
+        if isinstance(url, str) and url.startswith(("http://", "https://")):
+            date = r.get(age)
+            out.append(
+                Source(
+                    url,
+                    _text(r.get("title")) or url,
+                    _text(r.get(snippet)),
+                    date if isinstance(date, str) else None,
+                )
+            )
+    return out
 
 
 class SearXNG:
@@ -89,13 +102,7 @@ class SearXNG:
                 raise SearchFailed("unavailable", "SearXNG refused JSON: add json to its search.formats")
             data = await _json(response, "SearXNG")
         results = data.get("results") if isinstance(data, dict) else None
-        out = [
-            s
-            for r in results or ()
-            if isinstance(r, dict)
-            and (s := _source(r.get("url"), r.get("title"), r.get("content"), r.get("publishedDate")))
-        ]
-        return out
+        return _sources(results, "content", "publishedDate")
 
 
 class Brave:
@@ -118,12 +125,7 @@ class Brave:
             data = await _json(response, "Brave Search")
         web = data.get("web") if isinstance(data, dict) else None
         results = web.get("results") if isinstance(web, dict) else None
-        return [
-            s
-            for r in results or ()
-            if isinstance(r, dict)
-            and (s := _source(r.get("url"), r.get("title"), r.get("description"), r.get("page_age")))
-        ]
+        return _sources(results, "description", "page_age")
 
 
 class Tavily:
@@ -149,12 +151,7 @@ class Tavily:
         async with session.post(self.url, json=body, headers=headers) as response:
             data = await _json(response, "Tavily")
         results = data.get("results") if isinstance(data, dict) else None
-        return [
-            s
-            for r in results or ()
-            if isinstance(r, dict)
-            and (s := _source(r.get("url"), r.get("title"), r.get("content"), r.get("published_date")))
-        ]
+        return _sources(results, "content", "published_date")
 
 
 class Exa:
@@ -184,12 +181,7 @@ class Exa:
         async with session.post(self.url, json=body, headers={"x-api-key": self.key}) as response:
             data = await _json(response, "Exa")
         results = data.get("results") if isinstance(data, dict) else None
-        return [
-            s
-            for r in results or ()
-            if isinstance(r, dict)
-            and (s := _source(r.get("url"), r.get("title"), r.get("text"), r.get("publishedDate")))
-        ]
+        return _sources(results, "text", "publishedDate")
 
 
 def backend_of(config: WebSearchConfig) -> SearchBackend | None:
@@ -203,7 +195,3 @@ def backend_of(config: WebSearchConfig) -> SearchBackend | None:
     url = config.base_url or DEFAULT_URLS[config.backend]
     kinds: dict[str, type[Brave] | type[Tavily] | type[Exa]] = {"brave": Brave, "tavily": Tavily, "exa": Exa}
     return kinds[config.backend](url, key)
-
-
-def results(query: str, sources: list[Source], count: int) -> SearchResults:
-    return SearchResults(query, tuple(sources[:count]))
