@@ -38,7 +38,8 @@ class GenerationOutcome:
     stop_sequence: str | None = None  # the stop string that ended the answer, where the provider says
     ttft_ms: float | None = None
     client_closed: bool = False
-    tool_cost_nano: int = 0  # the server-side tool calls this model call made, at their prices
+    tool_calls: int = 0  # the server-side tool calls this model call made (run, or failed)
+    tool_cost_nano: int = 0  # and their prices
     tools: ToolTally | None = None  # a tool loop's response: its calls, for usage and citations
 
     @property

@@ -18,7 +18,9 @@ from kimi_gateway.storage.models import Account, GenerationRecord, LedgerEntry
 from tests.services import drop_postgres_database, fresh_postgres_database
 
 
-def _generation(gid: str, *, cost: int, streamed: bool, ttft: float | None) -> dict[str, Any]:
+def _generation(
+    gid: str, *, cost: int, streamed: bool, ttft: float | None, tool_cost: int = 0
+) -> dict[str, Any]:
     return {
         "id": gid,
         "account_id": "acct_l",
@@ -38,6 +40,9 @@ def _generation(gid: str, *, cost: int, streamed: bool, ttft: float | None) -> d
         "app_referer": "https://example.com/app",
         "app_title": None,
         "created_at": 1795436120.123456,
+        "request_id": "gen-loop" if tool_cost else None,
+        "tool_calls": 2 if tool_cost else 0,
+        "tool_cost": tool_cost,
     }
 
 
@@ -62,7 +67,7 @@ def test_driver_batches_store_what_a_core_insert_stores(db_url: str) -> None:
                 session.add(Account(id="acct_l", name="l"))
             ledger = Ledger(db)
             cases = [
-                dict(cost=1_234_567_891, streamed=True, ttft=45.6),  # $1.234567891
+                dict(cost=1_234_567_891, streamed=True, ttft=45.6, tool_cost=10_000_001),  # $1.234567891
                 dict(cost=1, streamed=False, ttft=None),  # one nano-dollar
                 dict(cost=0, streamed=False, ttft=0.0),
             ]
@@ -78,6 +83,7 @@ def test_driver_batches_store_what_a_core_insert_stores(db_url: str) -> None:
                         {
                             **g,
                             "cost": Decimal(g["cost"]) / NANO,
+                            "tool_cost": Decimal(g["tool_cost"]) / NANO,
                             "created_at": datetime.fromtimestamp(g["created_at"], UTC),
                         }
                         for g in core

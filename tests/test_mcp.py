@@ -191,6 +191,49 @@ def test_chat_completions_use_the_operators_mcp_server(
     assert "Responses API" in refused.value.message
 
 
+def test_chat_completions_mcp_streamed(gateway: tuple[GatewayProcess, str], server: OrdersServer) -> None:
+    chunks = list(
+        _client(gateway).chat.completions.create(
+            model=K25,
+            messages=[{"role": "user", "content": "Where is my order A1?"}],
+            tools=[{"type": "mcp", "server_label": "shop"}],  # type: ignore[list-item]
+            stream=True,
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "shipped on 2026-12-01" in text
+    # The server's tool is the gateway's to call: no tool call reaches the client.
+    assert not any(c.choices and c.choices[0].delta.tool_calls for c in chunks)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
+        "stop"
+    ]
+    assert server.calls == [{"order_id": "A1"}]
+
+
+def test_anthropic_mcp_connector_streamed(gateway: tuple[GatewayProcess, str], server: OrdersServer) -> None:
+    import anthropic
+
+    gw, key = gateway
+    client = anthropic.Anthropic(base_url=gw.base_url, api_key=key, max_retries=0)
+    with client.beta.messages.stream(
+        model=K25,
+        max_tokens=300,
+        messages=[{"role": "user", "content": "Where is my order A1?"}],
+        mcp_servers=[{"type": "url", "url": server.url, "name": "orders"}],
+        tools=[{"type": "mcp_toolset", "mcp_server_name": "orders"}],
+        betas=["mcp-client-2025-11-20"],
+    ) as stream:
+        final = stream.get_final_message()
+    kinds = [block.type for block in final.content]
+    assert kinds[-3:] == ["mcp_tool_use", "mcp_tool_result", "text"]
+    use, result = final.content[-3], final.content[-2]
+    assert use.name == "lookup_order" and use.input == {"order_id": "A1"}  # type: ignore[union-attr]
+    assert result.tool_use_id == use.id  # type: ignore[union-attr]
+    assert "shipped on 2026-12-01" in final.content[-1].text  # type: ignore[union-attr]
+    assert final.stop_reason == "end_turn"
+    assert server.calls == [{"order_id": "A1"}]
+
+
 def test_anthropic_mcp_connector(gateway: tuple[GatewayProcess, str], server: OrdersServer) -> None:
     import anthropic
 

@@ -21,11 +21,12 @@ import pytest
 from kimi_gateway.testing import GatewayProcess, wait_until
 from tests import billing
 from tests.billing import K25
-from tests.fakes.upstream import FakeUpstream
+from tests.fakes.upstream import Answer, FakeUpstream, Fault
 from tests.fakes.web import Researcher, WebSite
 
 ACCOUNT = "acct_tools"
 SEARCH_PRICE = "0.01"
+FETCH_PRICE = "0.002"
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +51,9 @@ max_result_bytes = 4096
 backend = "searxng"
 base_url = "{site.base_url}"
 price_per_call = {SEARCH_PRICE}
+
+[tools.web_fetch]
+price_per_page = {FETCH_PRICE}
 """
 
 
@@ -262,6 +266,11 @@ def test_anthropic_web_search_blocks(
     assert [r.url for r in result.content] == [web.page("/kimi-k25"), "https://example.org/other"]
     assert all(r.encrypted_content for r in result.content)
     assert text.type == "text" and web.page("/kimi-k25") in text.text
+    # The answer names one of the two results: that one is cited, with its title and text.
+    assert text.citations is not None and len(text.citations) == 1
+    cited = text.citations[0]
+    assert cited.type == "web_search_result_location" and cited.url == web.page("/kimi-k25")
+    assert cited.title == result.content[0].title and cited.cited_text and cited.encrypted_index
     assert reply.stop_reason == "end_turn"
     assert reply.usage.server_tool_use is not None
     assert reply.usage.server_tool_use.web_search_requests == 1
@@ -289,9 +298,59 @@ def test_anthropic_web_search_streamed(
     use = final.content[2]
     assert use.type == "server_tool_use" and use.input == {"query": "Kimi K2.5?"}
     assert final.content[3].type == "web_search_tool_result"
+    # The text before the search cites nothing; the answer cites the page it names, streamed as one
+    # citations_delta into its block.
+    first, answer = final.content[1], final.content[4]
+    assert first.type == "text" and not first.citations
+    assert answer.type == "text" and answer.citations is not None
+    assert [c.url for c in answer.citations if c.type == "web_search_result_location"] == [
+        web.page("/kimi-k25")
+    ]
+    assert events.count("citation") == 1
     assert final.stop_reason == "end_turn"
     assert final.usage.server_tool_use is not None and final.usage.server_tool_use.web_search_requests == 1
     assert events[0] == "message_start" and events[-1] == "message_stop"
+
+
+def test_anthropic_web_fetch_streamed(
+    gateway: tuple[GatewayProcess, str], web: WebSite, fakes: dict[str, FakeUpstream]
+) -> None:
+    """Search, fetch the first result, answer naming it: streamed, the fetch's result arrives whole as a
+    document, and with the fetch tool's citations enabled the answer cites the page it read."""
+    _researcher(fakes)
+    with _anthropic(gateway).messages.stream(
+        model=K25,
+        max_tokens=300,
+        messages=[{"role": "user", "content": "Kimi K2.5 training data"}],
+        tools=[
+            {"type": "web_search_20250305", "name": "web_search"},
+            {"type": "web_fetch_20250910", "name": "web_fetch", "citations": {"enabled": True}},
+        ],
+    ) as stream:
+        final = stream.get_final_message()
+    kinds = [b.type for b in final.content]
+    assert kinds.count("server_tool_use") == 2 and kinds[-1] == "text"
+    fetched = next(b for b in final.content if b.type == "web_fetch_tool_result")
+    assert fetched.content.type == "web_fetch_result" and fetched.content.url == web.page("/kimi-k25")
+    document = fetched.content.content
+    assert document.title == "Kimi K2.5 release notes" and "15 trillion mixed visual" in document.source.data
+    answer = final.content[-1]
+    assert answer.type == "text" and answer.citations is not None
+    # Named by its URL: cited as the search result and as the fetched document (its index 0).
+    by_kind = {c.type: c for c in answer.citations}
+    assert by_kind["web_search_result_location"].url == web.page("/kimi-k25")
+    located = by_kind["char_location"]
+    assert (
+        located.document_index == 0
+        and located.cited_text
+        and located.end_char_index == len(located.cited_text)
+    )
+    assert final.usage.server_tool_use is not None
+    assert (
+        final.usage.server_tool_use.web_search_requests,
+        final.usage.server_tool_use.web_fetch_requests,
+    ) == (1, 1)
+    assert web.fetched == ["/kimi-k25"]
 
 
 def test_anthropic_turn_with_search_results_replays(
@@ -367,22 +426,25 @@ def test_the_step_bound_pauses_the_turn(
 # ---- charges, records, refusals -----------------------------------------------------------------------
 
 
-def test_each_model_call_is_a_record_and_the_search_is_charged(
+def test_a_three_step_loop_is_three_records_and_one_charge(
     gateway: tuple[GatewayProcess, str], web: WebSite, fakes: dict[str, FakeUpstream]
 ) -> None:
+    """Search, then fetch, then answer: three model calls, each its own record naming the request, the
+    tools priced on the call that asked for them, and the account charged once, the sum."""
     gw, _ = gateway
     ops = billing.Operator(gw, _management_key(gw))
     key = ops.key_for("acct_charged")  # an account of its own: nothing else is charged to it
     ops.recharge("acct_charged", "1")
     gateway = (gw, key)
-    _researcher(fakes, fetch=False)
+    _researcher(fakes, fetch=True)
     headers = {"Authorization": f"Bearer {key}"}
     before = httpx.get(gw.base_url + "/api/v1/credits", headers=headers).json()["data"]
     reply = _openai(gateway).chat.completions.create(
         model=K25,
         messages=[{"role": "user", "content": "Kimi?"}],
-        tools=[{"type": "openrouter:web_search"}],  # type: ignore[list-item]
+        tools=[{"type": "openrouter:web_search"}, {"type": "openrouter:web_fetch"}],  # type: ignore[list-item]
     )
+    assert reply.choices[0].message.content and web.page("/kimi-k25") in reply.choices[0].message.content
 
     def record(generation_id: str) -> dict[str, Any]:
         found = httpx.get(gw.base_url + "/api/v1/generation", params={"id": generation_id}, headers=headers)
@@ -390,22 +452,86 @@ def test_each_model_call_is_a_record_and_the_search_is_charged(
         data: dict[str, Any] = found.json()["data"]
         return data
 
-    first, second = record(reply.id), record(reply.id + "-2")
-    # Kimi K2.5 at $0.60 in / $3.00 out per million: 20 + 12 tokens a call, and the search's $0.01 on the
-    # call that asked for it.
+    steps = [record(reply.id), record(reply.id + "-2"), record(reply.id + "-3")]
+    # Kimi K2.5 at $0.60 in / $3.00 out per million: 20 + 12 tokens a call; the search's $0.01 on the
+    # call that asked for it, the page's $0.002 on the next.
     tokens = Decimal(20 * 60 + 12 * 300) / Decimal(10**8)
-    assert Decimal(str(first["total_cost"])) == tokens + Decimal(SEARCH_PRICE)
-    assert Decimal(str(second["total_cost"])) == tokens
-    assert (first["tokens_prompt"], second["tokens_prompt"]) == (20, 20)
+    search, fetch = Decimal(SEARCH_PRICE), Decimal(FETCH_PRICE)
+    assert [Decimal(str(s["total_cost"])) for s in steps] == [tokens + search, tokens + fetch, tokens]
+    assert [s["server_tool_calls"] for s in steps] == [1, 1, 0]
+    assert [Decimal(str(s["server_tool_cost"])) for s in steps] == [search, fetch, 0]
+    assert [s["request_id"] for s in steps] == [reply.id] * 3
+    assert [s["status"] for s in steps] == ["success"] * 3
     assert reply.usage is not None and reply.usage.model_extra is not None
-    assert Decimal(str(reply.usage.model_extra["cost"])) == 2 * tokens + Decimal(SEARCH_PRICE)
+    assert Decimal(str(reply.usage.model_extra["cost"])) == 3 * tokens + search + fetch
+    assert reply.usage.prompt_tokens == 60 and reply.usage.completion_tokens == 36
+
+    # The account's generation log lists the three, each naming its request.
+    listed = httpx.get(gw.base_url + "/api/v1/generations", headers=headers).json()["data"]
+    mine = {g["id"]: g for g in listed if g["request_id"] == reply.id}
+    assert set(mine) == {reply.id, reply.id + "-2", reply.id + "-3"}
+    assert mine[reply.id]["server_tool_calls"] == 1
 
     def spent() -> float:
         after = httpx.get(gw.base_url + "/api/v1/credits", headers=headers).json()["data"]
         return float(after["total_usage"]) - float(before["total_usage"])
 
     # The account is charged once, the sum (the credits API shows USD as floats).
-    assert wait_until(lambda: abs(spent() - float(2 * tokens + Decimal(SEARCH_PRICE))) < 1e-9)
+    assert wait_until(lambda: abs(spent() - float(3 * tokens + search + fetch)) < 1e-9)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_later_step_failing_charges_what_the_client_was_told(
+    gateway: tuple[GatewayProcess, str], web: WebSite, fakes: dict[str, FakeUpstream], stream: bool
+) -> None:
+    """The model's second call fails. Not streamed, the client gets an error and no model call is charged
+    (the search, which ran, is). Streamed, the client already read the first call's text: that call is
+    charged and recorded as a success, the failed one as an error."""
+    gw, _ = gateway
+    ops = billing.Operator(gw, _management_key(gw))
+    account = f"acct_failing_{int(stream)}"
+    key = ops.key_for(account)
+    ops.recharge(account, "1")
+    researcher = Researcher(fetch=False)
+
+    def model(body: dict[str, Any]) -> Answer | Fault:
+        if any(m.get("role") == "tool" for m in body["messages"]):
+            return Fault("status", 500)
+        return researcher(body)
+
+    fakes["moon"].agent = model  # type: ignore[assignment]
+    headers = {"Authorization": f"Bearer {key}"}
+    body = {
+        "model": K25,
+        "stream": stream,
+        "messages": [{"role": "user", "content": "Kimi?"}],
+        "tools": [{"type": "openrouter:web_search"}],
+    }
+    with httpx.stream(
+        "POST", gw.base_url + "/v1/chat/completions", json=body, headers=headers, timeout=30
+    ) as response:
+        text = response.read().decode()
+    if stream:
+        assert response.status_code == 200 and "Let me look that up." in text and '"error"' in text
+    else:
+        assert response.status_code >= 500, text
+
+    def records() -> list[dict[str, Any]]:
+        listed = httpx.get(gw.base_url + "/api/v1/generations", headers=headers).json()["data"]
+        return sorted(listed, key=lambda g: g["id"])
+
+    assert wait_until(lambda: len(records()) == 2)
+    first, second = records()  # the account's only request: its two model calls
+    assert second["id"] == first["id"] + "-2" and second["request_id"] == first["id"]
+    tokens = Decimal(20 * 60 + 12 * 300) / Decimal(10**8)
+    search = Decimal(SEARCH_PRICE)
+    assert second["status"] == "error" and Decimal(str(second["total_cost"])) == 0
+    if stream:
+        assert first["status"] == "success"
+        assert Decimal(str(first["total_cost"])) == tokens + search
+    else:
+        assert first["status"] == "error"
+        assert Decimal(str(first["total_cost"])) == search
 
 
 def test_a_request_for_a_tool_this_gateway_lacks_is_refused(

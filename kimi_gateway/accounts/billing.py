@@ -230,14 +230,24 @@ class Accountant:
         A tool loop's request (`steps`: its model calls, the first named by the ticket) is one charge,
         their sum, and one record per model call."""
         if steps:
+            # Each model call is settled by its own end: those before the last finished (their text was
+            # relayed as it came); the last ends as the request did. A request that failed before its
+            # response began told the client nothing, so none of its model calls is charged; the tools
+            # that ran are, whatever the model did next.
+            told = status != "error" or ticket.streamed
             rows = [
                 generation_row(
-                    ticket, step, status if i == len(steps) - 1 else "success", _cost(step, status), i
+                    ticket,
+                    step,
+                    status if i == len(steps) - 1 else ("success" if told else "error"),
+                    _cost(step, status if i == len(steps) - 1 or not told else "success"),
+                    i,
+                    looped=True,
                 )
                 for i, step in enumerate(steps)
             ]
-            self.recorder.closed(rows[0], sum(row["cost"] for row in rows), rows[1:])
             cost = sum(row["cost"] for row in rows)
+            self.recorder.closed(rows[0], cost, rows[1:])
         else:
             cost = _cost(outcome, status) if outcome is not None else 0
             self.recorder.closed(generation_row(ticket, outcome, status, cost), cost)
@@ -280,9 +290,16 @@ def _cost(outcome: GenerationOutcome, status: Settled) -> int:
 
 
 def generation_row(
-    ticket: Ticket, outcome: GenerationOutcome | None, status: Settled, cost: int, step: int = 0
+    ticket: Ticket,
+    outcome: GenerationOutcome | None,
+    status: Settled,
+    cost: int,
+    step: int = 0,
+    *,
+    looped: bool = False,
 ) -> GenerationRow:
-    """The record of a model call: the ticket's own, or (`step` > 0) a later call of its tool loop."""
+    """The record of a model call: the ticket's own, or (`step` > 0) a later call of its tool loop
+    (`looped`: every call of a loop names the request's id, the ticket's)."""
     usage = (outcome.usage if outcome is not None else None) or Usage()
     return {
         "id": ticket.id if step == 0 else f"{ticket.id}-{step + 1}",
@@ -303,6 +320,9 @@ def generation_row(
         "app_referer": ticket.app_referer,
         "app_title": ticket.app_title,
         "created_at": ticket.created_at,
+        "request_id": ticket.id if looped else None,
+        "tool_calls": outcome.tool_calls if outcome is not None else 0,
+        "tool_cost": outcome.tool_cost_nano if outcome is not None else 0,
     }
 
 

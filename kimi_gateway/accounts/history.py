@@ -46,6 +46,9 @@ async def page(db: Database, account_id: str, limit: int, offset: int) -> list[d
             "time_to_first_token": float(row.ttft_ms) if row.ttft_ms is not None else None,
             "http_referer": row.app_referer,
             "app_title": row.app_title,
+            "request_id": row.request_id or row.id,
+            "server_tool_calls": row.tool_calls,
+            "server_tool_cost": usd(nano(row.tool_cost)),
         }
         for row in rows
     ]

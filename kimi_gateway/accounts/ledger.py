@@ -229,6 +229,7 @@ def _postgres_values(row: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(row)
     if "cost" in row:
         out["cost"] = Decimal(row["cost"]) / NANO
+        out["tool_cost"] = Decimal(row["tool_cost"]) / NANO
         out["created_at"] = _time(row["created_at"])
     else:
         out["amount"] = Decimal(row["amount"]) / NANO
@@ -240,6 +241,7 @@ def _sqlite_values(row: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(row)
     if "cost" in row:
         out["cost"] = float(Decimal(row["cost"]) / NANO)
+        out["tool_cost"] = float(Decimal(row["tool_cost"]) / NANO)
         out["created_at"] = _time(row["created_at"]).strftime("%Y-%m-%d %H:%M:%S.%f")
         out["streamed"] = int(bool(row["streamed"]))
     else:

@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 
 # The journal's record format. 0: before versions (no `v`); 1: `v` on every record.
 JOURNAL_VERSION = 1
+_NUMBERS = ("cost", "tool_calls", "tool_cost")
 _GENERATION_DEFAULTS: dict[str, Any] = {
-    column.name: 0 if column.name.endswith("_tokens") or column.name == "cost" else None
+    column.name: 0 if column.name.endswith("_tokens") or column.name in _NUMBERS else None
     for column in GenerationRecord.__table__.columns
 }
 _GENERATION_DEFAULTS["streamed"] = False
@@ -296,4 +297,7 @@ def interrupted(hold: dict[str, Any]) -> GenerationRow:
         "app_title": hold.get("app_title"),
         "streamed": hold.get("streamed", False),
         "created_at": hold.get("created_at", time.time()),
+        "request_id": None,
+        "tool_calls": 0,
+        "tool_cost": 0,
     }

@@ -284,6 +284,7 @@ class ToolLoop:
             result = ToolResult(use.id, tool, output, price)
             self.tally.count(result)
             self.tally.activity.append(result)
+            outcome.tool_calls += 1
             outcome.tool_cost_nano += price
             yield [result]
             text = model_text(output, config.max_result_bytes)
@@ -359,6 +360,7 @@ class ToolLoop:
                 why = f": {approved.reason}" if approved.reason else ""
                 output = ToolError("denied", f"The user did not approve this call{why}.")
             result = ToolResult(use.id, tool, output)
+            outcome.tool_calls += 1
             self.tally.count(result)
             self.tally.activity.append(result)
             yield [result]

@@ -72,7 +72,8 @@ class LedgerEntry(Base):
 
 
 class GenerationRecord(Base):
-    """One row per request: what served it, what it used, what it cost."""
+    """One row per model call: what served it, what it used, what it cost. A request is one row, or (a tool
+    loop) one per model call, all naming the request's id (the first call's, which the response gave)."""
 
     __tablename__ = "generations"
 
@@ -94,6 +95,9 @@ class GenerationRecord(Base):
     app_referer: Mapped[str | None] = mapped_column(String(500), nullable=True)
     app_title: Mapped[str | None] = mapped_column(String(200), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    request_id: Mapped[str | None] = mapped_column(String(80), nullable=True, index=True)  # a tool loop's
+    tool_calls: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # server-side tools run
+    tool_cost: Mapped[Decimal] = mapped_column(Money, default=Decimal(0), server_default="0")  # in cost
 
     __table_args__ = (Index("ix_generations_account_created", "account_id", "created_at"),)
 

@@ -30,6 +30,9 @@ class GenerationRow(TypedDict):
     app_referer: str | None
     app_title: str | None
     created_at: float  # epoch seconds
+    request_id: str | None  # a tool loop's model calls: the request's id (its first call's)
+    tool_calls: int  # the server-side tool calls this model call made
+    tool_cost: int  # their price, nano-dollars (part of `cost`)
 
 
 def row_of(record: GenerationRecord) -> GenerationRow:
@@ -53,4 +56,7 @@ def row_of(record: GenerationRecord) -> GenerationRow:
         "app_referer": record.app_referer,
         "app_title": record.app_title,
         "created_at": record.created_at.timestamp(),
+        "request_id": record.request_id,
+        "tool_calls": record.tool_calls,
+        "tool_cost": nano(record.tool_cost),
     }

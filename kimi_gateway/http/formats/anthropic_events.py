@@ -201,6 +201,51 @@ def replayed(block: ServerToolResultBlock) -> str:
     return orjson.dumps({"error": error or "unavailable"}).decode()
 
 
+def citations(text: str, tools: ToolTally) -> list[dict[str, Any]]:
+    """The sources a text block names by URL, as Anthropic's citations: `web_search_result_location` for
+    a search result (always on, as Anthropic's web search is), `char_location` into a fetched page when
+    its tool has citations enabled. Kimi does not mark what it cites, so a source counts as cited where
+    the answer gives its URL; one citation per URL and kind (a page found and then read is both)."""
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    read: set[str] = set()
+    documents = 0  # a fetched page's index among the turn's documents
+    for item in tools.activity:
+        if not isinstance(item, ToolResult):
+            continue
+        output = item.output
+        if isinstance(output, SearchResults):
+            for source in output.sources:
+                if source.url in seen or source.url not in text:
+                    continue
+                seen.add(source.url)
+                out.append(
+                    {
+                        "type": "web_search_result_location",
+                        "url": source.url,
+                        "title": source.title,
+                        "encrypted_index": _opaque(source.snippet),
+                        "cited_text": source.snippet[:150],
+                    }
+                )
+        elif isinstance(output, FetchedPage):
+            documents += 1
+            if item.tool.citations and output.url not in read and output.url in text:
+                read.add(output.url)
+                cited = output.text[:150]
+                out.append(
+                    {
+                        "type": "char_location",
+                        "cited_text": cited,
+                        "document_index": documents - 1,
+                        "document_title": output.title,
+                        "start_char_index": 0,
+                        "end_char_index": len(cited),
+                    }
+                )
+    return out
+
+
 def _server_usage(tools: ToolTally | None) -> dict[str, int] | None:
     return server_tool_usage(tools) if tools is not None else None
 
@@ -247,7 +292,11 @@ def message_body(
             elif isinstance(item, ToolResult):
                 content.append(server_tool_result(item))
         if message["content"]:
-            content.append({"type": "text", "text": message["content"]})
+            text: dict[str, Any] = {"type": "text", "text": message["content"]}
+            cited = citations(message["content"], tools) if tools is not None else None
+            if cited:
+                text["citations"] = cited
+            content.append(text)
         for call in message.get("tool_calls") or ():
             function = call["function"]
             content.append(
@@ -297,6 +346,8 @@ class MessageStream:
         self.thinking: list[str] = []
         self.tools: dict[int, int] = {}  # tool call index -> block index
         self.finish: Finish | None = None
+        # A tool loop's text, kept to cite the sources it names when its block closes.
+        self.text: list[str] | None = [] if meta.tools is not None else None
 
     def opening(self) -> list[bytes]:
         meta = self.meta
@@ -331,6 +382,11 @@ class MessageStream:
             sig = signature("".join(self.thinking))
             self.thinking = []
             out.append(self._delta({"type": "signature_delta", "signature": sig}))
+        elif self.open == "text" and self.text is not None and self.meta.tools is not None:
+            # Citations stream as one `citations_delta` each, into the text block they belong to.
+            for citation in citations("".join(self.text), self.meta.tools):
+                out.append(self._delta({"type": "citations_delta", "citation": citation}))
+            self.text = []
         out.append(_event(b"content_block_stop", {"type": "content_block_stop", "index": self.index}))
         self.open = None
 
@@ -352,6 +408,8 @@ class MessageStream:
                     if self.open != "text":
                         self._start("text", {"type": "text", "text": ""}, out)
                     out.append(self._delta({"type": "text_delta", "text": event.content}))
+                    if self.text is not None:
+                        self.text.append(event.content)
                 for call in event.tool_calls or ():
                     block = self.tools.get(call.index)
                     if block is None:

@@ -48,6 +48,10 @@ async def generation(id: str, request: Request) -> dict[str, Any]:
             "time_to_first_token": record["ttft_ms"],
             "http_referer": record["app_referer"],
             "app_title": record["app_title"],
+            # A tool loop's model calls: each its own record, all naming the request (the response's id).
+            "request_id": record["request_id"] or record["id"],
+            "server_tool_calls": record["tool_calls"],
+            "server_tool_cost": usd(record["tool_cost"]),
         }
     }
 

@@ -85,13 +85,26 @@ function generations(page) {
     page.data.map((g) =>
       el(
         "tr",
-        { dataset: { id: g.id } },
-        el("td", { class: "mono small" }, g.id),
+        { dataset: { id: g.id, request: g.request_id } },
+        // A tool loop's model calls share their request's id: each later call says whose step it is.
+        el(
+          "td",
+          { class: "mono small" },
+          g.id,
+          g.request_id !== g.id ? el("div", { class: "muted" }, `step of ${g.request_id}`) : null,
+        ),
         el("td", { class: "small" }, new Date(g.created_at).toLocaleString()),
         el("td", {}, g.model),
         el("td", {}, g.provider_name || "—"),
         el("td", { class: "num" }, `${g.tokens_prompt} / ${g.tokens_completion}`),
-        el("td", { class: "num" }, usd(g.total_cost)),
+        el(
+          "td",
+          { class: "num" },
+          usd(g.total_cost),
+          g.server_tool_calls
+            ? el("div", { class: "muted small tools" }, `${g.server_tool_calls} tool call${g.server_tool_calls === 1 ? "" : "s"}, ${usd(g.server_tool_cost)}`)
+            : null,
+        ),
         el("td", { class: "num" }, ms(g.latency)),
         el("td", {}, g.status),
         el("td", { class: "small" }, g.app_title || g.http_referer || ""),
