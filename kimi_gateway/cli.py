@@ -22,7 +22,7 @@ import orjson
 from httpx_sse import connect_sse
 
 from kimi_gateway import __version__
-from kimi_gateway.config import CONFIG_ENV, GatewayConfig, load_config
+from kimi_gateway.config import CONFIG_ENV, ConfigError, GatewayConfig, environment_keys, load_config, masked
 from kimi_gateway.logs import LOG_LEVEL_ENV, setup_logging
 from kimi_gateway.stats.metrics import METRICS_DIR_ENV
 
@@ -444,6 +444,11 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--config", default=None)
     stats.set_defaults(func=_stats)
 
+    config = sub.add_parser("config", help="the effective configuration")
+    config.add_argument("action", choices=["show"], help="print it (file, then environment), secrets masked")
+    config.add_argument("--config", default=None)
+    config.set_defaults(func=_config)
+
     selfhost = sub.add_parser(
         "selfhost", help="print the command to self-host a Kimi model, and its config entry"
     )
@@ -455,7 +460,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _config(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    overridden = environment_keys()
+    if overridden:
+        print("# set from the environment: " + ", ".join(overridden))
+    print(orjson.dumps(masked(config), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:  # a bad key, in the file or the environment: said plainly, no traceback
+        print(f"kimi-gateway: {exc}", file=sys.stderr)
+        return 2
     return code

@@ -1,4 +1,8 @@
-"""Gateway configuration: defaults, overridden by a TOML file (`--config` or KIMI_GATEWAY_CONFIG).
+"""Gateway configuration: defaults, overridden by a TOML file (`--config` or KIMI_GATEWAY_CONFIG), overridden
+by the environment: every key as `KIMI_GATEWAY_<SECTION>__<KEY>` (`KIMI_GATEWAY_SERVER__PORT=9000`,
+`KIMI_GATEWAY_TOOLS__WEB_SEARCH__BASE_URL=...`, top-level keys as `KIMI_GATEWAY_DATA_DIR`; lists and tables as
+JSON), and the well-known `DATABASE_URL` and `REDIS_URL`. Both are read by pydantic-settings into the same
+models, so a bad value gets the same validation and the same message wherever it was written.
 
 Secrets never live in the file: a provider names the environment variable holding its key.
 """
@@ -9,10 +13,13 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 CONFIG_ENV = "KIMI_GATEWAY_CONFIG"
+ENV_PREFIX = "KIMI_GATEWAY_"
 
 
 class _Section(BaseModel):
@@ -278,7 +285,8 @@ class GatewayConfig(_Section):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
-    data_dir: Path = Path("~/.local/share/kimi-gateway")
+    # XDG's data directory (`$XDG_DATA_HOME`, else ~/.local/share) when unset.
+    data_dir: Path = Field(default_factory=lambda: default_data_dir())
     # SQLAlchemy URL; a SQLite file in data_dir when unset. postgresql:// URLs use asyncpg.
     database_url: str | None = None
     # With Redis, rate limits and credit holds are shared by every replica pointing at it.
@@ -292,15 +300,69 @@ class GatewayConfig(_Section):
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
+def default_data_dir() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME") or "~/.local/share") / "kimi-gateway"
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used: each problem by its key, and where the value came from."""
+
+
+class _Layered(GatewayConfig, BaseSettings):
+    """The configuration as the file and the environment give it, the environment first."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        nested_model_default_partial_update=True,
+    )
+    # The names every hosting platform sets, besides ours.
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("kimi_gateway_database_url", "database_url")
+    )
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("kimi_gateway_redis_url", "redis_url")
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return env_settings, init_settings  # the file's values come in as init arguments
+
+
+def environment_keys() -> list[str]:
+    """The environment variables that set configuration keys (names only: their values may be secret)."""
+    names = [n for n in os.environ if n.upper().startswith(ENV_PREFIX) and n.upper() != CONFIG_ENV]
+    ours = [
+        n for n in names if "__" in n or n.upper()[len(ENV_PREFIX) :].lower() in GatewayConfig.model_fields
+    ]
+    return sorted(ours + [n for n in ("DATABASE_URL", "REDIS_URL") if n in os.environ])
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> GatewayConfig:
+    """Defaults, the file (if any), then the environment. Raises ConfigError naming each bad key."""
     path = path or os.environ.get(CONFIG_ENV)
-    if not path:
-        return GatewayConfig()
-    with open(path, "rb") as f:
-        data = tomllib.load(f)
-    config = GatewayConfig.model_validate(data)
+    data: dict[str, Any] = {}
+    if path:
+        with open(path, "rb") as f:
+            try:
+                data = tomllib.load(f)
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{path}: {exc}") from None
+    try:
+        layered = _Layered(**data)
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc, str(path) if path else None)) from None
+    config = GatewayConfig.model_validate(layered.model_dump(exclude_unset=True))
     # Relative paths in the file are relative to the file, not to wherever the server was started.
-    base = Path(path).resolve().parent
+    base = Path(path).resolve().parent if path else Path.cwd()
     config.data_dir = (base / config.data_dir.expanduser()).resolve()
     for entry in config.models.values():
         local = entry.get("local")
@@ -309,3 +371,49 @@ def load_config(path: str | os.PathLike[str] | None = None) -> GatewayConfig:
             if not gguf.startswith("package:"):
                 local["gguf"] = str((base / Path(gguf).expanduser()).resolve())
     return config
+
+
+def _problems(exc: ValidationError, path: str | None) -> str:
+    lines = []
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        key = ".".join(loc)
+        variable = ENV_PREFIX + "__".join(loc).upper()
+        if key in ("kimi_gateway_database_url", "database_url", "kimi_gateway_redis_url", "redis_url"):
+            key = key.removeprefix("kimi_gateway_")
+            variable = key.upper()
+        where = variable if _set_in_environment(loc) else (path or "defaults")
+        lines.append(f"{key}: {error['msg']} (from {where})")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _set_in_environment(loc: list[str]) -> bool:
+    """Whether the environment set this key or a table holding it."""
+    upper = {name.upper() for name in os.environ}
+    for depth in range(len(loc), 0, -1):
+        if ENV_PREFIX + "__".join(loc[:depth]).upper() in upper:
+            return True
+    return loc[0] in ("database_url", "redis_url") and loc[0].upper() in upper
+
+
+def masked(config: GatewayConfig) -> dict[str, Any]:
+    """The configuration as `kimi-gateway config show` prints it: URL passwords hidden (keys and tokens
+    never live in it: only the names of the variables holding them)."""
+    shown = config.model_dump(mode="json")
+    for name in ("database_url", "redis_url"):
+        if shown.get(name):
+            shown[name] = _without_password(shown[name])
+    for provider in shown.get("providers", {}).values():
+        if provider.get("base_url"):
+            provider["base_url"] = _without_password(provider["base_url"])
+    return shown
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    user = f"{parts.username}:***@" if parts.username else "***@"
+    netloc = user + host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,21 @@ from typing import Any
 import httpx
 
 LOCAL_MODEL = "smollm2-135m-instruct"
+
+
+def isolate_environment() -> Path:
+    """Keep a test or bench run away from the machine's own gateway: the data directory's default moves
+    to a temporary folder (XDG_DATA_HOME, removed at exit), and configuration set in the environment
+    (KIMI_GATEWAY_<KEY>, DATABASE_URL, REDIS_URL) is dropped, for this process and the gateways it
+    starts. A test that wants an environment key passes it to its gateway itself."""
+    from kimi_gateway.config import CONFIG_ENV, environment_keys
+
+    for name in [*environment_keys(), CONFIG_ENV]:
+        os.environ.pop(name, None)
+    root = Path(tempfile.mkdtemp(prefix="kimi-gateway-data-"))
+    atexit.register(shutil.rmtree, root, True)
+    os.environ["XDG_DATA_HOME"] = str(root)
+    return root
 
 
 def wait_until(check: Any, timeout: float = 15.0, interval: float = 0.1) -> Any:

@@ -6,9 +6,15 @@ from pathlib import Path
 import openai
 import pytest
 
-from kimi_gateway.testing import GatewayProcess
+from kimi_gateway.testing import GatewayProcess, isolate_environment
 from tests.fakes.upstream import FakeUpstream
 from tests.upstreams import start_fakes, start_upstream_gateway
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Whatever this machine holds (a key in ~/.local/share/kimi-gateway after following the README, a
+    DATABASE_URL in the shell), the tests see none of it."""
+    isolate_environment()
 
 
 @pytest.fixture(scope="session")
