@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
@@ -23,7 +23,7 @@ from httpx_sse import connect_sse
 
 from kimi_gateway import __version__
 from kimi_gateway.config import CONFIG_ENV, ConfigError, GatewayConfig, environment_keys, load_config, masked
-from kimi_gateway.logs import LOG_LEVEL_ENV, setup_logging
+from kimi_gateway.logs import LOG_LEVEL_ENV, event, setup_logging
 from kimi_gateway.stats.metrics import METRICS_DIR_ENV
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ def app_factory() -> object:
     from kimi_gateway.http.app import create_app
 
     config = load_config()
-    setup_logging(os.environ.get(LOG_LEVEL_ENV) or config.server.log_level)
+    setup_logging(os.environ.get(LOG_LEVEL_ENV) or config.server.log_level, config.server.log_format)
     protocol.configure(config.server)
     return create_app(config)
 
@@ -69,7 +69,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = _export_config(args.config)
     host = args.host or config.server.host
     port = args.port or config.server.port
-    setup_logging(config.server.log_level)
+    setup_logging(config.server.log_level, config.server.log_format)
     keyed = (not host.startswith(LOOPBACK) or (args.workers > 1 and not config.redis_url)) and asyncio.run(
         _key_count(config)
     ) > 0
@@ -94,6 +94,7 @@ def _serve(args: argparse.Namespace) -> int:
         folder = config.data_dir.expanduser() / "metrics"
         shutil.rmtree(folder, ignore_errors=True)
         os.environ[METRICS_DIR_ENV] = str(folder)
+    _banner(config, host, port, args.workers)
     uvicorn.run(
         "kimi_gateway.cli:app_factory",
         factory=True,
@@ -107,10 +108,27 @@ def _serve(args: argparse.Namespace) -> int:
         proxy_headers=False,
         server_header=False,
         timeout_keep_alive=config.server.keep_alive_seconds,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=config.server.shutdown_seconds,
         root_path=config.server.root_path,
     )
     return 0
+
+
+def _banner(config: GatewayConfig, host: str, port: int, workers: int) -> None:
+    """Where to point a client and a browser, first thing in the log."""
+    shown = f"[{host}]" if ":" in host else host
+    base = f"http://{shown}:{port}{config.server.root_path}"
+    fields: dict[str, Any] = {"api": f"{base}/v1"}
+    if config.server.web:
+        fields.update(pages=f"{base}/models", chat=f"{base}/chat", console=f"{base}/console")
+    fields.update(
+        docs=f"{base}/docs",
+        workers=workers,
+        data_dir=str(config.data_dir),
+        database="postgresql" if (config.database_url or "").startswith("postgres") else "sqlite",
+        redis=bool(config.redis_url),
+    )
+    event(f"kimi-gateway {__version__} serving", **fields)
 
 
 def _models(args: argparse.Namespace) -> int:

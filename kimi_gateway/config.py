@@ -33,6 +33,8 @@ class ServerConfig(_Section):
     # Prompt and completion text are never logged unless this is set.
     log_prompts: bool = False
     log_level: str = "info"
+    # "auto": readable lines at a terminal, JSON lines otherwise (containers, services, files).
+    log_format: Literal["auto", "json", "text"] = "auto"
     # The path prefix a reverse proxy serves the gateway under (uvicorn's --root-path), e.g. "/kimi".
     root_path: str = ""
     # Connection limits (http/protocol.py): request headers must arrive within this many seconds and
@@ -48,6 +50,11 @@ class ServerConfig(_Section):
     cors_origins: list[str] = Field(default_factory=list)
     # An idle kept-alive connection is closed after this.
     keep_alive_seconds: int = Field(default=5, gt=0, le=300)
+    # On SIGTERM: /ready fails (503 "draining") for this long while requests are still served, so load
+    # balancers stop sending new ones; then the listener closes and requests in flight have up to
+    # `shutdown_seconds` to finish before the rest end with an in-band error.
+    drain_seconds: float = Field(default=0.0, ge=0, le=300)
+    shutdown_seconds: int = Field(default=30, ge=0, le=3600)
     # Prometheus metrics at /metrics: answered to loopback clients and management keys, or to anyone
     # with `metrics_public`.
     metrics: bool = True

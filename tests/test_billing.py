@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -264,6 +265,115 @@ def test_graceful_shutdown_writes_everything(tmp_path: Path, moon: FakeUpstream)
     assert sorted(float(a) for (a,) in charges) == pytest.approx(sorted(costs))
     assert _rows(db, "SELECT count(*) FROM generations WHERE account_id = 'acct_stop'") == [(3,)]
     assert not any((workdir / "data" / "journal").iterdir())  # a clean stop leaves no journal behind
+
+
+def _stream_in_thread(gw: GatewayProcess, key: str, lines: list[tuple[float, str]]) -> threading.Thread:
+    """A streamed chat read line by line, each line with when it arrived."""
+
+    def read() -> None:
+        body = {"model": K25, "messages": HI, "stream": True, "stream_options": {"include_usage": True}}
+        headers = {"Authorization": f"Bearer {key}"}
+        try:
+            with httpx.stream(
+                "POST", gw.api + "/chat/completions", json=body, headers=headers, timeout=60
+            ) as r:
+                for line in r.iter_lines():
+                    if line:
+                        lines.append((time.monotonic(), line))
+        except httpx.HTTPError as exc:
+            lines.append((time.monotonic(), f"failed: {exc!r}"))
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    assert wait_until(lambda: any('"content"' in line for _, line in lines), timeout=10)
+    return thread
+
+
+def _usage_cost(lines: list[tuple[float, str]]) -> float:
+    import json
+
+    for _, line in lines:
+        if line.startswith("data: {") and '"usage"' in line:
+            usage = json.loads(line[6:]).get("usage")
+            if usage:
+                return float(usage["cost"])
+    raise AssertionError("no usage in the stream")
+
+
+def test_sigterm_fails_readiness_first_and_lets_streams_finish(tmp_path: Path, moon: FakeUpstream) -> None:
+    """SIGTERM mid-stream: /ready says "draining" while requests are still served (drain_seconds), then
+    the listener closes, the stream in flight runs to its end, and every charge is written once."""
+    workdir = tmp_path / "gw"
+    extra = "[server]\ndrain_seconds = 1.5\nshutdown_seconds = 20\n"
+    gw = start(workdir, config(moon, flush_seconds=3600, extra=extra))
+    ops = Operator(gw)
+    key = ops.key_for("acct_drain")
+    ops.recharge("acct_drain", "1")
+    assert httpx.get(gw.base_url + "/ready").json()["status"] == "ready"
+    moon.default = Answer(content=" ".join(f"w{i}" for i in range(24)), chunk_delay=0.15)  # ~3.5 s
+    lines: list[tuple[float, str]] = []
+    thread = _stream_in_thread(gw, key, lines)
+    gw.proc.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    draining = httpx.get(gw.base_url + "/ready")
+    assert (draining.status_code, draining.json()["status"]) == (503, "draining")
+    moon.default = Answer()
+    during = chat(gw, key)  # still served while draining
+    assert during.status_code == 200
+    # Then the listener closes: new connections are refused while the stream still runs.
+    assert wait_until(lambda: _refused(gw), timeout=5)
+    refused_at = time.monotonic()
+    assert refused_at - signalled >= 1.4
+    thread.join(30)
+    assert lines[-1][1] == "data: [DONE]" and lines[-1][0] > refused_at  # it ran to its end, after
+    assert gw.proc.wait(timeout=30) is not None
+    costs = sorted([_usage_cost(lines), float(during.json()["usage"]["cost"])])
+    db = workdir / "data" / "gateway.db"
+    charges = _rows(
+        db, "SELECT amount FROM ledger_entries WHERE kind = 'charge' AND account_id = 'acct_drain'"
+    )
+    assert sorted(float(a) for (a,) in charges) == pytest.approx(costs)
+    assert _rows(db, "SELECT status FROM generations WHERE account_id = 'acct_drain'") == [("success",)] * 2
+
+
+def test_a_stream_past_the_shutdown_deadline_ends_in_band(tmp_path: Path, moon: FakeUpstream) -> None:
+    """A stream still running at `shutdown_seconds` ends with the format's own error event (not a cut
+    connection), and is charged once, for what it delivered."""
+    workdir = tmp_path / "gw"
+    gw = start(workdir, config(moon, flush_seconds=3600, extra="[server]\nshutdown_seconds = 1\n"))
+    ops = Operator(gw)
+    key = ops.key_for("acct_deadline")
+    ops.recharge("acct_deadline", "1")
+    moon.default = Answer(content=" ".join(f"w{i}" for i in range(60)), chunk_delay=0.3)  # ~18 s
+    lines: list[tuple[float, str]] = []
+    thread = _stream_in_thread(gw, key, lines)
+    started = time.monotonic()
+    gw.proc.send_signal(signal.SIGTERM)
+    thread.join(30)
+    moon.default = Answer()
+    assert time.monotonic() - started < 10
+    text = "\n".join(line for _, line in lines)
+    assert '"error":{"code":503,"message":"The server is shutting down' in text and "failed:" not in text
+    assert gw.proc.wait(timeout=30) is not None
+    db = workdir / "data" / "gateway.db"
+    records = _rows(
+        db, "SELECT status, cost, completion_tokens FROM generations WHERE account_id = 'acct_deadline'"
+    )
+    assert len(records) == 1
+    _, cost, completion = records[0]
+    charges = _rows(
+        db, "SELECT amount FROM ledger_entries WHERE kind = 'charge' AND account_id = 'acct_deadline'"
+    )
+    assert 0 < int(completion) < 60  # what was delivered, not the whole answer
+    assert [float(a) for (a,) in charges] == pytest.approx([float(cost)])
+
+
+def _refused(gw: GatewayProcess) -> bool:
+    try:
+        httpx.get(gw.base_url + "/health", timeout=1)
+    except httpx.ConnectError:
+        return True
+    return False
 
 
 def test_kill_9_mid_stream_then_reconcile(tmp_path: Path, moon: FakeUpstream) -> None:

@@ -4,9 +4,11 @@ tests kept away from the machine's own data directory."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import pytest
 from pydantic import BaseModel
 
 from kimi_gateway.config import ENV_PREFIX, ConfigError, GatewayConfig, load_config
-from kimi_gateway.testing import GatewayProcess
+from kimi_gateway.testing import GatewayProcess, free_port
 
 
 def _changed(value: Any) -> str | None:
@@ -169,3 +171,48 @@ def test_tests_never_see_the_machines_data_directory() -> None:
     assert data_home != Path("~/.local/share").expanduser()
     assert not any(n.startswith(ENV_PREFIX) and "__" in n for n in os.environ)
     assert "DATABASE_URL" not in os.environ and "REDIS_URL" not in os.environ
+
+
+def test_logs_are_json_for_machines_with_a_banner_and_no_library_noise(tmp_path: Path) -> None:
+    gw = GatewayProcess(tmp_path)
+    try:
+        lines = gw.log_path.read_text().splitlines()
+    finally:
+        gw.stop()
+    parsed = [json.loads(line) for line in lines if line.startswith("{")]
+    assert len(parsed) == len([line for line in lines if line.strip()])  # every line is JSON
+    banner = next(p for p in parsed if p["msg"].endswith("serving"))
+    assert banner["api"] == f"{gw.base_url}/v1" and banner["chat"] == f"{gw.base_url}/chat"
+    assert not any(p["logger"] == "alembic.runtime.plugins" for p in parsed)
+    assert not any(p["msg"].startswith(("Context impl", "Will assume")) for p in parsed)
+
+
+def test_logs_are_readable_lines_at_a_terminal(tmp_path: Path) -> None:
+    """stderr a terminal (a pseudo-terminal here): no JSON, the banner's fields as key=value."""
+    import pty
+    import select
+
+    port = free_port()
+    leader, follower = pty.openpty()
+    (tmp_path / "gateway.toml").write_text('data_dir = "data"\n')
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kimi_gateway", "serve", "--port", str(port), "--config", "gateway.toml"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=follower,
+    )
+    os.close(follower)
+    output = b""
+    try:
+        deadline = time.monotonic() + 60
+        while b"Application startup complete" not in output and time.monotonic() < deadline:
+            if select.select([leader], [], [], 1)[0]:
+                output += os.read(leader, 65536)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        os.close(leader)
+    text = output.decode()
+    assert "Application startup complete" in text
+    assert not any(line.startswith("{") for line in text.splitlines())
+    assert f"api=http://127.0.0.1:{port}/v1" in text and "serving" in text

@@ -37,6 +37,7 @@ from kimi_gateway.http.routes import (
 )
 from kimi_gateway.http.routes import responses as responses_routes
 from kimi_gateway.http.serving import Completion, Services
+from kimi_gateway.http.shutdown import Drain
 from kimi_gateway.media.files import file_too_large
 from kimi_gateway.runtime import Gateway, build_gateway
 
@@ -146,10 +147,12 @@ def create_app(config: GatewayConfig | None = None) -> ASGIApp:
 
 def create_api(config: GatewayConfig | None = None) -> FastAPI:
     gateway = build_gateway(config or load_config())
+    drain = Drain(gateway.config.server.drain_seconds)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await gateway.start()
+        drain.install()  # the server's signal handlers exist by now
         try:
             yield
         finally:
@@ -158,6 +161,7 @@ def create_api(config: GatewayConfig | None = None) -> FastAPI:
     # /docs is served from the package's own Swagger UI (routes/docs.py); ReDoc (CDN-only) is off.
     app = FastAPI(title="kimi-gateway", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.gateway = gateway
+    app.state.drain = drain
     errors.install(app)
     dispatch.register(app)
     app.include_router(messages.router)

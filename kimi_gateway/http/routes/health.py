@@ -7,6 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from kimi_gateway.http.replies import ORJSONResponse
+from kimi_gateway.http.shutdown import Drain
 from kimi_gateway.runtime import Gateway
 
 router = APIRouter()
@@ -22,8 +23,8 @@ async def ready(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     # The local models' engine processes start on demand: "stopped" is not "unready".
     models = {model_id: engine.stats() for model_id, engine in gateway.local_models.items()}
-    is_ready = gateway.is_ready()
+    drain: Drain = request.app.state.drain
+    status = "draining" if drain.draining else "ready" if gateway.is_ready() else "starting"
     return ORJSONResponse(
-        {"status": "ready" if is_ready else "starting", "local_models": models},
-        status_code=200 if is_ready else 503,
+        {"status": status, "local_models": models}, status_code=200 if status == "ready" else 503
     )

@@ -1,5 +1,4 @@
-"""a tool loop's model calls tied to their request: its id, and each call's server-side tool calls and their
-cost (part of the row's cost)
+"""a tool loop's model calls tied to their request, each with its server-side tool calls and their cost
 
 Revision ID: 0008
 Revises: 0007
