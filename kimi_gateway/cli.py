@@ -386,10 +386,13 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _selfhost(args: argparse.Namespace) -> int:
-    from kimi_gateway.selfhost import render
+    from kimi_gateway.selfhost import render, render_kubernetes
 
     try:
-        print(render(args.engine, args.model, args.host, args.port))
+        if args.kubernetes:
+            print(render_kubernetes(args.engine, args.model, args.port), end="")
+        else:
+            print(render(args.engine, args.model, args.host, args.port))
     except KeyError as exc:
         print(f"error: {exc.args[0]}", file=sys.stderr)
         return 2
@@ -474,6 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
     selfhost.add_argument("model")
     selfhost.add_argument("--host", default="127.0.0.1", help="where the engine will listen")
     selfhost.add_argument("--port", type=int, default=8000)
+    selfhost.add_argument(
+        "--kubernetes", action="store_true", help="a Deployment and a Service instead of a command line"
+    )
     selfhost.set_defaults(func=_selfhost)
     return parser
 
