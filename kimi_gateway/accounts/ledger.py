@@ -224,12 +224,16 @@ def _insert(model: type[GenerationRecord] | type[LedgerEntry], postgres: bool) -
     )
 
 
+_ZERO = Decimal(0)
+
+
 def _postgres_values(row: Mapping[str, Any]) -> dict[str, Any]:
     """asyncpg binds Decimal, datetime and bool as they are."""
     out = dict(row)
     if "cost" in row:
         out["cost"] = Decimal(row["cost"]) / NANO
-        out["tool_cost"] = Decimal(row["tool_cost"]) / NANO
+        # Most rows ran no server tool: no Decimal division for them.
+        out["tool_cost"] = Decimal(row["tool_cost"]) / NANO if row["tool_cost"] else _ZERO
         out["created_at"] = _time(row["created_at"])
     else:
         out["amount"] = Decimal(row["amount"]) / NANO
@@ -241,7 +245,7 @@ def _sqlite_values(row: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(row)
     if "cost" in row:
         out["cost"] = float(Decimal(row["cost"]) / NANO)
-        out["tool_cost"] = float(Decimal(row["tool_cost"]) / NANO)
+        out["tool_cost"] = float(Decimal(row["tool_cost"]) / NANO) if row["tool_cost"] else 0.0
         out["created_at"] = _time(row["created_at"]).strftime("%Y-%m-%d %H:%M:%S.%f")
         out["streamed"] = int(bool(row["streamed"]))
     else:
