@@ -444,7 +444,7 @@ def test_a_replica_killed_mid_stream_then_a_rolling_restart_lose_nothing(stack: 
         _total_usage(stack, key),
         sum(costs),
     )
-    print(f"kill and rolling restart: {len(costs)} requests, {len(errors)} errors, charged ${sum(costs):.6f} once")
+    print(f"kill and rolling restart: {len(costs)} requests, {len(errors)} errors, ${sum(costs):.6f} charged")
     # The killed stream: recovered from gateway-a's journal when it came back, as interrupted, not charged.
     found = httpx.get(
         stack.url + "/api/v1/generation", params={"id": killed}, headers=stack.headers(stack.user), timeout=30
