@@ -287,6 +287,22 @@ class ToolsConfig(_Section):
     mcp: McpConfig = Field(default_factory=McpConfig)
 
 
+class AgentsConfig(_Section):
+    """[agents]: the operator's bounds on swarm runs (`agent: {"mode": "swarm"}`, the `:swarm` variant),
+    over what each request asks for."""
+
+    enabled: bool = True
+    max_agents: int = Field(default=16, ge=1, le=256)  # sub-agents in one run
+    max_parallel: int = Field(default=4, ge=1, le=64)  # sub-agents running at once in one run
+    max_steps: int = Field(default=15, ge=1, le=200)  # the orchestrator's model calls
+    agent_max_steps: int = Field(default=30, ge=1, le=500)  # each sub-agent's model calls
+    max_answer_bytes: int = Field(
+        default=8192, ge=256, le=1024 * 1024
+    )  # of each agent's answer, to the orchestrator
+    max_task_chars: int = Field(default=8000, ge=100, le=200_000)  # of each agent's instructions
+    keep_runs: int = Field(default=256, ge=1, le=100_000)  # finished runs each process keeps in memory
+
+
 class GatewayConfig(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
@@ -303,6 +319,7 @@ class GatewayConfig(_Section):
     media: MediaConfig = Field(default_factory=MediaConfig)
     responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
     tools: ToolsConfig = Field(default_factory=ToolsConfig)
+    agents: AgentsConfig = Field(default_factory=AgentsConfig)
     # Per-model overrides and additions, merged over the packaged catalog.
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

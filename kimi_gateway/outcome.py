@@ -41,6 +41,7 @@ class GenerationOutcome:
     tool_calls: int = 0  # the server-side tool calls this model call made (run, or failed)
     tool_cost_nano: int = 0  # and their prices
     tools: ToolTally | None = None  # a tool loop's response: its calls, for usage and citations
+    agent_run: str | None = None  # a swarm run's response: the run's id (GET /api/v1/agents/runs/{id})
 
     @property
     def provider_name(self) -> str | None:

@@ -26,6 +26,7 @@ from kimi_gateway.catalog import Catalog, load_catalog
 from kimi_gateway.config import GatewayConfig
 from kimi_gateway.core.exchange import Parts
 from kimi_gateway.core.replay import ReasoningMemory
+from kimi_gateway.core.swarm import AgentRuns
 from kimi_gateway.engine.locate import resolve_gguf
 from kimi_gateway.engine.protocol import EngineSettings
 from kimi_gateway.engine.supervisor import EngineProcess
@@ -46,6 +47,7 @@ from kimi_gateway.schema.chat import ChatCompletionRequest, ContentPart, FilePar
 from kimi_gateway.stats.metrics import METRICS_DIR_ENV, Metrics
 from kimi_gateway.stats.uptime import UptimeStore
 from kimi_gateway.storage import Database, database_url
+from kimi_gateway.storage.agent_runs import AgentRunStore
 from kimi_gateway.storage.responses import ResponseStore
 from kimi_gateway.storage.vector_stores import VectorStores
 from kimi_gateway.tools.runner import Tools
@@ -73,6 +75,7 @@ class Gateway:
     tools: Tools = field(kw_only=True)
     vector_stores: VectorStores = field(kw_only=True)
     reasoning: ReasoningMemory = field(default_factory=ReasoningMemory)
+    runs: AgentRuns = field(kw_only=True)  # swarm runs (core/swarm.py)
     _metrics_task: asyncio.Task[None] | None = None
     core: Parts = field(init=False)  # what the request core uses, by name
 
@@ -89,6 +92,8 @@ class Gateway:
             keepalive_seconds=config.routing.keepalive_seconds,
             log_prompts=config.server.log_prompts,
             tools=self.tools,
+            agents=config.agents,
+            runs=self.runs,
         )
 
     async def start(self) -> None:
@@ -124,6 +129,7 @@ class Gateway:
         await self.changes.close()
         await self.upstream.close()
         await self.tools.close()
+        await self.runs.close()
         await self.media.close()
         await self.uptime.stop()
         if self._metrics_task is not None:
@@ -262,6 +268,7 @@ def build_gateway(config: GatewayConfig) -> Gateway:
         accounts=Accountant(ledger, holds, admission, recorder, tiers, changes, **cache),
         media=media,
         tools=Tools(config.tools, config.media, pool, files.ocr, stores, files),
+        runs=AgentRuns(config.agents.keep_runs, AgentRunStore(db)),
         vector_stores=stores,
         files=files,
         responses=ResponseStore(

@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 
 from kimi_gateway.catalog import Pricing, load_catalog
+from kimi_gateway.config import AgentsConfig
 from kimi_gateway.core.exchange import Exchange, Parts
 from kimi_gateway.core.replay import ReasoningMemory
+from kimi_gateway.core.swarm import AgentRuns
 from kimi_gateway.errors import APIError
 from kimi_gateway.outcome import GenerationOutcome, RequestOutcome
 from kimi_gateway.providers.events import Delta, Done, Event, Finish, Usage
@@ -149,6 +151,8 @@ def _exchange(
         keepalive_seconds=1.0,
         log_prompts=False,
         tools=None,  # type: ignore[arg-type]  (no server-side tools here: tests/test_server_tools.py)
+        agents=AgentsConfig(),
+        runs=AgentRuns(8, None),
     )
     left = gone or asyncio.Event()
 

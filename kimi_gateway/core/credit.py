@@ -10,6 +10,8 @@ from collections.abc import Iterable
 
 from kimi_gateway.accounts.billing import Accountant, Ticket
 from kimi_gateway.accounts.keys import KeyRecord
+from kimi_gateway.accounts.pricing import worst_case_nano
+from kimi_gateway.errors import APIError
 from kimi_gateway.routing.attempts import RoutedGeneration
 from kimi_gateway.routing.features import prompt_token_bound
 from kimi_gateway.schema.chat import ChatCompletionRequest
@@ -101,3 +103,59 @@ async def top_up(
         _max_tokens(body, routed),
         spent,
     )
+
+
+def worst_case(body: ChatCompletionRequest, routed: RoutedGeneration) -> int:
+    """The most the model call can cost, nano-dollars."""
+    return worst_case_nano(
+        [c.endpoint.pricing for c in routed.candidates],
+        _prompt_tokens(body, routed),
+        _max_tokens(body, routed),
+    )
+
+
+class Spending:
+    """A request's credit across all its model and tool calls: one tool loop's, or a swarm run's several
+    loops calling at once (core/swarm.py). One hold (the ticket's) covers what every loop has spent plus
+    each call under way; each loop's reservation counts the others', set before it awaits anything, so two
+    loops cannot both fit into the same room. `limit`: the run's own `max_cost`, below the balance."""
+
+    def __init__(self, accounts: Accountant, ticket: Ticket | None, limit: int | None = None) -> None:
+        self.accounts, self.ticket, self.limit = accounts, ticket, limit
+        self._spent: dict[int, int] = {}  # per loop: what its finished calls cost
+        self._pending: dict[int, int] = {}  # per loop: the worst case of its call under way
+        self.refused: str | None = None  # why a call was last refused: "credit" or "max_cost"
+
+    def total(self) -> int:
+        return sum(self._spent.values())
+
+    async def reserve(
+        self, loop: object, body: ChatCompletionRequest, routed: RoutedGeneration, spent: int
+    ) -> bool:
+        """Room for `loop`'s next model call, `spent` being what its calls so far cost (with the fees of
+        tool calls about to run): False (nothing held) when the balance or the run's limit says no."""
+        me = id(loop)
+        worst = worst_case(body, routed)
+        others = sum(v for k, v in self._spent.items() if k != me)
+        others += sum(v for k, v in self._pending.items() if k != me)
+        if self.limit is not None and others + spent + worst > self.limit:
+            self.refused = "max_cost"
+            return False
+        before = self._spent.get(me, 0), self._pending.get(me, 0)
+        self._spent[me], self._pending[me] = spent, worst
+        if self.ticket is None:
+            return True
+        try:
+            await top_up(self.accounts, self.ticket, body, routed, others + spent)
+        except APIError as exc:
+            if exc.status != 402:
+                raise
+            self._spent[me], self._pending[me] = before
+            self.refused = "credit"
+            return False
+        return True
+
+    def settle(self, loop: object, spent: int) -> None:
+        """`loop` ended: what it spent stays counted, nothing is under way."""
+        self._spent[id(loop)] = spent
+        self._pending.pop(id(loop), None)

@@ -22,15 +22,20 @@ from kimi_gateway.accounts.billing import Accountant, Ticket
 from kimi_gateway.accounts.keys import KeyRecord
 from kimi_gateway.catalog import Catalog, ModelCard
 from kimi_gateway.catalog.rules import apply_rules
+from kimi_gateway.config import AgentsConfig
 from kimi_gateway.core import credit
 from kimi_gateway.core.disconnects import DisconnectWatch, Gone
 from kimi_gateway.core.generation import GeneratedStream, GenerationRun, ResponseEvent
 from kimi_gateway.core.replay import ReasoningMemory, TurnNote, served_call
+from kimi_gateway.core.swarm import AgentNode, AgentRun, AgentRuns, Swarm, offer_create_agents, swarm_options
 from kimi_gateway.core.toolloop import ToolLoop, offer_server_tools
+from kimi_gateway.errors import APIError
+from kimi_gateway.ids import new_id
 from kimi_gateway.logs import event
 from kimi_gateway.media import Media
 from kimi_gateway.media.intake import has_media
 from kimi_gateway.media.redact import redacted
+from kimi_gateway.money import nano
 from kimi_gateway.outcome import Failure, GenerationOutcome, RequestOutcome
 from kimi_gateway.routing import Router
 from kimi_gateway.routing.variants import apply_variant
@@ -57,6 +62,8 @@ class Parts:
     keepalive_seconds: float
     log_prompts: bool
     tools: Tools  # the server-side tools (web search, web fetch)
+    agents: AgentsConfig  # swarm runs' bounds
+    runs: AgentRuns  # swarm runs: live, kept, stored
 
 
 class Exchange:
@@ -102,6 +109,12 @@ class Exchange:
             # Moonshot's `$web_search`, for a model some other provider may serve: the gateway searches.
             body.builtin_tools = []
             body.server_tools = [*body.server_tools, ServerTool("web_search", "web_search")]
+        if body.agent is not None:  # a swarm run: the model may create agents (core/swarm.py)
+            if not parts.agents.enabled:
+                raise APIError(
+                    400, "Swarm runs are off on this gateway.", param="agent", code="unsupported_parameter"
+                )
+            offer_create_agents(body, parts.tools)
         looping = bool(body.server_tools)  # the model may call tools the gateway runs (core/toolloop.py)
         if looping:
             offer_server_tools(body, parts.tools)
@@ -135,6 +148,35 @@ class Exchange:
             event("prompt", request_id=outcome.request_id, messages=redacted(body.messages))
         if looping:
             step.prompt_estimate = run.routed.prompt_tokens
+            budget = parts.media.pool.budget()
+            swarm = None
+            options = swarm_options(body, parts.agents) if body.agent is not None else None
+            limit = nano(options.max_cost) if options is not None and options.max_cost is not None else None
+            spending = credit.Spending(parts.accounts, self.ticket, limit)
+            if options is not None:
+                record = AgentRun(
+                    new_id("run_"),
+                    account,
+                    generation_id,
+                    body.model,
+                    AgentNode("orchestrator", _task(body), role="orchestrator", status="running"),
+                )
+                record.orchestrator.started_at = record.created_at
+                parts.runs.add(record)
+                swarm = Swarm(
+                    record,
+                    options,
+                    parts.agents,
+                    body,
+                    outcome,
+                    router=parts.router,
+                    tools=parts.tools,
+                    spending=spending,
+                    accounts=parts.accounts,
+                    key=key,
+                    budget=budget,
+                )
+                generation.agent_run = record.id
             loop = self.loop = ToolLoop(
                 body,
                 routed,
@@ -142,10 +184,11 @@ class Exchange:
                 outcome,
                 router=parts.router,
                 tools=parts.tools,
-                accounts=parts.accounts,
-                ticket=self.ticket,
+                spending=spending,
                 account=account,
-                budget=parts.media.pool.budget(),
+                budget=budget,
+                max_steps=options.max_steps if options is not None else None,
+                swarm=swarm,
             )
             run.routed = loop
             generation.tools = loop.tally
@@ -200,6 +243,30 @@ class Exchange:
         )
         return seconds
 
+    def _finish_run(self, loop: ToolLoop, record: AgentRun, settled: str) -> None:
+        """A swarm run's orchestrator as it ended, and the run's status."""
+        node = record.orchestrator
+        node.generations = [step.id for step in loop.steps]
+        node.tool_calls = sum(step.tool_calls for step in loop.steps)
+        node.prompt_tokens = sum(s.usage.prompt_tokens for s in loop.steps if s.usage is not None)
+        node.completion_tokens = sum(s.usage.completion_tokens for s in loop.steps if s.usage is not None)
+        node.cost_nano = sum((s.cost_nano or 0) + s.tool_cost_nano for s in loop.steps)
+        node.ended_at = time.time()
+        finish = self.run.outcome.finish_reason if self.run is not None else None
+        if settled != "success":
+            status = "failed" if settled == "error" else "cancelled"
+        elif finish == "length" and loop.swarm is not None and loop.swarm.stopped_by() is not None:
+            status, record.stop_reason = "stopped", loop.swarm.stopped_by()
+        elif finish == "length":
+            status, record.stop_reason = (
+                "stopped",
+                f"the orchestrator's bound of {len(loop.steps)} model calls",
+            )
+        else:
+            status = "completed"
+        node.status = "completed" if status == "completed" else status
+        self.parts.runs.finish(record, status)
+
     def settle(self, status: int) -> None:
         """The request's end, however it came: charged, recorded and counted from its outcome.
         Synchronous, so a shutdown cancelling the request's task cannot interrupt it."""
@@ -207,13 +274,30 @@ class Exchange:
         outcome.status = status
         if self.run is not None and self.run.routed.attempts:
             outcome.failures = [Failure(a.provider, a.kind) for a in self.run.routed.attempts]
+        if self.loop is not None and self.loop.swarm is not None and self.run is not None:
+            self._finish_run(self.loop, self.loop.swarm.run_record, self.run.outcome.settled(status))
         if self.ticket is not None:
             if self.loop is not None and self.run is not None:
                 settled = self.run.outcome.settled(status)
-                self.parts.accounts.finish(self.ticket, None, settled, self.loop.steps)
+                # Every model call of the request: a tool loop's steps, a swarm's sub-agents' too.
+                self.parts.accounts.finish(self.ticket, None, settled, outcome.generations)
             else:
                 last = outcome.last
                 settled = last.settled(status) if last is not None else "error"
                 self.parts.accounts.finish(self.ticket, last, settled)
         if self.parts.metrics is not None:
             self.parts.metrics.request(outcome, time.perf_counter() - outcome.started)
+
+
+def _task(body: ChatCompletionRequest) -> str:
+    """The orchestrator's task as the run's tree shows it: the last user message's text, cut short."""
+    for message in reversed(body.messages):
+        if message.role == "user":
+            content = message.content
+            text = (
+                content
+                if isinstance(content, str)
+                else " ".join(getattr(part, "text", "") or "" for part in content or ())
+            )
+            return text[:500]
+    return ""

@@ -211,6 +211,8 @@ class GenerationRun:
             body["usage"]["server_tool_use"] = server_tool_usage(tools)
         if outcome.provider:
             body["provider"] = outcome.provider
+        if outcome.agent_run is not None:
+            body["agent_run_id"] = outcome.agent_run
         return body
 
 

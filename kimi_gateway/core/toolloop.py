@@ -17,16 +17,15 @@ step's generation or the tool call under way.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, Callable
+from contextlib import AbstractAsyncContextManager, aclosing, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from pydantic import TypeAdapter
 
-from kimi_gateway.accounts.billing import Accountant, Ticket
-from kimi_gateway.core import credit
+from kimi_gateway.core.credit import Spending
 from kimi_gateway.core.generation import GenerationRun, ResponseEvent
 from kimi_gateway.errors import APIError, invalid_request
 from kimi_gateway.ids import new_id
@@ -42,6 +41,7 @@ from kimi_gateway.schema.server_tools import (
     McpListing,
     ServerTool,
     ToolError,
+    ToolOutput,
     ToolResult,
     ToolTally,
     ToolUse,
@@ -50,6 +50,12 @@ from kimi_gateway.schema.server_tools import (
 from kimi_gateway.tools.base import function_tool
 from kimi_gateway.tools.mcp import McpFailed
 from kimi_gateway.tools.runner import Tools, model_text
+
+if TYPE_CHECKING:
+    from kimi_gateway.core.swarm import Swarm
+
+# Entered around a model call (a sub-agent's: the account's rate limits).
+Gate = Callable[[], AbstractAsyncContextManager[None]]
 
 # A turn that ends the loop early: the step bound, or credit for the next step ran out. Its finish is
 # "length" (the answer is cut short) with this native reason, which Anthropic's format shows as its
@@ -90,14 +96,21 @@ class ToolLoop:
         *,
         router: Router,
         tools: Tools,
-        accounts: Accountant,
-        ticket: Ticket | None,
+        spending: Spending,
         account: str | None,
         budget: Budget,
+        max_steps: int | None = None,
+        gate: Gate | None = None,
+        swarm: Swarm | None = None,
     ) -> None:
         self.body, self.request = body, request
-        self._router, self._tools, self._accounts, self._ticket = router, tools, accounts, ticket
+        self._router, self._tools, self._spending = router, tools, spending
         self._account, self._budget = account, budget
+        self._max_steps = max_steps or tools.config.max_steps
+        # Around each model call: a sub-agent's calls count against the account's rate limits
+        # (core/swarm.py); a request's own loop was admitted once, as one request (no gate).
+        self._gate = gate
+        self.swarm = swarm  # a swarm run's orchestrator: it runs `create_agents` calls
         self._routed = first
         self.steps: list[GenerationOutcome] = [first_outcome]
         self.tally = ToolTally()
@@ -130,7 +143,7 @@ class ToolLoop:
     # ---- the loop ------------------------------------------------------------------------------------
 
     async def events(self) -> AsyncGenerator[list[ResponseEvent], None]:
-        max_steps = self._tools.config.max_steps
+        max_steps = self._max_steps
         usage = Usage()
         cost = 0
         step = 0
@@ -183,6 +196,10 @@ class ToolLoop:
             elif client_calls:
                 finish = Finish(0, "tool_calls", native_reason=finish.native_reason)
             done = turn.done or Done()
+            self._spending.settle(self, cost)
+            if self.swarm is not None:  # the sub-agents' calls are the run's too
+                usage.add(self.swarm.usage)
+                cost += self.swarm.cost_nano
             total = Done(usage=usage, provider=done.provider, model=done.model, cost_nano=cost)
             yield [finish, total]
             return
@@ -192,7 +209,8 @@ class ToolLoop:
         the server tools' calls, its finish and its usage are held for the loop to decide."""
         outcome, server, started = run.outcome, self._server, run.outcome.started
         names: dict[int, str] = {}
-        async with aclosing(run.routed.events()) as events:
+        gate = self._gate() if self._gate is not None else nullcontext()
+        async with gate, aclosing(run.routed.events()) as events:
             async for batch in events:
                 out: list[ResponseEvent] = []
                 for event in batch:
@@ -278,7 +296,10 @@ class ToolLoop:
                 )
             else:
                 self._uses[tool.name] = used + 1
-                output = await self._tools.run(tool, call.arguments, self._account, self._budget)
+                if tool.kind == "agents":
+                    output = await self._create_agents(call.arguments)
+                else:
+                    output = await self._tools.run(tool, call.arguments, self._account, self._budget)
                 # A call that failed is not charged (Anthropic's rule for errored searches).
                 price = 0 if isinstance(output, ToolError) else self._tools.prices[tool.kind]
             result = ToolResult(use.id, tool, output, price)
@@ -383,16 +404,18 @@ class ToolLoop:
         return fees
 
     async def _hold(self, routed: RoutedGeneration, spent: int) -> bool:
-        """Whether the hold can grow to `spent` and the worst case of `routed` (a 402 says no)."""
-        if self._ticket is None:
-            return True
-        try:
-            await credit.top_up(self._accounts, self._ticket, self.body, routed, spent)
-        except APIError as exc:
-            if exc.status != 402:
-                raise
-            return False
-        return True
+        """Whether the hold can grow to `spent` and the worst case of `routed` (the balance, or a swarm
+        run's max_cost, may say no), beside what other loops of the request hold."""
+        return await self._spending.reserve(self, self.body, routed, spent)
+
+    async def reserve_first(self) -> bool:
+        """A loop not admitted as a request (a sub-agent's): room for its first model call."""
+        return await self._hold(self._routed, 0)
+
+    async def _create_agents(self, arguments: str) -> ToolOutput:
+        if self.swarm is None:  # a sub-agent: only the orchestrator creates agents
+            return ToolError("unavailable", "sub-agents cannot create agents")
+        return await self.swarm.run(arguments)
 
     async def _next_step(self, spent: int) -> bool:
         """The next model call routed (the conversation now holds the results), its hold grown: False
@@ -403,9 +426,10 @@ class ToolLoop:
         self._done_attempts.extend(self._routed.attempts)
         self._upstream_done += self._routed.upstream_seconds
         self._routed = routed
-        first = self.steps[0]
+        first = self.request.generations[0]
+        # Every model call of the request is numbered in order, a swarm's sub-agents' included.
         outcome = GenerationOutcome(
-            id=f"{first.id}-{len(self.steps) + 1}", created=first.created, model=first.model
+            id=f"{first.id}-{len(self.request.generations) + 1}", created=first.created, model=self.body.model
         )
         outcome.prompt_estimate = routed.prompt_tokens
         self.steps.append(outcome)

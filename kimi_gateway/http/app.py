@@ -21,6 +21,7 @@ from kimi_gateway.http.formats.base import FormatContext
 from kimi_gateway.http.middleware import HeadMiddleware, RequestLogMiddleware, route_path
 from kimi_gateway.http.routes import (
     activity,
+    agents,
     credits,
     docs,
     endpoints,
@@ -117,6 +118,7 @@ CORS_REQUEST_HEADERS = (
 )
 CORS_EXPOSED_HEADERS = (
     "x-request-id",
+    "x-agent-run-id",
     "retry-after",
     "x-ratelimit-limit",
     "x-ratelimit-remaining",
@@ -177,6 +179,7 @@ def create_api(config: GatewayConfig | None = None) -> FastAPI:
     app.include_router(generations.router)
     app.include_router(files.router)
     app.include_router(vector_stores.router)
+    app.include_router(agents.router)
     app.include_router(docs.router)
     app.mount(docs.STATIC_PATH, web.Secured(docs.static_files()), name="vendor")
     if gateway.config.server.web:

@@ -88,6 +88,8 @@ _OPERATIONS: dict[
     ("get", "/api/v1/generations"): (d.GenerationList, 200, _AUTHENTICATED, None),
     ("get", "/api/v1/activity"): (d.Activity, 200, _AUTHENTICATED, None),
     ("get", "/api/v1/models/{model_id}/stats"): (d.ModelStats, 200, (*_AUTHENTICATED, 404), None),
+    ("get", "/api/v1/agents/runs/{run_id}"): (d.AgentRun, 200, (*_AUTHENTICATED, 404), None),
+    ("get", "/api/v1/agents/runs/{run_id}/events"): (None, 200, (*_AUTHENTICATED, 404), None),
     ("get", "/health"): (d.Health, 200, (), None),
     ("get", "/ready"): (d.Ready, 200, (503,), None),
 }
@@ -97,7 +99,7 @@ _REASONS = {
     401: "Missing or invalid API key",
     402: "Not enough credit for the request's hold",
     403: "The key's kind cannot call this route",
-    404: "Unknown model, file, vector store, key, response or generation",
+    404: "Unknown model, file, vector store, key, response, generation or agent run",
     413: "Request body over the limit",
     415: "Content-Encoding other than gzip",
     429: "Rate limit or concurrency limit reached (see Retry-After)",

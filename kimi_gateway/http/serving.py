@@ -146,7 +146,10 @@ class Completion:
         return response
 
     def _adapted(self, response: Response) -> None:
-        """What was changed rather than refused, named for the client."""
+        """What was changed rather than refused, named for the client; a swarm run's id."""
         adapted = self.exchange.outcome.adapted
         if adapted:
             response.raw_headers.append((b"x-gateway-adapted", ", ".join(adapted).encode()))
+        run = self.exchange.run
+        if run is not None and run.outcome.agent_run is not None:
+            response.raw_headers.append((b"x-agent-run-id", run.outcome.agent_run.encode()))

@@ -13,7 +13,7 @@ import orjson
 
 from kimi_gateway.catalog import ModelCard
 from kimi_gateway.config import TimeoutsConfig
-from kimi_gateway.errors import UpstreamError, invalid_request
+from kimi_gateway.errors import APIError, UpstreamError, invalid_request
 from kimi_gateway.providers.base import Endpoint
 from kimi_gateway.providers.client import ConnectTimeout, Target, UpstreamClient
 from kimi_gateway.providers.events import Event
@@ -97,10 +97,18 @@ class UpstreamGeneration:
         timeouts = provider.timeouts
         feed = self._normalizer.feed_data
         try:
+            payload = orjson.dumps(self._body)
+        except orjson.JSONEncodeError as exc:
+            # A value JSON cannot carry on (an integer past 64 bits, a lone surrogate among the request's
+            # extra fields): the client's to fix, and no provider would take it either.
+            raise APIError(
+                400, f"The request holds a value that cannot be sent on: {exc}.", code="invalid_request_body"
+            ) from None
+        try:
             try:
                 response = self._response = await provider.client.post(
                     self._target,
-                    orjson.dumps(self._body),
+                    payload,
                     timeouts.connect,
                     timeouts.idle,
                     timeouts.first_byte,

@@ -203,6 +203,7 @@ class Prompt(BaseModel):
     # OpenRouter's routing extensions, taken in every format (checked by the chat request's model).
     provider: dict[str, Any] | None = None
     models: list[str] | None = None
+    agent: dict[str, Any] | None = None  # a swarm run's options (validated in chat form)
 
 
 class McpServerDefinition(_Inner):

@@ -232,6 +232,17 @@ class MaxPrice(_Inner):
     completion: float | None = Field(default=None, ge=0)
 
 
+class AgentOptions(_Inner):
+    """`agent: {"mode": "swarm", ...}`: the model may split the task among sub-agents the gateway runs
+    (core/swarm.py), within these bounds (each also bounded by the operator's [agents])."""
+
+    mode: Literal["swarm"] = "swarm"
+    max_agents: int = Field(default=8, ge=1, le=64, strict=True)  # sub-agents in the whole run
+    max_steps: int = Field(default=15, ge=1, le=100, strict=True)  # the orchestrator's model calls
+    agent_max_steps: int = Field(default=30, ge=1, le=200, strict=True)  # each sub-agent's model calls
+    max_cost: float | None = Field(default=None, ge=0, le=10_000)  # USD for the whole run
+
+
 class ProviderPreferences(_Inner):
     order: list[str] | None = None
     allow_fallbacks: bool = True
@@ -305,6 +316,7 @@ class ChatCompletionRequest(BaseModel):
 
     provider: ProviderPreferences | None = None
     models: list[str] | None = None
+    agent: AgentOptions | None = Field(default=None, exclude=True)  # a swarm run (never sent upstream)
     reasoning: ReasoningConfig | None = None
     include_reasoning: bool | None = None
     reasoning_effort: Literal["max", "xhigh", "high", "medium", "low", "minimal", "none"] | None = None

@@ -69,6 +69,7 @@ class CompletionBody(TypedDict):
     usage: UsageBody
     system_fingerprint: None
     provider: NotRequired[str]
+    agent_run_id: NotRequired[str]  # a swarm run's (GET /api/v1/agents/runs/{id})
 
 
 class ChunkBody(TypedDict):

@@ -295,6 +295,23 @@ class Generation(_Body):
     data: GenerationData
 
 
+class AgentRunData(_Body):
+    id: str
+    object: str  # "agent.run"
+    request_id: str
+    model: str
+    status: str  # running, completed, stopped, failed, cancelled
+    stop_reason: str | None
+    created_at: float
+    orchestrator: dict[str, Any]
+    agents: list[dict[str, Any]]  # name, role, task, status, steps, generations, tool_calls, tokens, cost
+    cost: float
+
+
+class AgentRun(_Body):
+    data: AgentRunData
+
+
 class GenerationList(_Body):
     data: list[GenerationData]
     has_more: bool

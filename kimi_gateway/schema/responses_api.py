@@ -191,3 +191,4 @@ class ResponsesRequest(BaseModel):
     # OpenRouter's routing extensions, taken in every format (checked by the chat request's model).
     provider: dict[str, Any] | None = None
     models: list[str] | None = None
+    agent: dict[str, Any] | None = None  # a swarm run's options (validated in chat form)

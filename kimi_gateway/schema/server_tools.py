@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from kimi_gateway.errors import invalid_request
 
-ToolKind = Literal["web_search", "web_fetch", "file_search", "mcp"]
+ToolKind = Literal["web_search", "web_fetch", "file_search", "mcp", "agents"]
 MAX_DOMAINS = 100
 
 
@@ -110,7 +110,27 @@ class McpOutput:
     is_error: bool
 
 
-ToolOutput = SearchResults | FetchedPage | FileResults | McpOutput | ToolError
+@dataclass(frozen=True, slots=True)
+class AgentReport:
+    """What one sub-agent of a swarm did (core/swarm.py): its answer, or why it has none."""
+
+    name: str
+    status: str  # completed, failed, stopped (a bound or the budget ended it)
+    answer: str  # its final text, cut to the result bound ("" if none)
+    error: str | None = None
+    steps: int = 0  # model calls
+    tool_calls: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AgentsOutput:
+    """The `create_agents` call's result: each agent's report, in the order they were asked for."""
+
+    run_id: str
+    reports: tuple[AgentReport, ...]
+
+
+ToolOutput = SearchResults | FetchedPage | FileResults | McpOutput | AgentsOutput | ToolError
 
 
 @dataclass(slots=True)

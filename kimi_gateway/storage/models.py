@@ -226,3 +226,16 @@ class UptimeBucket(Base):
     successes: Mapped[int] = mapped_column(BigInteger, default=0)
     errors: Mapped[int] = mapped_column(BigInteger, default=0)
     rate_limited: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class AgentRunRecord(Base):
+    """A finished swarm run's tree (core/swarm.py), for GET /api/v1/agents/runs/{id} on any replica."""
+
+    __tablename__ = "agent_runs"
+
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    account_id: Mapped[str | None] = mapped_column(String(40), index=True, nullable=True)
+    request_id: Mapped[str] = mapped_column(String(80))
+    status: Mapped[str] = mapped_column(String(32))
+    tree: Mapped[str] = mapped_column(Text)  # the run's tree, as JSON
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -34,6 +34,32 @@ FUNCTIONS: dict[ToolKind, dict[str, Any]] = {
             "required": ["query"],
         },
     },
+    "agents": {
+        "description": (
+            "Split the task among sub-agents that work on their parts in parallel, each with the same "
+            "server-side tools as you (web search, fetch, ...) but unable to create agents. Give each a "
+            "short name and complete, self-contained instructions: they see nothing of this conversation. "
+            "Returns each agent's final answer (or why it has none); then write the answer yourself."
+        ),
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "tasks": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "name": {"type": "string", "description": "A short name for the agent."},
+                            "instructions": {"type": "string", "description": "Its whole task."},
+                        },
+                        "required": ["name", "instructions"],
+                    },
+                }
+            },
+            "required": ["tasks"],
+        },
+    },
     "web_fetch": {
         "description": (
             "Fetch a web page or PDF by its URL and return its readable text. Use it to read a page "

@@ -18,6 +18,7 @@ from kimi_gateway.media.ocr import OCR
 from kimi_gateway.media.workers import Budget, MediaPool
 from kimi_gateway.money import nano
 from kimi_gateway.schema.server_tools import (
+    AgentsOutput,
     FetchedPage,
     FileHit,
     FileResults,
@@ -70,6 +71,7 @@ class Tools:
             "web_fetch": nano(config.web_fetch.price_per_page),
             "file_search": nano(config.file_search.price_per_call),
             "mcp": 0,  # MCP calls cost their tokens only, as on OpenAI
+            "agents": 0,  # a swarm's sub-agents cost their own model and tool calls (core/swarm.py)
         }
 
     def unavailable(self, kind: ToolKind) -> str | None:
@@ -224,6 +226,20 @@ def model_text(output: ToolOutput, max_bytes: int) -> str:
     elif isinstance(output, McpOutput):
         text = output.text if not output.is_error else f"Error: {output.text}"
         return text.encode()[:max_bytes].decode("utf-8", "ignore")
+    elif isinstance(output, AgentsOutput):
+        # Each answer was cut to its own bound already (core/swarm.py): the list is never cut here.
+        data = {
+            "agents": [
+                {
+                    "name": r.name,
+                    "status": r.status,
+                    **({"answer": r.answer} if r.answer else {}),
+                    **({"error": r.error} if r.error else {}),
+                }
+                for r in output.reports
+            ]
+        }
+        return orjson.dumps(data).decode()
     elif isinstance(output, FetchedPage):
         data = {
             "url": output.url,

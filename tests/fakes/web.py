@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.upstream import Answer
+from tests.fakes.upstream import Answer, Fault
 
 ARTICLE = """<!doctype html><html><head><title>Kimi K2.5 release notes</title></head><body>
 <nav><a href="/">Home</a> | <a href="/blog">Blog</a> | <a href="/about">About</a></nav>
@@ -299,3 +299,63 @@ class OrderAgent:
         if results:
             return Answer(content=f"The tool says: {results[-1]['content']}")
         return Answer(content="No order tools.")
+
+
+@dataclass
+class Swarmer:
+    """Plays a model in a swarm run. As the orchestrator (offered `create_agents`): asks for one agent per
+    entry of `tasks`, then, given their reports, answers with a line per agent. As a sub-agent: searches
+    for its instructions, then answers naming the first URL, taking `delay` seconds to start each answer
+    (so that agents running at once overlap). A sub-agent whose instructions contain "FAIL" meets a
+    provider that fails (500)."""
+
+    tasks: tuple[str, ...] = ("alpha", "beta", "gamma")
+    delay: float = 0.4
+    orchestrator_calls: int = 0
+    agent_calls: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, body: dict[str, Any]) -> Answer | Fault:
+        tools = {t["function"]["name"] for t in body.get("tools") or ()}
+        results = _tool_messages(body)
+        if "create_agents" in tools:
+            with self._lock:
+                self.orchestrator_calls += 1
+            if not results:
+                tasks = [
+                    {
+                        "name": name,
+                        "instructions": f"Find out about {name}" + (" FAIL" if name == "gamma" else ""),
+                    }
+                    for name in self.tasks
+                ]
+                return Answer(
+                    reasoning="This splits into parts.",
+                    content="",
+                    tool_calls=[("create_agents", json.dumps({"tasks": tasks}))],
+                    finish="tool_calls",
+                )
+            reports = json.loads(results[-1]["content"]).get("agents", [])
+            lines = [f"{r['name']}: {r['status']}" for r in reports]
+            return Answer(content="Swarm summary. " + "; ".join(lines))
+        with self._lock:
+            self.agent_calls += 1
+        task = next(m["content"] for m in body["messages"] if m.get("role") == "user")
+        if "FAIL" in task:
+            return Fault("status", 500)
+        if "web_search" in tools and not results:
+            return Answer(
+                content="",
+                tool_calls=[("web_search", json.dumps({"query": task}))],
+                finish="tool_calls",
+                first_delay=self.delay,
+            )
+        url = None
+        for message in results:
+            try:
+                data = json.loads(message["content"])
+            except ValueError:
+                continue
+            if data.get("results"):
+                url = data["results"][0]["url"]
+        return Answer(content=f"Findings on {task}: see {url}.", first_delay=self.delay)

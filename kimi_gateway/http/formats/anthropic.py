@@ -80,6 +80,8 @@ def to_chat(request: a.Prompt, session: str | None = None) -> ChatCompletionRequ
         body["provider"] = request.provider
     if request.models is not None:
         body["models"] = request.models
+    if request.agent is not None:
+        body["agent"] = request.agent
     server: list[ServerTool] = []
     if isinstance(request, a.MessagesRequest):
         server.extend(_mcp_servers(request))

@@ -23,6 +23,7 @@ from kimi_gateway.providers.events import Delta, Done, Finish, Usage
 from kimi_gateway.schema.anthropic import ServerToolResultBlock
 from kimi_gateway.schema.completion import CompletionBody
 from kimi_gateway.schema.server_tools import (
+    AgentsOutput,
     FetchedPage,
     McpOutput,
     SearchResults,
@@ -91,6 +92,22 @@ def stop_reason(finish: str | None, matched: str | None, native: str | None = No
 # ---- server-side tools (web search, web fetch) ------------------------------------------------------
 
 
+def _reports(output: object) -> str:
+    if not isinstance(output, AgentsOutput):
+        return (
+            f"Sub-agents failed: {output.message}" if isinstance(output, ToolError) else "Sub-agents failed."
+        )
+    lines = []
+    for report in output.reports:
+        line = f"Agent {report.name}: {report.status}"
+        if report.error:
+            line += f" ({report.error})"
+        if report.answer:
+            line += f"\n{report.answer}"
+        lines.append(line)
+    return "\n\n".join(lines)
+
+
 def _opaque(snippet: str) -> str:
     """A search result's `encrypted_content`: opaque to the client, which gives it back as it was; the
     gateway reads the snippet from it when the turn is replayed."""
@@ -121,6 +138,10 @@ def server_tool_use(use: ToolUse) -> dict[str, Any]:
 
 def server_tool_result(result: ToolResult) -> dict[str, Any]:
     output = result.output
+    if isinstance(output, AgentsOutput) or result.tool.kind == "agents":
+        # Anthropic has no block for a swarm's results: the agents' reports, as thinking the client shows.
+        text = _reports(output)
+        return {"type": "thinking", "thinking": text, "signature": signature(text)}
     if result.tool.kind == "mcp":
         if isinstance(output, McpOutput):
             text, failed = output.text, output.is_error
@@ -315,7 +336,7 @@ def message_body(
     server = _server_usage(tools)
     if server is not None:
         counted["server_tool_use"] = server  # type: ignore[assignment]
-    return {
+    body = {
         "id": completion["id"],
         "type": "message",
         "role": "assistant",
@@ -325,6 +346,9 @@ def message_body(
         "stop_sequence": sequence,
         "usage": counted,
     }
+    if "agent_run_id" in completion:
+        body["agent_run_id"] = completion["agent_run_id"]
+    return body
 
 
 def _event(name: bytes, payload: dict[str, Any]) -> bytes:

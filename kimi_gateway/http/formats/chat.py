@@ -25,6 +25,7 @@ from kimi_gateway.schema.chat import (
 )
 from kimi_gateway.schema.completion import ChunkBody, CompletionBody, chunk_body, completion_id
 from kimi_gateway.schema.server_tools import (
+    AgentsOutput,
     FetchedPage,
     FileResults,
     SearchResults,
@@ -227,6 +228,12 @@ def _activity(event: ToolUse | ToolResult) -> dict[str, Any]:
         shown["results"] = [{"title": output.title or output.url, "url": output.url}]
     elif isinstance(output, FileResults):
         shown["results"] = [{"title": h.filename, "file_id": h.file_id} for h in output.hits]
+    elif isinstance(output, AgentsOutput):
+        shown["run_id"] = output.run_id
+        shown["agents"] = [
+            {"name": r.name, "status": r.status, **({"error": r.error} if r.error else {})}
+            for r in output.reports
+        ]
     return shown
 
 

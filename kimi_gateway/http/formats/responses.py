@@ -427,6 +427,7 @@ def to_chat(
         "prompt_cache_key",
         "provider",
         "models",
+        "agent",
     ):
         value = getattr(request, name)
         if value is not None:

@@ -24,6 +24,7 @@ from kimi_gateway.outcome import GenerationOutcome
 from kimi_gateway.providers.events import Delta, Done
 from kimi_gateway.schema import responses_api as r
 from kimi_gateway.schema.server_tools import (
+    AgentsOutput,
     ApprovalRequest,
     FileResults,
     McpListing,
@@ -37,6 +38,7 @@ from kimi_gateway.schema.server_tools import (
     url_citations,
 )
 from kimi_gateway.storage.responses import Kept, NewResponse, ResponseStore
+from kimi_gateway.tools.runner import model_text
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +140,7 @@ def search_call(
     """A server-side call as the Responses API's item: `file_search_call`, or `web_search_call` (a fetch
     as its `open_page` action). A file search's hits are listed with `include:
     ["file_search_call.results"]`. An MCP call is an `mcp_call`."""
-    if use.tool.kind == "mcp":
+    if use.tool.kind in ("mcp", "agents"):  # a swarm's create_agents: an mcp_call of the gateway's
         return mcp_call(use, result, item_id)
     if use.tool.kind == "file_search":
         status = "in_progress"
@@ -179,10 +181,11 @@ def search_call(
 
 def mcp_call(use: ToolUse, result: ToolResult | None, item_id: str) -> dict[str, Any]:
     server = use.tool.mcp
+    label = server.label if server is not None else ("swarm" if use.tool.kind == "agents" else "")
     item: dict[str, Any] = {
         "type": "mcp_call",
         "id": item_id,
-        "server_label": server.label if server is not None else "",
+        "server_label": label,
         "name": use.tool.mcp_tool or use.tool.name,
         "arguments": orjson.dumps(use.input).decode(),
         "output": None,
@@ -192,7 +195,9 @@ def mcp_call(use: ToolUse, result: ToolResult | None, item_id: str) -> dict[str,
     }
     if result is not None:
         output = result.output
-        if isinstance(output, McpOutput) and not output.is_error:
+        if isinstance(output, AgentsOutput):
+            item["output"] = model_text(output, 1 << 30)
+        elif isinstance(output, McpOutput) and not output.is_error:
             item["output"] = output.text
         elif isinstance(output, McpOutput):
             item["error"] = {
@@ -228,7 +233,7 @@ def approval_request(asked: ApprovalRequest) -> dict[str, Any]:
     }
 
 
-_PREFIXES = {"file_search": "fs_", "mcp": "mcp_"}
+_PREFIXES = {"file_search": "fs_", "mcp": "mcp_", "agents": "mcp_"}
 
 
 def item_prefix(use: ToolUse) -> str:
@@ -344,6 +349,7 @@ def response_object(
         "usage": _usage(meta) if status != "in_progress" else None,
         "user": request.user,
         "provider": meta.provider_name,
+        **({"agent_run_id": meta.agent_run} if meta.agent_run is not None else {}),
     }
 
 
