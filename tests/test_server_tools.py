@@ -423,6 +423,36 @@ def test_the_step_bound_pauses_the_turn(
     assert (reply.choices[0].model_extra or {}).get("native_finish_reason") == "pause_turn"
 
 
+def test_near_the_context_the_oldest_results_give_way(
+    fake_servers: dict[str, FakeUpstream], site: WebSite, fakes: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    """A model with a small context and a loop that searches on and on: rather than fail at the context,
+    the oldest tool results are replaced by a note; the task and the two latest results stay whole."""
+    site.reset()
+    extra = _tools_config(site).replace("max_steps = 4", "max_steps = 7")
+    extra = '[models."kimi-k2.5"]\ncontext_length = 500\n' + extra
+    gw = billing.start(tmp_path, billing.config(fake_servers["moon"], extra=extra))
+    try:
+        _researcher(fakes, always_search=True)
+        client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key="unused", max_retries=0)
+        reply = client.chat.completions.create(
+            model=K25,
+            max_tokens=100,
+            messages=[{"role": "user", "content": "search forever"}],
+            tools=[{"type": "openrouter:web_search"}],  # type: ignore[list-item]
+        )
+        assert reply.choices[0].finish_reason == "length"  # the step bound, not the context, ended it
+        requests = _model_requests(fakes)
+        assert len(requests) == 7
+        last = [m["content"] for m in requests[-1]["messages"] if m["role"] == "tool"]
+        assert len(last) == 6
+        assert all(c.startswith("[an earlier tool result, dropped") for c in last[:-2])
+        assert all('"results"' in c for c in last[-2:])
+        assert requests[-1]["messages"][0]["content"] == "search forever"  # the task stays
+    finally:
+        gw.stop()
+
+
 # ---- charges, records, refusals -----------------------------------------------------------------------
 
 

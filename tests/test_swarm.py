@@ -332,3 +332,20 @@ def test_a_swarm_run_through_the_responses_api(
     ]
     assert response.output_text.startswith("Swarm summary.")
     assert response.model_extra is not None and response.model_extra["agent_run_id"].startswith("run_")
+
+
+def test_the_readme_example_runs_as_written(
+    gateway: tuple[GatewayProcess, billing.Operator], swarmer: Swarmer
+) -> None:
+    """The README's Swarm example, with only its base URL and key replaced."""
+    gw, _ = gateway
+    key = _account(gateway, "acct_swarm_readme")
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Swarm") :]
+    code = section[section.index("```python\n") + 10 :]
+    code = code[: code.index("```")]
+    code = code.replace("http://127.0.0.1:8000/v1", gw.base_url + "/v1").replace("sk-kg-...", key)
+    scope: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["reply"].choices[0].message.content.startswith("Swarm summary.")
+    assert _run(gw, key, scope["run_id"])["status"] == "completed"

@@ -35,7 +35,7 @@ from kimi_gateway.providers.events import Delta, Done, Finish, ToolCallDelta, Us
 from kimi_gateway.routing import Router
 from kimi_gateway.routing.attempts import Attempt, RoutedGeneration
 from kimi_gateway.routing.plan import Candidate
-from kimi_gateway.schema.chat import ChatCompletionRequest, Message, Tool
+from kimi_gateway.schema.chat import ChatCompletionRequest, Message, Tool, ToolMessage
 from kimi_gateway.schema.server_tools import (
     ApprovalRequest,
     McpListing,
@@ -63,6 +63,12 @@ Gate = Callable[[], AbstractAsyncContextManager[None]]
 PAUSED = "pause_turn"
 # A turn that ends waiting for the client to approve an MCP call: a "stop" with this native reason.
 APPROVAL = "mcp_approval_request"
+# Context management: when the conversation nears the model's context (this share of it), the oldest tool
+# results give way to this note, all but the latest KEPT_RESULTS, as Kimi K2.5's own evaluation managed
+# long agent runs: the task and the latest steps stay whole.
+NEAR_CONTEXT = 0.8
+KEPT_RESULTS = 2
+DROPPED = "[an earlier tool result, dropped to keep the conversation within the model's context]"
 
 
 @dataclass(slots=True)
@@ -122,6 +128,7 @@ class ToolLoop:
         self._mcp_servers = [tool for tool in body.server_tools if tool.kind == "mcp"]
         self._uses: dict[str, int] = {}
         self._waiting = False  # an MCP call waits for the client's approval: the response ends
+        self.dropped_results = 0  # tool results given way for the context (context management)
 
     # ---- the routed generation's face ----------------------------------------------------------------
 
@@ -155,7 +162,7 @@ class ToolLoop:
                 yield batch
         if self._mcp_servers or self.body.approved_calls:
             # The conversation and the tools grew: routed again, held for again.
-            self._routed = self._router.route(self.body, self._account)
+            self._routed = self._route()
             self.steps[0].prompt_estimate = self._routed.prompt_tokens
             if not await self._hold(self._routed, self.steps[0].tool_cost_nano):
                 yield [
@@ -178,9 +185,7 @@ class ToolLoop:
             if server_calls and not client_calls:
                 # The calls run only if the hold covers their prices as well: a priced tool never runs
                 # on credit the account does not have.
-                if step + 1 < max_steps and await self._hold(
-                    self._router.route(self.body, self._account), cost + self._fees(server_calls)
-                ):
+                if step + 1 < max_steps and await self._hold(self._route(), cost + self._fees(server_calls)):
                     async for batch in self._run_calls(server_calls, outcome, turn):
                         yield batch
                     cost += outcome.tool_cost_nano
@@ -408,6 +413,32 @@ class ToolLoop:
         run's max_cost, may say no), beside what other loops of the request hold."""
         return await self._spending.reserve(self, self.body, routed, spent)
 
+    def _route(self) -> RoutedGeneration:
+        """The conversation routed for its next model call. Near the model's context (or past it), the
+        oldest tool results are dropped first and it is routed again."""
+        try:
+            routed = self._router.route(self.body, self._account)
+        except APIError as exc:
+            if exc.code != "context_length_exceeded" or not self._drop_old_results():
+                raise
+            return self._router.route(self.body, self._account)
+        context = min((c.endpoint.context_length for c in routed.candidates), default=0)
+        # The router's own measure of fitting: 3/4 of its estimate, and the answer's room.
+        needed = routed.prompt_tokens * 3 // 4 + (self.body.requested_max_tokens or 0)
+        if context and needed > context * NEAR_CONTEXT and self._drop_old_results():
+            routed = self._router.route(self.body, self._account)
+        return routed
+
+    def _drop_old_results(self) -> bool:
+        """The oldest tool results replaced by a note, all but the latest few: whether any was."""
+        results = [m for m in self.body.messages if isinstance(m, ToolMessage) and m.content != DROPPED]
+        old = results[:-KEPT_RESULTS]
+        for message in old:
+            message.content = DROPPED
+        if old:
+            self.dropped_results += len(old)
+        return bool(old)
+
     async def reserve_first(self) -> bool:
         """A loop not admitted as a request (a sub-agent's): room for its first model call."""
         return await self._hold(self._routed, 0)
@@ -420,7 +451,7 @@ class ToolLoop:
     async def _next_step(self, spent: int) -> bool:
         """The next model call routed (the conversation now holds the results), its hold grown: False
         when the credit does not cover it."""
-        routed = self._router.route(self.body, self._account)
+        routed = self._route()
         if not await self._hold(routed, spent):
             return False
         self._done_attempts.extend(self._routed.attempts)
