@@ -349,3 +349,77 @@ def test_the_readme_example_runs_as_written(
     exec(compile(code, "README.md", "exec"), scope)
     assert scope["reply"].choices[0].message.content.startswith("Swarm summary.")
     assert _run(gw, key, scope["run_id"])["status"] == "completed"
+
+
+def test_a_run_is_readable_from_either_replica(
+    fake_servers: dict[str, FakeUpstream], site: WebSite, swarmer: Swarmer, tmp_path: Path
+) -> None:
+    """Two replicas on one PostgreSQL and Redis: a run made on one is readable from the other once it
+    ends (stored), and never by another account."""
+    import secrets
+
+    from tests.services import clear_redis, drop_postgres_database, fresh_postgres_database, redis_url
+
+    redis_at, database = redis_url(), fresh_postgres_database()
+    prefix = f"kgtest:{secrets.token_hex(4)}:"
+    shared = f'database_url = "{database}"\nredis_url = "{redis_at}"\nredis_prefix = "{prefix}"\n'
+    text = billing.config(fake_servers["moon"], extra=shared + _config(site))
+    replicas: list[GatewayProcess] = []
+    try:
+        replicas = [billing.start(tmp_path / name, text) for name in ("a", "b")]
+        a, b = replicas
+        ops = billing.Operator(a)
+        key, other = ops.key_for("acct_replicas"), ops.key_for("acct_other")
+        ops.recharge("acct_replicas", "5")
+        body = {
+            "model": K25 + ":swarm",
+            "messages": [{"role": "user", "content": "Compare."}],
+            "max_tokens": 100,
+        }
+        reply = httpx.post(
+            a.base_url + "/v1/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=60,
+        )
+        assert reply.status_code == 200, reply.text
+        run_id = reply.json()["agent_run_id"]
+        url = b.base_url + f"/api/v1/agents/runs/{run_id}"
+        assert wait_until(
+            lambda: httpx.get(url, headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        )
+        tree = httpx.get(url, headers={"Authorization": f"Bearer {key}"}).json()["data"]
+        assert tree["status"] == "completed" and len(tree["agents"]) == 3
+        assert tree == _run(a, key, run_id)  # the same tree on both
+        assert httpx.get(url, headers={"Authorization": f"Bearer {other}"}).status_code == 404
+    finally:
+        for gw in replicas:
+            gw.stop()
+        clear_redis(prefix)
+        drop_postgres_database(database)
+
+
+def test_the_embedded_model_runs_a_swarm_to_a_clean_end(tmp_path: Path) -> None:
+    """The plumbing with the small local model: whatever it makes of the tool, the run ends cleanly, its
+    tree says how, and its response is well formed."""
+    from kimi_gateway.testing import LOCAL_MODEL
+
+    gw = GatewayProcess(tmp_path)
+    try:
+        body = {
+            "model": LOCAL_MODEL + ":swarm",
+            "messages": [
+                {"role": "user", "content": "Split this into two tasks: name a fruit, name a color."}
+            ],
+            "max_tokens": 64,
+            "agent": {"mode": "swarm", "max_agents": 2, "max_steps": 3, "agent_max_steps": 2},
+        }
+        reply = httpx.post(gw.base_url + "/v1/chat/completions", json=body, timeout=300)
+        assert reply.status_code == 200, reply.text
+        data = reply.json()
+        assert data["choices"][0]["finish_reason"] in ("stop", "length", "tool_calls")
+        tree = httpx.get(gw.base_url + f"/api/v1/agents/runs/{data['agent_run_id']}").json()["data"]
+        assert tree["status"] in ("completed", "stopped")
+        assert len(tree["agents"]) <= 2
+    finally:
+        gw.stop()
