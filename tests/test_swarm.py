@@ -423,3 +423,39 @@ def test_the_embedded_model_runs_a_swarm_to_a_clean_end(tmp_path: Path) -> None:
         assert len(tree["agents"]) <= 2
     finally:
         gw.stop()
+
+
+def test_the_run_streams_its_tree_while_it_runs(
+    gateway: tuple[GatewayProcess, billing.Operator], swarmer: Swarmer
+) -> None:
+    gw, _ = gateway
+    key = _account(gateway, "acct_swarm_watch")
+    swarmer.delay = 0.8
+    headers = {"Authorization": f"Bearer {key}"}
+    body = {"model": K25 + ":swarm", "messages": [{"role": "user", "content": "Go."}], "stream": True}
+    trees: list[dict[str, Any]] = []
+    with httpx.stream(
+        "POST", gw.base_url + "/v1/chat/completions", json=body, headers=headers, timeout=60
+    ) as r:
+        run_id = r.headers["x-agent-run-id"]
+
+        def watch() -> None:
+            url = gw.base_url + f"/api/v1/agents/runs/{run_id}/events"
+            with httpx.stream("GET", url, headers=headers, timeout=60) as events:
+                assert events.status_code == 200
+                trees.extend(
+                    json.loads(line[6:]) for line in events.iter_lines() if line.startswith("data: ")
+                )
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        for _line in r.iter_lines():
+            pass
+    watcher.join(30)
+    assert trees[0]["status"] == "running" and trees[-1]["status"] == "completed"
+    assert any(a["status"] == "running" for tree in trees for a in tree["agents"])
+    assert [a["status"] for a in trees[-1]["agents"]] == ["completed", "completed", "failed"]
+    # Another account's key does not see the run.
+    other = _account(gateway, "acct_swarm_watch_other")
+    url = gw.base_url + f"/api/v1/agents/runs/{run_id}/events"
+    assert httpx.get(url, headers={"Authorization": f"Bearer {other}"}).status_code == 404

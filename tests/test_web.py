@@ -27,7 +27,7 @@ from kimi_gateway.testing import LOCAL_MODEL, GatewayProcess, free_port
 from tests import images
 from tests.billing import K25, Operator, config, start
 from tests.fakes.upstream import Answer, FakeUpstream
-from tests.fakes.web import Researcher, WebSite
+from tests.fakes.web import Researcher, Swarmer, WebSite
 from tests.services import require
 
 ARTIFACTS = Path(os.environ.get("KIMI_TEST_ARTIFACTS", Path(__file__).parent / "artifacts"))
@@ -383,6 +383,40 @@ def test_compare_two_models_and_copy_the_request(site: Site, page: Any) -> None:
     page.click(".msg.user button.edit")
     assert page.input_value("#composer-text") == "Hello"
     assert page.query_selector(".answer") is None
+
+
+def test_playground_draws_a_swarm_run(site: Site, page: Any) -> None:
+    """The Swarm toggle makes the request a swarm run; the tree of agents is drawn as the run goes, and
+    ends with each agent's status."""
+    site.web.reset()
+    site.moon.reset()
+    site.moon.agent = Swarmer(delay=0.6)
+    _open(page, site, "/chat", site.key)
+    page.wait_for_selector("#main[data-ready=true]")
+    page.select_option("#model-0", K25)
+    page.check("#swarm")
+    page.fill("#composer-text", "Compare alpha, beta and gamma.")
+    page.click("#send")
+    # While the agents work, the tree shows them running.
+    page.wait_for_selector(".answer ul.agents li.agent[data-status=running]", timeout=15000)
+    final = _watch_answer(page)[-1]
+    assert final.startswith("Swarm summary.")
+    page.wait_for_selector(".answer ul.agents[data-status=completed]", timeout=15000)
+    rows = page.eval_on_selector_all(
+        ".answer ul.agents li.agent", "els => els.map(e => [e.dataset.name, e.dataset.status])"
+    )
+    assert rows == [
+        ["orchestrator", "completed"],
+        ["alpha", "completed"],
+        ["beta", "completed"],
+        ["gamma", "failed"],
+    ]
+    assert "Running sub-agents — 3 agent(s)" in page.inner_text(".answer ul.tools li.tool[data-type=agents]")
+    request = page.evaluate("JSON.parse(localStorage.getItem('kimi-gateway.conversations'))")
+    assert request[0]["turns"][-1]["answers"][0]["request"]["agent"] == {"mode": "swarm"}
+    _shot(page, "chat-swarm")
+    assert not page.problems, page.problems
+    site.moon.agent = None
 
 
 def test_playground_web_search_shows_the_search_and_its_sources(site: Site, page: Any) -> None:

@@ -75,6 +75,7 @@ class FastSSEResponse(Response):
         self._pieces = pieces
         # Makes the last frame of a stream the server had to stop (only then: a format's frames count).
         self._interrupted = interrupted
+        self.background = None  # read by FastAPI when a route returns the response
         self.status_code = 200
         self.raw_headers = [(b"content-type", b"text/event-stream; charset=utf-8")] + [
             (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()

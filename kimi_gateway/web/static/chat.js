@@ -111,6 +111,8 @@ const temperature = el("input", { type: "number", id: "temperature", min: 0, max
 const maxTokens = el("input", { type: "number", id: "max-tokens", min: 1, max: 131072, step: 1, value: "512" });
 // The gateway searches the web for the model (OpenRouter's web plugin): the search shows as it runs.
 const webSearch = el("input", { type: "checkbox", id: "web-search" });
+// A swarm run (`agent: {mode: "swarm"}`): the model may hand parts of the task to sub-agents, drawn live.
+const swarm = el("input", { type: "checkbox", id: "swarm" });
 const reasoning = el(
   "select",
   { id: "reasoning" },
@@ -150,6 +152,7 @@ clear(
     el("label", {}, "Reasoning"),
     reasoning,
     el("label", { class: "row" }, webSearch, "Web search"),
+    el("label", { class: "row" }, swarm, "Swarm (sub-agents)"),
     el("p", { class: "small muted", id: "model-facts" }),
   ),
 );
@@ -360,6 +363,7 @@ function requestBody(turns, side, model, provider) {
   if (reasoning.value) body.reasoning = { enabled: reasoning.value === "on" };
   if (provider) body.provider = { only: [provider], allow_fallbacks: false };
   if (webSearch.checked) body.plugins = [{ id: "web" }];
+  if (swarm.checked) body.agent = { mode: "swarm" };
   return body;
 }
 
@@ -373,6 +377,7 @@ async function stream(answer, body, view) {
   answer.stats = null;
   answer.tools = [];
   answer.citations = [];
+  answer.run = null;
   const started = performance.now();
   let first = null;
   let usage = null;
@@ -395,6 +400,8 @@ async function stream(answer, body, view) {
       signal: controller.signal,
     });
     if (!response.ok) throw await apiError(response);
+    const runId = response.headers.get("x-agent-run-id");
+    if (runId) watchRun(answer, runId, schedule, controller.signal);
     for await (const chunk of readStream(response)) {
       if (chunk.error) throw new Error(chunk.error.message || "The stream failed.");
       if (chunk.provider) answer.provider = chunk.provider;
@@ -435,6 +442,23 @@ async function stream(answer, body, view) {
       };
     }
     view.update(answer);
+  }
+}
+
+// A swarm run's tree as it changes (GET /api/v1/agents/runs/{id}/events), until it ends.
+async function watchRun(answer, runId, schedule, signal) {
+  try {
+    const response = await fetch(`${root}/api/v1/agents/runs/${encodeURIComponent(runId)}/events`, {
+      headers: authHeaders({}),
+      signal,
+    });
+    if (!response.ok) return;
+    for await (const tree of readStream(response)) {
+      answer.run = tree;
+      schedule();
+    }
+  } catch {
+    // the answer's own stream says what went wrong
   }
 }
 
@@ -506,8 +530,9 @@ function link(url, label) {
 
 function toolLine(t) {
   const asked = t.input ? t.input.query || t.input.url || "" : "";
-  const what = { web_search: "Searching the web", web_fetch: "Reading", file_search: "Searching files", mcp: `Calling ${t.name}` }[t.type] || t.name;
-  const state = t.status === "running" ? "…" : t.status === "failed" ? ` — failed: ${t.error || ""}` : ` — ${(t.results || []).length} result(s)`;
+  const what = { web_search: "Searching the web", web_fetch: "Reading", file_search: "Searching files", mcp: `Calling ${t.name}`, agents: "Running sub-agents" }[t.type] || t.name;
+  const done = t.agents ? `${t.agents.length} agent(s)` : `${(t.results || []).length} result(s)`;
+  const state = t.status === "running" ? "…" : t.status === "failed" ? ` — failed: ${t.error || ""}` : ` — ${done}`;
   return el(
     "li",
     { class: "tool", dataset: { status: t.status, type: t.type } },
@@ -516,8 +541,16 @@ function toolLine(t) {
   );
 }
 
+function agentLine(agent) {
+  const parts = [`${agent.name}: ${agent.status}`, `${agent.steps} step(s)`];
+  if (agent.tool_calls) parts.push(`${agent.tool_calls} tool call(s)`);
+  if (agent.error) parts.push(agent.error);
+  return el("li", { class: "agent", dataset: { status: agent.status, name: agent.name } }, parts.join(" · "));
+}
+
 function answerView(answer, turnIndex) {
   const tools = el("ul", { class: "tools" });
+  const agents = el("ul", { class: "agents" });
   const sources = el("div", { class: "sources" });
   const thinking = el("div");
   const reasoningBlock = el("details", { class: "reasoning" }, el("summary", {}, "Reasoning"), thinking);
@@ -537,6 +570,7 @@ function answerView(answer, turnIndex) {
     el("div", { class: "who" }, answer.model + (answer.pinned ? ` via ${answer.pinned}` : "")),
     reasoningBlock,
     tools,
+    agents,
     content,
     sources,
     error,
@@ -546,6 +580,10 @@ function answerView(answer, turnIndex) {
   const update = (a) => {
     tools.replaceChildren(...(a.tools || []).map(toolLine));
     tools.hidden = !(a.tools || []).length;
+    const tree = a.run;
+    agents.replaceChildren(...(tree ? [tree.orchestrator, ...tree.agents].map(agentLine) : []));
+    agents.hidden = !tree;
+    agents.dataset.status = tree ? tree.status : "";
     const cited = (a.citations || []).map((c) => c.url_citation).filter(Boolean);
     sources.replaceChildren(...(cited.length ? [el("span", {}, "Sources: "), ...cited.map((c) => link(c.url, c.title))] : []));
     reasoningBlock.hidden = !a.reasoning;
