@@ -292,7 +292,8 @@ class AgentsConfig(_Section):
     over what each request asks for."""
 
     enabled: bool = True
-    max_agents: int = Field(default=16, ge=1, le=256)  # sub-agents in one run
+    max_agents: int = Field(default=16, ge=1, le=256)  # sub-agents in one run, every level
+    max_depth: int = Field(default=1, ge=1, le=4)  # 1: only the orchestrator creates agents
     max_parallel: int = Field(default=4, ge=1, le=64)  # sub-agents running at once in one run
     max_steps: int = Field(default=15, ge=1, le=200)  # the orchestrator's model calls
     agent_max_steps: int = Field(default=30, ge=1, le=500)  # each sub-agent's model calls

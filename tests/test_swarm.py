@@ -39,6 +39,9 @@ allow_hosts = ["{site.host}"]
 backend = "searxng"
 base_url = "{site.base_url}"
 price_per_call = 0.01
+
+[agents]
+max_depth = 2
 """
 
 
@@ -459,3 +462,54 @@ def test_the_run_streams_its_tree_while_it_runs(
     other = _account(gateway, "acct_swarm_watch_other")
     url = gw.base_url + f"/api/v1/agents/runs/{run_id}/events"
     assert httpx.get(url, headers={"Authorization": f"Bearer {other}"}).status_code == 404
+
+
+def test_a_depth_limit_of_two_lets_agents_create_agents(
+    gateway: tuple[GatewayProcess, billing.Operator], swarmer: Swarmer
+) -> None:
+    """With `max_depth: 2` (within the operator's), each agent the orchestrator creates may create its own:
+    the tree says who created whom, and its cost is each node's own, summing to the response's."""
+    gw, _ = gateway
+    key = _account(gateway, "acct_swarm_deep")
+    body = {
+        "model": K25,
+        "agent": {"mode": "swarm", "max_depth": 2, "max_agents": 16},
+        "messages": [{"role": "user", "content": "Compare."}],
+        "max_tokens": 200,
+    }
+    reply = httpx.post(
+        gw.base_url + "/v1/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=60,
+    )
+    assert reply.status_code == 200, reply.text
+    tree = _run(gw, key, reply.json()["agent_run_id"])
+    top = [a for a in tree["agents"] if a["depth"] == 1]
+    below = [a for a in tree["agents"] if a["depth"] == 2]
+    assert [a["name"] for a in top] == ["alpha", "beta", "gamma"] and {a["parent"] for a in top} == {
+        "orchestrator"
+    }
+    assert len(below) == 9 and {a["parent"] for a in below} == {"alpha", "beta", "gamma"}
+    assert sorted(a["status"] for a in below) == ["completed"] * 6 + ["failed"] * 3
+    assert reply.json()["choices"][0]["message"]["content"] == (
+        "Swarm summary. alpha: completed; beta: completed; gamma: completed"
+    )
+    ids = tree["orchestrator"]["generations"] + [g for a in tree["agents"] for g in a["generations"]]
+    records = {i: _generation(gw, key, i) for i in ids}
+    total = sum(Decimal(str(r["total_cost"])) for r in records.values())
+    assert Decimal(str(reply.json()["usage"]["cost"])) == total == Decimal(str(tree["cost"]))
+    # The default depth (1): the agents are not offered create_agents.
+    assert all(a["depth"] == 1 for a in _run(gw, key, _swarm_once(gw, key))["agents"])
+
+
+def _swarm_once(gw: GatewayProcess, key: str) -> str:
+    body = {"model": K25 + ":swarm", "messages": [{"role": "user", "content": "Compare."}], "max_tokens": 200}
+    reply = httpx.post(
+        gw.base_url + "/v1/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=60,
+    )
+    assert reply.status_code == 200, reply.text
+    return str(reply.json()["agent_run_id"])

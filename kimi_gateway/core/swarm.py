@@ -68,6 +68,8 @@ class AgentNode:
     name: str
     task: str
     role: str = "agent"  # "orchestrator" or "agent"
+    parent: str | None = None  # the agent that created it (the orchestrator's name is "orchestrator")
+    depth: int = 0  # the orchestrator's is 0, the agents it creates 1, theirs 2...
     status: str = "pending"  # pending, running, completed, failed, stopped
     generations: list[str] = field(default_factory=list)  # its model calls' record ids
     tool_calls: int = 0
@@ -83,6 +85,8 @@ class AgentNode:
         return {
             "name": self.name,
             "role": self.role,
+            "parent": self.parent,
+            "depth": self.depth,
             "task": self.task,
             "status": self.status,
             "steps": len(self.generations),
@@ -188,6 +192,7 @@ def swarm_options(body: ChatCompletionRequest, config: AgentsConfig) -> AgentOpt
     """The request's options, each under the operator's bound."""
     asked = body.agent or AgentOptions()
     return AgentOptions(
+        max_depth=min(asked.max_depth, config.max_depth),
         max_agents=min(asked.max_agents, config.max_agents),
         max_steps=min(asked.max_steps, config.max_steps),
         agent_max_steps=min(asked.agent_max_steps, config.agent_max_steps),
@@ -223,14 +228,16 @@ class Swarm:
         accounts: Accountant,
         key: KeyRecord | None,
         budget: Budget,
+        depth: int = 1,
+        creator: str = "orchestrator",
     ) -> None:
         self.run_record, self.options, self.config = run, options, config
         self._parent, self._request = parent, request
         self._router, self._tools, self._spending, self._accounts = router, tools, spending, accounts
         self._key, self._budget = key, budget
-        self.usage = Usage()  # every sub-agent's calls, summed: part of the response's usage
+        self.depth, self.creator = depth, creator  # the level of the agents it creates, and who asks
+        self.usage = Usage()  # every sub-agent's calls (theirs included), summed: the response's usage
         self.cost_nano = 0
-        self._created = 0
 
     async def run(self, arguments: str) -> ToolOutput:
         try:
@@ -243,24 +250,24 @@ class Swarm:
         nodes: list[AgentNode] = []
         refused: list[AgentReport] = []
         for i, task in enumerate(tasks):
-            name = (
-                str(task.get("name") or f"agent-{self._created + 1}")[:64] if isinstance(task, dict) else ""
-            )
+            created = len(self.run_record.agents)  # in the whole run, every level
+            name = str(task.get("name") or f"agent-{created + 1}")[:64] if isinstance(task, dict) else ""
             instructions = task.get("instructions") if isinstance(task, dict) else None
             if not isinstance(instructions, str) or not instructions.strip():
                 refused.append(
                     AgentReport(name or f"task {i + 1}", "failed", "", "no instructions were given")
                 )
                 continue
-            if self._created >= self.options.max_agents:
+            if created >= self.options.max_agents:
                 refused.append(
                     AgentReport(
                         name, "failed", "", f"not created: at most {self.options.max_agents} agents a run"
                     )
                 )
                 continue
-            self._created += 1
-            node = AgentNode(name, instructions[: self.config.max_task_chars])
+            node = AgentNode(
+                name, instructions[: self.config.max_task_chars], parent=self.creator, depth=self.depth
+            )
             nodes.append(node)
             self.run_record.agents.append(node)
         self.run_record.touch()
@@ -287,6 +294,23 @@ class Swarm:
             return self._failed(node, exc.message)
         first = self._request.generations[0]
         outcome = GenerationOutcome(f"{first.id}-0", first.created, body.model)  # numbered when it runs
+        child = None
+        if self.depth < self.options.max_depth:  # a depth limit that lets this agent create agents
+            child = Swarm(
+                self.run_record,
+                self.options,
+                self.config,
+                body,
+                self._request,
+                router=self._router,
+                tools=self._tools,
+                spending=self._spending,
+                accounts=self._accounts,
+                key=self._key,
+                budget=self._budget,
+                depth=self.depth + 1,
+                creator=node.name,
+            )
         loop = ToolLoop(
             body,
             routed,
@@ -299,6 +323,7 @@ class Swarm:
             budget=self._budget,
             max_steps=self.options.agent_max_steps,
             gate=self._gate if self._key is not None else None,
+            swarm=child,
         )
         if not await loop.reserve_first():
             node.status, node.error = "stopped", self._why_refused()
@@ -328,16 +353,20 @@ class Swarm:
         return AgentReport(node.name, "completed", answer, None, len(node.generations), node.tool_calls)
 
     def _count(self, node: AgentNode, loop: ToolLoop, response: GenerationOutcome) -> None:
-        """The agent's calls, for its node and the response's totals."""
+        """The agent's calls, for its node (its own: the agents it created have nodes of their own) and
+        the response's totals (everything)."""
         node.generations = [
             step.id for step in loop.steps if step.usage is not None or step.ttft_ms is not None
         ]
         node.tool_calls = sum(step.tool_calls for step in loop.steps)
         usage = response.usage or Usage()
-        node.prompt_tokens, node.completion_tokens = usage.prompt_tokens, usage.completion_tokens
-        node.cost_nano = response.cost_nano or 0
+        total = response.cost_nano or 0
         self.usage.add(usage)
-        self.cost_nano += node.cost_nano
+        self.cost_nano += total
+        below = loop.swarm
+        node.prompt_tokens = usage.prompt_tokens - (below.usage.prompt_tokens if below else 0)
+        node.completion_tokens = usage.completion_tokens - (below.usage.completion_tokens if below else 0)
+        node.cost_nano = total - (below.cost_nano if below else 0)
 
     def _failed(self, node: AgentNode, why: str) -> AgentReport:
         node.status, node.error = "failed", why
@@ -379,8 +408,10 @@ class Swarm:
             }
         )
         body.provider, body.reasoning, body.thinking = parent.provider, parent.reasoning, parent.thinking
-        # MCP servers stay servers: each sub-agent's loop lists their tools itself.
-        body.server_tools = [tool for tool in parent.server_tools if tool.kind != "agents"]
+        # MCP servers stay servers: each sub-agent's loop lists their tools itself. `create_agents` stays
+        # only where the depth limit lets this agent create agents of its own.
+        deeper = self.depth < self.options.max_depth
+        body.server_tools = [tool for tool in parent.server_tools if tool.kind != "agents" or deeper]
         offer_server_tools(body, self._tools)
         return body
 

@@ -444,8 +444,8 @@ class ToolLoop:
         return await self._hold(self._routed, 0)
 
     async def _create_agents(self, arguments: str) -> ToolOutput:
-        if self.swarm is None:  # a sub-agent: only the orchestrator creates agents
-            return ToolError("unavailable", "sub-agents cannot create agents")
+        if self.swarm is None:  # an agent below the depth limit is not offered the tool, but may call it
+            return ToolError("unavailable", "the run's depth limit does not let this agent create agents")
         return await self.swarm.run(arguments)
 
     async def _next_step(self, spent: int) -> bool:

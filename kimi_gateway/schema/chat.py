@@ -237,6 +237,7 @@ class AgentOptions(_Inner):
     (core/swarm.py), within these bounds (each also bounded by the operator's [agents])."""
 
     mode: Literal["swarm"] = "swarm"
+    max_depth: int = Field(default=1, ge=1, le=4, strict=True)  # levels of agents creating agents
     max_agents: int = Field(default=8, ge=1, le=64, strict=True)  # sub-agents in the whole run
     max_steps: int = Field(default=15, ge=1, le=100, strict=True)  # the orchestrator's model calls
     agent_max_steps: int = Field(default=30, ge=1, le=200, strict=True)  # each sub-agent's model calls
