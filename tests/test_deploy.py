@@ -351,6 +351,10 @@ def test_the_stack_spreads_requests_streams_unbuffered_and_charges_once(stack: S
     costs = [float(r.json()["usage"]["cost"]) for r in replies]
     assert all(c > 0 for c in costs)
 
+    # The pages, through the load balancer too.
+    page = httpx.get(stack.url + "/models", timeout=30)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+
     # A stream through the load balancer arrives as it is made, not at its end.
     body = {
         "model": LOCAL_MODEL,

@@ -206,6 +206,39 @@ def test_web_fetch_reads_the_page_main_text(
     }
 
 
+def test_web_fetch_streamed_in_chat(
+    gateway: tuple[GatewayProcess, str], web: WebSite, fakes: dict[str, FakeUpstream]
+) -> None:
+    _researcher(fakes)
+    chunks = list(
+        _openai(gateway).chat.completions.create(
+            model=K25,
+            messages=[{"role": "user", "content": "Kimi K2.5 training data"}],
+            tools=[{"type": "openrouter:web_search"}, {"type": "openrouter:web_fetch"}],  # type: ignore[list-item]
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    activity = [
+        c.choices[0].delta.model_extra["server_tool"]
+        for c in chunks
+        if c.choices and c.choices[0].delta.model_extra and "server_tool" in c.choices[0].delta.model_extra
+    ]
+    assert [(a["type"], a["status"]) for a in activity] == [
+        ("web_search", "running"),
+        ("web_search", "done"),
+        ("web_fetch", "running"),
+        ("web_fetch", "done"),
+    ]
+    assert activity[-1]["results"] == [{"title": "Kimi K2.5 release notes", "url": web.page("/kimi-k25")}]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert web.page("/kimi-k25") in text
+    usage = chunks[-1].usage
+    assert usage is not None and usage.model_extra is not None
+    assert usage.model_extra["server_tool_use"] == {"web_search_requests": 1, "web_fetch_requests": 1}
+    assert web.fetched == ["/kimi-k25"]
+
+
 def test_web_fetch_refuses_private_addresses(
     gateway: tuple[GatewayProcess, str], web: WebSite, fakes: dict[str, FakeUpstream]
 ) -> None:

@@ -133,6 +133,15 @@ def test_a_swarm_run_through_the_openai_sdk(
     assert Decimal(str(reply.usage.model_extra["cost"])) == total
     assert Decimal(str(tree["cost"])) == total
     assert sum(r["server_tool_calls"] for r in records) == 3  # create_agents and two searches
+
+    # The account's activity (and so the model page's figures, read from the same rollups) counts every
+    # agent's tokens: 6 model calls.
+    def activity_tokens() -> int:
+        rows = httpx.get(gw.base_url + "/api/v1/activity", headers={"Authorization": f"Bearer {key}"}).json()
+        return sum(r["prompt_tokens"] for r in rows["data"])
+
+    assert reply.usage.prompt_tokens == 6 * 20
+    assert wait_until(lambda: activity_tokens() == reply.usage.prompt_tokens)
     credits = httpx.get(gw.base_url + "/api/v1/credits", headers={"Authorization": f"Bearer {key}"})
     assert wait_until(
         lambda: (

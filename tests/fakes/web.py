@@ -87,6 +87,9 @@ class WebSite:
         self.reset()
         ready.set()
         self._loop.run_forever()
+        # Stopped: its connections' handlers end before the loop closes (no "Task was destroyed" at exit).
+        self._loop.run_until_complete(runner.cleanup())
+        self._loop.close()
 
     async def _searched(self, backend: str, query: str, request: web.Request) -> web.Response | None:
         self.searches.append({"backend": backend, "query": query, "headers": dict(request.headers)})
@@ -159,6 +162,7 @@ class WebSite:
 
     def stop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
 
 
 def _tool_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
