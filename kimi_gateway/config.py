@@ -294,7 +294,9 @@ class AgentsConfig(_Section):
     enabled: bool = True
     max_agents: int = Field(default=16, ge=1, le=256)  # sub-agents in one run, every level
     max_depth: int = Field(default=1, ge=1, le=4)  # 1: only the orchestrator creates agents
-    max_parallel: int = Field(default=4, ge=1, le=64)  # sub-agents running at once in one run
+    max_parallel: int = Field(default=4, ge=1, le=64)  # sub-agents (and their model calls) at once in a run
+    # A sub-agent's call the account's rate limits refuse is tried again for this long, then fails.
+    rate_limit_wait_seconds: float = Field(default=5.0, ge=0, le=120)
     max_steps: int = Field(default=15, ge=1, le=200)  # the orchestrator's model calls
     agent_max_steps: int = Field(default=30, ge=1, le=500)  # each sub-agent's model calls
     max_answer_bytes: int = Field(

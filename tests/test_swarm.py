@@ -42,6 +42,7 @@ price_per_call = 0.01
 
 [agents]
 max_depth = 2
+rate_limit_wait_seconds = 1
 """
 
 
@@ -522,3 +523,41 @@ def _swarm_once(gw: GatewayProcess, key: str) -> str:
     )
     assert reply.status_code == 200, reply.text
     return str(reply.json()["agent_run_id"])
+
+
+def test_agents_one_after_another_share_one_budget(
+    fake_servers: dict[str, FakeUpstream], site: WebSite, fakes: dict[str, FakeUpstream], tmp_path: Path
+) -> None:
+    """Four agents run one at a time (max_parallel 1) under a $0.035 max_cost, each search costing $0.01:
+    what the finished agents spent stays counted for the later ones (a loop that ended keeps its share of
+    the budget), so the fourth cannot pay for its search and stops; the run never costs more."""
+    from tests.upstreams import KEY, KEY_ENV
+
+    site.reset()
+    fakes["moon"].agent = Swarmer(tasks=("a", "b", "c", "d"))  # type: ignore[assignment]
+    config = billing.config(fake_servers["moon"], extra=_config(site))
+    gw = GatewayProcess(tmp_path, config, env={KEY_ENV: KEY, "KIMI_GATEWAY_AGENTS__MAX_PARALLEL": "1"})
+    try:
+        ops = billing.Operator(gw)
+        key = ops.key_for("acct_budget")
+        ops.recharge("acct_budget", "5")
+        body = {
+            "model": K25,
+            "agent": {"mode": "swarm", "max_cost": 0.035},
+            "messages": [{"role": "user", "content": "Compare."}],
+            "max_tokens": 200,
+        }
+        reply = httpx.post(
+            gw.base_url + "/v1/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=60,
+        )
+        assert reply.status_code == 200, reply.text
+        tree = _run(gw, key, reply.json()["agent_run_id"])
+        assert [a["status"] for a in tree["agents"]] == ["completed", "completed", "completed", "stopped"]
+        assert "max_cost" in (tree["agents"][3]["error"] or "")
+        assert Decimal(str(reply.json()["usage"]["cost"])) <= Decimal("0.035")
+        assert len(site.searches) == 3
+    finally:
+        gw.stop()

@@ -227,24 +227,17 @@ class Accountant:
         frees once that record is in the journal, at the end of this turn of the event loop: a crash in
         between loses nothing, and the request waits for neither.
 
-        A tool loop's request (`steps`: its model calls, the first named by the ticket) is one charge,
-        their sum, and one record per model call."""
+        A tool loop's request (`steps`: its model calls, a swarm's sub-agents' too, the first named by
+        the ticket; `outcome`: its final call) is one charge, their sum, and one record per model call."""
         if steps:
-            # Each model call is settled by its own end: those before the last finished (their text was
-            # relayed as it came); the last ends as the request did. A request that failed before its
-            # response began told the client nothing, so none of its model calls is charged; the tools
-            # that ran are, whatever the model did next.
-            told = status != "error" or ticket.streamed
+            # Each model call is settled by its own end: one that finished is charged (the provider
+            # charged for it, and a streamed response relayed it) whatever came after; one that failed
+            # is not; the request's final call (`outcome`) ends as the request did. Tools that ran are
+            # charged in every case.
+            ends = [status if step is outcome else _ended(step) for step in steps]
             rows = [
-                generation_row(
-                    ticket,
-                    step,
-                    status if i == len(steps) - 1 else ("success" if told else "error"),
-                    _cost(step, status if i == len(steps) - 1 or not told else "success"),
-                    i,
-                    looped=True,
-                )
-                for i, step in enumerate(steps)
+                generation_row(ticket, step, end, _cost(step, end), i, looped=True)
+                for i, (step, end) in enumerate(zip(steps, ends, strict=True))
             ]
             cost = sum(row["cost"] for row in rows)
             self.recorder.closed(rows[0], cost, rows[1:])
@@ -279,6 +272,15 @@ class Accountant:
         await self.admission.close()
         await self.recorder.stop()
         await self.holds.close()
+
+
+def _ended(step: GenerationOutcome) -> Settled:
+    """How a model call that was not the request's last ended, by itself."""
+    if step.client_closed:
+        return "cancelled"
+    if step.usage is None or step.finish_reason == "error":
+        return "error"
+    return "success"
 
 
 def _cost(outcome: GenerationOutcome, status: Settled) -> int:

@@ -6,6 +6,8 @@ Requests without a key (the loopback bootstrap, before any key exists) are not a
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from collections.abc import Iterable
 
 from kimi_gateway.accounts.billing import Accountant, Ticket
@@ -117,24 +119,30 @@ def worst_case(body: ChatCompletionRequest, routed: RoutedGeneration) -> int:
 class Spending:
     """A request's credit across all its model and tool calls: one tool loop's, or a swarm run's several
     loops calling at once (core/swarm.py). One hold (the ticket's) covers what every loop has spent plus
-    each call under way; each loop's reservation counts the others', set before it awaits anything, so two
-    loops cannot both fit into the same room. `limit`: the run's own `max_cost`, below the balance."""
+    each call under way. Each loop has a key of its own (`key()`: never an object's id, which a later loop
+    may reuse); its reservation counts the others', set before it awaits anything, and top-ups go one at a
+    time (each sends the hold's growth from the ticket's current hold: two at once would both count it).
+    `limit`: the run's own `max_cost`, below the balance."""
 
     def __init__(self, accounts: Accountant, ticket: Ticket | None, limit: int | None = None) -> None:
         self.accounts, self.ticket, self.limit = accounts, ticket, limit
         self._spent: dict[int, int] = {}  # per loop: what its finished calls cost
         self._pending: dict[int, int] = {}  # per loop: the worst case of its call under way
-        self.refused: str | None = None  # why a call was last refused: "credit" or "max_cost"
+        self._keys = itertools.count(1)
+        self._topping = asyncio.Lock()
+        self.refused: str | None = None  # why the last call refused was: "credit" or "max_cost"
+
+    def key(self) -> int:
+        return next(self._keys)
 
     def total(self) -> int:
         return sum(self._spent.values())
 
     async def reserve(
-        self, loop: object, body: ChatCompletionRequest, routed: RoutedGeneration, spent: int
+        self, me: int, body: ChatCompletionRequest, routed: RoutedGeneration, spent: int
     ) -> bool:
-        """Room for `loop`'s next model call, `spent` being what its calls so far cost (with the fees of
-        tool calls about to run): False (nothing held) when the balance or the run's limit says no."""
-        me = id(loop)
+        """Room for loop `me`'s next model call, `spent` being what its calls so far cost (with the fees
+        of tool calls about to run): False (nothing held) when the balance or the run's limit says no."""
         worst = worst_case(body, routed)
         others = sum(v for k, v in self._spent.items() if k != me)
         others += sum(v for k, v in self._pending.items() if k != me)
@@ -146,16 +154,23 @@ class Spending:
         if self.ticket is None:
             return True
         try:
-            await top_up(self.accounts, self.ticket, body, routed, others + spent)
+            async with self._topping:
+                # Counted again under the lock: what the others hold may have grown meanwhile.
+                others = sum(v for k, v in self._spent.items() if k != me)
+                others += sum(v for k, v in self._pending.items() if k != me)
+                await top_up(self.accounts, self.ticket, body, routed, others + spent)
         except APIError as exc:
+            self._spent[me], self._pending[me] = before
             if exc.status != 402:
                 raise
-            self._spent[me], self._pending[me] = before
             self.refused = "credit"
             return False
+        except BaseException:
+            self._spent[me], self._pending[me] = before
+            raise
         return True
 
-    def settle(self, loop: object, spent: int) -> None:
-        """`loop` ended: what it spent stays counted, nothing is under way."""
-        self._spent[id(loop)] = spent
-        self._pending.pop(id(loop), None)
+    def settle(self, me: int, spent: int) -> None:
+        """Loop `me` ended, however: what it spent stays counted, nothing is under way."""
+        self._spent[me] = spent
+        self._pending.pop(me, None)

@@ -14,6 +14,7 @@ the metrics and the response all read it. A request holds one generation outcome
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,6 +46,8 @@ from kimi_gateway.schema.completion import CompletionBody
 from kimi_gateway.schema.server_tools import ServerTool
 from kimi_gateway.stats.metrics import Metrics
 from kimi_gateway.tools.runner import Tools
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -250,7 +253,7 @@ class Exchange:
         node.tool_calls = sum(step.tool_calls for step in loop.steps)
         node.prompt_tokens = sum(s.usage.prompt_tokens for s in loop.steps if s.usage is not None)
         node.completion_tokens = sum(s.usage.completion_tokens for s in loop.steps if s.usage is not None)
-        node.cost_nano = sum((s.cost_nano or 0) + s.tool_cost_nano for s in loop.steps)
+        node.cost_nano = loop.own_cost()
         node.ended_at = time.time()
         finish = self.run.outcome.finish_reason if self.run is not None else None
         if settled != "success":
@@ -274,17 +277,23 @@ class Exchange:
         outcome.status = status
         if self.run is not None and self.run.routed.attempts:
             outcome.failures = [Failure(a.provider, a.kind) for a in self.run.routed.attempts]
-        if self.loop is not None and self.loop.swarm is not None and self.run is not None:
-            self._finish_run(self.loop, self.loop.swarm.run_record, self.run.outcome.settled(status))
         if self.ticket is not None:
             if self.loop is not None and self.run is not None:
                 settled = self.run.outcome.settled(status)
-                # Every model call of the request: a tool loop's steps, a swarm's sub-agents' too.
-                self.parts.accounts.finish(self.ticket, None, settled, outcome.generations)
+                # Every model call of the request: a tool loop's steps, a swarm's sub-agents' too; the
+                # loop's last call ends as the request did.
+                final = self.loop.steps[-1]
+                self.parts.accounts.finish(self.ticket, final, settled, outcome.generations)
             else:
                 last = outcome.last
                 settled = last.settled(status) if last is not None else "error"
                 self.parts.accounts.finish(self.ticket, last, settled)
+        if self.loop is not None and self.loop.swarm is not None and self.run is not None:
+            # After the charge: a run's tree is a report, and may not stand in the way of billing.
+            try:
+                self._finish_run(self.loop, self.loop.swarm.run_record, self.run.outcome.settled(status))
+            except Exception:
+                log.exception("finishing agent run %s failed", self.loop.swarm.run_record.id)
         if self.parts.metrics is not None:
             self.parts.metrics.request(outcome, time.perf_counter() - outcome.started)
 

@@ -27,7 +27,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,6 +115,13 @@ class AgentRun:
     stop_reason: str | None = None  # why a bound or the budget ended it early
     created_at: float = field(default_factory=time.time)
     changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    _calls: asyncio.Semaphore | None = field(default=None, repr=False)
+
+    def calls(self, bound: int) -> asyncio.Semaphore:
+        """The run's bound on sub-agent model calls at once."""
+        if self._calls is None:
+            self._calls = asyncio.Semaphore(bound)
+        return self._calls
 
     def touch(self) -> None:
         """Wake whoever watches the run (GET .../events): the tree changed."""
@@ -152,6 +159,9 @@ class AgentRuns:
         if run.status == "running":
             run.status = status
         run.touch()
+        self._save_later(run)
+
+    def _save_later(self, run: AgentRun) -> None:
         if self._store is None:
             return
         task = asyncio.get_running_loop().create_task(self._save(run))
@@ -177,12 +187,15 @@ class AgentRuns:
         return await self._store.get(run_id, account_id) if self._store is not None else None
 
     def add(self, run: AgentRun) -> None:
+        """A run starting: kept here while it runs, and stored at once (status running), so that another
+        replica can say it exists; stored again when it ends."""
         self._runs[run.id] = run
-        while len(self._runs) > self._keep:
-            oldest = next(iter(self._runs))
-            if self._runs[oldest].status == "running":
-                break  # never forget a running one; the bound is on finished runs
-            self._runs.popitem(last=False)
+        if len(self._runs) > self._keep:
+            # The oldest finished run goes; running ones are bounded by the requests in flight.
+            oldest = next((k for k, r in self._runs.items() if r.status != "running"), None)
+            if oldest is not None:
+                del self._runs[oldest]
+        self._save_later(run)
 
     def get(self, run_id: str) -> AgentRun | None:
         return self._runs.get(run_id)
@@ -282,8 +295,15 @@ class Swarm:
             self.run_record.touch()
             try:
                 return await self._work(node)
+            except Exception as exc:
+                # Whatever failed (a store unreachable, a bug), this agent fails alone: gather would
+                # otherwise end the request while its siblings run on, unbilled.
+                log.exception("sub-agent %s of run %s failed", node.name, self.run_record.id)
+                return self._failed(node, f"the gateway failed running it ({type(exc).__name__})")
             finally:
                 node.ended_at = time.time()
+                if node.status == "running":  # cancelled: the client left, or the server stopped
+                    node.status = "cancelled"
                 self.run_record.touch()
 
     async def _work(self, node: AgentNode) -> AgentReport:
@@ -322,7 +342,7 @@ class Swarm:
             account=self._account,
             budget=self._budget,
             max_steps=self.options.agent_max_steps,
-            gate=self._gate if self._key is not None else None,
+            gate=self._gate,
             swarm=child,
         )
         if not await loop.reserve_first():
@@ -334,9 +354,9 @@ class Swarm:
         try:
             completion = await GenerationRun(loop, response, None).collect()
         except APIError as exc:
-            self._count(node, loop, response)
+            self._count(node, loop)
             return self._failed(node, exc.message)
-        self._count(node, loop, response)
+        self._count(node, loop)
         choice = completion["choices"][0] if completion["choices"] else None
         text = (choice["message"]["content"] or "") if choice is not None else ""
         answer = _cut(text, self.config.max_answer_bytes)
@@ -352,21 +372,23 @@ class Swarm:
         node.status = "completed"
         return AgentReport(node.name, "completed", answer, None, len(node.generations), node.tool_calls)
 
-    def _count(self, node: AgentNode, loop: ToolLoop, response: GenerationOutcome) -> None:
-        """The agent's calls, for its node (its own: the agents it created have nodes of their own) and
-        the response's totals (everything)."""
-        node.generations = [
-            step.id for step in loop.steps if step.usage is not None or step.ttft_ms is not None
-        ]
-        node.tool_calls = sum(step.tool_calls for step in loop.steps)
-        usage = response.usage or Usage()
-        total = response.cost_nano or 0
-        self.usage.add(usage)
-        self.cost_nano += total
-        below = loop.swarm
-        node.prompt_tokens = usage.prompt_tokens - (below.usage.prompt_tokens if below else 0)
-        node.completion_tokens = usage.completion_tokens - (below.usage.completion_tokens if below else 0)
-        node.cost_nano = total - (below.cost_nano if below else 0)
+    def _count(self, node: AgentNode, loop: ToolLoop) -> None:
+        """The agent's calls, from its own steps (whether it finished or failed), for its node; the
+        response's totals get them and those of the agents it created."""
+        steps = loop.steps
+        node.generations = [step.id for step in steps if step.usage is not None or step.ttft_ms is not None]
+        node.tool_calls = sum(step.tool_calls for step in steps)
+        own = Usage()
+        for step in steps:
+            if step.usage is not None:
+                own.add(step.usage)
+        node.prompt_tokens, node.completion_tokens = own.prompt_tokens, own.completion_tokens
+        node.cost_nano = loop.own_cost()
+        self.usage.add(own)
+        self.cost_nano += node.cost_nano
+        if loop.swarm is not None:
+            self.usage.add(loop.swarm.usage)
+            self.cost_nano += loop.swarm.cost_nano
 
     def _failed(self, node: AgentNode, why: str) -> AgentReport:
         node.status, node.error = "failed", why
@@ -388,9 +410,24 @@ class Swarm:
     def _account(self) -> str | None:
         return self._key.account_id if self._key is not None else None
 
-    def _gate(self) -> AbstractAsyncContextManager[None]:
-        assert self._key is not None
-        return self._accounts.limited(self._key)
+    @asynccontextmanager
+    async def _gate(self) -> AsyncIterator[None]:
+        """Around each sub-agent model call: at most `max_parallel` at once in the whole run (every
+        level: a parent waiting on its children holds no slot), and the account's rate limits, waited
+        for a little (`rate_limit_wait_seconds`) before the call is refused."""
+        async with self.run_record.calls(self.config.max_parallel), AsyncExitStack() as admitted:
+            waited = 0.0
+            while self._key is not None:
+                try:
+                    await admitted.enter_async_context(self._accounts.limited(self._key))
+                    break
+                except APIError as exc:
+                    if exc.status != 429 or waited >= self.config.rate_limit_wait_seconds:
+                        raise
+                    pause = min(0.5, self.config.rate_limit_wait_seconds - waited)
+                    await asyncio.sleep(pause)
+                    waited += pause
+            yield
 
     def _body(self, node: AgentNode) -> ChatCompletionRequest:
         """A sub-agent's request: the parent's model and settings, a conversation of its own, the parent's

@@ -111,6 +111,7 @@ class ToolLoop:
     ) -> None:
         self.body, self.request = body, request
         self._router, self._tools, self._spending = router, tools, spending
+        self._spend_key = spending.key()
         self._account, self._budget = account, budget
         self._max_steps = max_steps or tools.config.max_steps
         # Around each model call: a sub-agent's calls count against the account's rate limits
@@ -150,64 +151,70 @@ class ToolLoop:
     # ---- the loop ------------------------------------------------------------------------------------
 
     async def events(self) -> AsyncGenerator[list[ResponseEvent], None]:
-        max_steps = self._max_steps
-        usage = Usage()
-        cost = 0
-        step = 0
-        if self._mcp_servers:
-            async for batch in self._list_mcp_tools():
-                yield batch
-        if self.body.approved_calls:
-            async for batch in self._run_approved(self.steps[0]):
-                yield batch
-        if self._mcp_servers or self.body.approved_calls:
-            # The conversation and the tools grew: routed again, held for again.
-            self._routed = self._route()
-            self.steps[0].prompt_estimate = self._routed.prompt_tokens
-            if not await self._hold(self._routed, self.steps[0].tool_cost_nano):
-                yield [
-                    Finish(0, "length", native_reason=PAUSED),
-                    Done(cost_nano=self.steps[0].tool_cost_nano),
-                ]
-                return
-        while True:
-            outcome = self.steps[step]
-            run = GenerationRun(self._routed, outcome, None)
-            turn = _Turn()
-            async for batch in self._step(run, turn):
-                yield batch
-            if turn.done is not None:
-                usage.add(turn.done.usage)
-            cost += (outcome.cost_nano or 0) + outcome.tool_cost_nano
-            server_calls = [c for c in turn.calls.values() if c.name in self._server]
-            client_calls = [c for c in turn.calls.values() if c.name not in self._server]
-            finish = turn.finish or Finish(0, "stop")
-            if server_calls and not client_calls:
-                # The calls run only if the hold covers their prices as well: a priced tool never runs
-                # on credit the account does not have.
-                if step + 1 < max_steps and await self._hold(self._route(), cost + self._fees(server_calls)):
-                    async for batch in self._run_calls(server_calls, outcome, turn):
-                        yield batch
-                    cost += outcome.tool_cost_nano
-                    if self._waiting:
-                        finish = Finish(0, "stop", native_reason=APPROVAL)
-                    elif await self._next_step(cost):
-                        step += 1
-                        continue
+        try:
+            max_steps = self._max_steps
+            usage = Usage()
+            cost = 0
+            step = 0
+            if self._mcp_servers:
+                async for batch in self._list_mcp_tools():
+                    yield batch
+            if self.body.approved_calls:
+                async for batch in self._run_approved(self.steps[0]):
+                    yield batch
+            if self._mcp_servers or self.body.approved_calls:
+                # The conversation and the tools grew: routed again, held for again.
+                self._routed = self._route()
+                self.steps[0].prompt_estimate = self._routed.prompt_tokens
+                if not await self._hold(self._routed, self.steps[0].tool_cost_nano):
+                    yield [
+                        Finish(0, "length", native_reason=PAUSED),
+                        Done(cost_nano=self.steps[0].tool_cost_nano),
+                    ]
+                    return
+            while True:
+                outcome = self.steps[step]
+                run = GenerationRun(self._routed, outcome, None)
+                turn = _Turn()
+                async for batch in self._step(run, turn):
+                    yield batch
+                if turn.done is not None:
+                    usage.add(turn.done.usage)
+                cost += (outcome.cost_nano or 0) + outcome.tool_cost_nano
+                server_calls = [c for c in turn.calls.values() if c.name in self._server]
+                client_calls = [c for c in turn.calls.values() if c.name not in self._server]
+                finish = turn.finish or Finish(0, "stop")
+                if server_calls and not client_calls:
+                    # The calls run only if the hold covers their prices as well: a priced tool never runs
+                    # on credit the account does not have.
+                    if step + 1 < max_steps and await self._hold(
+                        self._route(), cost + self._fees(server_calls)
+                    ):
+                        async for batch in self._run_calls(server_calls, outcome, turn):
+                            yield batch
+                        cost += outcome.tool_cost_nano
+                        if self._waiting:
+                            finish = Finish(0, "stop", native_reason=APPROVAL)
+                        elif await self._next_step(cost):
+                            step += 1
+                            continue
+                        else:
+                            finish = Finish(0, "length", native_reason=PAUSED)
                     else:
                         finish = Finish(0, "length", native_reason=PAUSED)
-                else:
-                    finish = Finish(0, "length", native_reason=PAUSED)
-            elif client_calls:
-                finish = Finish(0, "tool_calls", native_reason=finish.native_reason)
-            done = turn.done or Done()
-            self._spending.settle(self, cost)
-            if self.swarm is not None:  # the sub-agents' calls are the run's too
-                usage.add(self.swarm.usage)
-                cost += self.swarm.cost_nano
-            total = Done(usage=usage, provider=done.provider, model=done.model, cost_nano=cost)
-            yield [finish, total]
-            return
+                elif client_calls:
+                    finish = Finish(0, "tool_calls", native_reason=finish.native_reason)
+                done = turn.done or Done()
+                if self.swarm is not None:  # the sub-agents' calls are the run's too
+                    usage.add(self.swarm.usage)
+                    cost += self.swarm.cost_nano
+                total = Done(usage=usage, provider=done.provider, model=done.model, cost_nano=cost)
+                yield [finish, total]
+                return
+        finally:
+            # However the loop ends (an answer, a failure, the client gone): what its calls cost
+            # stays counted for the request, and nothing of it is under way any more.
+            self._spending.settle(self._spend_key, self.own_cost())
 
     async def _step(self, run: GenerationRun, turn: _Turn) -> AsyncGenerator[list[ResponseEvent], None]:
         """One model call's events, relayed: its text and reasoning, and the client's own tool calls;
@@ -411,7 +418,11 @@ class ToolLoop:
     async def _hold(self, routed: RoutedGeneration, spent: int) -> bool:
         """Whether the hold can grow to `spent` and the worst case of `routed` (the balance, or a swarm
         run's max_cost, may say no), beside what other loops of the request hold."""
-        return await self._spending.reserve(self, self.body, routed, spent)
+        return await self._spending.reserve(self._spend_key, self.body, routed, spent)
+
+    def own_cost(self) -> int:
+        """What this loop's model calls and tool calls cost so far (not its sub-agents')."""
+        return sum((step.cost_nano or 0) + step.tool_cost_nano for step in self.steps)
 
     def _route(self) -> RoutedGeneration:
         """The conversation routed for its next model call. Near the model's context (or past it), the

@@ -50,8 +50,12 @@ class Drain:
                 current(sig, frame)  # a second SIGTERM, or no drain: stop now
                 return
             self.draining = True
-            event("draining", level=logging.WARNING, seconds=self.drain_seconds)
-            # From a signal handler: the loop is told thread-safely, and stops the server later.
+            # From a signal handler: the loop is told thread-safely, and stops the server later; the log
+            # line is written from the loop too (a handler that interrupted a write must not write).
             loop.call_soon_threadsafe(loop.call_later, self.drain_seconds, current, sig, None)
+            loop.call_soon_threadsafe(self._said)
 
         signal.signal(signal.SIGTERM, on_term)
+
+    def _said(self) -> None:
+        event("draining", level=logging.WARNING, seconds=self.drain_seconds)
