@@ -41,6 +41,9 @@ def _tools_config(site: WebSite, extra: str = "") -> str:
 [media]
 allow_hosts = ["{site.host}"]
 
+[routing]
+keepalive_seconds = 0.5
+
 [tools]
 max_steps = 4
 max_tool_seconds = 2
@@ -510,8 +513,14 @@ def test_a_three_step_loop_is_three_records_and_one_charge(
     assert reply.choices[0].message.content and web.page("/kimi-k25") in reply.choices[0].message.content
 
     def record(generation_id: str) -> dict[str, Any]:
-        found = httpx.get(gw.base_url + "/api/v1/generation", params={"id": generation_id}, headers=headers)
-        assert found.status_code == 200, found.text
+        # Records are written once the response has gone out: a brief 404 first is expected.
+        url = gw.base_url + "/api/v1/generation"
+        found = wait_until(
+            lambda: (
+                (r := httpx.get(url, params={"id": generation_id}, headers=headers)).status_code == 200 and r
+            )
+        )
+        assert found, generation_id
         data: dict[str, Any] = found.json()["data"]
         return data
 
@@ -530,10 +539,12 @@ def test_a_three_step_loop_is_three_records_and_one_charge(
     assert reply.usage.prompt_tokens == 60 and reply.usage.completion_tokens == 36
 
     # The account's generation log lists the three, each naming its request.
-    listed = httpx.get(gw.base_url + "/api/v1/generations", headers=headers).json()["data"]
-    mine = {g["id"]: g for g in listed if g["request_id"] == reply.id}
-    assert set(mine) == {reply.id, reply.id + "-2", reply.id + "-3"}
-    assert mine[reply.id]["server_tool_calls"] == 1
+    def mine() -> dict[str, dict[str, Any]]:
+        listed = httpx.get(gw.base_url + "/api/v1/generations", headers=headers).json()["data"]
+        return {g["id"]: g for g in listed if g["request_id"] == reply.id}
+
+    assert wait_until(lambda: set(mine()) == {reply.id, reply.id + "-2", reply.id + "-3"})
+    assert mine()[reply.id]["server_tool_calls"] == 1
 
     def spent() -> float:
         after = httpx.get(gw.base_url + "/api/v1/credits", headers=headers).json()["data"]
@@ -887,6 +898,29 @@ def test_a_slow_search_ends_at_its_time_bound(
     told = json.loads(_model_requests(fakes)[1]["messages"][-1]["content"])
     assert told["error"] == "unavailable" and "longer than 2 s" in told["message"]
     assert reply.usage.server_tool_use is not None and reply.usage.server_tool_use.web_search_requests == 1
+
+
+def test_a_slow_tool_keeps_the_stream_alive(
+    gateway: tuple[GatewayProcess, str], web: WebSite, fakes: dict[str, FakeUpstream]
+) -> None:
+    """A tool call that takes a while (a swarm's agents may take minutes) is no silence on the wire: the
+    format's keep-alive goes out every [routing] keepalive_seconds until the result comes."""
+    _researcher(fakes, fetch=False)
+    web.search_delay = 1.6  # under max_tool_seconds, over three keep-alive intervals of 0.5 s
+    gw, key = gateway
+    body = {
+        "model": K25,
+        "max_tokens": 200,
+        "stream": True,
+        "messages": [{"role": "user", "content": "Kimi?"}],
+        "tools": [{"type": "web_search_20250305", "name": "web_search"}],
+    }
+    headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
+    with httpx.stream("POST", gw.base_url + "/v1/messages", json=body, headers=headers, timeout=30) as r:
+        text = r.read().decode()
+    between = text[text.index('"server_tool_use"') : text.index('"web_search_tool_result"')]
+    assert between.count("event: ping") >= 2
+    assert "event: message_stop" in text
 
 
 def test_a_long_page_is_cut_to_the_result_bound(

@@ -82,12 +82,17 @@ def _run(gw: GatewayProcess, key: str, run_id: str) -> dict[str, Any]:
 
 
 def _generation(gw: GatewayProcess, key: str, generation_id: str) -> dict[str, Any]:
-    found = httpx.get(
-        gw.base_url + "/api/v1/generation",
-        params={"id": generation_id},
-        headers={"Authorization": f"Bearer {key}"},
-    )
-    assert found.status_code == 200, found.text
+    """A record, once written: records are written after the response has gone out."""
+
+    def get() -> httpx.Response:
+        return httpx.get(
+            gw.base_url + "/api/v1/generation",
+            params={"id": generation_id},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+
+    found = wait_until(lambda: (r := get()).status_code == 200 and r)
+    assert found, generation_id
     data: dict[str, Any] = found.json()["data"]
     return data
 

@@ -192,6 +192,7 @@ class Exchange:
                 budget=budget,
                 max_steps=options.max_steps if options is not None else None,
                 swarm=swarm,
+                quiet_seconds=parts.keepalive_seconds,
             )
             run.routed = loop
             generation.tools = loop.tally
@@ -247,28 +248,12 @@ class Exchange:
         return seconds
 
     def _finish_run(self, loop: ToolLoop, record: AgentRun, settled: str) -> None:
-        """A swarm run's orchestrator as it ended, and the run's status."""
-        node = record.orchestrator
-        node.generations = [step.id for step in loop.steps]
-        node.tool_calls = sum(step.tool_calls for step in loop.steps)
-        node.prompt_tokens = sum(s.usage.prompt_tokens for s in loop.steps if s.usage is not None)
-        node.completion_tokens = sum(s.usage.completion_tokens for s in loop.steps if s.usage is not None)
-        node.cost_nano = loop.own_cost()
-        node.ended_at = time.time()
-        finish = self.run.outcome.finish_reason if self.run is not None else None
-        if settled != "success":
-            status = "failed" if settled == "error" else "cancelled"
-        elif finish == "length" and loop.swarm is not None and loop.swarm.stopped_by() is not None:
-            status, record.stop_reason = "stopped", loop.swarm.stopped_by()
-        elif finish == "length":
-            status, record.stop_reason = (
-                "stopped",
-                f"the orchestrator's bound of {len(loop.steps)} model calls",
-            )
-        else:
-            status = "completed"
-        node.status = "completed" if status == "completed" else status
-        self.parts.runs.finish(record, status)
+        """A swarm run at the request's end: finished already if its orchestrator answered (the tree was
+        complete before the response's last byte); else it failed or was cancelled here. Stored."""
+        if record.status == "running" and loop.swarm is not None:
+            loop.swarm.orchestrator_ended(loop, None)
+            record.status = record.orchestrator.status = "failed" if settled == "error" else "cancelled"
+        self.parts.runs.finish(record, record.status)
 
     def settle(self, status: int) -> None:
         """The request's end, however it came: charged, recorded and counted from its outcome.

@@ -323,6 +323,8 @@ class GeneratedStream:
                     if out:
                         yield b"".join(out)
                         out = []
+                    elif not batch:  # a tool loop's quiet while a tool runs: a keep-alive goes out
+                        yield encoder.keepalive
                     batch = await anext(batches, None)
                 finished = True
                 if turn is not None:

@@ -43,7 +43,7 @@ from kimi_gateway.errors import APIError
 from kimi_gateway.ids import new_id
 from kimi_gateway.media.workers import Budget
 from kimi_gateway.outcome import GenerationOutcome, RequestOutcome
-from kimi_gateway.providers.events import Usage
+from kimi_gateway.providers.events import Finish, Usage
 from kimi_gateway.routing import Router
 from kimi_gateway.schema.chat import AgentOptions, ChatCompletionRequest
 from kimi_gateway.schema.server_tools import AgentReport, AgentsOutput, ServerTool, ToolError, ToolOutput
@@ -393,6 +393,31 @@ class Swarm:
     def _failed(self, node: AgentNode, why: str) -> AgentReport:
         node.status, node.error = "failed", why
         return AgentReport(node.name, "failed", "", why, len(node.generations), node.tool_calls)
+
+    def orchestrator_ended(self, loop: ToolLoop, finish: Finish | None) -> None:
+        """The orchestrator's loop ended (`finish`: its last turn's; None: it did not answer): its node
+        and the run's status, set before the response's last event goes out, so that a client reading the
+        run's tree once it has the answer finds it complete."""
+        node, record = self.run_record.orchestrator, self.run_record
+        node.generations = [step.id for step in loop.steps]
+        node.tool_calls = sum(step.tool_calls for step in loop.steps)
+        own = Usage()
+        for step in loop.steps:
+            if step.usage is not None:
+                own.add(step.usage)
+        node.prompt_tokens, node.completion_tokens = own.prompt_tokens, own.completion_tokens
+        node.cost_nano = loop.own_cost()
+        node.ended_at = time.time()
+        if finish is None:
+            return
+        if finish.native_reason == PAUSED:
+            record.status = node.status = "stopped"
+            record.stop_reason = self.stopped_by() or (
+                f"the orchestrator's bound of {self.options.max_steps} model calls"
+            )
+        else:
+            record.status = node.status = "completed"
+        record.touch()
 
     def stopped_by(self) -> str | None:
         """Why the budget ended the run early, if it did."""

@@ -16,8 +16,9 @@ step's generation or the tool call under way.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, aclosing, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -108,6 +109,7 @@ class ToolLoop:
         max_steps: int | None = None,
         gate: Gate | None = None,
         swarm: Swarm | None = None,
+        quiet_seconds: float = 10.0,
     ) -> None:
         self.body, self.request = body, request
         self._router, self._tools, self._spending = router, tools, spending
@@ -118,6 +120,7 @@ class ToolLoop:
         # (core/swarm.py); a request's own loop was admitted once, as one request (no gate).
         self._gate = gate
         self.swarm = swarm  # a swarm run's orchestrator: it runs `create_agents` calls
+        self._quiet = quiet_seconds  # a keep-alive this often while a tool call runs
         self._routed = first
         self.steps: list[GenerationOutcome] = [first_outcome]
         self.tally = ToolTally()
@@ -205,6 +208,8 @@ class ToolLoop:
                 elif client_calls:
                     finish = Finish(0, "tool_calls", native_reason=finish.native_reason)
                 done = turn.done or Done()
+                if self.swarm is not None and self.swarm.depth == 1:  # a run's orchestrator answered
+                    self.swarm.orchestrator_ended(self, finish)
                 if self.swarm is not None:  # the sub-agents' calls are the run's too
                     usage.add(self.swarm.usage)
                     cost += self.swarm.cost_nano
@@ -309,9 +314,13 @@ class ToolLoop:
             else:
                 self._uses[tool.name] = used + 1
                 if tool.kind == "agents":
-                    output = await self._create_agents(call.arguments)
+                    running = self._create_agents(call.arguments)
                 else:
-                    output = await self._tools.run(tool, call.arguments, self._account, self._budget)
+                    running = self._tools.run(tool, call.arguments, self._account, self._budget)
+                ran: list[ToolOutput] = []
+                async for batch in _meanwhile(running, ran, self._quiet):
+                    yield batch
+                output = ran[0]
                 # A call that failed is not charged (Anthropic's rule for errored searches).
                 price = 0 if isinstance(output, ToolError) else self._tools.prices[tool.kind]
             result = ToolResult(use.id, tool, output, price)
@@ -507,6 +516,27 @@ def offer_server_tools(body: ChatCompletionRequest, tools: Tools) -> None:
         raise invalid_request(f"at most {tools.config.mcp.max_servers} MCP servers a request", param="tools")
     body.server_tools = [*offered.values(), *servers.values()]
     body.tools = [*(body.tools or ()), *(Tool.model_validate(function_tool(t)) for t in offered.values())]
+
+
+async def _meanwhile(
+    call: Coroutine[Any, Any, ToolOutput], result: list[ToolOutput], quiet: float
+) -> AsyncGenerator[list[ResponseEvent], None]:
+    """Runs `call` to its result (appended to `result`), yielding an empty batch every `quiet` seconds it
+    takes (a swarm's agents may take minutes): a streamed response sends the format's keep-alive for it,
+    so that proxies do not take the quiet for a dead stream. Closed early (the client left) or
+    cancelled, it cancels the call and waits for it to end."""
+    task = asyncio.ensure_future(call)
+    try:
+        while True:
+            done, _ = await asyncio.wait((task,), timeout=quiet)
+            if done:
+                break
+            yield []
+        result.append(task.result())
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.wait((task,))
 
 
 def _input(arguments: str) -> dict[str, Any]:
