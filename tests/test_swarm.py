@@ -72,6 +72,24 @@ def _account(gateway: tuple[GatewayProcess, billing.Operator], name: str, dollar
     return key
 
 
+def _swarm(gw: GatewayProcess, key: str, **extra: Any) -> httpx.Response:
+    """A swarm run through plain HTTP (chat completions), answered in full."""
+    body = {
+        "model": K25 + ":swarm",
+        "messages": [{"role": "user", "content": "Compare."}],
+        "max_tokens": 100,
+        **extra,
+    }
+    reply = httpx.post(
+        gw.base_url + "/v1/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=60,
+    )
+    assert reply.status_code == 200, reply.text
+    return reply
+
+
 def _run(gw: GatewayProcess, key: str, run_id: str) -> dict[str, Any]:
     found = httpx.get(
         gw.base_url + f"/api/v1/agents/runs/{run_id}", headers={"Authorization": f"Bearer {key}"}
@@ -237,19 +255,7 @@ def test_a_tier_0_account_cannot_fan_out(
         ops = billing.Operator(gw)
         key = ops.key_for("acct_tier0")
         ops.recharge("acct_tier0", "1")
-        body = {
-            "model": K25 + ":swarm",
-            "messages": [{"role": "user", "content": "Compare."}],
-            "max_tokens": 100,
-        }
-        reply = httpx.post(
-            gw.base_url + "/v1/chat/completions",
-            json=body,
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=60,
-        )
-        assert reply.status_code == 200, reply.text
-        run = _run(gw, key, reply.json()["agent_run_id"])
+        run = _run(gw, key, _swarm(gw, key).json()["agent_run_id"])
         assert [a["status"] for a in run["agents"]] == ["failed"] * 3
         assert all(
             "concurrency" in (a["error"] or "") or "per minute" in (a["error"] or "") for a in run["agents"]
@@ -389,19 +395,7 @@ def test_a_run_is_readable_from_either_replica(
         ops = billing.Operator(a)
         key, other = ops.key_for("acct_replicas"), ops.key_for("acct_other")
         ops.recharge("acct_replicas", "5")
-        body = {
-            "model": K25 + ":swarm",
-            "messages": [{"role": "user", "content": "Compare."}],
-            "max_tokens": 100,
-        }
-        reply = httpx.post(
-            a.base_url + "/v1/chat/completions",
-            json=body,
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=60,
-        )
-        assert reply.status_code == 200, reply.text
-        run_id = reply.json()["agent_run_id"]
+        run_id = _swarm(a, key).json()["agent_run_id"]
         url = b.base_url + f"/api/v1/agents/runs/{run_id}"
         assert wait_until(
             lambda: httpx.get(url, headers={"Authorization": f"Bearer {key}"}).status_code == 200
@@ -486,19 +480,7 @@ def test_a_depth_limit_of_two_lets_agents_create_agents(
     the tree says who created whom, and its cost is each node's own, summing to the response's."""
     gw, _ = gateway
     key = _account(gateway, "acct_swarm_deep")
-    body = {
-        "model": K25,
-        "agent": {"mode": "swarm", "max_depth": 2, "max_agents": 16},
-        "messages": [{"role": "user", "content": "Compare."}],
-        "max_tokens": 200,
-    }
-    reply = httpx.post(
-        gw.base_url + "/v1/chat/completions",
-        json=body,
-        headers={"Authorization": f"Bearer {key}"},
-        timeout=60,
-    )
-    assert reply.status_code == 200, reply.text
+    reply = _swarm(gw, key, agent={"mode": "swarm", "max_depth": 2, "max_agents": 16}, max_tokens=200)
     tree = _run(gw, key, reply.json()["agent_run_id"])
     top = [a for a in tree["agents"] if a["depth"] == 1]
     below = [a for a in tree["agents"] if a["depth"] == 2]
@@ -519,15 +501,7 @@ def test_a_depth_limit_of_two_lets_agents_create_agents(
 
 
 def _swarm_once(gw: GatewayProcess, key: str) -> str:
-    body = {"model": K25 + ":swarm", "messages": [{"role": "user", "content": "Compare."}], "max_tokens": 200}
-    reply = httpx.post(
-        gw.base_url + "/v1/chat/completions",
-        json=body,
-        headers={"Authorization": f"Bearer {key}"},
-        timeout=60,
-    )
-    assert reply.status_code == 200, reply.text
-    return str(reply.json()["agent_run_id"])
+    return str(_swarm(gw, key, max_tokens=200).json()["agent_run_id"])
 
 
 def test_agents_one_after_another_share_one_budget(
@@ -546,19 +520,7 @@ def test_agents_one_after_another_share_one_budget(
         ops = billing.Operator(gw)
         key = ops.key_for("acct_budget")
         ops.recharge("acct_budget", "5")
-        body = {
-            "model": K25,
-            "agent": {"mode": "swarm", "max_cost": 0.035},
-            "messages": [{"role": "user", "content": "Compare."}],
-            "max_tokens": 200,
-        }
-        reply = httpx.post(
-            gw.base_url + "/v1/chat/completions",
-            json=body,
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=60,
-        )
-        assert reply.status_code == 200, reply.text
+        reply = _swarm(gw, key, agent={"mode": "swarm", "max_cost": 0.035}, max_tokens=200)
         tree = _run(gw, key, reply.json()["agent_run_id"])
         assert [a["status"] for a in tree["agents"]] == ["completed", "completed", "completed", "stopped"]
         assert "max_cost" in (tree["agents"][3]["error"] or "")

@@ -169,6 +169,19 @@ def _tool_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     return [m for m in body["messages"] if m.get("role") == "tool"]
 
 
+def _last_search_url(results: list[dict[str, Any]]) -> str | None:
+    """The first URL of the latest search among the tool results given back."""
+    url = None
+    for message in results:
+        try:
+            data = json.loads(message["content"])
+        except ValueError:
+            continue
+        if data.get("results"):
+            url = data["results"][0]["url"]
+    return url
+
+
 @dataclass
 class Researcher:
     """Plays a model offered web tools: searches for the user's question, fetches the first result when it
@@ -197,14 +210,7 @@ class Researcher:
                 tool_calls=[("web_search", json.dumps({"query": query}))],
                 finish="tool_calls",
             )
-        first_url = None
-        for message in results:
-            try:
-                data = json.loads(message["content"])
-            except ValueError:
-                continue
-            if data.get("results"):
-                first_url = data["results"][0]["url"]
+        first_url = _last_search_url(results)
         fetched = any('"content"' in m["content"] and '"truncated"' in m["content"] for m in results)
         if self.fetch and "web_fetch" in tools and first_url and not fetched:
             return Answer(
@@ -354,12 +360,5 @@ class Swarmer:
                 finish="tool_calls",
                 first_delay=self.delay,
             )
-        url = None
-        for message in results:
-            try:
-                data = json.loads(message["content"])
-            except ValueError:
-                continue
-            if data.get("results"):
-                url = data["results"][0]["url"]
+        url = _last_search_url(results)
         return Answer(content=f"Findings on {task}: see {url}.", first_delay=self.delay)
