@@ -125,7 +125,8 @@ def _banner(config: GatewayConfig, host: str, port: int, workers: int) -> None:
         docs=f"{base}/docs",
         workers=workers,
         data_dir=str(config.data_dir),
-        database="postgresql" if (config.database_url or "").startswith("postgres") else "sqlite",
+        # Which database, by its masked URL: a DATABASE_URL from the shell is used over the file's.
+        database=masked(config)["database_url"] or "sqlite (data_dir)",
         redis=bool(config.redis_url),
     )
     event(f"kimi-gateway {__version__} serving", **fields)

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 CONFIG_ENV = "KIMI_GATEWAY_CONFIG"
 ENV_PREFIX = "KIMI_GATEWAY_"
@@ -378,19 +378,25 @@ def load_config(path: str | os.PathLike[str] | None = None) -> GatewayConfig:
     path = path or os.environ.get(CONFIG_ENV)
     data: dict[str, Any] = {}
     if path:
-        with open(path, "rb") as f:
-            try:
+        try:
+            with open(path, "rb") as f:
                 data = tomllib.load(f)
-            except tomllib.TOMLDecodeError as exc:
-                raise ConfigError(f"{path}: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: {exc.strerror or exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
     try:
         layered = _Layered(**data)
     except ValidationError as exc:
         raise ConfigError(_problems(exc, str(path) if path else None)) from None
+    except SettingsError as exc:  # a list or table in the environment that is not JSON
+        raise ConfigError(f"invalid configuration in the environment: {exc}") from None
     config = GatewayConfig.model_validate(layered.model_dump(exclude_unset=True))
-    # Relative paths in the file are relative to the file, not to wherever the server was started.
+    # Relative paths in the file are relative to the file, not to wherever the server was started; one
+    # given in the environment is relative to the working directory.
     base = Path(path).resolve().parent if path else Path.cwd()
-    config.data_dir = (base / config.data_dir.expanduser()).resolve()
+    from_environment = any(name.upper() == ENV_PREFIX + "DATA_DIR" for name in os.environ)
+    config.data_dir = ((Path.cwd() if from_environment else base) / config.data_dir.expanduser()).resolve()
     for entry in config.models.values():
         local = entry.get("local")
         if isinstance(local, dict) and isinstance(local.get("gguf"), str):
@@ -424,23 +430,40 @@ def _set_in_environment(loc: list[str]) -> bool:
 
 
 def masked(config: GatewayConfig) -> dict[str, Any]:
-    """The configuration as `kimi-gateway config show` prints it: URL passwords hidden (keys and tokens
-    never live in it: only the names of the variables holding them)."""
-    shown = config.model_dump(mode="json")
-    for name in ("database_url", "redis_url"):
-        if shown.get(name):
-            shown[name] = _without_password(shown[name])
-    for provider in shown.get("providers", {}).values():
-        if provider.get("base_url"):
-            provider["base_url"] = _without_password(provider["base_url"])
+    """The configuration as `kimi-gateway config show` prints it: every URL's password and secret-looking
+    query values hidden, wherever the URL is (keys and tokens themselves never live in it: only the names
+    of the variables holding them)."""
+    shown: dict[str, Any] = _masking(config.model_dump(mode="json"))
     return shown
 
 
+def _masking(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _masking(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masking(v) for v in value]
+    if isinstance(value, str) and "://" in value:
+        return _without_password(value)
+    return value
+
+
+_SECRET_PARAMETERS = ("key", "token", "secret", "password", "auth", "sig")
+
+
 def _without_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
         return url
-    host = parts.hostname or ""
-    user = f"{parts.username}:***@" if parts.username else "***@"
-    netloc = user + host + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    netloc = parts.netloc
+    if parts.password is not None:
+        user = f"{parts.username}:***@" if parts.username else "***@"
+        netloc = user + (parts.hostname or "") + (f":{port}" if port else "")
+    query = "&".join(
+        f"{name}=***" if any(word in name.lower() for word in _SECRET_PARAMETERS) else pair
+        for pair in parts.query.split("&")
+        if pair
+        for name in [pair.split("=", 1)[0]]
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

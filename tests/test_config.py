@@ -216,3 +216,36 @@ def test_logs_are_readable_lines_at_a_terminal(tmp_path: Path) -> None:
     assert "Application startup complete" in text
     assert not any(line.startswith("{") for line in text.splitlines())
     assert f"api=http://127.0.0.1:{port}/v1" in text and "serving" in text
+
+
+def test_config_show_masks_every_urls_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kimi_gateway.config import masked
+
+    monkeypatch.setenv("KIMI_GATEWAY_TOOLS__WEB_SEARCH__BASE_URL", "http://user:hunter2@searx:8080")
+    monkeypatch.setenv(
+        "KIMI_GATEWAY_TOOLS__MCP__SERVERS", '{"shop": {"url": "https://mcp.example/sse?api_key=s3cret&x=1"}}'
+    )
+    shown = json.dumps(masked(load_config()))
+    assert "hunter2" not in shown and "s3cret" not in shown
+    assert "http://user:***@searx:8080" in shown and "api_key=***&x=1" in shown
+
+
+def test_a_missing_file_or_a_bad_list_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match="No such file"):
+        load_config(tmp_path / "missing.toml")
+    monkeypatch.setenv("KIMI_GATEWAY_SERVER__CORS_ORIGINS", "https://a.example")  # a list must be JSON
+    with pytest.raises(ConfigError, match="environment"):
+        load_config()
+
+
+def test_a_relative_data_dir_from_the_environment_is_the_working_directorys(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "gateway.toml").write_text('data_dir = "from-file"\n')
+    monkeypatch.chdir(tmp_path)
+    assert load_config(tmp_path / "conf" / "gateway.toml").data_dir == tmp_path / "conf" / "from-file"
+    monkeypatch.setenv("KIMI_GATEWAY_DATA_DIR", "from-env")
+    assert load_config(tmp_path / "conf" / "gateway.toml").data_dir == tmp_path / "from-env"

@@ -243,3 +243,13 @@ def test_limits_credits_and_records_are_the_same_in_every_format(
         assert billing.wait_for_usage(gw, key, 0.0006)["total_usage"] == pytest.approx(0.0006, abs=1e-12)
     finally:
         gw.stop()
+
+
+def test_a_citation_needs_the_whole_url() -> None:
+    """Anthropic's citations cite a source the answer names by its URL, whole: not a page under it."""
+    from kimi_gateway.http.formats.anthropic_events import _names
+
+    assert _names("see https://a.example/x.", "https://a.example/x")
+    assert _names("(https://a.example)", "https://a.example")
+    assert not _names("see https://a.example/x", "https://a.example")
+    assert not _names("https://a.example?q=1", "https://a.example")

@@ -47,7 +47,7 @@ class Drain:
         def on_term(sig: int, frame: FrameType | None) -> None:
             if self.draining or self.drain_seconds <= 0:
                 self.draining = True
-                current(sig, frame)  # a second SIGTERM, or no drain: stop now
+                current(sig, frame)  # a second SIGTERM, or no drain: the graceful shutdown begins now
                 return
             self.draining = True
             # From a signal handler: the loop is told thread-safely, and stops the server later; the log

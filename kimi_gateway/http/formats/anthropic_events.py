@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from typing import Any
 
 import orjson
@@ -237,7 +238,7 @@ def citations(text: str, tools: ToolTally) -> list[dict[str, Any]]:
         output = item.output
         if isinstance(output, SearchResults):
             for source in output.sources:
-                if source.url in seen or source.url not in text:
+                if source.url in seen or not _names(text, source.url):
                     continue
                 seen.add(source.url)
                 out.append(
@@ -251,7 +252,7 @@ def citations(text: str, tools: ToolTally) -> list[dict[str, Any]]:
                 )
         elif isinstance(output, FetchedPage):
             documents += 1
-            if item.tool.citations and output.url not in read and output.url in text:
+            if item.tool.citations and output.url not in read and _names(text, output.url):
                 read.add(output.url)
                 cited = output.text[:150]
                 out.append(
@@ -265,6 +266,11 @@ def citations(text: str, tools: ToolTally) -> list[dict[str, Any]]:
                     }
                 )
     return out
+
+
+def _names(text: str, url: str) -> bool:
+    """Whether the text gives this URL, whole: `https://a.com` is not named by `https://a.com/x`."""
+    return re.search(re.escape(url) + r"(?![\w/#?%=&~+-])", text) is not None
 
 
 def _server_usage(tools: ToolTally | None) -> dict[str, int] | None:
