@@ -110,6 +110,17 @@ _REASONS = {
 }
 
 
+_SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string"},
+        "data": {"type": "string", "description": "the event's JSON, in the format's own shape"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+}
+
+
 def _schemas(models: list[type[BaseModel]], components: dict[str, Any], prefix: str = "") -> None:
     for model in models:
         schema = model.model_json_schema(ref_template=_REF + prefix + "{model}")
@@ -147,7 +158,8 @@ def build(app: FastAPI) -> dict[str, Any]:
                 content = _json(body.__name__)
                 if body is d.ChatCompletion or body is d.AnthropicMessage or body is d.Response:
                     content["text/event-stream"] = {
-                        "schema": {"type": "string"},
+                        # Each server-sent event, as a reader parses it: its fields are strings.
+                        "schema": _SSE_EVENT,
                         "description": "with `stream: true`: server-sent events in the format's own shape",
                     }
                 responses[str(status)] = {"description": "Success", "content": content}
