@@ -135,9 +135,6 @@ class Spending:
     def key(self) -> int:
         return next(self._keys)
 
-    def total(self) -> int:
-        return sum(self._spent.values())
-
     async def reserve(
         self, me: int, body: ChatCompletionRequest, routed: RoutedGeneration, spent: int
     ) -> bool:

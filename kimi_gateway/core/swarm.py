@@ -346,7 +346,7 @@ class Swarm:
             swarm=child,
         )
         if not await loop.reserve_first():
-            node.status, node.error = "stopped", self._why_refused()
+            node.status, node.error = "stopped", self.stopped_by()
             return AgentReport(node.name, "stopped", "", node.error)
         outcome.id = f"{first.id}-{len(self._request.generations) + 1}"
         self._request.generations.append(outcome)
@@ -364,7 +364,7 @@ class Swarm:
         if choice is not None and choice.get("native_finish_reason") == PAUSED:
             node.status = "stopped"
             node.error = (
-                self._why_refused() or f"stopped at its bound of {self.options.agent_max_steps} model calls"
+                self.stopped_by() or f"stopped at its bound of {self.options.agent_max_steps} model calls"
             )
             return AgentReport(
                 node.name, "stopped", answer, node.error, len(node.generations), node.tool_calls
@@ -375,15 +375,8 @@ class Swarm:
     def _count(self, node: AgentNode, loop: ToolLoop) -> None:
         """The agent's calls, from its own steps (whether it finished or failed), for its node; the
         response's totals get them and those of the agents it created."""
-        steps = loop.steps
-        node.generations = [step.id for step in steps if step.usage is not None or step.ttft_ms is not None]
-        node.tool_calls = sum(step.tool_calls for step in steps)
-        own = Usage()
-        for step in steps:
-            if step.usage is not None:
-                own.add(step.usage)
-        node.prompt_tokens, node.completion_tokens = own.prompt_tokens, own.completion_tokens
-        node.cost_nano = loop.own_cost()
+        own = _tally(node, loop)
+        node.generations = [s.id for s in loop.steps if s.usage is not None or s.ttft_ms is not None]
         self.usage.add(own)
         self.cost_nano += node.cost_nano
         if loop.swarm is not None:
@@ -399,14 +392,8 @@ class Swarm:
         and the run's status, set before the response's last event goes out, so that a client reading the
         run's tree once it has the answer finds it complete."""
         node, record = self.run_record.orchestrator, self.run_record
+        _tally(node, loop)
         node.generations = [step.id for step in loop.steps]
-        node.tool_calls = sum(step.tool_calls for step in loop.steps)
-        own = Usage()
-        for step in loop.steps:
-            if step.usage is not None:
-                own.add(step.usage)
-        node.prompt_tokens, node.completion_tokens = own.prompt_tokens, own.completion_tokens
-        node.cost_nano = loop.own_cost()
         node.ended_at = time.time()
         if finish is None:
             return
@@ -420,10 +407,7 @@ class Swarm:
         record.touch()
 
     def stopped_by(self) -> str | None:
-        """Why the budget ended the run early, if it did."""
-        return self._why_refused()
-
-    def _why_refused(self) -> str | None:
+        """Why the budget refused a call of the run, if it did."""
         refused = self._spending.refused
         if refused == "max_cost":
             return f"the run's max_cost (${self.options.max_cost}) was reached"
@@ -476,6 +460,19 @@ class Swarm:
         body.server_tools = [tool for tool in parent.server_tools if tool.kind != "agents" or deeper]
         offer_server_tools(body, self._tools)
         return body
+
+
+def _tally(node: AgentNode, loop: ToolLoop) -> Usage:
+    """An agent's node filled from its loop's own steps (not its sub-agents'): tool calls, tokens, cost;
+    the tokens returned."""
+    own = Usage()
+    for step in loop.steps:
+        if step.usage is not None:
+            own.add(step.usage)
+    node.tool_calls = sum(step.tool_calls for step in loop.steps)
+    node.prompt_tokens, node.completion_tokens = own.prompt_tokens, own.completion_tokens
+    node.cost_nano = loop.own_cost()
+    return own
 
 
 def _cut(text: str, max_bytes: int) -> str:
